@@ -1,0 +1,1 @@
+"""Background jobs: the arq worker, its tasks and the cron schedule."""

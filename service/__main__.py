@@ -1,0 +1,142 @@
+"""The command line: ``python -m service serve | dev | keys ...``.
+
+Exit codes: 0 done, 1 the command ran and failed, 2 it cannot run (bad settings, no Redis).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
+
+from aiohttp import web
+
+from service.app import AccessLogger, create_app
+from service.auth import ApiKeyStore
+from service.embedded_redis import EmbeddedRedisError, embedded_redis
+from service.logging import configure_logging, get_logger, redact_text
+from service.redis import redis_client
+from service.settings import Settings, SettingsError
+
+log = get_logger("service")
+
+Context = Callable[[web.Application], AsyncIterator[None]]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m service", description="OttoAI backend")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("serve", help="run the web process on $HOST:$PORT")
+    commands.add_parser("dev", help="web + worker + cron in one process; embedded Redis when none is configured")
+
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="print a new API key once, alone on standard output")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--plan", default="default")
+    keys.add_parser("list", help="list keys (prefixes only)")
+    revoke = keys.add_parser("revoke", help="revoke the key with this prefix")
+    revoke.add_argument("prefix")
+    return parser
+
+
+def _fail(message: str, code: int) -> int:
+    print(redact_text(message), file=sys.stderr)
+    return code
+
+
+def _log_start(settings: Settings, command: str) -> None:
+    configure_logging(settings.log_format, secrets=settings.secrets)
+    for warning in settings.warnings:
+        log.warning(warning)
+    log.info("starting", command=command, redis=settings.redis.redacted if settings.redis else None)
+
+
+def _run_web(settings: Settings, extra_contexts: tuple[Context, ...] = ()) -> int:
+    app = create_app(settings, extra_contexts=extra_contexts)
+    log.info("listening", host=settings.host, port=settings.port)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        shutdown_timeout=settings.shutdown_timeout_s,
+        access_log_class=AccessLogger,
+        print=None,
+    )
+    log.info("stopped")
+    return 0
+
+
+def _dev_contexts(settings: Settings) -> tuple[Context, ...]:
+    """The in-process worker of ``dev``, when the jobs package provides one."""
+    return ()
+
+
+def serve(settings: Settings) -> int:
+    settings.require_redis()
+    _log_start(settings, "serve")
+    return _run_web(settings)
+
+
+def dev(settings: Settings) -> int:
+    if settings.redis is not None:
+        _log_start(settings, "dev")
+        return _run_web(settings, _dev_contexts(settings))
+    try:
+        with embedded_redis() as url:
+            settings = settings.with_redis(url)
+            _log_start(settings, "dev")
+            log.info("embedded redis started", url=url)
+            return _run_web(settings, _dev_contexts(settings))
+    except EmbeddedRedisError as exc:
+        return _fail(f"dev: {exc}", 2)
+
+
+async def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    client = redis_client(settings, client_name="ottoai-cli")
+    store = ApiKeyStore(client)
+    try:
+        if args.keys_command == "create":
+            try:
+                key = await store.create(args.tenant, args.plan)
+            except ValueError as exc:
+                return _fail(f"keys create: {exc}", 2)
+            print(key)
+        elif args.keys_command == "list":
+            rows = await store.list()
+            print(f"{'PREFIX':<14} {'TENANT':<24} {'PLAN':<12} CREATED")
+            for info in rows:
+                print(f"{info.prefix:<14} {info.tenant:<24} {info.plan:<12} {info.created_at}")
+        else:
+            try:
+                info = await store.revoke(args.prefix)
+            except LookupError as exc:
+                return _fail(f"keys revoke: {exc}", 1)
+            print(f"revoked {info.prefix} (tenant {info.tenant}, plan {info.plan})")
+        return 0
+    finally:
+        await client.aclose()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        if args.command == "serve":
+            return serve(settings)
+        if args.command == "dev":
+            return dev(settings)
+        settings.require_redis()
+        configure_logging(settings.log_format, secrets=settings.secrets)
+        try:
+            return asyncio.run(_keys(settings, args))
+        except OSError as exc:
+            return _fail(f"keys: cannot reach Redis at {settings.require_redis().redacted}: {exc}", 2)
+        except Exception as exc:  # a Redis error: connection, auth, ...
+            return _fail(f"keys: {type(exc).__name__}: {exc}", 2)
+    except SettingsError as exc:
+        return _fail(str(exc), 2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

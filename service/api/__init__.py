@@ -1,0 +1,1 @@
+"""HTTP handlers: thin functions over the service's parts, one module per area."""

@@ -1,0 +1,141 @@
+"""The one error path: every failure leaves as RFC 9457 ``application/problem+json``.
+
+Handlers and middlewares raise (``Problem`` or any aiohttp ``HTTPException``); the
+middleware here renders the body. Unexpected exceptions are logged with their traceback
+and answered with a bare 500 that reveals nothing of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from service.logging import get_logger
+
+__all__ = ["PROBLEM_TYPE_BASE", "Problem", "problem_middleware", "problem_response"]
+
+PROBLEM_TYPE_BASE = "https://ottoai.dev/problems/"
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+log = get_logger(__name__)
+
+
+class Problem(Exception):
+    """An HTTP error with an RFC 9457 body.
+
+    ``type_`` is a short slug (``quota-exceeded``) made absolute under ``PROBLEM_TYPE_BASE``;
+    ``extensions`` become extra members of the body.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        type_: str | None = None,
+        title: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        **extensions: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.type_ = type_
+        self.title = title or _reason(status)
+        self.headers = dict(headers or {})
+        self.extensions = extensions
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _slug(status: int) -> str:
+    return _reason(status).lower().replace(" ", "-").replace("'", "")
+
+
+def problem_response(problem: Problem) -> web.Response:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + (problem.type_ or _slug(problem.status)),
+        "title": problem.title,
+        "status": problem.status,
+        "detail": problem.detail,
+        **problem.extensions,
+    }
+    return web.Response(
+        status=problem.status,
+        text=json.dumps(body),
+        content_type=PROBLEM_CONTENT_TYPE,
+        headers=problem.headers,
+    )
+
+
+def _from_http_exception(exc: web.HTTPException) -> Problem:
+    headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
+    extensions: dict[str, Any] = {}
+    detail = exc.reason
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        detail = f"{exc.method} is not allowed here; allowed: {', '.join(sorted(exc.allowed_methods))}"
+    elif isinstance(exc, web.HTTPNotFound):
+        detail = "no such resource"
+    elif isinstance(exc, web.HTTPRequestEntityTooLarge):
+        detail = "request body is larger than the 1 MiB limit"
+    elif exc.status == 422 and exc.text:
+        # webargs (behind aiohttp-apigami) puts its field messages in a JSON body.
+        try:
+            messages = json.loads(exc.text)
+        except ValueError:
+            messages = None
+        if isinstance(messages, dict):
+            extensions["errors"] = messages.get("json", messages)
+            detail = "the request does not match the schema: " + _summarise(extensions["errors"])
+    elif exc.text and exc.content_type == "text/plain" and not exc.text.startswith(f"{exc.status}:"):
+        detail = exc.text
+    return Problem(exc.status, detail, headers=headers, **extensions)
+
+
+def _summarise(errors: Any, prefix: str = "") -> str:
+    if isinstance(errors, dict):
+        return "; ".join(_summarise(v, f"{prefix}{k}.") for k, v in errors.items())
+    if isinstance(errors, list):
+        return f"{prefix.rstrip('.')}: {' '.join(str(e) for e in errors)}"
+    return f"{prefix.rstrip('.')}: {errors}"
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except Problem as problem:
+        return problem_response(problem)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return problem_response(_from_http_exception(exc))
+    except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+        raise
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        log.warning("redis unavailable", method=request.method, path=request.path, error=str(exc))
+        return problem_response(
+            Problem(
+                503,
+                "Redis is unavailable; try again shortly",
+                type_="dependency-unavailable",
+                headers={"Retry-After": "1"},
+            )
+        )
+    except Exception:
+        log.exception("unhandled error", method=request.method, path=request.path)
+        return problem_response(Problem(500, "an unexpected error occurred; it has been logged", type_="internal"))
+    return response

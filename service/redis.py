@@ -1,0 +1,64 @@
+"""One way to connect to Redis, for the web process, the worker and the command line.
+
+Managed Redis (Upstash, Fly) closes idle connections and fails over, so every pool has
+connect and read timeouts, TCP keep-alive and a health check of connections that sat idle.
+Retries are opt-in per pool: a command that may already have run on the server (a
+rate-limit script call, say) must never be sent twice, so the limiter asks for none.
+"""
+
+from __future__ import annotations
+
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.exceptions import ConnectionError, TimeoutError
+
+from service.settings import RedisURL, Settings
+
+__all__ = ["connection_pool", "redis_client"]
+
+HEALTH_CHECK_INTERVAL_S = 30
+
+
+def connection_pool(
+    url: RedisURL,
+    *,
+    max_connections: int = 50,
+    timeout_s: float = 5.0,
+    retries: int = 3,
+    client_name: str = "ottoai",
+    socket_timeout_s: float | None = -1.0,
+) -> ConnectionPool:
+    """A connection pool for ``url``.
+
+    ``socket_timeout_s`` is the read timeout; ``None`` waits forever (for blocking pops that
+    carry their own timeout) and the default ``-1`` means "same as ``timeout_s``".
+    ``rediss://`` verifies the server certificate unless the URL itself says otherwise
+    (``?ssl_cert_reqs=none``).
+    """
+    retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries) if retries > 0 else Retry(NoBackoff(), 0)
+    options: dict[str, object] = {
+        "max_connections": max_connections,
+        "socket_connect_timeout": timeout_s,
+        "socket_timeout": timeout_s if socket_timeout_s == -1.0 else socket_timeout_s,
+        "socket_keepalive": True,
+        "health_check_interval": HEALTH_CHECK_INTERVAL_S,
+        "retry": retry,
+        "retry_on_error": [ConnectionError, TimeoutError] if retries > 0 else [],
+        "client_name": client_name,
+    }
+    if url.tls and "ssl_cert_reqs" not in url.url:
+        options["ssl_cert_reqs"] = "required"
+    return ConnectionPool.from_url(url.url, **options)
+
+
+def redis_client(settings: Settings, *, client_name: str = "ottoai", retries: int = 3) -> Redis:
+    """A client with its own pool, sized and timed from ``settings``; close it with ``aclose()``."""
+    pool = connection_pool(
+        settings.require_redis(),
+        max_connections=settings.redis_max_connections,
+        timeout_s=settings.redis_timeout_s,
+        retries=retries,
+        client_name=client_name,
+    )
+    return Redis.from_pool(pool)
