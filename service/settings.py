@@ -200,16 +200,17 @@ class Settings:
 def _redis_from_env(env: Mapping[str, str], warnings: list[str]) -> RedisURL | None:
     primary = env.get("REDIS_URL", "").strip()
     upstash = env.get("UPSTASH_REDIS_URL", "").strip()
-    if primary and upstash:
-        warnings.append(
-            f"both REDIS_URL ({redact_url(primary)}) and UPSTASH_REDIS_URL ({redact_url(upstash)}) are set;"
-            " using REDIS_URL"
-        )
+    # Both are validated: a malformed value is an error even where the other one wins.
+    parsed_upstash = RedisURL.parse("UPSTASH_REDIS_URL", upstash) if upstash else None
     if primary:
-        return RedisURL.parse("REDIS_URL", primary)
-    if upstash:
-        return RedisURL.parse("UPSTASH_REDIS_URL", upstash)
-    return None
+        parsed = RedisURL.parse("REDIS_URL", primary)
+        if parsed_upstash is not None:
+            warnings.append(
+                f"both REDIS_URL ({parsed.redacted}) and UPSTASH_REDIS_URL ({parsed_upstash.redacted}) are set;"
+                " using REDIS_URL"
+            )
+        return parsed
+    return parsed_upstash
 
 
 def _get(env: Mapping[str, str], name: str, parse: Callable[[str, str], _T], default: _T) -> _T:

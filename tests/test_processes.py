@@ -1,0 +1,71 @@
+"""Whole processes: clean SIGTERM/SIGINT stops, `dev` with its embedded Redis, no leaked passwords."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import TEST_REDIS_URL
+from tests.processes import run_service
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serve_stops_cleanly_on_signal_within_10_s(sig: signal.Signals) -> None:
+    with run_service("serve", REDIS_URL=TEST_REDIS_URL) as child:
+        child.wait_healthy()
+        code, seconds, output = child.stop(sig)
+    assert code == 0, output
+    assert seconds < 10
+    assert "Traceback" not in output
+
+
+def _embedded_redis_pids() -> set[str]:
+    found = subprocess.run(["pgrep", "-f", "ottoai-redis-.*redis.sock"], capture_output=True, text=True)
+    return set(found.stdout.split())
+
+
+def test_dev_without_redis_url_runs_an_embedded_redis() -> None:
+    before = _embedded_redis_pids()
+    with run_service("dev", LOG_FORMAT="console") as child:
+        child.wait_healthy(timeout_s=60)
+        # An unknown key is looked up in Redis: 401, not 503, proves the embedded Redis answers.
+        status, _ = child.get("/v1/rate-limit", headers={"X-API-Key": "otto_0123456789abcdef0123"})
+        assert status == 401
+        code, _, output = child.stop()
+    assert code == 0, output
+    assert "embedded redis started" in output
+    assert _embedded_redis_pids() <= before, "the embedded redis-server outlived dev"
+
+
+def test_embedded_redis_dies_with_a_killed_dev() -> None:
+    before = _embedded_redis_pids()
+    with run_service("dev", LOG_FORMAT="console") as child:
+        child.wait_healthy(timeout_s=60)
+        assert _embedded_redis_pids() - before
+        child.process.kill()
+        child.process.communicate()
+    deadline = time.monotonic() + 5
+    while _embedded_redis_pids() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _embedded_redis_pids() <= before
+
+
+def test_no_output_contains_the_redis_password() -> None:
+    sentinel = "s3cret-sentinel-pw"
+    with run_service("serve", REDIS_URL=f"redis://:{sentinel}@127.0.0.1:1/0", REDIS_TIMEOUT_S="0.5") as child:
+        child.wait_healthy()
+        statuses = [
+            child.get("/v1/rate-limit", headers={"X-API-Key": "otto_0123456789abcdef0123"})[0],
+            child.get("/v1/rate-limit")[0],
+            child.get("/metrics")[0],
+        ]
+        bodies = b"".join(child.get(path)[1] for path in ("/health", "/metrics", "/openapi.json", "/v1/jobs"))
+        code, _, output = child.stop()
+    assert 503 in statuses
+    assert code == 0
+    assert "redis://:***@127.0.0.1:1/0" in output
+    assert sentinel not in output
+    assert sentinel.encode() not in bodies
