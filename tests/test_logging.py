@@ -1,0 +1,52 @@
+"""Logs are structured and never carry a password or a configured secret."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from service.logging import configure_logging, get_logger
+
+SENTINEL = "sentinel-pw-4242"
+
+
+@pytest.fixture
+def captured() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    configure_logging("json", secrets=[SENTINEL], stream=stream)
+    try:
+        yield stream
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+
+
+def test_json_lines_carry_fields_not_interpolated_text(captured: io.StringIO) -> None:
+    get_logger("t").info("job finished", job_id="j1", task="diagnostics.ping")
+    line = json.loads(captured.getvalue().splitlines()[-1])
+    assert line["event"] == "job finished"
+    assert line["job_id"] == "j1"
+    assert line["level"] == "info"
+    assert "timestamp" in line
+
+
+def test_passwords_are_hidden_in_every_kind_of_record(captured: io.StringIO) -> None:
+    url = f"rediss://default:{SENTINEL}@fly-redis.upstash.io:6380"
+    get_logger("t").warning("connecting", url=url, nested={"dsn": url}, listed=[url])
+    logging.getLogger("arq.worker").error("lost connection to %s", url)
+    logging.getLogger("other").info("token in text: Bearer %s", SENTINEL)
+    try:
+        raise ConnectionError(f"Error connecting to {url}")
+    except ConnectionError:
+        get_logger("t").exception("redis failed")
+    get_logger("t").info("unrelated URL", url="redis://:another-password@h:1/0")
+    output = captured.getvalue()
+    assert SENTINEL not in output
+    assert "another-password" not in output
+    assert "default:***@fly-redis.upstash.io" in output
