@@ -69,3 +69,19 @@ def test_no_output_contains_the_redis_password() -> None:
     assert "redis://:***@127.0.0.1:1/0" in output
     assert sentinel not in output
     assert sentinel.encode() not in bodies
+
+
+def test_dev_without_any_redis_server_says_how_to_get_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service import __main__ as cli
+    from service import embedded_redis
+
+    monkeypatch.setattr(embedded_redis, "find_redis_server", lambda: None)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("UPSTASH_REDIS_URL", raising=False)
+    assert cli.main(["dev"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert "no redis-server found" in lines[0]
+    assert "apt-get install redis-server" in lines[0]
