@@ -14,6 +14,7 @@ from aiohttp import web
 
 from service.app import AccessLogger, create_app
 from service.auth import ApiKeyStore
+from service.doctor import diagnose, render
 from service.embedded_redis import EmbeddedRedisError, embedded_redis
 from service.logging import configure_logging, get_logger, redact_text
 from service.redis import redis_client
@@ -29,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("serve", help="run the web process on $HOST:$PORT")
     commands.add_parser("dev", help="web + worker + cron in one process; embedded Redis when none is configured")
+
+    doctor = commands.add_parser(
+        "doctor", help="diagnose the configured Redis; exit 0 healthy, 1 problems, 2 cannot run"
+    )
+    doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser("create", help="print a new API key once, alone on standard output")
@@ -127,6 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "dev":
             return dev(settings)
         settings.require_redis()
+        if args.command == "doctor":
+            findings = asyncio.run(diagnose(settings))
+            print(render(findings, args.json))
+            return 0 if all(f.status != "problem" for f in findings) else 1
         configure_logging(settings.log_format, secrets=settings.secrets)
         try:
             return asyncio.run(_keys(settings, args))

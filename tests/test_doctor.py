@@ -1,0 +1,140 @@
+"""``python -m service doctor``: each problem of the operations guide is found and explained."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import ssl
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from service.doctor import Finding, diagnose
+from service.settings import Settings
+from tests.conftest import PYTHON, ROOT, TEST_REDIS_URL, subprocess_env
+
+
+def _by_check(findings: list[Finding]) -> dict[str, Finding]:
+    return {f.check: f for f in findings}
+
+
+async def _diagnose(url: str) -> dict[str, Finding]:
+    return _by_check(await diagnose(Settings.from_env({"REDIS_URL": url})))
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.fixture
+async def tls_port(certificate: tuple[Path, Path]) -> AsyncIterator[int]:
+    """A TLS server (self-signed) that speaks no Redis: enough for the TLS checks."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*certificate)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ssl.SSLError, ConnectionError):
+            await reader.read(100)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_healthy_redis_passes_every_connection_check() -> None:
+    found = await _diagnose(TEST_REDIS_URL)
+    for check in ("config", "dns", "connect", "tls", "auth", "ping", "version", "lua", "memory", "eviction"):
+        assert found[check].status == "ok", found[check]
+    assert found["version"].detail.startswith("Redis ")
+    # The machine's Redis keeps nothing on disk, which doctor must call out.
+    assert found["persistence"].status == "problem"
+    assert "AOF" in found["persistence"].advice
+
+
+async def test_connection_refused_is_named_and_later_checks_skipped() -> None:
+    found = await _diagnose("redis://127.0.0.1:1/0")
+    assert found["connect"].status == "problem"
+    assert "refused" in found["connect"].detail
+    assert found["redis"].status == "skipped"
+
+
+async def test_rediss_against_a_plain_port_says_use_redis() -> None:
+    found = await _diagnose(TEST_REDIS_URL.replace("redis://", "rediss://"))
+    assert found["tls"].status == "problem"
+    assert "use redis://" in found["tls"].advice
+
+
+async def test_redis_against_a_tls_port_says_use_rediss(tls_port: int) -> None:
+    found = await _diagnose(f"redis://127.0.0.1:{tls_port}/0")
+    assert found["tls"].status == "problem"
+    assert "use rediss://" in found["tls"].advice
+
+
+async def test_untrusted_certificate_is_reported(tls_port: int) -> None:
+    found = await _diagnose(f"rediss://localhost:{tls_port}/0")
+    assert found["tls"].status == "problem"
+    assert "certificate is not trusted" in found["tls"].detail
+
+
+async def test_authentication_failure_is_reported_without_the_password() -> None:
+    findings = await diagnose(Settings.from_env({"REDIS_URL": "redis://:doctor-sentinel@127.0.0.1:6379/15"}))
+    found = _by_check(findings)
+    assert found["auth"].status == "problem"
+    assert "doctor-sentinel" not in json.dumps([f.detail + f.advice for f in findings])
+
+
+def test_cli_exit_codes_and_json() -> None:
+    def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PYTHON, "-m", "service", "doctor", *args],
+            cwd=ROOT,
+            env=subprocess_env(**env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    problems = run("--json", REDIS_URL=TEST_REDIS_URL)
+    assert problems.returncode == 1  # persistence is off on this machine's Redis
+    document = json.loads(problems.stdout)
+    assert document["healthy"] is False
+    assert {c["check"] for c in document["checks"]} >= {"dns", "connect", "tls", "ping", "lua", "eviction"}
+
+    refused = run(REDIS_URL="redis://:pw-sentinel@127.0.0.1:1/0")
+    assert refused.returncode == 1
+    assert "connection refused" in refused.stdout
+    assert "pw-sentinel" not in refused.stdout + refused.stderr
+
+    cannot = run()
+    assert cannot.returncode == 2
+    assert cannot.stderr.startswith("REDIS_URL: not set")
