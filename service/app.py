@@ -15,7 +15,7 @@ from aiohttp.typedefs import Handler
 from aiohttp_apigami import setup_aiohttp_apispec, validation_middleware
 from aiohttp_apigami.constants import SWAGGER_DICT
 
-from service import __version__
+from service import __version__, readiness
 from service.api import health
 from service.auth import ApiKeyStore, identity_middleware, require_key_middleware
 from service.errors import Problem, problem_middleware
@@ -139,6 +139,7 @@ def create_app(
     app.cleanup_ctx.extend(extra_contexts)
 
     health.setup(app)
+    readiness.setup(app)
     setup_aiohttp_apispec(
         app,
         title=SERVICE_NAME,

@@ -10,13 +10,18 @@ from redis.asyncio import Redis
 from service.settings import Settings
 
 if TYPE_CHECKING:
+    import asyncpg
+
     from service.auth import ApiKeyStore, Identity
     from service.metrics import Metrics
+    from service.readiness import Check
 
 SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", Redis)
 API_KEYS: web.AppKey[ApiKeyStore] = web.AppKey("api_keys")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+DATABASE: web.AppKey[asyncpg.Pool] = web.AppKey("database")
+READINESS_CHECKS: web.AppKey[dict[str, Check]] = web.AppKey("readiness_checks")
 
 REQUEST_ID = web.RequestKey("request_id", str)
 IDENTITY: web.RequestKey[Identity | None] = web.RequestKey("identity")

@@ -1,0 +1,87 @@
+"""``GET /ready``: the truth about each dependency, within about 1.5 s even when one hangs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from pytest_aiohttp import AiohttpClient
+from redis.asyncio import Redis
+
+from service.app import create_app
+from tests.conftest import TEST_DATABASE_URL, make_settings
+
+
+@pytest.fixture
+async def hanging_port() -> AsyncIterator[int]:
+    """A TCP port that accepts connections and never says a word."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_ready_with_redis_and_database_up(aiohttp_client: AiohttpClient, redis: Redis) -> None:
+    client = await aiohttp_client(create_app(make_settings(DATABASE_URL=TEST_DATABASE_URL)))
+    response = await client.get("/ready")
+    body = await response.json()
+    assert response.status == 200, body
+    assert body["ready"] is True
+    assert body["components"]["redis"] is True
+    assert body["components"]["database"] is True
+    assert body["details"]["redis"]["latency_ms"] >= 0
+    assert body["service"] == "ottoai-backend"
+    assert abs(body["timestamp"] - time.time()) < 60
+    assert body["duration_ms"] >= 0
+
+
+async def test_database_appears_only_when_configured(aiohttp_client: AiohttpClient, redis: Redis) -> None:
+    client = await aiohttp_client(create_app(make_settings()))
+    body = await (await client.get("/ready")).json()
+    assert "database" not in body["components"]
+
+
+async def test_hung_database_gives_503_within_one_and_a_half_seconds(
+    aiohttp_client: AiohttpClient, redis: Redis, hanging_port: int
+) -> None:
+    settings = make_settings(DATABASE_URL=f"postgresql://postgres@127.0.0.1:{hanging_port}/test")
+    client = await aiohttp_client(create_app(settings))
+    started = time.monotonic()
+    response = await client.get("/ready")
+    elapsed = time.monotonic() - started
+    body = await response.json()
+    assert response.status == 503
+    assert body["ready"] is False
+    assert body["components"]["redis"] is True
+    assert body["components"]["database"] is False
+    assert elapsed < 1.5
+
+
+async def test_hung_redis_gives_503_within_one_and_a_half_seconds(
+    aiohttp_client: AiohttpClient, hanging_port: int
+) -> None:
+    client = await aiohttp_client(create_app(make_settings(REDIS_URL=f"redis://127.0.0.1:{hanging_port}/0")))
+    started = time.monotonic()
+    response = await client.get("/ready")
+    assert time.monotonic() - started < 1.5
+    assert response.status == 503
+    assert (await response.json())["components"]["redis"] is False
+
+
+async def test_unknown_database_is_not_ready(aiohttp_client: AiohttpClient, redis: Redis) -> None:
+    settings = make_settings(DATABASE_URL="postgresql://postgres@127.0.0.1:5432/no_such_database_here")
+    client = await aiohttp_client(create_app(settings))
+    response = await client.get("/ready")
+    assert response.status == 503
+    assert (await response.json())["details"]["database"]["error"]
