@@ -15,12 +15,14 @@ from aiohttp.typedefs import Handler
 from aiohttp_apigami import setup_aiohttp_apispec, validation_middleware
 
 from service import __version__
-from service.api import health
+from service.api import health, ratelimit
 from service.auth import ApiKeyStore, identity_middleware, require_key_middleware
 from service.errors import Problem, problem_middleware
-from service.keys import API_KEYS, METRICS, REDIS, REQUEST_ID, SETTINGS
+from service.keys import API_KEYS, METRICS, POLICIES, REDIS, REQUEST_ID, SETTINGS
 from service.logging import get_logger
 from service.metrics import Metrics
+from service.ratelimit.middleware import limiter_ctx, rate_limit_middleware
+from service.ratelimit.policy import load_policies
 from service.redis import redis_client
 from service.settings import SERVICE_NAME, Settings
 
@@ -112,12 +114,14 @@ def create_app(
     in-process worker this way).
     """
     settings.require_redis()
+    limiting = [rate_limit_middleware] if settings.rate_limit_enabled else []
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
         middlewares=[
             request_context_middleware,
             problem_middleware,
             identity_middleware,
+            *limiting,
             require_key_middleware,
             validation_middleware,
         ],
@@ -125,9 +129,13 @@ def create_app(
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_redis_ctx)
+    if settings.rate_limit_enabled:
+        app[POLICIES] = load_policies(settings.rate_limits_file)
+        app.cleanup_ctx.append(limiter_ctx)
     app.cleanup_ctx.extend(extra_contexts)
 
     health.setup(app)
+    ratelimit.setup(app)
     setup_aiohttp_apispec(
         app,
         title=SERVICE_NAME,

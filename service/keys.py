@@ -12,11 +12,16 @@ from service.settings import Settings
 if TYPE_CHECKING:
     from service.auth import ApiKeyStore, Identity
     from service.metrics import Metrics
+    from service.ratelimit.limiter import Decision, Limiter
+    from service.ratelimit.policy import Policies
 
 SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", Redis)
 API_KEYS: web.AppKey[ApiKeyStore] = web.AppKey("api_keys")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+POLICIES: web.AppKey[Policies] = web.AppKey("rate_limit_policies")
+LIMITER: web.AppKey[Limiter] = web.AppKey("rate_limiter")
 
 REQUEST_ID = web.RequestKey("request_id", str)
 IDENTITY: web.RequestKey[Identity | None] = web.RequestKey("identity")
+RATE_LIMIT: web.RequestKey[Decision] = web.RequestKey("rate_limit")
