@@ -41,12 +41,13 @@ def connection_pool(
         "max_connections": max_connections,
         "socket_connect_timeout": timeout_s,
         "socket_timeout": timeout_s if socket_timeout_s == -1.0 else socket_timeout_s,
-        "socket_keepalive": True,
         "health_check_interval": HEALTH_CHECK_INTERVAL_S,
         "retry": retry,
         "retry_on_error": [ConnectionError, TimeoutError] if retries > 0 else [],
         "client_name": client_name,
     }
+    if url.scheme != "unix":  # unix sockets take no keep-alive option (redis-py raises TypeError)
+        options["socket_keepalive"] = True
     if url.tls and "ssl_cert_reqs" not in url.url:
         options["ssl_cert_reqs"] = "required"
     return ConnectionPool.from_url(url.url, **options)

@@ -1,8 +1,9 @@
 """The limiter: one atomic script call per decision, batched per event-loop turn.
 
-- **Batching.** Decisions that arrive in the same loop turn are sent together: one
-  ``EVALSHA`` per hash slot (a caller's keys share the slot of its hash tag, so the
-  script stays valid on Redis Cluster), all of them in one pipeline, one round trip.
+- **Batching.** Decisions that arrive in the same loop turn go to Redis together, in one
+  round trip: one ``EVALSHA`` for all of them on a single Redis server, or, with
+  ``group_by_slot`` (Redis Cluster, where a script may touch one hash slot only), one
+  ``EVALSHA`` per slot in one pipeline; a caller's keys share its hash tag's slot.
 - **Exact local refusals.** When Redis has said a bucket held ``r`` units, at most
   ``r + rate * (now - sent)`` can be there now (``sent`` is when that call left, so the
   bound errs high: other processes only spend). While that bound is below the cost, the
@@ -25,18 +26,21 @@ from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from service.logging import get_logger
 from service.ratelimit.headers import ratelimit_header, retry_after_header
 from service.ratelimit.metrics import LimiterMetrics
-from service.ratelimit.policy import Bucket, RouteBuckets
+from service.ratelimit.policy import Bucket, RouteBuckets, resp_bulk
 
 __all__ = ["SCRIPT", "BucketState", "Decision", "Limiter", "Outcome", "bucket_key"]
 
 SCRIPT = resources.files("service.ratelimit").joinpath("token_bucket.lua").read_text(encoding="utf-8")
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
+_EVALSHA = resp_bulk(b"EVALSHA") + resp_bulk(SCRIPT_SHA.encode())
+_NOW_FROM_REDIS = resp_bulk(b"")
 _REFUSAL_CACHE_MAX = 100_000
 _FIELDS_PER_BUCKET = 4
 
@@ -123,6 +127,7 @@ class Decision:
 @dataclass(slots=True)
 class _Call:
     keys: list[str]
+    keys_wire: bytes
     route: RouteBuckets
     spend: bool
     future: asyncio.Future[Decision]
@@ -138,12 +143,16 @@ class Limiter:
         deadline_s: float,
         metrics: LimiterMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        group_by_slot: bool = False,
     ) -> None:
         self._redis = redis
         self._pool = redis.connection_pool
         self._deadline_s = deadline_s
         self._metrics = metrics or LimiterMetrics()
         self._clock = clock
+        self._group_by_slot = group_by_slot
+        # Connections kept between batches: the pool's hand-out check costs a read per batch.
+        self._idle: list[AbstractConnection] = []
         self._pending: list[_Call] = []
         self._inflight: set[asyncio.Task[None]] = set()
         # key -> (remaining units Redis reported, local time the call was sent); only near-empty buckets.
@@ -165,13 +174,16 @@ class Limiter:
         future: asyncio.Future[Decision] = loop.create_future()
         if not self._pending:
             loop.call_soon(self._flush)
-        self._pending.append(_Call(keys, route, spend, future))
+        keys_wire = b"".join([resp_bulk(key.encode()) for key in keys])
+        self._pending.append(_Call(keys, keys_wire, route, spend, future))
         return await future
 
     async def close(self) -> None:
-        """Wait for batches in flight (each ends by its deadline)."""
+        """Wait for batches in flight (each ends by its deadline), then hand the connections back."""
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
+        while self._idle:
+            await self._pool.release(self._idle.pop())
 
     def _refuse_locally(self, keys: list[str], route: RouteBuckets) -> Decision | None:
         now = self._clock()
@@ -205,10 +217,14 @@ class Limiter:
 
     def _flush(self) -> None:
         calls, self._pending = self._pending, []
-        groups: dict[int, list[_Call]] = {}
-        for call in calls:
-            groups.setdefault(key_slot(call.keys[0].encode()), []).append(call)
-        task = asyncio.get_running_loop().create_task(self._run(list(groups.values())))
+        if self._group_by_slot:
+            slots: dict[int, list[_Call]] = {}
+            for call in calls:
+                slots.setdefault(key_slot(call.keys[0].encode()), []).append(call)
+            groups = list(slots.values())
+        else:
+            groups = [calls]
+        task = asyncio.get_running_loop().create_task(self._run(groups))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
@@ -242,24 +258,36 @@ class Limiter:
             else:
                 self._resolve(group, reply, sent)
 
-    async def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async def _send(self, commands: list[bytes]) -> list[Any]:
         """One round trip; error replies come back in place (a connection failure raises)."""
-        connection = await self._pool.get_connection()
+        connection = await self._connection()
         try:
-            await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+            await connection.send_packed_command(commands, check_health=False)
             replies: list[Any] = []
             for _ in commands:
                 try:
                     replies.append(await connection.read_response(disable_decoding=True))
                 except ResponseError as error:
                     replies.append(error)
-            return replies
         except BaseException:
             # A reply may still be on its way: this connection must never be reused.
             await connection.disconnect(nowait=True)
-            raise
-        finally:
             await self._pool.release(connection)
+            raise
+        self._idle.append(connection)
+        return replies
+
+    async def _connection(self) -> AbstractConnection:
+        while self._idle:
+            connection = self._idle.pop()
+            reader = connection._reader
+            if reader is not None and not reader.at_eof():
+                return connection
+            # Closed by the server while idle (a restart, a failover): let the pool renew it.
+            await connection.disconnect(nowait=True)
+            await self._pool.release(connection)
+        connection: AbstractConnection = await self._pool.get_connection()
+        return connection
 
     def _fail(self, group: list[_Call]) -> None:
         for call in group:
@@ -301,13 +329,21 @@ class Limiter:
                 call.future.set_result(Decision(call.route, outcome, tuple(states)))
 
 
-def _command(group: list[_Call]) -> tuple[Any, ...]:
-    keys: list[str] = []
-    args: list[bytes] = [b"", str(len(group)).encode()]
-    for call in group:
-        keys.extend(call.keys)
-        args.append(b"1" if call.spend else b"0")
-        args.append(str(len(call.route.buckets)).encode())
-        for bucket in call.route.buckets:
-            args.extend(bucket.script_args)
-    return ("EVALSHA", SCRIPT_SHA, len(keys), *keys, *args)
+def _command(group: list[_Call]) -> bytes:
+    """One ``EVALSHA`` for every decision of ``group`` (one hash slot), framed as RESP by hand.
+
+    The arguments of each route are framed once, when the policies load; only the keys
+    are framed per request. redis-py's generic ``pack_command`` was the limiter's largest cost.
+    """
+    key_count = sum(len(call.keys) for call in group)
+    arg_count = 2 + sum(2 + 4 * len(call.route.buckets) for call in group)
+    parts = [
+        b"*%d\r\n" % (3 + key_count + arg_count),
+        _EVALSHA,
+        resp_bulk(b"%d" % key_count),
+        *[call.keys_wire for call in group],
+        _NOW_FROM_REDIS,
+        resp_bulk(b"%d" % len(group)),
+        *[call.route.spend_args if call.spend else call.route.read_args for call in group],
+    ]
+    return b"".join(parts)

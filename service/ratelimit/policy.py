@@ -20,7 +20,7 @@ from typing import Any
 from service.ratelimit.headers import policy_header
 from service.settings import SettingsError
 
-__all__ = ["DEFAULT_POLICIES_TOML", "Bucket", "Plan", "Policies", "PolicyError", "load_policies"]
+__all__ = ["DEFAULT_POLICIES_TOML", "Bucket", "Plan", "Policies", "PolicyError", "load_policies", "resp_bulk"]
 
 UNITS_PER_TOKEN_PER_Q = 1_000_000  # one microsecond of refill is a whole number of units
 _MAX_UNITS = 2**53  # Lua numbers are doubles: integers are exact up to here
@@ -91,6 +91,8 @@ class RouteBuckets:
     buckets: tuple[Bucket, ...]
     policy_header: str
     fail_closed: bool  # Redis could not answer: refuse (503) rather than admit
+    spend_args: bytes  # the script arguments of one decision, already framed for the wire (RESP)
+    read_args: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +180,21 @@ def _plan(where: str, name: str, body: Any) -> Plan:
 
 def _route_buckets(plan: str, buckets: tuple[Bucket, ...]) -> RouteBuckets:
     enforced = [b for b in buckets if not b.shadow]
-    return RouteBuckets(plan, buckets, policy_header(enforced), any(b.fail_closed for b in enforced))
+    bucket_args = [resp_bulk(arg) for b in buckets for arg in b.script_args]
+    count = resp_bulk(str(len(buckets)).encode())
+    return RouteBuckets(
+        plan,
+        buckets,
+        policy_header(enforced),
+        any(b.fail_closed for b in enforced),
+        spend_args=b"".join([resp_bulk(b"1"), count, *bucket_args]),
+        read_args=b"".join([resp_bulk(b"0"), count, *bucket_args]),
+    )
+
+
+def resp_bulk(value: bytes) -> bytes:
+    """``value`` as a RESP bulk string, the way every command argument travels to Redis."""
+    return b"$%d\r\n%b\r\n" % (len(value), value)
 
 
 def _bucket(where: str, index: int, item: Any) -> Bucket:
