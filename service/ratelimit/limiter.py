@@ -286,8 +286,8 @@ class Limiter:
             # Closed by the server while idle (a restart, a failover): let the pool renew it.
             await connection.disconnect(nowait=True)
             await self._pool.release(connection)
-        connection: AbstractConnection = await self._pool.get_connection()
-        return connection
+        fresh: AbstractConnection = await self._pool.get_connection()
+        return fresh
 
     def _fail(self, group: list[_Call]) -> None:
         for call in group:
