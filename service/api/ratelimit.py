@@ -41,7 +41,7 @@ async def get_rate_limit(request: web.Request) -> web.Response:
     decision = request.get(RATE_LIMIT)
     if decision is None:  # the limiter is switched off (RATE_LIMIT_ENABLED=false)
         return web.json_response({"identity": identity.tenant, "plan": identity.plan, "buckets": []})
-    if decision.outcome is Outcome.FAIL_OPEN:
+    if decision.outcome == Outcome.FAIL_OPEN:
         raise Problem(503, "Redis did not answer in time; the buckets cannot be read now", headers={"Retry-After": "1"})
     buckets = [
         {

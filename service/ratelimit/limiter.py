@@ -21,9 +21,8 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from importlib import resources
-from typing import Any
+from typing import Any, Final, NamedTuple
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
@@ -47,12 +46,15 @@ _FIELDS_PER_BUCKET = 4
 log = get_logger(__name__)
 
 
-class Outcome(StrEnum):
-    ALLOWED = "allowed"
-    LIMITED = "limited"
-    SHADOW_LIMITED = "shadow_limited"  # admitted, though a shadow bucket came up short
-    FAIL_OPEN = "fail_open"
-    FAIL_CLOSED = "fail_closed"
+class Outcome:
+    """What became of a request. Plain strings, not an Enum: enum hashing is Python code,
+    and every decision is counted in a dictionary keyed by its outcome."""
+
+    ALLOWED: Final = "allowed"
+    LIMITED: Final = "limited"
+    SHADOW_LIMITED: Final = "shadow_limited"  # admitted, though a shadow bucket came up short
+    FAIL_OPEN: Final = "fail_open"
+    FAIL_CLOSED: Final = "fail_closed"
 
 
 ADMITTED = frozenset({Outcome.ALLOWED, Outcome.SHADOW_LIMITED, Outcome.FAIL_OPEN})
@@ -63,9 +65,11 @@ def bucket_key(caller: str, bucket_name: str) -> str:
     return f"rl:{{{caller}}}:{bucket_name}"
 
 
-@dataclass(frozen=True, slots=True)
-class BucketState:
-    """One bucket as Redis (or the refusal cache) last saw it, in the script's integer units."""
+class BucketState(NamedTuple):
+    """One bucket as Redis (or the refusal cache) last saw it, in the script's integer units.
+
+    A named tuple rather than a frozen dataclass: one is built per bucket per request.
+    """
 
     bucket: Bucket
     ok: bool
@@ -87,12 +91,11 @@ class BucketState:
         return self.full_in_us / 1e6
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """The verdict on one request and what its headers need."""
 
     route: RouteBuckets
-    outcome: Outcome
+    outcome: str  # an Outcome
     states: tuple[BucketState, ...] = ()  # empty when Redis did not answer
 
     @property
@@ -115,11 +118,18 @@ class Decision:
         headers = {}
         if self.route.policy_header:
             headers["RateLimit-Policy"] = self.route.policy_header
-        candidates = self.violated if self.outcome is Outcome.LIMITED else self.states
-        enforced = [s for s in candidates if not s.bucket.shadow]
-        if enforced:
-            headers["RateLimit"] = ratelimit_header(min(enforced, key=lambda s: (s.remaining, -s.full_in_us)))
-        if self.outcome is Outcome.LIMITED:
+        limited = self.outcome is Outcome.LIMITED
+        closest = None
+        closest_rank = (0, 0)
+        for state in self.states:
+            if state.bucket.shadow or (limited and state.ok):
+                continue
+            rank = (state.remaining, -state.full_in_us)
+            if closest is None or rank < closest_rank:
+                closest, closest_rank = state, rank
+        if closest is not None:
+            headers["RateLimit"] = ratelimit_header(closest)
+        if limited:
             headers["Retry-After"] = retry_after_header(self.retry_after_s)
         return headers
 
@@ -305,10 +315,11 @@ class Limiter:
             states = []
             shadow_short = False
             for key, bucket in zip(call.keys, call.route.buckets, strict=True):
-                ok, remaining_units, full_in_us, retry_in_us = reply[at : at + _FIELDS_PER_BUCKET]
+                ok = reply[at]
+                remaining_units = reply[at + 1]
+                retry_in_us = reply[at + 3]
+                states.append(BucketState(bucket, ok == 1, remaining_units, reply[at + 2], retry_in_us))
                 at += _FIELDS_PER_BUCKET
-                state = BucketState(bucket, ok == 1, remaining_units, full_in_us, retry_in_us)
-                states.append(state)
                 if bucket.shadow:
                     shadow_short = shadow_short or ok != 1
                 elif retry_in_us != 0:

@@ -44,7 +44,7 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     spend = identity is None or route_key != READ_ONLY_ROUTE
     decision = await app[LIMITER].decide(caller, route, spend=spend)
     headers = decision.headers()
-    if decision.outcome is Outcome.LIMITED:
+    if decision.outcome == Outcome.LIMITED:
         violated = [s.name for s in decision.violated]
         raise Problem(
             429,
@@ -54,7 +54,7 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
             headers=headers,
             **{"violated-policies": violated},
         )
-    if decision.outcome is Outcome.FAIL_CLOSED:
+    if decision.outcome == Outcome.FAIL_CLOSED:
         raise Problem(
             503,
             "the rate limiter cannot reach Redis and this policy refuses requests until it can",
