@@ -134,8 +134,8 @@ def create_app(
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_redis_ctx)
+    app[POLICIES] = load_policies(settings.rate_limits_file)  # validated even when off: no surprise on switching on
     if settings.rate_limit_enabled:
-        app[POLICIES] = load_policies(settings.rate_limits_file)
         app.cleanup_ctx.append(limiter_ctx)
     app.cleanup_ctx.extend(extra_contexts)
 

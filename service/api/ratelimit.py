@@ -38,9 +38,10 @@ class RateLimitSchema(Schema):
 async def get_rate_limit(request: web.Request) -> web.Response:
     identity = request[IDENTITY]
     assert identity is not None  # require_key_middleware let the request through
+    plan = request.app[POLICIES].plan(identity.plan).name
     decision = request.get(RATE_LIMIT)
     if decision is None:  # the limiter is switched off (RATE_LIMIT_ENABLED=false)
-        return web.json_response({"identity": identity.tenant, "plan": identity.plan, "buckets": []})
+        return web.json_response({"identity": identity.tenant, "plan": plan, "buckets": []})
     if decision.outcome == Outcome.FAIL_OPEN:
         raise Problem(503, "Redis did not answer in time; the buckets cannot be read now", headers={"Retry-After": "1"})
     buckets = [
@@ -54,7 +55,6 @@ async def get_rate_limit(request: web.Request) -> web.Response:
         }
         for state in decision.states
     ]
-    plan = request.app[POLICIES].plan(identity.plan).name
     return web.json_response({"identity": identity.tenant, "plan": plan, "buckets": buckets})
 
 

@@ -42,6 +42,7 @@ _EVALSHA = resp_bulk(b"EVALSHA") + resp_bulk(SCRIPT_SHA.encode())
 _NOW_FROM_REDIS = resp_bulk(b"")
 _REFUSAL_CACHE_MAX = 100_000
 _FIELDS_PER_BUCKET = 4
+_WARN_EVERY_S = 1.0
 
 log = get_logger(__name__)
 
@@ -167,6 +168,7 @@ class Limiter:
         self._inflight: set[asyncio.Task[None]] = set()
         # key -> (remaining units Redis reported, local time the call was sent); only near-empty buckets.
         self._refusals: dict[str, tuple[int, float]] = {}
+        self._last_warning_at = -_WARN_EVERY_S
 
     @property
     def metrics(self) -> LimiterMetrics:
@@ -255,7 +257,7 @@ class Limiter:
         except (RedisError, OSError, TimeoutError) as exc:
             kind = "timeout" if isinstance(exc, TimeoutError) else "connection"
             self._metrics.redis_error(kind)
-            log.warning("rate limiter fell back", reason=kind, error=str(exc) or type(exc).__name__)
+            self._warn("rate limiter fell back", reason=kind, error=str(exc) or type(exc).__name__)
             for group in groups:
                 self._fail(group)
             return
@@ -263,7 +265,7 @@ class Limiter:
         for group, reply in zip(groups, replies, strict=True):
             if isinstance(reply, Exception):
                 self._metrics.redis_error("reply")
-                log.warning("rate limiter script failed", error=str(reply))
+                self._warn("rate limiter script failed", reason="reply", error=str(reply))
                 self._fail(group)
             else:
                 self._resolve(group, reply, sent)
@@ -298,6 +300,13 @@ class Limiter:
             await self._pool.release(connection)
         fresh: AbstractConnection = await self._pool.get_connection()
         return fresh
+
+    def _warn(self, event: str, **fields: str) -> None:
+        """Log a fallback at most once a second: a Redis outage must not flood the logs (metrics count all)."""
+        now = self._clock()
+        if now - self._last_warning_at >= _WARN_EVERY_S:
+            self._last_warning_at = now
+            log.warning(event, **fields)
 
     def _fail(self, group: list[_Call]) -> None:
         for call in group:
