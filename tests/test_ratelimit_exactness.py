@@ -33,7 +33,14 @@ def _free_port() -> int:
 
 
 def _start_serve(port: int, policy_file: Path) -> subprocess.Popen[bytes]:
-    env = subprocess_env(REDIS_URL=TEST_REDIS_URL, RATE_LIMITS_FILE=str(policy_file), PORT=str(port), HOST="127.0.0.1")
+    env = subprocess_env(
+        REDIS_URL=TEST_REDIS_URL,
+        RATE_LIMITS_FILE=str(policy_file),
+        PORT=str(port),
+        HOST="127.0.0.1",
+        # A deadline no busy test machine can miss: this test is about exactness, not fail-open.
+        RATE_LIMIT_DEADLINE_MS="5000",
+    )
     return subprocess.Popen(
         [PYTHON, "-m", "service", "serve"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -78,9 +85,11 @@ async def test_two_processes_admit_exactly_capacity_for_one_tenant(redis: Redis,
                     return r.status
 
             statuses = await asyncio.gather(*(hit(port) for _ in range(REQUESTS_PER_PROCESS) for port in ports))
+            metrics = [await (await session.get(f"http://127.0.0.1:{port}/metrics")).text() for port in ports]
     finally:
         _stop(processes)
 
+    assert all('outcome="fail_open"' not in text for text in metrics)
     counted = Counter(statuses)
     assert counted[404] == CAPACITY  # admitted by the limiter, then no such route
     assert counted[429] == 2 * REQUESTS_PER_PROCESS - CAPACITY
