@@ -173,7 +173,11 @@ def _machine(redis_url: str) -> str:
         capture_output=True, text=True, check=False,
     ).stdout  # fmt: skip
     redis_version = next((x.split(":")[1] for x in version.splitlines() if x.startswith("redis_version")), "?")
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, Redis {redis_version.strip()}"
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, Redis {redis_version.strip()}"
+        f" (load average before the run: {load})"
+    )
 
 
 def main() -> None:

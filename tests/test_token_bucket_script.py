@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis import Redis
 
-from service.ratelimit.limiter import SCRIPT, SCRIPT_SHA
+from service.ratelimit.limiter import SCRIPT, SCRIPT_SHA, bucket_key
 from service.ratelimit.policy import Bucket
 from tests.conftest import TEST_REDIS_URL
 
@@ -39,7 +39,7 @@ def sync_redis() -> Iterator[Redis]:
 
 
 def key_of(bucket: Bucket) -> str:
-    return f"rl:{{{CALLER}}}:{bucket.name}"
+    return bucket_key(CALLER, bucket.name)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,11 @@ class RateLimitSchema(Schema):
     tags=["rate limits"],
     summary="The caller's rate-limit buckets, read without spending a token",
     security=[{"bearer": []}, {"apiKey": []}],
-    responses={401: {"description": "no valid API key"}, 503: {"description": "Redis did not answer in time"}},
+    responses={
+        401: {"description": "no valid API key (limited by client address: 429 when guessing)"},
+        429: {"description": "the caller's address is over its limit (requests without a valid key)"},
+        503: {"description": "Redis did not answer within the limiter's deadline"},
+    },
 )
 @response_schema(RateLimitSchema, 200)
 async def get_rate_limit(request: web.Request) -> web.Response:

@@ -58,9 +58,6 @@ class Outcome:
     FAIL_CLOSED: Final = "fail_closed"
 
 
-ADMITTED = frozenset({Outcome.ALLOWED, Outcome.SHADOW_LIMITED, Outcome.FAIL_OPEN})
-
-
 def bucket_key(caller: str, bucket_name: str) -> str:
     """The Redis key of one caller's bucket; the hash tag keeps a caller's keys in one slot."""
     return f"rl:{{{caller}}}:{bucket_name}"
@@ -98,10 +95,6 @@ class Decision(NamedTuple):
     route: RouteBuckets
     outcome: str  # an Outcome
     states: tuple[BucketState, ...] = ()  # empty when Redis did not answer
-
-    @property
-    def admitted(self) -> bool:
-        return self.outcome in ADMITTED
 
     @property
     def violated(self) -> tuple[BucketState, ...]:
@@ -176,7 +169,7 @@ class Limiter:
 
     async def decide(self, caller: str, route: RouteBuckets, *, spend: bool = True) -> Decision:
         """Spend the buckets of ``route`` for ``caller`` (or only read them: ``spend=False``)."""
-        keys = [f"rl:{{{caller}}}:{b.name}" for b in route.buckets]
+        keys = [bucket_key(caller, b.name) for b in route.buckets]
         if spend and self._refusals:
             refused = self._refuse_locally(keys, route)
             if refused is not None:
