@@ -1,4 +1,4 @@
-"""The limiter: one atomic script call per decision, batched per event-loop turn.
+"""The limiter: every decision atomic in Redis (all its buckets pay, or none), batched per loop turn.
 
 - **Batching.** Decisions that arrive in the same loop turn go to Redis together, in one
   round trip: one ``EVALSHA`` for all of them on a single Redis server, or, with
