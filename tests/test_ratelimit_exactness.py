@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import time
 from collections import Counter
@@ -13,7 +12,7 @@ import aiohttp
 from redis.asyncio import Redis
 
 from service.auth import ApiKeyStore
-from tests.conftest import PYTHON, ROOT, TEST_REDIS_URL, subprocess_env
+from tests.conftest import PYTHON, ROOT, TEST_REDIS_URL, free_port, subprocess_env
 
 CAPACITY = 60
 REQUESTS_PER_PROCESS = 150
@@ -23,13 +22,6 @@ POLICIES = f"""
 [anonymous]
 "*" = [{{ name = "address", capacity = 10, per_second = 1 }}]
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _start_serve(port: int, policy_file: Path) -> subprocess.Popen[bytes]:
@@ -71,7 +63,7 @@ async def test_two_processes_admit_exactly_capacity_for_one_tenant(redis: Redis,
     key = await ApiKeyStore(redis).create("hammered")
     policy_file = tmp_path / "policies.toml"
     policy_file.write_text(POLICIES)
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     processes = [_start_serve(port, policy_file) for port in ports]
     try:
         connector = aiohttp.TCPConnector(limit=40)

@@ -21,7 +21,7 @@ from pytest_aiohttp import AiohttpClient
 
 from service.app import create_app
 from service.keys import API_KEYS
-from tests.conftest import make_settings
+from tests.conftest import free_port, make_settings
 
 DEADLINE_MS = 50
 MARGIN_S = 0.5  # far below the 5 s socket timeout a hung call would otherwise wait
@@ -58,19 +58,12 @@ async def hung_redis() -> AsyncIterator[str]:
         await server.wait_closed()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A private redis-server on a free port, which the test may stop."""
     binary = shutil.which("redis-server")
     assert binary, "redis-server is needed for this test"
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [
             binary,

@@ -48,28 +48,29 @@ class LimiterMetrics(Collector):
         self.redis_errors[reason] += 1
 
     def collect(self) -> Iterator[Metric]:
-        decisions = CounterMetricFamily(
+        yield _counter(
             "ratelimit_decisions",
             "Rate-limit decisions: allowed, limited, shadow_limited (admitted, a shadow bucket was short),"
             " fail_open and fail_closed (Redis did not answer in time)",
-            labels=["outcome", "plan"],
+            ["outcome", "plan"],
+            {key: value for key, value in self.decisions.items()},
         )
-        for (outcome, plan), value in sorted(self.decisions.items()):
-            decisions.add_metric([outcome, plan], value)
-        local = CounterMetricFamily(
+        yield _counter(
             "ratelimit_local_refusals",
             "Limited decisions taken from the exact local refusal cache, without a Redis round trip",
-            labels=["plan"],
+            ["plan"],
+            {(plan,): value for plan, value in self.local_refusals.items()},
         )
-        for plan, value in sorted(self.local_refusals.items()):
-            local.add_metric([plan], value)
-        errors = CounterMetricFamily(
+        yield _counter(
             "ratelimit_redis_errors",
             "Limiter calls to Redis that failed: timeout, connection, reply, noscript (reloaded and resent)",
-            labels=["reason"],
+            ["reason"],
+            {(reason,): value for reason, value in self.redis_errors.items()},
         )
-        for reason, value in sorted(self.redis_errors.items()):
-            errors.add_metric([reason], value)
-        yield decisions
-        yield local
-        yield errors
+
+
+def _counter(name: str, documentation: str, labels: list[str], values: dict[tuple[str, ...], int]) -> Metric:
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for label_values, value in sorted(values.items()):
+        family.add_metric(list(label_values), value)
+    return family
