@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import re
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -16,12 +17,14 @@ from aiohttp_apigami import setup_aiohttp_apispec, validation_middleware
 from aiohttp_apigami.constants import SWAGGER_DICT
 
 from service import __version__, readiness
-from service.api import health
+from service.api import health, ratelimit
 from service.auth import ApiKeyStore, identity_middleware, require_key_middleware
 from service.errors import Problem, problem_middleware
-from service.keys import API_KEYS, METRICS, REDIS, REQUEST_ID, SETTINGS
+from service.keys import API_KEYS, METRICS, POLICIES, REDIS, REQUEST_ID, SETTINGS
 from service.logging import get_logger
 from service.metrics import Metrics
+from service.ratelimit.middleware import limiter_ctx, rate_limit_middleware
+from service.ratelimit.policy import load_policies
 from service.redis import redis_client
 from service.settings import SERVICE_NAME, Settings
 
@@ -29,9 +32,16 @@ __all__ = ["MAX_BODY_BYTES", "AccessLogger", "create_app"]
 
 MAX_BODY_BYTES = 1024 * 1024
 _REQUEST_ID_SHAPE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_REQUEST_ID_PREFIX = secrets.token_hex(8)
+_request_counter = itertools.count(1)
 
 log = get_logger(__name__)
 access_log = get_logger("ottoai.access")
+
+
+def _new_request_id() -> str:
+    """32 hex digits like a UUID4's, unique without a system call per request (uuid4 reads urandom)."""
+    return f"{_REQUEST_ID_PREFIX}{next(_request_counter):016x}"
 
 
 def _route_of(request: web.Request) -> str:
@@ -43,7 +53,7 @@ def _route_of(request: web.Request) -> str:
 async def request_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give every request an id (the caller's ``X-Request-ID`` when sane) and count it."""
     supplied = request.headers.get("X-Request-ID", "")
-    request_id = supplied if _REQUEST_ID_SHAPE.fullmatch(supplied) else uuid.uuid4().hex
+    request_id = supplied if _REQUEST_ID_SHAPE.fullmatch(supplied) else _new_request_id()
     request[REQUEST_ID] = request_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
@@ -57,10 +67,7 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
         exc.headers["X-Request-ID"] = request_id
         raise
     finally:
-        route = _route_of(request)
-        metrics = request.app[METRICS]
-        metrics.http_requests.labels(request.method, route, str(status)).inc()
-        metrics.http_request_duration.labels(route).observe(time.perf_counter() - started)
+        request.app[METRICS].record_request(request.method, _route_of(request), status, time.perf_counter() - started)
     response.headers["X-Request-ID"] = request_id
     return response
 
@@ -123,12 +130,14 @@ def create_app(
     in-process worker this way).
     """
     settings.require_redis()
+    limiting = [rate_limit_middleware] if settings.rate_limit_enabled else []
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
         middlewares=[
             request_context_middleware,
             problem_middleware,
             identity_middleware,
+            *limiting,
             require_key_middleware,
             validation_middleware,
         ],
@@ -136,10 +145,14 @@ def create_app(
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_redis_ctx)
+    app[POLICIES] = load_policies(settings.rate_limits_file)  # validated even when off: no surprise on switching on
+    if settings.rate_limit_enabled:
+        app.cleanup_ctx.append(limiter_ctx)
     app.cleanup_ctx.extend(extra_contexts)
 
     health.setup(app)
     readiness.setup(app)
+    ratelimit.setup(app)
     setup_aiohttp_apispec(
         app,
         title=SERVICE_NAME,

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 
     from service.auth import ApiKeyStore, Identity
     from service.metrics import Metrics
+    from service.ratelimit.limiter import Decision, Limiter
+    from service.ratelimit.policy import Policies
     from service.readiness import Check
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -22,6 +24,9 @@ API_KEYS: web.AppKey[ApiKeyStore] = web.AppKey("api_keys")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 DATABASE: web.AppKey[asyncpg.Pool] = web.AppKey("database")
 READINESS_CHECKS: web.AppKey[dict[str, Check]] = web.AppKey("readiness_checks")
+POLICIES: web.AppKey[Policies] = web.AppKey("rate_limit_policies")
+LIMITER: web.AppKey[Limiter] = web.AppKey("rate_limiter")
 
 REQUEST_ID = web.RequestKey("request_id", str)
 IDENTITY: web.RequestKey[Identity | None] = web.RequestKey("identity")
+RATE_LIMIT: web.RequestKey[Decision] = web.RequestKey("rate_limit")

@@ -46,7 +46,7 @@ def connection_pool(
         "retry_on_error": [ConnectionError, TimeoutError] if retries > 0 else [],
         "client_name": client_name,
     }
-    if url.scheme != "unix":
+    if url.scheme != "unix":  # unix sockets take no keep-alive option (redis-py raises TypeError)
         options["socket_keepalive"] = True
     if url.tls and "ssl_cert_reqs" not in url.url:
         options["ssl_cert_reqs"] = "required"

@@ -7,6 +7,7 @@ checkout can point ``REDIS_URL`` at another db number.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -43,6 +44,14 @@ def subprocess_env(**overrides: str) -> Mapping[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 @pytest.fixture

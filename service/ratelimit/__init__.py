@@ -1,0 +1,1 @@
+"""Rate limiting of ``/v1/*``: token buckets in one atomic Lua call on Redis."""

@@ -1,0 +1,243 @@
+"""Rate-limit policies: the TOML file of ``RATE_LIMITS_FILE`` (or built-in defaults) as frozen objects.
+
+A plan maps route keys (``"*"`` or ``"METHOD /path/template"``) to buckets; a request
+spends the buckets of ``"*"`` plus those of its own route. Everything a request needs is
+resolved once here (the merged bucket tuple and its ``RateLimit-Policy`` header), so the
+per-request work is one dictionary look-up.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from service.ratelimit.headers import policy_header
+from service.settings import SettingsError
+
+__all__ = ["DEFAULT_POLICIES_TOML", "Bucket", "Plan", "Policies", "PolicyError", "load_policies", "resp_bulk"]
+
+UNITS_PER_TOKEN_PER_Q = 1_000_000  # one microsecond of refill is a whole number of units
+_MAX_UNITS = 2**53  # Lua numbers are doubles: integers are exact up to here
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_ROUTE = re.compile(r"(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS) /\S*")
+_FIELDS = frozenset({"name", "capacity", "per_second", "cost", "shadow", "on_redis_error"})
+ANONYMOUS = "anonymous"
+DEFAULT_PLAN = "default"
+ALL_ROUTES = "*"
+
+DEFAULT_POLICIES_TOML = """
+# A request spends the buckets of "*" and, if present, those of its own route.
+[plans.default]
+"*" = [
+  { name = "burst", capacity = 20, per_second = 10 },
+  { name = "sustained", capacity = 600, per_second = 10 },
+]
+"POST /v1/jobs" = [{ name = "enqueue", capacity = 5, per_second = 1, cost = 1 }]
+
+[plans.pro]
+"*" = [{ name = "burst", capacity = 200, per_second = 100 }]
+
+[anonymous]          # callers without a valid API key, keyed by client address
+"*" = [{ name = "address", capacity = 10, per_second = 1 }]
+"""
+
+
+class PolicyError(ValueError):
+    """A policy is malformed; ``str()`` names the plan, the route and the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One token bucket of a plan, with its numbers already in the script's integer units.
+
+    ``per_second = p / q`` exactly; the script counts ``1 / (1e6 * q)`` of a token as one
+    unit, so that a microsecond refills exactly ``p`` units and no fraction is ever lost.
+    """
+
+    name: str
+    capacity: int
+    per_second: Fraction
+    cost: int = 1
+    shadow: bool = False
+    fail_closed: bool = False
+    units_per_token: int = field(init=False)
+    refill_units_per_us: int = field(init=False)
+    script_args: tuple[bytes, bytes, bytes, bytes] = field(init=False)
+
+    def __post_init__(self) -> None:
+        units = UNITS_PER_TOKEN_PER_Q * self.per_second.denominator
+        object.__setattr__(self, "units_per_token", units)
+        object.__setattr__(self, "refill_units_per_us", self.per_second.numerator)
+        args = (self.capacity * units, self.per_second.numerator, self.cost * units, 0 if self.shadow else 1)
+        object.__setattr__(self, "script_args", tuple(str(a).encode() for a in args))
+
+    @property
+    def window_s(self) -> int:
+        """Seconds for an empty bucket to fill (the ``w`` of ``RateLimit-Policy``)."""
+        return max(1, math.ceil(self.capacity / self.per_second))
+
+
+@dataclass(frozen=True, slots=True)
+class RouteBuckets:
+    """What one (plan, route) spends: the merged buckets and their policy header, built once."""
+
+    plan: str
+    buckets: tuple[Bucket, ...]
+    policy_header: str
+    fail_closed: bool  # Redis could not answer: refuse (503) rather than admit
+    spend_args: bytes  # the script arguments of one decision, already framed for the wire (RESP)
+    read_args: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A plan's buckets per route key, ``"*"`` already merged into every route."""
+
+    name: str
+    routes: Mapping[str, RouteBuckets]
+    everywhere: RouteBuckets
+
+    def for_route(self, route_key: str | None) -> RouteBuckets:
+        """The buckets a request on ``route_key`` spends (``None``: it matched no route)."""
+        if route_key is None:
+            return self.everywhere
+        return self.routes.get(route_key, self.everywhere)
+
+
+@dataclass(frozen=True, slots=True)
+class Policies:
+    """Every plan and the anonymous section."""
+
+    plans: Mapping[str, Plan]
+    anonymous: Plan
+    source: str
+
+    def plan(self, name: str) -> Plan:
+        """The plan called ``name``; a plan without a section uses ``default``."""
+        return self.plans.get(name) or self.plans[DEFAULT_PLAN]
+
+
+def load_policies(path: Path | None) -> Policies:
+    """Policies from ``path``, or the built-in defaults; ``SettingsError`` names what is wrong."""
+    source = str(path) if path is not None else "built-in defaults"
+    try:
+        text = path.read_text(encoding="utf-8") if path is not None else DEFAULT_POLICIES_TOML
+        document = tomllib.loads(text)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError("RATE_LIMITS_FILE", f"{source}: {exc}") from None
+    try:
+        return parse_policies(document, source)
+    except PolicyError as exc:
+        raise SettingsError("RATE_LIMITS_FILE", f"{source}: {exc}") from None
+
+
+def parse_policies(document: Mapping[str, Any], source: str = "<policies>") -> Policies:
+    """Validate a parsed TOML document; ``PolicyError`` names the plan, route and field."""
+    unknown = set(document) - {"plans", ANONYMOUS}
+    if unknown:
+        raise PolicyError(f"unknown top-level table {sorted(unknown)[0]!r}: only [plans.<name>] and [anonymous]")
+    plans_doc = document.get("plans")
+    if not isinstance(plans_doc, dict) or DEFAULT_PLAN not in plans_doc:
+        raise PolicyError("plans.default: missing; it is the plan of every key whose plan has no section")
+    if ANONYMOUS not in document:
+        raise PolicyError("anonymous: missing; callers without a valid key are limited by address with it")
+    plans = {name: _plan(f"plans.{name}", name, body) for name, body in plans_doc.items()}
+    return Policies(plans=plans, anonymous=_plan(ANONYMOUS, ANONYMOUS, document[ANONYMOUS]), source=source)
+
+
+def _plan(where: str, name: str, body: Any) -> Plan:
+    if not _NAME.fullmatch(name):
+        raise PolicyError(f"{where}: plan names are 1 to 64 letters, digits, '-', '_' or '.'")
+    if not isinstance(body, dict):
+        raise PolicyError(f"{where}: must be a table of route keys")
+    if ALL_ROUTES not in body:
+        raise PolicyError(f"{where}, route '*': missing; every plan needs the buckets all its requests spend")
+    seen: set[str] = set()
+    per_route: dict[str, tuple[Bucket, ...]] = {}
+    for route, items in body.items():
+        if route != ALL_ROUTES and not _ROUTE.fullmatch(route):
+            raise PolicyError(f"{where}, route '{route}': route keys are '*' or 'METHOD /path/template'")
+        if not isinstance(items, list) or not items:
+            raise PolicyError(f"{where}, route '{route}': must be a non-empty array of buckets")
+        buckets = []
+        for index, item in enumerate(items):
+            bucket = _bucket(f"{where}, route '{route}'", index, item)
+            if bucket.name in seen:
+                raise PolicyError(f"{where}, route '{route}', field name: {bucket.name!r} is used twice in this plan")
+            seen.add(bucket.name)
+            buckets.append(bucket)
+        per_route[route] = tuple(buckets)
+    common = per_route[ALL_ROUTES]
+    routes = {route: _route_buckets(name, common + own) for route, own in per_route.items() if route != ALL_ROUTES}
+    return Plan(name=name, routes=routes, everywhere=_route_buckets(name, common))
+
+
+def _route_buckets(plan: str, buckets: tuple[Bucket, ...]) -> RouteBuckets:
+    enforced = [b for b in buckets if not b.shadow]
+    bucket_args = [resp_bulk(arg) for b in buckets for arg in b.script_args]
+    count = resp_bulk(str(len(buckets)).encode())
+    return RouteBuckets(
+        plan,
+        buckets,
+        policy_header(enforced),
+        any(b.fail_closed for b in enforced),
+        spend_args=b"".join([resp_bulk(b"1"), count, *bucket_args]),
+        read_args=b"".join([resp_bulk(b"0"), count, *bucket_args]),
+    )
+
+
+def resp_bulk(value: bytes) -> bytes:
+    """``value`` as a RESP bulk string, the way every command argument travels to Redis."""
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+def _bucket(where: str, index: int, item: Any) -> Bucket:
+    if not isinstance(item, dict):
+        raise PolicyError(f"{where}, bucket {index + 1}: must be an inline table {{ name = ..., ... }}")
+    name = item.get("name")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise PolicyError(f"{where}, field name: 1 to 64 letters, digits, '-', '_' or '.', got {name!r}")
+    at = f"{where}, bucket {name!r}, field"
+    unknown = set(item) - _FIELDS
+    if unknown:
+        raise PolicyError(f"{at} {sorted(unknown)[0]}: unknown field (known: {', '.join(sorted(_FIELDS))})")
+    capacity = _whole(f"{at} capacity", item.get("capacity"))
+    cost = _whole(f"{at} cost", item.get("cost", 1))
+    if cost > capacity:
+        raise PolicyError(f"{at} cost: {cost} is above capacity {capacity}, so no request could ever pass")
+    per_second = _rate(f"{at} per_second", item.get("per_second"))
+    if capacity * UNITS_PER_TOKEN_PER_Q * per_second.denominator > _MAX_UNITS:
+        raise PolicyError(f"{at} per_second: {item['per_second']} is too fine for capacity {capacity}; round it")
+    shadow = item.get("shadow", False)
+    if not isinstance(shadow, bool):
+        raise PolicyError(f"{at} shadow: must be true or false, got {shadow!r}")
+    on_error = item.get("on_redis_error", "open")
+    if on_error not in ("open", "closed"):
+        raise PolicyError(f'{at} on_redis_error: must be "open" or "closed", got {on_error!r}')
+    return Bucket(name, capacity, per_second, cost, shadow, on_error == "closed")
+
+
+def _whole(at: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PolicyError(f"{at}: must be a whole number above 0, got {value!r}")
+    if value <= 0:
+        raise PolicyError(f"{at}: must be above 0, got {value}")
+    return value
+
+
+def _rate(at: str, value: Any) -> Fraction:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PolicyError(f"{at}: must be a number above 0, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise PolicyError(f"{at}: must be a finite number above 0, got {value!r}")
+    # The decimal the file wrote (0.1 is 1/10, not the nearest double).
+    rate = Fraction(repr(value)) if isinstance(value, float) else Fraction(value)
+    if rate.denominator > 1_000_000:
+        raise PolicyError(f"{at}: at most 6 decimal places, got {value!r}")
+    return rate

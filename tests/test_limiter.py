@@ -1,0 +1,78 @@
+"""The limiter itself: batching per loop turn, slot grouping, and never sending a call twice."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from service.ratelimit.limiter import Limiter, Outcome
+from service.ratelimit.policy import parse_policies
+from tests.conftest import TEST_REDIS_URL
+
+POLICIES = parse_policies(
+    {
+        "plans": {"default": {"*": [{"name": "burst", "capacity": 3, "per_second": 0.01}]}},
+        "anonymous": {"*": [{"name": "address", "capacity": 1, "per_second": 0.01}]},
+    }
+)
+ROUTE = POLICIES.plan("default").for_route(None)
+
+
+def round_trips(limiter: Limiter) -> float:
+    [metric] = limiter.metrics.redis_latency.collect()
+    return next(s.value for s in metric.samples if s.name.endswith("_count"))
+
+
+@pytest.fixture
+async def limiter_redis(redis: Redis) -> AsyncIterator[Redis]:
+    client = Redis.from_url(TEST_REDIS_URL)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("group_by_slot", [False, True])
+async def test_decisions_of_one_loop_turn_share_one_round_trip(limiter_redis: Redis, group_by_slot: bool) -> None:
+    limiter = Limiter(limiter_redis, deadline_s=1.0, group_by_slot=group_by_slot)
+    callers = [f"tenant-{n}" for n in range(10)]
+
+    decisions = await asyncio.gather(*(limiter.decide(caller, ROUTE) for caller in callers * 4))
+
+    outcomes = [d.outcome for d in decisions]
+    assert outcomes == [Outcome.ALLOWED] * 30 + [Outcome.LIMITED] * 10  # 3 each, in arrival order
+    assert round_trips(limiter) == 1
+    await limiter.close()
+
+
+async def test_a_call_that_may_have_run_is_never_sent_again() -> None:
+    received = bytearray()
+    held: list[asyncio.StreamWriter] = []
+
+    async def answer_hello_then_hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Answer the connection set-up (CLIENT SETINFO), then take the script call and never reply.
+        held.append(writer)
+        while data := await reader.read(65536):
+            received.extend(data)
+            writer.write(b"+OK\r\n" * data.count(b"SETINFO"))
+
+    server = await asyncio.start_server(answer_hello_then_hang, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_connect_timeout=1)
+    limiter = Limiter(client, deadline_s=0.05)
+    try:
+        decision = await limiter.decide("acme", ROUTE)
+        await asyncio.sleep(0.3)  # time for any (wrong) retry to arrive
+    finally:
+        await limiter.close()
+        await client.aclose()
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+    assert decision.outcome == Outcome.FAIL_OPEN
+    assert received.count(b"EVALSHA") == 1

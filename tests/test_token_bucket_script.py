@@ -1,0 +1,247 @@
+"""The Lua token bucket, run in real Redis, against a pure-Python bucket with the same clock.
+
+The script's test seam is its first argument: a time in microseconds instead of Redis
+``TIME``, so the model and the script see the same clock, stepping forwards and back.
+The model counts tokens as exact fractions, independently of the script's integer units.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import cast
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from redis import Redis
+
+from service.ratelimit.limiter import SCRIPT, SCRIPT_SHA, bucket_key
+from service.ratelimit.policy import Bucket
+from tests.conftest import TEST_REDIS_URL
+
+START_US = 1_700_000_000_000_000
+CALLER = "model"
+
+
+@pytest.fixture(scope="module")
+def sync_redis() -> Iterator[Redis]:
+    client = Redis.from_url(TEST_REDIS_URL)
+    client.flushdb()
+    client.script_load(SCRIPT)
+    try:
+        yield client
+    finally:
+        client.flushdb()
+        client.close()
+
+
+def key_of(bucket: Bucket) -> str:
+    return bucket_key(CALLER, bucket.name)
+
+
+@dataclass(frozen=True)
+class Reading:
+    ok: bool
+    tokens: Fraction
+    full_in_us: int
+    retry_in_us: int
+
+
+def run_script(
+    redis: Redis,
+    now_us: int | None,
+    decisions: list[tuple[bool, list[tuple[Bucket, int]]]],
+    ttls_ms: dict[str, int] | None = None,
+) -> list[tuple[bool, list[Reading]]]:
+    """One script call; each decision is (spend, [(bucket, cost)]); readings in tokens.
+
+    With ``ttls_ms``, the keys' expiries are read and removed in the same transaction
+    (so that real time cannot expire what the driven clock still counts as partly empty).
+    """
+    keys: list[str] = []
+    args = ["" if now_us is None else str(now_us), str(len(decisions))]
+    for spend, items in decisions:
+        args += ["1" if spend else "0", str(len(items))]
+        for bucket, cost in items:
+            keys.append(key_of(bucket))
+            capacity_units, refill_units_per_us, _, enforced = (a.decode() for a in bucket.script_args)
+            args += [capacity_units, refill_units_per_us, str(cost * bucket.units_per_token), enforced]
+    if ttls_ms is None:
+        flat = cast(list[int], redis.evalsha(SCRIPT_SHA, len(keys), *keys, *args))
+    else:
+        unique = list(dict.fromkeys(keys))
+        pipe = redis.pipeline(transaction=True)
+        pipe.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
+        for key in unique:
+            pipe.pttl(key)
+            pipe.persist(key)
+        flat, *rest = pipe.execute()
+        ttls_ms.update(zip(unique, rest[::2], strict=True))
+    results = []
+    at = 0
+    for _, items in decisions:
+        admitted = flat[at] == 1
+        at += 1
+        readings = []
+        for bucket, _ in items:
+            ok, units, full_in, retry = flat[at : at + 4]
+            at += 4
+            readings.append(Reading(ok == 1, Fraction(units, bucket.units_per_token), full_in, retry))
+        results.append((admitted, readings))
+    return results
+
+
+@dataclass
+class ModelBucket:
+    """A token bucket in exact arithmetic: the reference the script must match.
+
+    Only spending stores anything (a refused or read-only request changes nothing), and the
+    stored time never moves backwards, so a clock that steps back refills nothing.
+    """
+
+    bucket: Bucket
+    stored_tokens: Fraction = field(init=False)
+    stored_us: int | None = None
+
+    def __post_init__(self) -> None:
+        self.stored_tokens = Fraction(self.bucket.capacity)
+
+    def tokens_at(self, now_us: int) -> Fraction:
+        if self.stored_us is None or now_us <= self.stored_us:
+            return self.stored_tokens
+        gained = Fraction(now_us - self.stored_us, 1_000_000) * self.bucket.per_second
+        return min(Fraction(self.bucket.capacity), self.stored_tokens + gained)
+
+    def spend(self, now_us: int, cost: int) -> None:
+        self.stored_tokens = self.tokens_at(now_us) - cost
+        self.stored_us = now_us if self.stored_us is None else max(self.stored_us, now_us)
+
+    def reading(self, now_us: int, ok: bool, cost: int) -> Reading:
+        tokens = self.tokens_at(now_us)
+        rate = self.bucket.per_second
+        full_in = math.ceil((self.bucket.capacity - tokens) * 1_000_000 / rate)
+        retry = -1 if cost > self.bucket.capacity else max(0, math.ceil((cost - tokens) * 1_000_000 / rate))
+        return Reading(ok, tokens, full_in, retry)
+
+
+def model_decide(
+    models: dict[str, ModelBucket], now_us: int, spend: bool, items: list[tuple[Bucket, int]]
+) -> tuple[bool, list[Reading]]:
+    oks = [models[b.name].tokens_at(now_us) >= cost and cost <= b.capacity for b, cost in items]
+    admitted = all(ok for ok, (b, _) in zip(oks, items, strict=True) if not b.shadow)
+    if spend and admitted:
+        for ok, (bucket, cost) in zip(oks, items, strict=True):
+            if ok:
+                models[bucket.name].spend(now_us, cost)
+    return admitted, [models[b.name].reading(now_us, ok, cost) for ok, (b, cost) in zip(oks, items, strict=True)]
+
+
+rates = st.sampled_from(["0.001", "0.1", "0.25", "1", "1.5", "3.3", "7", "10", "250", "1000", "12345.678"])
+
+
+@st.composite
+def buckets(draw: st.DrawFn) -> list[Bucket]:
+    count = draw(st.integers(1, 3))
+    result = []
+    for index in range(count):
+        capacity = draw(st.integers(1, 50))
+        result.append(
+            Bucket(
+                name=f"b{index}",
+                capacity=capacity,
+                per_second=Fraction(draw(rates)),
+                cost=1,
+                shadow=draw(st.booleans()) if index > 0 else False,
+            )
+        )
+    return result
+
+
+steps = st.lists(
+    st.tuples(
+        st.one_of(st.integers(-3_000_000, 0), st.integers(0, 200_000), st.integers(0, 20_000_000)),  # clock step
+        st.lists(
+            st.tuples(
+                st.booleans(), st.lists(st.one_of(st.integers(1, 4), st.integers(1, 60)), min_size=3, max_size=3)
+            ),
+            min_size=1,
+            max_size=3,
+        ),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(policy=buckets(), script=steps)
+def test_script_matches_exact_token_bucket_model(
+    sync_redis: Redis, policy: list[Bucket], script: list[tuple[int, list[tuple[bool, list[int]]]]]
+) -> None:
+    sync_redis.delete(*[key_of(b) for b in policy])
+    models = {b.name: ModelBucket(b) for b in policy}
+    now = START_US
+    for step_us, decisions in script:
+        now += step_us
+        calls = [(spend, [(b, costs[i]) for i, b in enumerate(policy)]) for spend, costs in decisions]
+        expected = [model_decide(models, now, spend, items) for spend, items in calls]
+        ttls_ms: dict[str, int] = {}
+        assert run_script(sync_redis, now, calls, ttls_ms) == expected
+        for bucket in policy:
+            model = models[bucket.name]
+            ttl_ms = ttls_ms[key_of(bucket)]
+            if ttl_ms >= 0:
+                # The key lives until the bucket is full again, then vanishes (missing = full).
+                full_in_ms = max(1, math.ceil(model.reading(now, True, 1).full_in_us / 1000))
+                assert full_in_ms - 1000 <= ttl_ms <= full_in_ms
+            elif ttl_ms == -2:  # never written: nothing was ever spent from it
+                assert model.stored_us is None
+
+
+def test_cost_above_capacity_is_refused_and_changes_nothing(sync_redis: Redis) -> None:
+    small = Bucket("small", capacity=5, per_second=Fraction(1))
+    large = Bucket("large", capacity=100, per_second=Fraction(1))
+    sync_redis.delete(key_of(small), key_of(large))
+    run_script(sync_redis, START_US, [(True, [(small, 2), (large, 10)])])
+    before = [sync_redis.get(key_of(b)) for b in (small, large)]
+
+    [(admitted, readings)] = run_script(sync_redis, START_US, [(True, [(small, 6), (large, 1)])])
+
+    assert not admitted
+    assert readings[0].retry_in_us == -1
+    assert [sync_redis.get(key_of(b)) for b in (small, large)] == before
+
+
+def test_one_refused_bucket_means_no_bucket_spends(sync_redis: Redis) -> None:
+    roomy = Bucket("roomy", capacity=10, per_second=Fraction(1))
+    tight = Bucket("tight", capacity=1, per_second=Fraction(1, 1000))
+    sync_redis.delete(key_of(roomy), key_of(tight))
+    run_script(sync_redis, START_US, [(True, [(roomy, 1), (tight, 1)])])
+
+    [(admitted, readings)] = run_script(sync_redis, START_US, [(True, [(roomy, 1), (tight, 1)])])
+
+    assert not admitted
+    assert readings[0].tokens == 9  # the roomy bucket paid only for the first request
+
+
+def test_clock_stepping_back_refills_nothing(sync_redis: Redis) -> None:
+    bucket = Bucket("clock", capacity=10, per_second=Fraction(1))
+    sync_redis.delete(key_of(bucket))
+    run_script(sync_redis, START_US, [(True, [(bucket, 10)])])
+    run_script(sync_redis, START_US - 5_000_000, [(True, [(bucket, 1)])])  # back 5 s: nothing to spend
+
+    [(_, [back_then_forward])] = run_script(sync_redis, START_US + 2_000_000, [(False, [(bucket, 1)])])
+
+    assert back_then_forward.tokens == 2  # two seconds after the last real spend, not seven
+
+
+def test_redis_time_is_used_without_the_test_clock(sync_redis: Redis) -> None:
+    bucket = Bucket("live", capacity=3, per_second=Fraction(1, 100))
+    sync_redis.delete(key_of(bucket))
+    results = run_script(sync_redis, None, [(True, [(bucket, 1)])] * 4)
+    assert [admitted for admitted, _ in results] == [True, True, True, False]
+    ttl_ms: int = sync_redis.pttl(key_of(bucket))  # type: ignore[assignment]
+    assert 0 < ttl_ms <= 300_000
