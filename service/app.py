@@ -16,6 +16,7 @@ from aiohttp_apigami import setup_aiohttp_apispec, validation_middleware
 
 from service import __version__
 from service.api import health
+from service.api import jobs as jobs_api
 from service.auth import ApiKeyStore, identity_middleware, require_key_middleware
 from service.errors import Problem, problem_middleware
 from service.keys import API_KEYS, METRICS, REDIS, REQUEST_ID, SETTINGS
@@ -125,6 +126,7 @@ def create_app(
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_redis_ctx)
+    jobs_api.setup(app)
     app.cleanup_ctx.extend(extra_contexts)
 
     health.setup(app)
