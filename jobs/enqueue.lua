@@ -3,15 +3,15 @@
 --
 -- KEYS[1]  arq:job:<id>            the job (arq's JSON payload)
 -- KEYS[2]  arq:queue               sorted set of job ids by due time (ms)
--- KEYS[3]  jobs:index:<tenant>     sorted set of the tenant's job ids by enqueue time (ms)
+-- KEYS[3]  jobs:index:<tenant>     sorted set of the tenant's job ids by enqueue time (µs)
 -- KEYS[4]  jobs:idempotency:...    the idempotency record (unused when ARGV[8] is "")
 -- KEYS[5]  jobs:wake               list idle workers block on
 -- ARGV[1]  job id
 -- ARGV[2]  payload
 -- ARGV[3]  due time (ms)
 -- ARGV[4]  job key TTL (ms)
--- ARGV[5]  enqueue time (ms)
--- ARGV[6]  index entries older than this (ms) are dropped
+-- ARGV[5]  enqueue time (µs: newest first stays exact for jobs sent within a millisecond)
+-- ARGV[6]  index entries older than this (µs) are dropped
 -- ARGV[7]  index TTL (s)
 -- ARGV[8]  idempotency record, or "" for none
 -- ARGV[9]  idempotency record TTL (s)

@@ -55,7 +55,7 @@ def worker_key(worker_id: str) -> str:
 
 
 def index_key(tenant: str) -> str:
-    """A tenant's jobs, scored by enqueue time in ms (the only way jobs are listed)."""
+    """A tenant's jobs, scored by enqueue time in µs (the only way jobs are listed)."""
     return f"jobs:index:{tenant}"
 
 

@@ -9,7 +9,7 @@ disagree with what the workers do:
 - otherwise the job's due time in ``arq:queue``: ``deferred`` if it is in the future,
   else ``queued``.
 
-Each tenant has an index, ``jobs:index:<tenant>``, of its job ids by enqueue time; it
+Each tenant has an index, ``jobs:index:<tenant>``, of its job ids by enqueue time (µs); it
 proves ownership (another tenant's job is simply not found) and is how jobs are listed.
 
 Retention: a result is kept ``JOB_RETENTION_S`` (default 24 h) after the job ends; a job
@@ -24,6 +24,7 @@ import base64
 import binascii
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -197,7 +198,8 @@ class JobQueue:
         """
         await self._registry.validate(task, args, self._settings)
         job_id = uuid.uuid4().hex
-        now_ms = timestamp_ms()
+        now_us = time.time_ns() // 1000
+        now_ms = now_us // 1000
         due_ms = now_ms + round(defer_s * 1000)
         payload = serialize_job(task, (), dict(args), None, now_ms, serializer=serialize)
         fingerprint = _fingerprint(task, args, defer_s)
@@ -218,8 +220,8 @@ class JobQueue:
                 payload,
                 due_ms,
                 due_ms - now_ms + expires_extra_ms,
-                now_ms,
-                now_ms - horizon_ms,
+                now_us,
+                now_us - horizon_ms * 1000,
                 horizon_ms // 1000,
                 record,
                 IDEMPOTENCY_TTL_S,
