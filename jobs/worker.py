@@ -103,6 +103,10 @@ class Worker(ArqWorker):
         self._handing_back: set[str] = set()
         self._slot_free = asyncio.Event()
         self._keeper: asyncio.Task[None] | None = None
+        self._stopping = False
+        # Pushed to by ``stop`` to end this worker's blocking pop: cancelling a redis-py call
+        # is not reliable (a cancel that lands while the connection is being set up is lost).
+        self._stop_key = f"{WAKE_KEY}:{self.worker_id}"
         self._started_at = time.time()
         arq_options: dict[str, Any] = {
             "queue_name": WorkerSettings.queue_name,
@@ -140,7 +144,7 @@ class Worker(ArqWorker):
         await heartbeat.write(self.pool, self._beat(), register=True)
         self._keeper = self.loop.create_task(self._keep())
         failures = 0
-        while True:
+        while not self._stopping:
             try:
                 next_ms = await self._iteration()
                 failures = 0
@@ -222,7 +226,7 @@ class Worker(ArqWorker):
         """Block on the wake-up list until an enqueue (or a peer) pushes, or ``timeout_s`` passes."""
         if timeout_s <= 0.001:
             return
-        await self._wake_redis.blpop([WAKE_KEY], timeout=round(timeout_s, 3))  # type: ignore[arg-type,misc]  # Redis >= 6 takes fractions; redis-py types it int
+        await self._wake_redis.blpop([WAKE_KEY, self._stop_key], timeout=round(timeout_s, 3))  # type: ignore[arg-type,misc]  # Redis >= 6 takes fractions; redis-py types it int
 
     async def _wait_for_slot(self) -> None:
         self._slot_free.clear()
@@ -328,8 +332,14 @@ class Worker(ArqWorker):
     async def stop(self, grace_s: float) -> None:
         """Take no new jobs, give running ones ``grace_s`` to finish, hand the rest back, close."""
         self.allow_pick_jobs = False
+        self._stopping = True
+        self._slot_free.set()
         if self.main_task is not None and not self.main_task.done():
-            self.main_task.cancel()
+            with contextlib.suppress(RedisError, OSError):
+                await self.pool.lpush(self._stop_key, "stop")  # type: ignore[misc]
+            _, pending = await asyncio.wait([self.main_task], timeout=self.settings.redis_timeout_s)
+            if pending:  # Redis does not answer: cancel the blocking pop instead
+                self.main_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.main_task
         running = {job_id: task for job_id, task in self.tasks.items() if not task.done()}
@@ -342,7 +352,7 @@ class Worker(ArqWorker):
                 log.info("handing jobs back to the queue", job_ids=handed_back)
                 for task in pending:
                     task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
+                await asyncio.wait(pending, timeout=self.settings.redis_timeout_s)
         if self._keeper is not None:
             self._keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -360,9 +370,11 @@ class Worker(ArqWorker):
         """arq's ``close`` with redis-py 5's ``aclose``, removing only this worker's heartbeat."""
         if self._pool is None:
             return
-        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        if self.tasks:
+            await asyncio.wait(self.tasks.values(), timeout=self.settings.redis_timeout_s)
         with contextlib.suppress(RedisError, OSError):
             await heartbeat.remove(self.pool, self.worker_id)
+            await self.pool.delete(self._stop_key)
         if self.on_shutdown:
             await self.on_shutdown(self.ctx)
         await self.pool.aclose(close_connection_pool=True)
