@@ -107,5 +107,5 @@ async def test_live_workers_skips_and_forgets_workers_whose_heartbeat_expired(re
     assert alive["id"] == "w-alive"
     assert alive["complete"] == 3
     assert alive["beat_age_s"] >= 0
-    assert await redis.smembers(WORKERS_KEY) == {b"w-alive"}
+    assert await redis.smembers(WORKERS_KEY) == {b"w-alive"}  # type: ignore[misc]
     assert 0 < await redis.ttl(worker_key("w-alive")) <= 3
