@@ -9,6 +9,7 @@
 -- ARGV[4]  in-progress key prefix (arq:in-progress:)
 -- ARGV[5]  at most this many queue entries are examined
 -- ARGV[6]  wake-up tokens kept at most
+-- ARGV[7..] ids of the jobs this worker is running (skipped without a look at their lease)
 -- Returns {next_ms, id1, score1, id2, score2, ...}: the claimed jobs, and the earliest time
 -- (ms) something may become claimable: the next due job, or the end of another worker's
 -- lease (a worker killed mid-job leaves a lease that runs out). next_ms is -1 when nothing
@@ -23,6 +24,11 @@ local lease = ARGV[3]
 local prefix = ARGV[4]
 local scan_max = tonumber(ARGV[5])
 local chunk = 50
+local mine = {}
+for i = 7, #ARGV do
+  mine[ARGV[i]] = true
+end
+local leased = {}
 
 local claimed = {}
 local count = 0
@@ -51,15 +57,14 @@ while not done and offset < scan_max do
       done = true
       break
     end
-    local key = prefix .. id
-    if redis.call('SET', key, ARGV[1], 'NX', 'PX', lease) then
-      count = count + 1
-      claimed[#claimed + 1] = id
-      claimed[#claimed + 1] = entries[i + 1]
-    else
-      local ttl = redis.call('PTTL', key)
-      if ttl >= 0 then
-        sooner(now + ttl)
+    if not mine[id] then
+      local key = prefix .. id
+      if redis.call('SET', key, ARGV[1], 'NX', 'PX', lease) then
+        count = count + 1
+        claimed[#claimed + 1] = id
+        claimed[#claimed + 1] = entries[i + 1]
+      else
+        leased[#leased + 1] = key
       end
     end
   end
@@ -67,6 +72,16 @@ while not done and offset < scan_max do
     done = true
   end
   offset = offset + chunk
+end
+
+-- Going idle: come back when the first of another worker's leases can run out.
+if count < capacity then
+  for _, key in ipairs(leased) do
+    local ttl = redis.call('PTTL', key)
+    if ttl >= 0 then
+      sooner(now + ttl)
+    end
+  end
 end
 
 -- Leases were just taken: wake one idle peer, which will then watch them run out.

@@ -126,6 +126,7 @@ class Worker(ArqWorker):
         )
         self.in_progress_timeout_s = settings.job_lease_s
         self._claim_script = load_script(redis_pool, "claim")
+        self._finish_script = load_script(redis_pool, "finish")
 
     # -- running ---------------------------------------------------------------------------
 
@@ -181,6 +182,7 @@ class Worker(ArqWorker):
                 IN_PROGRESS_PREFIX,
                 CLAIM_SCAN_MAX,
                 WAKE_TOKENS_MAX,
+                *self.tasks,
             ],
         )
         for i in range(1, len(reply), 2):
@@ -300,32 +302,31 @@ class Worker(ArqWorker):
         incr_score: int | None,
         keep_in_progress: float | None,
     ) -> None:
-        """arq's ``finish_job``, plus: a job handed back on stop gets its try back, and a job
-        that goes back to the queue (retry or hand-back) wakes a worker to schedule it."""
-        async with self.pool.pipeline(transaction=True) as tr:
-            delete_keys = []
-            in_progress_key = IN_PROGRESS_PREFIX + job_id
-            if keep_in_progress is None:
-                delete_keys.append(in_progress_key)
-            else:
-                tr.pexpire(in_progress_key, to_ms(keep_in_progress))
-            if finish:
-                if result_data:
-                    expire = None if keep_result_forever else result_timeout_s
-                    tr.set(RESULT_PREFIX + job_id, result_data, px=to_ms(expire))
-                delete_keys += [RETRY_PREFIX + job_id, JOB_PREFIX + job_id]
-                tr.zrem(ABORT_KEY, job_id)
-                tr.zrem(self.queue_name, job_id)
-            else:
-                if incr_score:
-                    tr.zincrby(self.queue_name, incr_score, job_id)
-                if job_id in self._handing_back:
-                    tr.decr(RETRY_PREFIX + job_id)
-                tr.lpush(WAKE_KEY, "1")
-                tr.ltrim(WAKE_KEY, 0, WAKE_TOKENS_MAX - 1)
-            if delete_keys:
-                tr.delete(*delete_keys)
-            await tr.execute()
+        """arq's ``finish_job`` as one script call (``finish.lua``), plus: a job handed back
+        on stop gets its try back, and a job that goes back to the queue (retry or
+        hand-back) wakes a worker to schedule it."""
+        keep_ms = "" if keep_result_forever or result_timeout_s is None else to_ms(result_timeout_s)
+        await self._finish_script(
+            keys=[
+                IN_PROGRESS_PREFIX + job_id,
+                RESULT_PREFIX + job_id,
+                RETRY_PREFIX + job_id,
+                JOB_PREFIX + job_id,
+                ABORT_KEY,
+                self.queue_name,
+                WAKE_KEY,
+            ],
+            args=[
+                job_id,
+                "1" if finish else "0",
+                result_data or "",
+                keep_ms,
+                incr_score or "",
+                "" if keep_in_progress is None else to_ms(keep_in_progress),
+                "1" if job_id in self._handing_back else "0",
+                WAKE_TOKENS_MAX,
+            ],
+        )
 
     # -- stopping --------------------------------------------------------------------------
 
