@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -204,9 +205,10 @@ def _runner(task: Task) -> Callable[..., Awaitable[Any]]:
             loaded = task.load(args)
         except InvalidArguments as exc:
             raise PermanentError(f"arguments no longer valid: {exc.errors}") from None
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(task.timeout_s) as scope:
-                return await task.run(job, **loaded)
+                result = await task.run(job, **loaded)
         except PermanentError:
             raise
         except Exception as exc:
@@ -222,6 +224,9 @@ def _runner(task: Task) -> Callable[..., Awaitable[Any]]:
                 delay_s = exc.after_s
             log.info("job will be retried", try_number=job.try_number, delay_s=round(delay_s, 3), error=str(error))
             raise Retry(defer=delay_s) from exc
+        duration_ms = round((time.perf_counter() - started) * 1000, 2)
+        log.info("job complete", try_number=job.try_number, duration_ms=duration_ms)
+        return result
 
     run.__qualname__ = task.name
     return run

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import socket
@@ -135,6 +136,10 @@ class Worker(ArqWorker):
         self.main_task = self.loop.create_task(self.main())
 
     async def main(self) -> None:
+        # arq writes two formatted lines per job at INFO; the task wrapper writes one
+        # structured line instead (job_id, task, try, duration). arq's warnings and failure
+        # tracebacks still come through.
+        logging.getLogger("arq.worker").setLevel(logging.WARNING)
         log.info(
             "worker starting", worker_id=self.worker_id, tasks=sorted(self.functions), lease_s=self.settings.job_lease_s
         )
@@ -228,7 +233,8 @@ class Worker(ArqWorker):
         """Block on the wake-up list until an enqueue (or a peer) pushes, or ``timeout_s`` passes."""
         if timeout_s <= 0.001:
             return
-        await self._wake_redis.blpop([WAKE_KEY, self._stop_key], timeout=round(timeout_s, 3))  # type: ignore[arg-type,misc]  # Redis >= 6 takes fractions; redis-py types it int
+        # Redis >= 6 takes a fractional timeout; redis-py types it as int.
+        await self._wake_redis.blpop([WAKE_KEY, self._stop_key], timeout=round(timeout_s, 3))  # type: ignore[arg-type,misc]
 
     async def _wait_for_slot(self) -> None:
         self._slot_free.clear()

@@ -79,19 +79,23 @@ async def live_ids(redis: Redis, count: int, timeout_s: float = 15.0) -> list[st
     return [worker["id"] for worker in workers]
 
 
-async def runner_of(job_id: str, workers: list[Proc], timeout_s: float = 5.0) -> Proc:
-    """The worker whose log shows it started the job."""
+async def runner_of(redis: Redis, workers: list[Proc], timeout_s: float = 5.0) -> Proc:
+    """The worker whose heartbeat says it is running a job."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        for proc in workers:
-            if f"{job_id}:diagnostics.sleep(" in proc.output():
+        for beat in await live_workers(redis):
+            if beat["running"]:
+                [proc] = [proc for proc in workers if f"worker_id={beat['id']}" in proc.output()]
                 return proc
         await asyncio.sleep(0.05)
-    raise AssertionError("no worker started the job")
+    raise AssertionError("no worker is running the job")
 
 
 def completions(job_id: str, workers: list[Proc]) -> int:
-    return sum(proc.output().count(f"{job_id}:diagnostics.sleep ●") for proc in workers)
+    """How many times a worker logged the job as complete."""
+    return sum(
+        "job complete" in line and f"job_id={job_id}" in line for proc in workers for line in proc.output().splitlines()
+    )
 
 
 async def test_job_of_a_killed_worker_completes_on_another_worker(
@@ -99,10 +103,10 @@ async def test_job_of_a_killed_worker_completes_on_another_worker(
 ) -> None:
     workers = [start_worker(procs, tmp_path / "a.log"), start_worker(procs, tmp_path / "b.log")]
     await live_ids(redis, 2)
-    job_id = await enqueue(client, api_key, "diagnostics.sleep", {"seconds": 1.5})
+    job_id = await enqueue(client, api_key, "diagnostics.sleep", {"seconds": 2.5})
     await wait_for(client, api_key, job_id, ("in_progress",))
 
-    victim = await runner_of(job_id, workers)
+    victim = await runner_of(redis, workers)
     victim.popen.send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
     body = await wait_for(client, api_key, job_id, timeout_s=20)
@@ -121,10 +125,10 @@ async def test_sigterm_hands_a_running_job_back_without_spending_a_try(
 ) -> None:
     workers = [start_worker(procs, tmp_path / "a.log"), start_worker(procs, tmp_path / "b.log")]
     ids = await live_ids(redis, 2)
-    job_id = await enqueue(client, api_key, "diagnostics.sleep", {"seconds": 2})
+    job_id = await enqueue(client, api_key, "diagnostics.sleep", {"seconds": 2.5})
     await wait_for(client, api_key, job_id, ("in_progress",))
 
-    victim = await runner_of(job_id, workers)
+    victim = await runner_of(redis, workers)
     victim.popen.send_signal(signal.SIGTERM)
     assert await victim.exited(timeout_s=5) == 0
     body = await wait_for(client, api_key, job_id, timeout_s=10)
