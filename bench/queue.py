@@ -18,7 +18,11 @@ Measured:
 3. idle Redis commands per second per worker: ``INFO commandstats`` deltas over 60 s of
    an idle worker (both contenders at once, each on its own server);
 4. Redis commands per job in the throughput run: at enqueue, and by the worker (its
-   commands during the run over ``N``; the benchmark's own INFO and polling are left out).
+   commands during the run over ``N``; the benchmark's own INFO and polling are left out);
+5. ours only, default settings: a worker is SIGKILLed while running a job, a second
+   worker is up; the time from the kill until the job starts again, and until it is
+   complete. (Stock arq re-runs it only when ``arq:in-progress:<id>`` expires: the
+   longest timeout of all functions + 10 s, 310 s with defaults; not waited for here.)
 
 Prints a table and appends it to ``bench/RESULTS.md``.
 """
@@ -50,7 +54,8 @@ from arq.logs import default_log_config
 from arq.worker import Worker, func
 from redis.asyncio import Redis
 
-from jobs.keys import QUEUE_KEY, RESULT_PREFIX
+from jobs.heartbeat import live_workers
+from jobs.keys import IN_PROGRESS_PREFIX, QUEUE_KEY, RESULT_PREFIX
 from jobs.queue import JobQueue
 from jobs.serialization import deserialize
 from service.settings import Settings
@@ -241,6 +246,48 @@ async def idle(c: Contender) -> float:
     return counted(before, after, ignore={"info"}) / IDLE_WINDOW_S
 
 
+async def _until(check: Callable[[], Awaitable[Any]], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError("bench.queue: gave up waiting")
+        await asyncio.sleep(0.005)
+
+
+async def _live(redis: Redis, count: int) -> bool:
+    return len(await live_workers(redis)) >= count
+
+
+async def kill_recovery(url: str) -> dict[str, float]:
+    """SIGKILL the worker running a job while another is idle; seconds until it runs again."""
+    c = contender("ours", url)
+    await c.redis.flushdb()
+    first = start_worker("ours", url)
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        await _until(lambda: _live(c.redis, 1))
+        # The first worker is alone: it takes the job.
+        sleeper, _ = await JobQueue(c.redis, Settings.from_env({"REDIS_URL": url})).enqueue(
+            "bench", "diagnostics.sleep", {"seconds": 1}
+        )
+        await _until(lambda: c.redis.exists(IN_PROGRESS_PREFIX + sleeper.id))
+        second = start_worker("ours", url)
+        await _until(lambda: _live(c.redis, 2))
+        first.kill()
+        killed_ms = time.time() * 1000
+        result = deserialize_result(await _result(c.redis, sleeper.id), deserializer=c.deserializer)
+    finally:
+        for process in (first, second):
+            if process is not None:
+                stop_worker(process)
+        await c.redis.aclose()
+    return {
+        "kill_to_restart_s": (result.start_time.timestamp() * 1000 - killed_ms) / 1000,
+        "kill_to_complete_s": (result.finish_time.timestamp() * 1000 - killed_ms) / 1000,
+        "tries": float(result.job_try),
+    }
+
+
 async def measure() -> tuple[dict[str, dict[str, float]], str]:
     figures: dict[str, dict[str, float]] = {"ours": {}, "stock": {}}
     with private_redis() as url_a, private_redis() as url_b:
@@ -255,6 +302,8 @@ async def measure() -> tuple[dict[str, dict[str, float]], str]:
         idle_ours, idle_stock = await asyncio.gather(idle(pairs["ours"]), idle(pairs["stock"]))
         figures["ours"]["idle_commands_per_s"] = idle_ours
         figures["stock"]["idle_commands_per_s"] = idle_stock
+        print("queue bench: SIGKILL recovery (ours, default 10 s lease) ...", flush=True)
+        figures["ours"].update(await kill_recovery(url_a))
         for c in pairs.values():
             await c.redis.aclose()
     return figures, version
@@ -277,6 +326,8 @@ def report(figures: dict[str, dict[str, float]], redis_version: str) -> str:
         ("idle Redis commands/s per worker", "idle_commands_per_s", "{:.3f}", "/"),
         ("Redis commands per job: enqueue", "enqueue_commands_per_job", "{:.1f}", ""),
         ("Redis commands per job: worker", "worker_commands_per_job", "{:.1f}", ""),
+        ("SIGKILL mid-job → job runs again (s)", "kill_to_restart_s", "{:.1f}", "-"),
+        ("SIGKILL mid-job → job complete (s)", "kill_to_complete_s", "{:.1f}", "-"),
     ]
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -293,6 +344,9 @@ def report(figures: dict[str, dict[str, float]], redis_version: str) -> str:
         "|---|---|---|---|",
     ]
     for label, key, fmt, compare in rows:
+        if compare == "-":
+            lines.append(f"| {label} | {fmt.format(ours[key])} | ~310 (in-progress TTL; not measured) | |")
+            continue
         ratio = ""
         if compare == "x" and stock[key]:
             ratio = f"{ours[key] / stock[key]:.1f} x"

@@ -51,7 +51,6 @@ async def _run(settings: Settings) -> int:
             if error is not None:
                 log.error("worker failed", error=repr(error))
                 return 1
-        log.info("worker stopping", grace_s=settings.job_grace_s)
     return 0
 
 
