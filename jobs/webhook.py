@@ -35,6 +35,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from jobs.registry import InvalidArguments, PermanentError, RetryLater
+from service.settings import Settings
 
 __all__ = ["DestinationRefused", "check_destination", "deliver", "sign"]
 
@@ -103,7 +104,7 @@ async def check_destination(url: str, allowed: tuple[str, ...]) -> list[tuple[in
     return await _resolve(host, port, allowed)
 
 
-async def check_args(args: dict[str, Any], settings: Any) -> None:
+async def check_args(args: dict[str, Any], settings: Settings) -> None:
     """The enqueue-time check of ``webhook.deliver`` (a registry ``check``)."""
     if settings.webhook_secret is None:
         raise InvalidArguments({"url": ["webhook delivery is not configured: WEBHOOK_SECRET is not set"]})

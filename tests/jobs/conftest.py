@@ -10,7 +10,7 @@ import pytest
 from marshmallow import Schema
 from redis.asyncio import Redis
 
-from jobs.registry import Backoff, JobContext, Task
+from jobs.registry import Backoff, JobContext, RetryLater, Task
 from jobs.tasks import TASKS
 from jobs.worker import Worker, running_worker
 from service.keys import API_KEYS
@@ -29,11 +29,18 @@ def attempts() -> Attempts:
 
 @pytest.fixture
 def test_tasks(attempts: Attempts) -> Iterator[None]:
-    """``test.fail`` (always raises, 3 tries, short backoff) and ``test.slow`` (runs past its 0.3 s timeout)."""
+    """``test.fail`` (always raises, 3 tries, short backoff), ``test.flaky`` (asks to be retried
+    after 0.3 s, then succeeds) and ``test.slow`` (runs past its 0.3 s timeout)."""
 
     async def fail(job: JobContext) -> None:
         attempts.times.append(time.monotonic())
         raise ValueError("boom")
+
+    async def flaky(job: JobContext) -> dict[str, bool]:
+        attempts.times.append(time.monotonic())
+        if job.try_number == 1:
+            raise RetryLater("not yet", after_s=0.3)
+        return {"ok": True}
 
     async def slow(job: JobContext) -> None:
         attempts.times.append(time.monotonic())
@@ -41,6 +48,7 @@ def test_tasks(attempts: Attempts) -> Iterator[None]:
 
     added = [
         Task("test.fail", fail, NoArgs(), timeout_s=5.0, max_tries=3, backoff=Backoff(base_s=0.2, cap_s=0.4)),
+        Task("test.flaky", flaky, NoArgs(), timeout_s=5.0, max_tries=2, backoff=Backoff()),
         Task("test.slow", slow, NoArgs(), timeout_s=0.3, max_tries=1, backoff=Backoff()),
     ]
     for task in added:
