@@ -147,7 +147,7 @@ class Worker(ArqWorker):
         self.ctx["redis"] = self.pool
         if self.on_startup:
             await self.on_startup(self.ctx)
-        await heartbeat.write(self.pool, self._beat(), register=True)
+        await heartbeat.write(self.pool, self._beat())
         self._keeper = self.loop.create_task(self._keep())
         failures = 0
         while not self._stopping:

@@ -100,7 +100,7 @@ async def test_live_workers_skips_and_forgets_workers_whose_heartbeat_expired(re
     now = time.time()
     for worker_id in ("w-alive", "w-dead"):
         beat = heartbeat.Beat(worker_id, "host", 1, now, now, 1.0, 0, 3, 1, 0)
-        await heartbeat.write(redis, beat, register=True)
+        await heartbeat.write(redis, beat)
     await redis.delete(worker_key("w-dead"))  # what its TTL does to a killed worker
 
     [alive] = await heartbeat.live_workers(redis)
@@ -109,3 +109,14 @@ async def test_live_workers_skips_and_forgets_workers_whose_heartbeat_expired(re
     assert alive["beat_age_s"] >= 0
     assert await redis.smembers(WORKERS_KEY) == {b"w-alive"}  # type: ignore[misc]
     assert 0 < await redis.ttl(worker_key("w-alive")) <= 3
+
+
+async def test_worker_whose_heartbeat_expired_comes_back_with_its_next_beat(redis: Redis) -> None:
+    now = time.time()
+    beat = heartbeat.Beat("w-stalled", "host", 1, now, now, 1.0, 0, 0, 0, 0)
+    await heartbeat.write(redis, beat)
+    await redis.delete(worker_key("w-stalled"))  # stalled past its TTL
+    assert await heartbeat.live_workers(redis) == []  # and forgotten by a reader
+
+    await heartbeat.write(redis, beat)
+    assert [worker["id"] for worker in await heartbeat.live_workers(redis)] == ["w-stalled"]
