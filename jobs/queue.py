@@ -202,7 +202,7 @@ class JobQueue:
         now_ms = now_us // 1000
         due_ms = now_ms + round(defer_s * 1000)
         payload = serialize_job(task, (), dict(args), None, now_ms, serializer=serialize)
-        fingerprint = _fingerprint(task, args, defer_s)
+        fingerprint = _fingerprint(task, args, defer_s) if idempotency else ""
         record = json.dumps({"job_id": job_id, "fingerprint": fingerprint}) if idempotency else ""
         # An index entry outlives every state its job can be in: deferred, then pending for
         # arq's expiry window, then its result's retention.
