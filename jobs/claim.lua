@@ -3,6 +3,7 @@
 --
 -- KEYS[1]  arq:queue         sorted set of job ids by due time (ms); running jobs stay in it
 -- KEYS[2]  jobs:wake         list idle workers block on
+-- KEYS[3]  jobs:workers      set of worker ids (is there a peer to wake?)
 -- ARGV[1]  now (ms)
 -- ARGV[2]  how many jobs the worker can take
 -- ARGV[3]  lease (ms)
@@ -85,7 +86,7 @@ if count < capacity then
 end
 
 -- Leases were just taken: wake one idle peer, which will then watch them run out.
-if count > 0 then
+if count > 0 and redis.call('SCARD', KEYS[3]) > 1 then
   redis.call('LPUSH', KEYS[2], '1')
   redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[6]) - 1)
 end

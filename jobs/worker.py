@@ -9,8 +9,8 @@ What it changes in stock arq, and why (see ``FINDINGS.md``):
 - **No polling**: an idle worker blocks on ``BLPOP jobs:wake`` (its own connection), which
   every enqueue pushes to, until the next thing it knows of is due: a deferred job, the
   end of another worker's lease, the next cron slot, or the fallback poll
-  (``JOB_IDLE_POLL_S``, 30 s). A claim pushes a token too, so an idle peer wakes and
-  watches the new leases run out.
+  (``JOB_IDLE_POLL_S``, 30 s). When there are peers, a claim pushes a token too, so an
+  idle peer wakes and watches the new leases run out.
 - **Heartbeats** are one key per worker with a TTL (``jobs.heartbeat``), not arq's one
   shared key that any closing worker deletes.
 - **Stopping** (``stop``): take no new jobs, let running ones finish within
@@ -48,6 +48,7 @@ from jobs.keys import (
     RETRY_PREFIX,
     WAKE_KEY,
     WAKE_TOKENS_MAX,
+    WORKERS_KEY,
     worker_key,
 )
 from jobs.registry import Registry
@@ -179,7 +180,7 @@ class Worker(ArqWorker):
         if not self.allow_pick_jobs or self.job_counter >= self.max_jobs:
             return -1
         reply = await self._claim_script(
-            keys=[self.queue_name, WAKE_KEY],
+            keys=[self.queue_name, WAKE_KEY, WORKERS_KEY],
             args=[
                 timestamp_ms(),
                 self.max_jobs - self.job_counter,
