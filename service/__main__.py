@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 from aiohttp import web
 
+from jobs.worker import running_worker
 from service.app import AccessLogger, create_app
 from service.auth import ApiKeyStore
 from service.doctor import diagnose, render
@@ -74,8 +75,15 @@ def _run_web(settings: Settings, extra_contexts: tuple[Context, ...] = ()) -> in
 
 
 def _dev_contexts(settings: Settings) -> tuple[Context, ...]:
-    """The in-process worker of ``dev``, when the jobs package provides one."""
-    return ()
+    """The in-process worker of ``dev`` (stopped gracefully when the app shuts down)."""
+    if not settings.enable_worker:
+        return ()
+
+    async def worker_ctx(app: web.Application) -> AsyncIterator[None]:
+        async with running_worker(settings):
+            yield
+
+    return (worker_ctx,)
 
 
 def serve(settings: Settings) -> int:

@@ -18,6 +18,7 @@ from aiohttp_apigami.constants import SWAGGER_DICT
 
 from service import __version__, readiness
 from service.api import health, ratelimit
+from service.api import jobs as jobs_api
 from service.auth import ApiKeyStore, identity_middleware, require_key_middleware
 from service.errors import Problem, problem_middleware
 from service.keys import API_KEYS, METRICS, POLICIES, REDIS, REQUEST_ID, SETTINGS
@@ -148,6 +149,7 @@ def create_app(
     app[POLICIES] = load_policies(settings.rate_limits_file)  # validated even when off: no surprise on switching on
     if settings.rate_limit_enabled:
         app.cleanup_ctx.append(limiter_ctx)
+    jobs_api.setup(app)
     app.cleanup_ctx.extend(extra_contexts)
 
     health.setup(app)

@@ -140,6 +140,11 @@ class Settings:
     rate_limit_deadline_ms: float = 50.0
     shutdown_timeout_s: float = 4.0
     job_grace_s: float = 3.0
+    job_lease_s: float = 10.0
+    job_idle_poll_s: float = 30.0
+    job_retention_s: int = 86_400
+    worker_heartbeat_s: float = 20.0
+    worker_concurrency: int = 10
     # Non-fatal remarks found while reading the environment, logged once logging is up.
     warnings: tuple[str, ...] = ()
 
@@ -173,6 +178,11 @@ class Settings:
             rate_limit_deadline_ms=_get(env, "RATE_LIMIT_DEADLINE_MS", _float_range(1.0, 10_000.0), 50.0),
             shutdown_timeout_s=_get(env, "SHUTDOWN_TIMEOUT_S", _float_range(0.0, 300.0), 4.0),
             job_grace_s=_get(env, "JOB_GRACE_S", _float_range(0.0, 300.0), 3.0),
+            job_lease_s=_get(env, "JOB_LEASE_S", _float_range(1.0, 300.0), 10.0),
+            job_idle_poll_s=_get(env, "JOB_IDLE_POLL_S", _float_range(10.0, 3600.0), 30.0),
+            job_retention_s=_get(env, "JOB_RETENTION_S", _int_range(60, 30 * 86_400), 86_400),
+            worker_heartbeat_s=_get(env, "WORKER_HEARTBEAT_S", _float_range(1.0, 300.0), 20.0),
+            worker_concurrency=_get(env, "WORKER_CONCURRENCY", _int_range(1, 1000), 10),
             warnings=tuple(warnings),
         )
 

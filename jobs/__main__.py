@@ -1,0 +1,80 @@
+"""``python -m jobs [--check]``: run a worker, or check that a worker heartbeat is live.
+
+Exit codes: 0 done (or, with ``--check``, a live worker found), 1 failed (or none live),
+2 cannot run (bad settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+
+from redis.exceptions import RedisError
+
+from jobs.heartbeat import live_workers
+from jobs.worker import running_worker
+from service.logging import configure_logging, get_logger, redact_text
+from service.redis import redis_client
+from service.settings import Settings, SettingsError
+
+log = get_logger("jobs")
+
+
+async def _check(settings: Settings) -> int:
+    client = redis_client(settings, client_name="ottoai-check")
+    try:
+        workers = await live_workers(client)
+    finally:
+        await client.aclose()
+    for worker in workers:
+        print(f"{worker['id']} beat {worker['beat_age_s']:.1f} s ago, {worker['running']} running")
+    if not workers:
+        print("no live worker heartbeat", file=sys.stderr)
+    return 0 if workers else 1
+
+
+async def _run(settings: Settings) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with running_worker(settings) as worker:
+        assert worker.main_task is not None
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([stopping, worker.main_task], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if worker.main_task.done() and not worker.main_task.cancelled():
+            error = worker.main_task.exception()
+            if error is not None:
+                log.error("worker failed", error=repr(error))
+                return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs", description="OttoAI background job worker")
+    parser.add_argument("--check", action="store_true", help="exit 0 when a worker heartbeat is live, else 1")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        settings.require_redis()
+    except SettingsError as exc:
+        print(redact_text(str(exc)), file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, secrets=settings.secrets)
+    for warning in settings.warnings:
+        log.warning(warning)
+    try:
+        if args.check:
+            return asyncio.run(_check(settings))
+        return asyncio.run(_run(settings))
+    except (RedisError, OSError) as exc:
+        print(redact_text(f"jobs: cannot use Redis at {settings.require_redis().redacted}: {exc}"), file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+-- Enqueue one job in arq's format, index it for its tenant, record its idempotency key
+-- and wake one idle worker, all at once.
+--
+-- KEYS[1]  arq:job:<id>            the job (arq's JSON payload)
+-- KEYS[2]  arq:queue               sorted set of job ids by due time (ms)
+-- KEYS[3]  jobs:index:<tenant>     sorted set of the tenant's job ids by enqueue time (µs)
+-- KEYS[4]  jobs:idempotency:...    the idempotency record (unused when ARGV[8] is "")
+-- KEYS[5]  jobs:wake               list idle workers block on
+-- ARGV[1]  job id
+-- ARGV[2]  payload
+-- ARGV[3]  due time (ms)
+-- ARGV[4]  job key TTL (ms)
+-- ARGV[5]  enqueue time (µs: newest first stays exact for jobs sent within a millisecond)
+-- ARGV[6]  index entries older than this (µs) are dropped
+-- ARGV[7]  index TTL (s)
+-- ARGV[8]  idempotency record, or "" for none
+-- ARGV[9]  idempotency record TTL (s)
+-- ARGV[10] wake-up tokens kept at most
+-- Returns {1} when the job was enqueued, {0, record} when the idempotency key already
+-- names a job (nothing is written then).
+
+if ARGV[8] ~= '' then
+  local existing = redis.call('GET', KEYS[4])
+  if existing then
+    return {0, existing}
+  end
+  redis.call('SET', KEYS[4], ARGV[8], 'EX', ARGV[9])
+end
+
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[6])
+redis.call('EXPIRE', KEYS[3], ARGV[7])
+redis.call('LPUSH', KEYS[5], '1')
+redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[10]) - 1)
+return {1}

@@ -1,0 +1,49 @@
+-- Record the end of one run of a job: arq's finish_job in one call, plus what the
+-- project adds (a handed-back job gets its try back; a job that goes back to the queue
+-- wakes a worker to schedule it).
+--
+-- KEYS[1]  arq:in-progress:<id>   the lease
+-- KEYS[2]  arq:result:<id>
+-- KEYS[3]  arq:retry:<id>         tries started
+-- KEYS[4]  arq:job:<id>
+-- KEYS[5]  arq:abort
+-- KEYS[6]  arq:queue
+-- KEYS[7]  jobs:wake
+-- ARGV[1]  job id
+-- ARGV[2]  "1" when the job is finished (result or failure), "0" when it goes back to the queue
+-- ARGV[3]  the serialized result, or "" for none
+-- ARGV[4]  result TTL (ms), or "" to keep it forever
+-- ARGV[5]  ms to add to the job's due time (a retry's backoff), or ""
+-- ARGV[6]  ms to keep the in-progress key (arq's cron jobs), or "" to delete it
+-- ARGV[7]  "1" when the job is handed back on stop: its interrupted try is not counted
+-- ARGV[8]  wake-up tokens kept at most
+-- Returns 1.
+
+if ARGV[6] ~= '' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+else
+  redis.call('DEL', KEYS[1])
+end
+
+if ARGV[2] == '1' then
+  if ARGV[3] ~= '' then
+    if ARGV[4] ~= '' then
+      redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+    else
+      redis.call('SET', KEYS[2], ARGV[3])
+    end
+  end
+  redis.call('DEL', KEYS[3], KEYS[4])
+  redis.call('ZREM', KEYS[5], ARGV[1])
+  redis.call('ZREM', KEYS[6], ARGV[1])
+else
+  if ARGV[5] ~= '' then
+    redis.call('ZINCRBY', KEYS[6], ARGV[5], ARGV[1])
+  end
+  if ARGV[7] == '1' then
+    redis.call('DECR', KEYS[3])
+  end
+  redis.call('LPUSH', KEYS[7], '1')
+  redis.call('LTRIM', KEYS[7], 0, tonumber(ARGV[8]) - 1)
+end
+return 1

@@ -1,0 +1,232 @@
+"""How a task declares itself: argument schema, timeout, tries and backoff.
+
+``Registry.task(...)`` registers an ``async def`` that takes a ``JobContext`` and the
+task's arguments as keywords. The web process validates arguments with the same schema
+at enqueue (so bad ones are a 422, not a failed job); the worker runs the task inside a
+wrapper that applies the timeout and turns failures into arq retries with exponential
+backoff and full jitter, until the task's tries are spent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+from arq.typing import WorkerCoroutine
+from arq.worker import Function, Retry, func
+from marshmallow import Schema, ValidationError
+from redis.asyncio import Redis
+
+from service.logging import bind_context, get_logger
+from service.settings import Settings
+
+__all__ = [
+    "Backoff",
+    "InvalidArguments",
+    "JobContext",
+    "JobTimeout",
+    "PermanentError",
+    "Registry",
+    "RetryLater",
+    "Task",
+    "UnknownTask",
+]
+
+log = get_logger(__name__)
+
+# arq's own timeout is a backstop behind the wrapper's; this much later.
+_ARQ_TIMEOUT_MARGIN_S = 5.0
+
+
+class PermanentError(Exception):
+    """A failure that another try cannot fix: the job fails at once."""
+
+
+class RetryLater(Exception):
+    """A transient failure whose remedy says when to try again (HTTP ``Retry-After``)."""
+
+    def __init__(self, message: str, after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.after_s = after_s
+
+
+class JobTimeout(Exception):
+    """The task ran past its timeout."""
+
+
+class UnknownTask(LookupError):
+    """No task has this name."""
+
+
+class InvalidArguments(ValueError):
+    """Arguments that do not match the task's schema; ``errors`` maps fields to messages."""
+
+    def __init__(self, errors: Mapping[str, Any]) -> None:
+        super().__init__("invalid arguments")
+        self.errors = dict(errors)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with full jitter: try ``n`` waits uniform(0, min(cap, base * 2**(n-1)))."""
+
+    base_s: float = 1.0
+    cap_s: float = 300.0
+
+    def delay_s(self, try_number: int, rng: random.Random | None = None) -> float:
+        ceiling = min(self.cap_s, self.base_s * 2 ** max(try_number - 1, 0))
+        return (rng or random).uniform(0.0, ceiling)
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a running task knows about its job and its worker."""
+
+    job_id: str
+    task: str
+    try_number: int
+    max_tries: int
+    worker_id: str
+    settings: Settings
+    redis: Redis
+
+
+Check = Callable[[dict[str, Any], Settings], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A registered task.
+
+    ``check`` is an optional asynchronous test of arguments beyond the schema (a webhook's
+    host, say); it raises ``InvalidArguments`` and runs at enqueue. What can change between
+    enqueue and run (DNS, say) the task checks again itself.
+    """
+
+    name: str
+    run: Callable[..., Awaitable[Any]]
+    schema: Schema
+    timeout_s: float
+    max_tries: int
+    backoff: Backoff
+    check: Check | None = None
+
+    def load(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            loaded: dict[str, Any] = self.schema.load(args)
+        except ValidationError as exc:
+            messages = exc.messages
+            raise InvalidArguments(messages if isinstance(messages, dict) else {"_schema": messages}) from None
+        return loaded
+
+
+class Registry:
+    """The tasks a deployment knows, by name."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, Task] = {}
+
+    def task(
+        self,
+        name: str,
+        *,
+        schema: Schema,
+        timeout_s: float,
+        max_tries: int = 3,
+        backoff: Backoff = Backoff(),
+        check: Check | None = None,
+    ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
+        """Register the decorated ``async def f(job: JobContext, **args)`` as ``name``."""
+
+        def register(run: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+            self.add(Task(name, run, schema, timeout_s, max_tries, backoff, check))
+            return run
+
+        return register
+
+    def add(self, task: Task) -> None:
+        if task.name in self._tasks:
+            raise ValueError(f"task {task.name!r} is already registered")
+        if task.max_tries < 1 or task.timeout_s <= 0:
+            raise ValueError(f"task {task.name!r}: max_tries must be >= 1 and timeout_s > 0")
+        self._tasks[task.name] = task
+
+    def remove(self, name: str) -> None:
+        del self._tasks[name]
+
+    def __getitem__(self, name: str) -> Task:
+        try:
+            return self._tasks[name]
+        except KeyError:
+            raise UnknownTask(name) from None
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(self._tasks.values())
+
+    async def validate(self, name: str, args: Mapping[str, Any], settings: Settings) -> Task:
+        """The task ``name`` if ``args`` suit it; ``UnknownTask`` or ``InvalidArguments`` otherwise."""
+        task = self[name]
+        loaded = task.load(args)
+        if task.check is not None:
+            await task.check(loaded, settings)
+        return task
+
+    def arq_functions(self, *, keep_result_s: float) -> list[Function]:
+        """Every task as an arq function, wrapped in its timeout and retry policy."""
+        return [
+            func(
+                cast(WorkerCoroutine, _runner(task)),
+                name=task.name,
+                timeout=task.timeout_s + _ARQ_TIMEOUT_MARGIN_S,
+                max_tries=task.max_tries,
+                keep_result=keep_result_s,
+            )
+            for task in self
+        ]
+
+
+def _runner(task: Task) -> Callable[..., Awaitable[Any]]:
+    async def run(ctx: dict[str, Any], **args: Any) -> Any:
+        job = JobContext(
+            job_id=ctx["job_id"],
+            task=task.name,
+            try_number=ctx["job_try"],
+            max_tries=task.max_tries,
+            worker_id=ctx["worker_id"],
+            settings=ctx["settings"],
+            redis=ctx["redis"],
+        )
+        bind_context(job_id=job.job_id, task=task.name)
+        try:
+            loaded = task.load(args)
+        except InvalidArguments as exc:
+            raise PermanentError(f"arguments no longer valid: {exc.errors}") from None
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(task.timeout_s) as scope:
+                result = await task.run(job, **loaded)
+        except PermanentError:
+            raise
+        except Exception as exc:
+            error: Exception = exc
+            if scope.expired():
+                error = JobTimeout(f"{task.name} did not finish within {task.timeout_s:g} s")
+            if job.try_number >= task.max_tries:
+                if error is exc:
+                    raise
+                raise error from exc
+            delay_s = task.backoff.delay_s(job.try_number)
+            if isinstance(exc, RetryLater) and exc.after_s is not None:
+                delay_s = exc.after_s
+            log.info("job will be retried", try_number=job.try_number, delay_s=round(delay_s, 3), error=str(error))
+            raise Retry(defer=delay_s) from exc
+        duration_ms = round((time.perf_counter() - started) * 1000, 2)
+        log.info("job complete", try_number=job.try_number, duration_ms=duration_ms)
+        return result
+
+    run.__qualname__ = task.name
+    return run

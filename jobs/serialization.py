@@ -1,0 +1,51 @@
+"""JSON in and out for arq (never pickle): jobs, results, and errors as ``{type, message}``.
+
+The same two functions are given to the web process's pool and to the worker, so a job
+written by one is read by the other. A failure is stored as the error's type name and
+message, which is what the jobs API shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["ABORTED", "deserialize", "error_of", "iso_from_ms", "serialize"]
+
+# The error type of a job that was aborted (arq records it as a cancellation).
+ABORTED = "JobAborted"
+
+
+def error_of(exc: BaseException) -> dict[str, str]:
+    """The stored form of a failure."""
+    if isinstance(exc, asyncio.CancelledError):
+        return {"type": ABORTED, "message": "the job was aborted"}
+    return {"type": type(exc).__name__, "message": str(exc)}
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, BaseException):
+        return error_of(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def serialize(data: dict[str, Any]) -> bytes:
+    """arq's ``job_serializer``: a job or result as compact JSON."""
+    return json.dumps(data, default=_encode, separators=(",", ":")).encode()
+
+
+def deserialize(raw: bytes) -> dict[str, Any]:
+    """arq's ``job_deserializer``."""
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError("a job or result must be a JSON object")
+    return value
+
+
+def iso_from_ms(ms: float) -> str:
+    """An epoch time in ms as ISO 8601 UTC with milliseconds, e.g. ``2026-11-29T15:16:31.123Z``."""
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,430 @@
+"""The worker: arq's ``Worker`` with leases, wake-ups, per-worker heartbeats and hand-back.
+
+What it changes in stock arq, and why (see ``FINDINGS.md``):
+
+- **Claims** go through one Lua call (``claim.lua``) that gives each due job a short
+  in-progress *lease* (``JOB_LEASE_S``, 10 s) instead of arq's "longest timeout + 10 s";
+  a keeper task renews the leases of running jobs every quarter lease. The job of a
+  killed worker is free again when its lease runs out, whatever the tasks' timeouts.
+- **No polling**: an idle worker blocks on ``BLPOP jobs:wake`` (its own connection), which
+  every enqueue pushes to, until the next thing it knows of is due: a deferred job, the
+  end of another worker's lease, the next cron slot, or the fallback poll
+  (``JOB_IDLE_POLL_S``, 30 s). When there are peers, a claim pushes a token too, so an
+  idle peer wakes and watches the new leases run out.
+- **Heartbeats** are one key per worker with a TTL (``jobs.heartbeat``), not arq's one
+  shared key that any closing worker deletes.
+- **Stopping** (``stop``): take no new jobs, let running ones finish within
+  ``JOB_GRACE_S``, then cancel the rest and hand them back: they are due at once for
+  another worker and the interrupted try is not counted.
+- Jobs and results are JSON (``jobs.serialization``), never pickle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+from arq.connections import ArqRedis, log_redis_info
+from arq.utils import timestamp_ms, to_ms
+from arq.worker import Worker as ArqWorker
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from jobs import heartbeat
+from jobs.keys import (
+    ABORT_KEY,
+    IN_PROGRESS_PREFIX,
+    JOB_PREFIX,
+    QUEUE_KEY,
+    RESULT_PREFIX,
+    RETRY_PREFIX,
+    WAKE_KEY,
+    WAKE_TOKENS_MAX,
+    WORKERS_KEY,
+    worker_key,
+)
+from jobs.registry import Registry
+from jobs.scripts import load_script
+from jobs.serialization import deserialize, serialize
+from jobs.tasks import TASKS
+from service.logging import get_logger
+from service.redis import connection_pool
+from service.settings import Settings
+
+__all__ = ["Worker", "WorkerSettings", "create_worker", "running_worker"]
+
+log = get_logger(__name__)
+
+# Queue entries one claim examines at most (running jobs stay in arq's queue).
+CLAIM_SCAN_MAX = 1000
+# Wake this long before a cron slot: arq enqueues a slot that is less than 1 s away.
+CRON_LEAD_S = 0.5
+_RETRY_DELAY_MAX_S = 5.0
+
+
+class WorkerSettings:
+    """The arq configuration every worker shares; per-deployment values come from ``Settings``."""
+
+    queue_name = QUEUE_KEY
+    job_serializer = staticmethod(serialize)
+    job_deserializer = staticmethod(deserialize)
+    allow_abort_jobs = True
+    # arq's cron window is 2 * max(poll_delay, 0.5) s; polling itself is replaced (see Worker).
+    poll_delay = 0.5
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+class Worker(ArqWorker):
+    """arq's worker with leases, wake-ups, per-worker heartbeats and hand-back on stop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        redis_pool: ArqRedis,
+        wake_redis: Redis,
+        registry: Registry = TASKS,
+        worker_id: str | None = None,
+        **options: Any,
+    ) -> None:
+        self.settings = settings
+        self.worker_id = worker_id or new_worker_id()
+        self._wake_redis = wake_redis
+        self._lease_ms = to_ms(settings.job_lease_s)
+        self._handing_back: set[str] = set()
+        self._slot_free = asyncio.Event()
+        self._keeper: asyncio.Task[None] | None = None
+        self._stopping = False
+        # Pushed to by ``stop`` to end this worker's blocking pop: cancelling a redis-py call
+        # is not reliable (a cancel that lands while the connection is being set up is lost).
+        self._stop_key = f"{WAKE_KEY}:{self.worker_id}"
+        self._started_at = time.time()
+        arq_options: dict[str, Any] = {
+            "queue_name": WorkerSettings.queue_name,
+            "job_serializer": WorkerSettings.job_serializer,
+            "job_deserializer": WorkerSettings.job_deserializer,
+            "allow_abort_jobs": WorkerSettings.allow_abort_jobs,
+            "poll_delay": WorkerSettings.poll_delay,
+            "max_jobs": settings.worker_concurrency,
+            "keep_result": settings.job_retention_s,
+            "handle_signals": False,
+            "health_check_key": worker_key(self.worker_id),
+            "ctx": {"settings": settings, "worker_id": self.worker_id},
+        }
+        arq_options.update(options)
+        super().__init__(
+            registry.arq_functions(keep_result_s=settings.job_retention_s), redis_pool=redis_pool, **arq_options
+        )
+        self.in_progress_timeout_s = settings.job_lease_s
+        self._claim_script = load_script(redis_pool, "claim")
+        self._finish_script = load_script(redis_pool, "finish")
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Run ``main`` in the background (``stop`` ends it)."""
+        self.main_task = self.loop.create_task(self.main())
+
+    async def main(self) -> None:
+        # arq writes two formatted lines per job at INFO; the task wrapper writes one
+        # structured line instead (job_id, task, try, duration). arq's warnings and failure
+        # tracebacks still come through.
+        logging.getLogger("arq.worker").setLevel(logging.WARNING)
+        log.info(
+            "worker starting", worker_id=self.worker_id, tasks=sorted(self.functions), lease_s=self.settings.job_lease_s
+        )
+        await log_redis_info(self.pool, log.info)
+        self.ctx["redis"] = self.pool
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+        await heartbeat.write(self.pool, self._beat())
+        self._keeper = self.loop.create_task(self._keep())
+        failures = 0
+        while not self._stopping:
+            try:
+                next_ms = await self._iteration()
+                failures = 0
+            except (RedisError, OSError) as exc:
+                failures += 1
+                delay_s = min(_RETRY_DELAY_MAX_S, 0.1 * 2**failures)
+                log.warning("worker cannot reach redis", error=str(exc), retry_in_s=delay_s)
+                await asyncio.sleep(delay_s)
+                continue
+            if self.burst:
+                if not self.tasks and next_ms < 0:
+                    return
+                await self._wait_in_burst(next_ms)
+            elif self.job_counter >= self.max_jobs:
+                await self._wait_for_slot()
+            elif next_ms < 0 or next_ms > timestamp_ms():
+                await self._wait_for_wake(self._seconds_to_wait(next_ms))
+
+    async def _iteration(self) -> int:
+        """Reap finished jobs, enqueue due cron slots, claim and start due jobs.
+
+        Returns when something may next be claimable (epoch ms), or -1 when nothing is known.
+        """
+        self._reap()
+        await self.heart_beat()
+        if not self.allow_pick_jobs or self.job_counter >= self.max_jobs:
+            return -1
+        reply = await self._claim_script(
+            keys=[self.queue_name, WAKE_KEY, WORKERS_KEY],
+            args=[
+                timestamp_ms(),
+                self.max_jobs - self.job_counter,
+                self._lease_ms,
+                IN_PROGRESS_PREFIX,
+                CLAIM_SCAN_MAX,
+                WAKE_TOKENS_MAX,
+                *self.tasks,
+            ],
+        )
+        for i in range(1, len(reply), 2):
+            await self._start(reply[i].decode(), int(reply[i + 1]))
+        return int(reply[0])
+
+    async def _start(self, job_id: str, score: int) -> None:
+        await self.sem.acquire()  # never waits: the claim took no more jobs than free slots
+        self.job_counter += 1
+        task = self.loop.create_task(self.run_job(job_id, score))
+        task.add_done_callback(self._on_job_done)
+        self.tasks[job_id] = task
+
+    def _on_job_done(self, _: asyncio.Task[Any]) -> None:
+        self._release_sem_dec_counter_on_complete()
+        self._slot_free.set()
+
+    def _reap(self) -> None:
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
+                self._handing_back.discard(job_id)
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("job bookkeeping failed", job_id=job_id, error=repr(task.exception()))
+
+    async def heart_beat(self) -> None:
+        """arq's per-iteration hook, kept for cron only: heartbeats are written by the keeper."""
+        await self.run_cron(datetime.now(tz=self.timezone), max(self.poll_delay_s, 0.5))
+
+    # -- waiting ---------------------------------------------------------------------------
+
+    def _seconds_to_wait(self, next_ms: int) -> float:
+        now = time.time()
+        until = now + self.settings.job_idle_poll_s
+        if next_ms >= 0:
+            until = min(until, next_ms / 1000)
+        for cron_job in self.cron_jobs:
+            if cron_job.next_run is not None:
+                until = min(until, cron_job.next_run.timestamp() - CRON_LEAD_S)
+        return max(until - now, 0.0)
+
+    async def _wait_for_wake(self, timeout_s: float) -> None:
+        """Block on the wake-up list until an enqueue (or a peer) pushes, or ``timeout_s`` passes."""
+        if timeout_s <= 0.001:
+            return
+        # Redis >= 6 takes a fractional timeout; redis-py types it as int.
+        await self._wake_redis.blpop([WAKE_KEY, self._stop_key], timeout=round(timeout_s, 3))  # type: ignore[arg-type,misc]
+
+    async def _wait_for_slot(self) -> None:
+        self._slot_free.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._slot_free.wait(), self._seconds_to_wait(-1))
+
+    async def _wait_in_burst(self, next_ms: int) -> None:
+        timeout_s = self._seconds_to_wait(next_ms) if next_ms >= 0 else None
+        if self.tasks:
+            await asyncio.wait(list(self.tasks.values()), timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        elif timeout_s:
+            await asyncio.sleep(timeout_s)
+
+    # -- leases, aborts and heartbeats -----------------------------------------------------
+
+    async def _keep(self) -> None:
+        """Renew the leases of running jobs, cancel aborted ones, and beat."""
+        renew_every_s = self.settings.job_lease_s / 4
+        beat_every_s = self.settings.worker_heartbeat_s
+        next_beat = time.monotonic() + beat_every_s
+        while True:
+            await asyncio.sleep(max(0.0, min(renew_every_s, next_beat - time.monotonic())))
+            try:
+                running = [job_id for job_id, task in self.tasks.items() if not task.done()]
+                if running:
+                    await self._renew(running)
+                if time.monotonic() >= next_beat:
+                    await heartbeat.write(self.pool, self._beat())
+                    next_beat = time.monotonic() + beat_every_s
+            except (RedisError, OSError) as exc:
+                log.warning("worker keeper cannot reach redis", error=str(exc))
+
+    async def _renew(self, running: list[str]) -> None:
+        async with self.pool.pipeline(transaction=False) as pipe:
+            for job_id in running:
+                pipe.pexpire(IN_PROGRESS_PREFIX + job_id, self._lease_ms)
+            pipe.zmscore(ABORT_KEY, running)
+            *renewed, abort_scores = await pipe.execute()
+        for job_id, kept, abort_score in zip(running, renewed, abort_scores, strict=True):
+            if not kept:
+                log.warning("job lease was lost; another worker may run it too", job_id=job_id)
+            task = self.job_tasks.get(job_id)
+            if abort_score is not None and task is not None and job_id not in self.aborting_tasks:
+                log.info("aborting job", job_id=job_id)
+                self.aborting_tasks.add(job_id)
+                task.cancel()
+
+    def _beat(self) -> heartbeat.Beat:
+        return heartbeat.Beat(
+            id=self.worker_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started_at=self._started_at,
+            beat_at=time.time(),
+            interval_s=self.settings.worker_heartbeat_s,
+            running=sum(not task.done() for task in self.tasks.values()),
+            complete=self.jobs_complete,
+            failed=self.jobs_failed,
+            retried=self.jobs_retried,
+        )
+
+    # -- finishing -------------------------------------------------------------------------
+
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        """arq's ``finish_job`` as one script call (``finish.lua``), plus: a job handed back
+        on stop gets its try back, and a job that goes back to the queue (retry or
+        hand-back) wakes a worker to schedule it."""
+        keep_ms = "" if keep_result_forever or result_timeout_s is None else to_ms(result_timeout_s)
+        await self._finish_script(
+            keys=[
+                IN_PROGRESS_PREFIX + job_id,
+                RESULT_PREFIX + job_id,
+                RETRY_PREFIX + job_id,
+                JOB_PREFIX + job_id,
+                ABORT_KEY,
+                self.queue_name,
+                WAKE_KEY,
+            ],
+            args=[
+                job_id,
+                "1" if finish else "0",
+                result_data or "",
+                keep_ms,
+                incr_score or "",
+                "" if keep_in_progress is None else to_ms(keep_in_progress),
+                "1" if job_id in self._handing_back else "0",
+                WAKE_TOKENS_MAX,
+            ],
+        )
+
+    # -- stopping --------------------------------------------------------------------------
+
+    async def stop(self, grace_s: float) -> None:
+        """Take no new jobs, give running ones ``grace_s`` to finish, hand the rest back, close."""
+        self.allow_pick_jobs = False
+        self._stopping = True
+        self._slot_free.set()
+        if self.main_task is not None and not self.main_task.done():
+            with contextlib.suppress(RedisError, OSError):
+                await self.pool.lpush(self._stop_key, "stop")  # type: ignore[misc]
+            _, pending = await asyncio.wait([self.main_task], timeout=self.settings.redis_timeout_s)
+            if pending:  # Redis does not answer: cancel the blocking pop instead
+                self.main_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.main_task
+        running = {job_id: task for job_id, task in self.tasks.items() if not task.done()}
+        if running:
+            log.info("worker stopping; waiting for running jobs", jobs=len(running), grace_s=grace_s)
+            _, pending = await asyncio.wait(running.values(), timeout=grace_s)
+            if pending:
+                handed_back = sorted(job_id for job_id, task in running.items() if task in pending)
+                self._handing_back.update(handed_back)
+                log.info("handing jobs back to the queue", job_ids=handed_back)
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending, timeout=self.settings.redis_timeout_s)
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
+        await self.close()
+        log.info(
+            "worker stopped",
+            worker_id=self.worker_id,
+            complete=self.jobs_complete,
+            failed=self.jobs_failed,
+            retried=self.jobs_retried,
+        )
+
+    async def close(self) -> None:
+        """arq's ``close`` with redis-py 5's ``aclose``, removing only this worker's heartbeat."""
+        if self._pool is None:
+            return
+        if self.tasks:
+            await asyncio.wait(self.tasks.values(), timeout=self.settings.redis_timeout_s)
+        with contextlib.suppress(RedisError, OSError):
+            await heartbeat.remove(self.pool, self.worker_id)
+            await self.pool.delete(self._stop_key)
+        if self.on_shutdown:
+            await self.on_shutdown(self.ctx)
+        await self.pool.aclose(close_connection_pool=True)
+        await self._wake_redis.aclose(close_connection_pool=True)
+        self._pool = None
+
+
+def create_worker(settings: Settings, *, registry: Registry = TASKS, **options: Any) -> Worker:
+    """A worker on its own Redis pools; call it inside the event loop that will run it."""
+    url = settings.require_redis()
+    pool = ArqRedis(
+        connection_pool(
+            url,
+            max_connections=settings.worker_concurrency + 5,
+            timeout_s=settings.redis_timeout_s,
+            retries=0,  # a claim or a finish must never be sent twice
+            client_name="ottoai-worker",
+        ),
+        job_serializer=WorkerSettings.job_serializer,
+        job_deserializer=WorkerSettings.job_deserializer,
+        default_queue_name=WorkerSettings.queue_name,
+    )
+    # The blocking pop waits up to the idle poll; its read timeout must be longer.
+    wake = Redis(
+        connection_pool=connection_pool(
+            url,
+            max_connections=1,
+            timeout_s=settings.redis_timeout_s,
+            retries=0,
+            client_name="ottoai-worker-wake",
+            socket_timeout_s=settings.job_idle_poll_s + settings.redis_timeout_s,
+        )
+    )
+    return Worker(settings, redis_pool=pool, wake_redis=wake, registry=registry, **options)
+
+
+@contextlib.asynccontextmanager
+async def running_worker(settings: Settings, *, registry: Registry = TASKS, **options: Any) -> AsyncIterator[Worker]:
+    """A worker running in this event loop; leaving stops it gracefully (``JOB_GRACE_S``)."""
+    worker = create_worker(settings, registry=registry, **options)
+    await worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.stop(settings.job_grace_s)

@@ -1,0 +1,78 @@
+"""Fixtures for the jobs tests: real workers on the test Redis, tasks only tests need."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from marshmallow import Schema
+from redis.asyncio import Redis
+
+from jobs.registry import Backoff, JobContext, RetryLater, Task
+from jobs.tasks import TASKS
+from jobs.worker import Worker, running_worker
+from service.keys import API_KEYS
+from service.settings import Settings
+from tests.jobs.support import Attempts, Client, jobs_settings
+
+
+class NoArgs(Schema):
+    pass
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return jobs_settings()
+
+
+@pytest.fixture
+def attempts() -> Attempts:
+    return Attempts()
+
+
+@pytest.fixture
+def test_tasks(attempts: Attempts) -> Iterator[None]:
+    """``test.fail`` (always raises, 3 tries, short backoff), ``test.flaky`` (asks to be retried
+    after 0.3 s, then succeeds) and ``test.slow`` (runs past its 0.3 s timeout)."""
+
+    async def fail(job: JobContext) -> None:
+        attempts.times.append(time.monotonic())
+        raise ValueError("boom")
+
+    async def flaky(job: JobContext) -> dict[str, bool]:
+        attempts.times.append(time.monotonic())
+        if job.try_number == 1:
+            raise RetryLater("not yet", after_s=0.3)
+        return {"ok": True}
+
+    async def slow(job: JobContext) -> None:
+        attempts.times.append(time.monotonic())
+        await asyncio.sleep(5)
+
+    added = [
+        Task("test.fail", fail, NoArgs(), timeout_s=5.0, max_tries=3, backoff=Backoff(base_s=0.2, cap_s=0.4)),
+        Task("test.flaky", flaky, NoArgs(), timeout_s=5.0, max_tries=2, backoff=Backoff()),
+        Task("test.slow", slow, NoArgs(), timeout_s=0.3, max_tries=1, backoff=Backoff()),
+    ]
+    for task in added:
+        TASKS.add(task)
+    try:
+        yield
+    finally:
+        for task in added:
+            TASKS.remove(task.name)
+
+
+@pytest.fixture
+async def worker(redis: Redis, settings: Settings, test_tasks: None) -> AsyncIterator[Worker]:
+    """A worker running in the test's event loop, stopped gracefully afterwards."""
+    async with running_worker(settings) as running:
+        yield running
+
+
+@pytest.fixture
+async def other_key(client: Client) -> str:
+    """A key of another tenant, ``globex``."""
+    return await client.app[API_KEYS].create("globex")

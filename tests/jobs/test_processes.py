@@ -1,0 +1,218 @@
+"""Real ``python -m jobs`` (and ``python -m service dev``) processes: kill, stop, check."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from redis.asyncio import Redis
+
+from jobs.heartbeat import live_workers
+from service.auth import ApiKeyStore
+from tests.conftest import PYTHON, ROOT, TEST_REDIS_URL, subprocess_env
+from tests.jobs.support import Client, auth, enqueue, wait_for
+
+# Short leases and grace keep these tests quick; production defaults are 10 s and 3 s.
+WORKER_ENV = {
+    "REDIS_URL": TEST_REDIS_URL,
+    "LOG_FORMAT": "console",
+    "JOB_LEASE_S": "2",
+    "JOB_GRACE_S": "0.5",
+    "WORKER_HEARTBEAT_S": "1",
+}
+
+
+class Proc:
+    """A child process whose output goes to a file (no pipe to fill up)."""
+
+    def __init__(self, args: list[str], log: Path, **env: str) -> None:
+        self.log = log
+        with log.open("wb") as out:
+            self.popen = subprocess.Popen(
+                [PYTHON, *args], cwd=ROOT, env=subprocess_env(**env), stdout=out, stderr=subprocess.STDOUT
+            )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    async def exited(self, timeout_s: float) -> int:
+        deadline = time.monotonic() + timeout_s
+        while self.popen.poll() is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"process still running after {timeout_s} s:\n{self.output()}")
+            await asyncio.sleep(0.05)
+        return self.popen.returncode
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for proc in started:
+        proc.stop()
+
+
+def start_worker(procs: list[Proc], log: Path, **env: str) -> Proc:
+    proc = Proc(["-m", "jobs"], log, **{**WORKER_ENV, **env})
+    procs.append(proc)
+    return proc
+
+
+async def live_ids(redis: Redis, count: int, timeout_s: float = 15.0) -> list[str]:
+    """Wait until ``count`` workers beat; their ids."""
+    deadline = time.monotonic() + timeout_s
+    while len(workers := await live_workers(redis)) < count:
+        assert time.monotonic() < deadline, f"only {len(workers)} of {count} workers beat"
+        await asyncio.sleep(0.05)
+    return [worker["id"] for worker in workers]
+
+
+async def runner_of(redis: Redis, workers: list[Proc], timeout_s: float = 5.0) -> Proc:
+    """The worker whose heartbeat says it is running a job."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for beat in await live_workers(redis):
+            if beat["running"]:
+                [proc] = [proc for proc in workers if f"worker_id={beat['id']}" in proc.output()]
+                return proc
+        await asyncio.sleep(0.05)
+    raise AssertionError("no worker is running the job")
+
+
+def completions(job_id: str, workers: list[Proc]) -> int:
+    """How many times a worker logged the job as complete."""
+    return sum(
+        "job complete" in line and f"job_id={job_id}" in line for proc in workers for line in proc.output().splitlines()
+    )
+
+
+async def test_job_of_a_killed_worker_completes_on_another_worker(
+    client: Client, api_key: str, redis: Redis, procs: list[Proc], tmp_path: Path
+) -> None:
+    workers = [start_worker(procs, tmp_path / "a.log"), start_worker(procs, tmp_path / "b.log")]
+    await live_ids(redis, 2)
+    job_id = await enqueue(client, api_key, "diagnostics.sleep", {"seconds": 2.5})
+    await wait_for(client, api_key, job_id, ("in_progress",))
+
+    victim = await runner_of(redis, workers)
+    victim.popen.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    body = await wait_for(client, api_key, job_id, timeout_s=20)
+    recovered_s = time.monotonic() - killed_at
+
+    [survivor] = [proc for proc in workers if proc is not victim]
+    assert body["status"] == "complete"
+    assert body["result"]["worker"] in survivor.output()
+    assert body["tries"] == 2  # the killed try counts: a job that kills its worker cannot loop forever
+    assert recovered_s < 20
+    assert completions(job_id, workers) == 1
+
+
+async def test_sigterm_hands_a_running_job_back_without_spending_a_try(
+    client: Client, api_key: str, redis: Redis, procs: list[Proc], tmp_path: Path
+) -> None:
+    workers = [start_worker(procs, tmp_path / "a.log"), start_worker(procs, tmp_path / "b.log")]
+    ids = await live_ids(redis, 2)
+    job_id = await enqueue(client, api_key, "diagnostics.sleep", {"seconds": 2.5})
+    await wait_for(client, api_key, job_id, ("in_progress",))
+
+    victim = await runner_of(redis, workers)
+    victim.popen.send_signal(signal.SIGTERM)
+    assert await victim.exited(timeout_s=5) == 0
+    body = await wait_for(client, api_key, job_id, timeout_s=10)
+
+    [survivor] = [proc for proc in workers if proc is not victim]
+    assert body["status"] == "complete"
+    assert body["tries"] == 1
+    assert body["result"]["worker"] in survivor.output()
+    assert "handing jobs back" in victim.output()
+    assert completions(job_id, workers) == 1
+    still_live = {worker["id"] for worker in await live_workers(redis)}
+    assert len(still_live) == 1
+    assert still_live < set(ids)  # the stopped worker removed its own heartbeat, and only its own
+
+
+async def test_check_exits_zero_only_while_a_worker_heartbeat_is_live(
+    redis: Redis, procs: list[Proc], tmp_path: Path
+) -> None:
+    def check() -> int:
+        return subprocess.run(
+            [PYTHON, "-m", "jobs", "--check"], cwd=ROOT, env=subprocess_env(**WORKER_ENV), capture_output=True
+        ).returncode
+
+    assert check() == 1
+    worker = start_worker(procs, tmp_path / "a.log")
+    await live_ids(redis, 1)
+    assert check() == 0
+    worker.popen.send_signal(signal.SIGINT)
+    assert await worker.exited(timeout_s=5) == 0
+    assert check() == 1
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"REDIS_URL": "http://127.0.0.1:6379"}, "REDIS_URL: scheme must be redis, rediss or unix, got http"),
+        ({"JOB_LEASE_S": "0.1"}, "JOB_LEASE_S: must be from 1 to 300, got 0.1"),
+        ({"JOB_IDLE_POLL_S": "2"}, "JOB_IDLE_POLL_S: must be from 10 to 3600, got 2"),
+    ],
+)
+def test_worker_with_bad_settings_exits_2_with_one_line(env: dict[str, str], message: str) -> None:
+    done = subprocess.run(
+        [PYTHON, "-m", "jobs"], cwd=ROOT, env=subprocess_env(**{**WORKER_ENV, **env}), capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == message
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_dev_runs_web_and_worker_in_one_process(redis: Redis, procs: list[Proc], tmp_path: Path) -> None:
+    port = _free_port()
+    dev = Proc(["-m", "service", "dev"], tmp_path / "dev.log", **WORKER_ENV, HOST="127.0.0.1", PORT=str(port))
+    procs.append(dev)
+    key = await ApiKeyStore(redis).create("acme")
+    base = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as session:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                async with session.get(f"{base}/health") as response:
+                    if response.status == 200:
+                        break
+            except aiohttp.ClientConnectionError:
+                pass
+            assert time.monotonic() < deadline, dev.output()
+            await asyncio.sleep(0.1)
+        async with session.post(f"{base}/v1/jobs", json={"task": "diagnostics.ping"}, headers=auth(key)) as response:
+            assert response.status == 202
+            location = response.headers["Location"]
+        deadline = time.monotonic() + 10
+        while True:
+            async with session.get(f"{base}{location}", headers=auth(key)) as response:
+                body = await response.json()
+            if body["status"] == "complete":
+                break
+            assert time.monotonic() < deadline, body
+            await asyncio.sleep(0.05)
+    assert body["result"]["pong"] is True
+    dev.popen.send_signal(signal.SIGTERM)
+    assert await dev.exited(timeout_s=10) == 0
+    assert await live_workers(redis) == []

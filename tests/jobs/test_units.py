@@ -1,0 +1,122 @@
+"""Pieces of the jobs system on their own: backoff, serialization, webhook rules, heartbeats."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import random
+import time
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from jobs import heartbeat
+from jobs.keys import WORKERS_KEY, worker_key
+from jobs.registry import Backoff
+from jobs.serialization import deserialize, error_of, iso_from_ms, serialize
+from jobs.webhook import DestinationRefused, _retry_after_s, check_destination, sign
+from tests.conftest import ROOT
+
+
+def test_backoff_is_full_jitter_under_an_exponential_ceiling_that_caps() -> None:
+    backoff = Backoff(base_s=1.0, cap_s=10.0)
+    rng = random.Random(7)
+    for try_number, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 10.0), (12, 10.0)]:
+        delays = [backoff.delay_s(try_number, rng) for _ in range(500)]
+        assert all(0.0 <= delay <= ceiling for delay in delays)
+        assert max(delays) > 0.8 * ceiling  # the whole range is used, not a fixed step
+        assert min(delays) < 0.2 * ceiling
+
+
+def test_failures_are_stored_as_type_and_message() -> None:
+    assert error_of(ValueError("boom")) == {"type": "ValueError", "message": "boom"}
+    assert error_of(asyncio.CancelledError()) == {"type": "JobAborted", "message": "the job was aborted"}
+    raw = serialize({"r": KeyError("x"), "s": False})
+    assert deserialize(raw) == {"r": {"type": "KeyError", "message": "'x'"}, "s": False}
+
+
+def test_non_json_results_are_refused_by_the_serializer() -> None:
+    with pytest.raises(TypeError):
+        serialize({"r": object()})
+
+
+def test_timestamps_are_iso_8601_utc() -> None:
+    assert iso_from_ms(1764412800123) == "2025-11-29T10:40:00.123Z"
+
+
+def test_no_pickle_in_service_or_jobs() -> None:
+    for path in [*ROOT.glob("service/**/*.py"), *ROOT.glob("jobs/**/*.py")]:
+        source = Path(path).read_text()
+        assert "import pickle" not in source, path
+        assert "from pickle" not in source, path
+
+
+def test_signature_is_hmac_sha256_of_timestamp_and_body() -> None:
+    expected = hmac.new(b"secret-key", b'1700000000.{"a":1}', "sha256").hexdigest()
+    assert sign("secret-key", 1700000000, b'{"a":1}') == f"t=1700000000,v1={expected}"
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("http://127.0.0.1:8081/x", ("127.0.0.1:8081",)),
+        ("https://10.0.0.5/x", ("10.0.0.5",)),
+        ("http://[::1]:9000/x", ("[::1]:9000",)),
+    ],
+)
+async def test_private_address_listed_explicitly_is_allowed(url: str, allowed: tuple[str, ...]) -> None:
+    assert await check_destination(url, allowed)
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("http://127.0.0.1:8082/x", ("127.0.0.1:8081",)),  # other port
+        ("http://10.0.0.6/x", ("10.0.0.5",)),  # other address
+        ("http://hooks.example.com/x", ()),  # nothing listed
+        ("http://[::ffff:127.0.0.1]:80/x", ("[::ffff:127.0.0.2]:80",)),
+        ("file:///etc/passwd", ("127.0.0.1",)),
+    ],
+)
+async def test_destination_not_listed_is_refused(url: str, allowed: tuple[str, ...]) -> None:
+    with pytest.raises(DestinationRefused):
+        await check_destination(url, allowed)
+
+
+def test_retry_after_takes_seconds_or_an_http_date() -> None:
+    assert _retry_after_s("7") == 7.0
+    assert _retry_after_s(None) is None
+    assert _retry_after_s("soon") is None
+    later = datetime.now(UTC) + timedelta(seconds=30)
+    parsed = _retry_after_s(format_datetime(later, usegmt=True))
+    assert parsed is not None
+    assert 25 <= parsed <= 31
+
+
+async def test_live_workers_skips_and_forgets_workers_whose_heartbeat_expired(redis: Redis) -> None:
+    now = time.time()
+    for worker_id in ("w-alive", "w-dead"):
+        beat = heartbeat.Beat(worker_id, "host", 1, now, now, 1.0, 0, 3, 1, 0)
+        await heartbeat.write(redis, beat)
+    await redis.delete(worker_key("w-dead"))  # what its TTL does to a killed worker
+
+    [alive] = await heartbeat.live_workers(redis)
+    assert alive["id"] == "w-alive"
+    assert alive["complete"] == 3
+    assert alive["beat_age_s"] >= 0
+    assert await redis.smembers(WORKERS_KEY) == {b"w-alive"}  # type: ignore[misc]
+    assert 0 < await redis.ttl(worker_key("w-alive")) <= 3
+
+
+async def test_worker_whose_heartbeat_expired_comes_back_with_its_next_beat(redis: Redis) -> None:
+    now = time.time()
+    beat = heartbeat.Beat("w-stalled", "host", 1, now, now, 1.0, 0, 0, 0, 0)
+    await heartbeat.write(redis, beat)
+    await redis.delete(worker_key("w-stalled"))  # stalled past its TTL
+    assert await heartbeat.live_workers(redis) == []  # and forgotten by a reader
+
+    await heartbeat.write(redis, beat)
+    assert [worker["id"] for worker in await heartbeat.live_workers(redis)] == ["w-stalled"]

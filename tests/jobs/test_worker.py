@@ -1,0 +1,44 @@
+"""The worker on its own: arq's cron keeps working with the wake-up wait; burst mode."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from arq.cron import cron
+from redis.asyncio import Redis
+
+from jobs.queue import JobQueue
+from jobs.worker import running_worker
+from service.settings import Settings
+
+
+async def test_cron_slots_run_on_time_while_the_worker_waits_for_wake_ups(redis: Redis, settings: Settings) -> None:
+    ticks: list[float] = []
+
+    async def tick(ctx: dict[str, Any]) -> None:
+        ticks.append(time.time())
+
+    every_second = cron(tick, name="test.tick", second=set(range(60)))
+    async with running_worker(settings, cron_jobs=[every_second]):
+        await asyncio.sleep(3.2)
+
+    assert len(ticks) >= 2  # the idle fallback is 30 s: these came from waking for each slot
+    for at in ticks:
+        assert 0.123 <= at % 1 <= 0.623  # within 0.5 s of the slot (second + 123,456 µs)
+
+
+async def test_burst_worker_runs_due_and_deferred_jobs_then_returns(redis: Redis, settings: Settings) -> None:
+    queue = JobQueue(redis, settings)
+    now, _ = await queue.enqueue("acme", "diagnostics.ping", {})
+    later, _ = await queue.enqueue("acme", "diagnostics.ping", {}, defer_s=0.5)
+
+    async with running_worker(settings, burst=True) as worker:
+        assert worker.main_task is not None
+        await asyncio.wait_for(asyncio.shield(worker.main_task), timeout=5)
+
+    for job_id in (now.id, later.id):
+        view = await queue.get("acme", job_id)
+        assert view is not None
+        assert view.status == "complete"
