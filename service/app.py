@@ -17,7 +17,7 @@ from aiohttp_apigami import setup_aiohttp_apispec, validation_middleware
 from aiohttp_apigami.constants import SWAGGER_DICT
 
 from service import __version__, readiness
-from service.api import health, ratelimit
+from service.api import health, internal, ratelimit
 from service.api import jobs as jobs_api
 from service.auth import ApiKeyStore, identity_middleware, require_key_middleware
 from service.errors import Problem, problem_middleware
@@ -154,6 +154,7 @@ def create_app(
 
     health.setup(app)
     readiness.setup(app)
+    internal.setup(app)
     ratelimit.setup(app)
     setup_aiohttp_apispec(
         app,

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
+from jobs.heartbeat import live_workers
 from service.redis import connection_pool
 from service.settings import RedisURL, Settings
 
@@ -166,9 +167,23 @@ async def _redis_checks(url: RedisURL, settings: Settings) -> list[Finding]:
                 findings.append(await check(client))
             except ResponseError as exc:  # managed Redis may refuse INFO sections or CONFIG
                 findings.append(Finding(check.__name__.lstrip("_"), "skipped", f"not allowed here: {exc}"))
+        if settings.enable_worker:
+            findings.append(await _workers(client))
     finally:
         await client.aclose()
     return findings
+
+
+async def _workers(client: Redis) -> Finding:
+    workers = await live_workers(client)
+    if not workers:
+        return _problem(
+            "workers",
+            "no live worker heartbeat: enqueued jobs will wait",
+            "start a worker (python -m jobs; on Fly: fly scale count worker=1) or set ENABLE_WORKER=false",
+        )
+    freshest = min(w["beat_age_s"] for w in workers)
+    return _ok("workers", f"{len(workers)} live, last beat {freshest:.1f} s ago")
 
 
 _AUTH_ADVICE = (

@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp_apigami import docs, response_schema
 from marshmallow import Schema, fields
 
+from jobs.heartbeat import live_workers
 from service.keys import DATABASE, READINESS_CHECKS, REDIS, SETTINGS
 from service.logging import get_logger
 from service.settings import SERVICE_NAME
@@ -32,6 +33,15 @@ async def check_redis(app: web.Application) -> tuple[bool, dict[str, Any]]:
     started = time.perf_counter()
     await app[REDIS].ping()
     return True, {"latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+async def check_workers(app: web.Application) -> tuple[bool, dict[str, Any]]:
+    """At least one worker has beaten within its heartbeat window (its key is still live)."""
+    workers = await live_workers(app[REDIS])
+    details: dict[str, Any] = {"alive": len(workers)}
+    if workers:
+        details["last_beat_age_s"] = min(w["beat_age_s"] for w in workers)
+    return bool(workers), details
 
 
 async def check_database(app: web.Application) -> tuple[bool, dict[str, Any]]:
@@ -95,6 +105,8 @@ def setup(app: web.Application) -> None:
     """Route ``/ready`` and include the components that this deployment's settings turn on."""
     settings = app[SETTINGS]
     checks: dict[str, Check] = {"redis": check_redis}
+    if settings.enable_worker:
+        checks["workers"] = check_workers
     if settings.database_url:
         checks["database"] = check_database
         app.cleanup_ctx.append(database_ctx)

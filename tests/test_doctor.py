@@ -11,10 +11,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
+from jobs.worker import running_worker
 from service.doctor import Finding, diagnose
 from service.settings import Settings
-from tests.conftest import PYTHON, ROOT, TEST_REDIS_URL, subprocess_env
+from tests.conftest import PYTHON, ROOT, TEST_REDIS_URL, make_settings, subprocess_env
 
 
 def _by_check(findings: list[Finding]) -> dict[str, Finding]:
@@ -79,6 +81,17 @@ async def test_healthy_redis_passes_every_connection_check() -> None:
     # The machine's Redis keeps nothing on disk, which doctor must call out.
     assert found["persistence"].status == "problem"
     assert "AOF" in found["persistence"].advice
+    assert found["workers"].status == "problem"  # no worker runs in this test
+    assert "python -m jobs" in found["workers"].advice
+
+
+async def test_live_worker_is_reported(redis: Redis) -> None:
+    settings = make_settings(RATE_LIMIT_ENABLED="false")
+    async with running_worker(settings):
+        await asyncio.sleep(0.5)  # the worker writes its first beat as its main loop starts
+        found = _by_check(await diagnose(settings))
+    assert found["workers"].status == "ok"
+    assert found["workers"].detail.startswith("1 live")
 
 
 async def test_connection_refused_is_named_and_later_checks_skipped() -> None:

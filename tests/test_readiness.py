@@ -10,6 +10,7 @@ import pytest
 from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
+from jobs.worker import running_worker
 from service.app import create_app
 from tests.conftest import TEST_DATABASE_URL, make_settings
 
@@ -33,7 +34,7 @@ async def hanging_port() -> AsyncIterator[int]:
 
 
 async def test_ready_with_redis_and_database_up(aiohttp_client: AiohttpClient, redis: Redis) -> None:
-    client = await aiohttp_client(create_app(make_settings(DATABASE_URL=TEST_DATABASE_URL)))
+    client = await aiohttp_client(create_app(make_settings(DATABASE_URL=TEST_DATABASE_URL, ENABLE_WORKER="false")))
     response = await client.get("/ready")
     body = await response.json()
     assert response.status == 200, body
@@ -46,16 +47,44 @@ async def test_ready_with_redis_and_database_up(aiohttp_client: AiohttpClient, r
     assert body["duration_ms"] >= 0
 
 
-async def test_database_appears_only_when_configured(aiohttp_client: AiohttpClient, redis: Redis) -> None:
-    client = await aiohttp_client(create_app(make_settings()))
+async def test_components_appear_only_when_their_feature_is_on(aiohttp_client: AiohttpClient, redis: Redis) -> None:
+    client = await aiohttp_client(create_app(make_settings(ENABLE_WORKER="false")))
     body = await (await client.get("/ready")).json()
-    assert "database" not in body["components"]
+    assert set(body["components"]) == {"redis"}
+
+
+async def test_workers_component_follows_live_heartbeats(aiohttp_client: AiohttpClient, redis: Redis) -> None:
+    settings = make_settings(RATE_LIMIT_ENABLED="false")
+    client = await aiohttp_client(create_app(settings))
+    without = await client.get("/ready")
+    assert without.status == 503
+    assert (await without.json())["details"]["workers"] == {"alive": 0}
+
+    async with running_worker(settings):
+        for _ in range(100):  # the worker writes its first beat as its main loop starts
+            response = await client.get("/ready")
+            if response.status == 200:
+                break
+            await asyncio.sleep(0.05)
+        body = await response.json()
+        assert response.status == 200, body
+        assert body["components"]["workers"] is True
+        assert body["details"]["workers"]["alive"] == 1
+        assert body["details"]["workers"]["last_beat_age_s"] < 5
+
+        heartbeat = await client.get("/internal/worker/heartbeat")
+        assert heartbeat.status == 200
+        (worker,) = (await heartbeat.json())["workers"]
+        assert {"id", "host", "beat_age_s", "running", "complete", "failed", "retried"} <= set(worker)
+
+    after = await client.get("/ready")
+    assert after.status == 503  # a cleanly stopped worker removes its own heartbeat
 
 
 async def test_hung_database_gives_503_within_one_and_a_half_seconds(
     aiohttp_client: AiohttpClient, redis: Redis, hanging_port: int
 ) -> None:
-    settings = make_settings(DATABASE_URL=f"postgresql://postgres@127.0.0.1:{hanging_port}/test")
+    settings = make_settings(DATABASE_URL=f"postgresql://postgres@127.0.0.1:{hanging_port}/test", ENABLE_WORKER="false")
     client = await aiohttp_client(create_app(settings))
     started = time.monotonic()
     response = await client.get("/ready")
@@ -71,12 +100,15 @@ async def test_hung_database_gives_503_within_one_and_a_half_seconds(
 async def test_hung_redis_gives_503_within_one_and_a_half_seconds(
     aiohttp_client: AiohttpClient, hanging_port: int
 ) -> None:
-    client = await aiohttp_client(create_app(make_settings(REDIS_URL=f"redis://127.0.0.1:{hanging_port}/0")))
+    settings = make_settings(REDIS_URL=f"redis://127.0.0.1:{hanging_port}/0")
+    client = await aiohttp_client(create_app(settings))
     started = time.monotonic()
     response = await client.get("/ready")
     assert time.monotonic() - started < 1.5
     assert response.status == 503
-    assert (await response.json())["components"]["redis"] is False
+    body = await response.json()
+    assert body["components"]["redis"] is False
+    assert body["components"]["workers"] is False
 
 
 async def test_unknown_database_is_not_ready(aiohttp_client: AiohttpClient, redis: Redis) -> None:

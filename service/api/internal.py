@@ -1,0 +1,40 @@
+"""``/internal/*``: operators' views of the worker fleet (loopback, or Bearer $INTERNAL_TOKEN)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp_apigami import docs, response_schema
+from marshmallow import Schema, fields
+
+from jobs.heartbeat import live_workers
+from service.auth import require_internal
+from service.keys import REDIS, SETTINGS
+
+
+class WorkerSchema(Schema):
+    id = fields.String(required=True)
+    host = fields.String(required=True)
+    pid = fields.Integer(required=True)
+    started_at = fields.Float(required=True, metadata={"description": "Unix time the worker started"})
+    beat_at = fields.Float(required=True, metadata={"description": "Unix time of its last heartbeat"})
+    beat_age_s = fields.Float(required=True)
+    interval_s = fields.Float(required=True)
+    running = fields.Integer(required=True)
+    complete = fields.Integer(required=True)
+    failed = fields.Integer(required=True)
+    retried = fields.Integer(required=True)
+
+
+class WorkersSchema(Schema):
+    workers = fields.List(fields.Nested(WorkerSchema), required=True)
+
+
+@docs(tags=["operations"], summary="Live workers and their job counters (loopback, or Bearer $INTERNAL_TOKEN)")
+@response_schema(WorkersSchema, 200)
+async def get_worker_heartbeat(request: web.Request) -> web.Response:
+    require_internal(request, request.app[SETTINGS].internal_token)
+    return web.json_response({"workers": await live_workers(request.app[REDIS])})
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/internal/worker/heartbeat", get_worker_heartbeat, allow_head=False)
