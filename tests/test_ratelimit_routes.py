@@ -20,13 +20,13 @@ async def test_enqueue_bucket_limits_post_v1_jobs_only(client: Client, api_key: 
     assert body["type"].endswith("quota-exceeded")
     assert body["violated-policies"] == ["enqueue"]
     assert int(refused.headers["Retry-After"]) >= 1
-    policy = http_sfv.List()
+    policy = http_sfv.List()  # type: ignore[attr-defined]  # http-sfv re-exports without __all__
     policy.parse(refused.headers["RateLimit-Policy"].encode())
     assert [item.value for item in policy] == ["burst", "sustained", "enqueue"]
     assert await redis.zcard("arq:queue") == 5  # the refused request enqueued nothing
 
     listing = await client.get("/v1/jobs", headers=headers)
     assert listing.status == 200  # other routes spend only the plan's "*" buckets
-    state = http_sfv.List()
+    state = http_sfv.List()  # type: ignore[attr-defined]  # http-sfv re-exports without __all__
     state.parse(listing.headers["RateLimit"].encode())
     assert state[0].value == "burst"
