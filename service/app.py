@@ -18,12 +18,12 @@ from aiohttp_apigami.constants import SWAGGER_DICT
 
 from service import __version__, readiness
 from service.api import health, ratelimit
-from service.auth import ApiKeyStore, identity_middleware, require_key_middleware
+from service.auth import ApiKeyStore
 from service.errors import Problem, problem_middleware
 from service.keys import API_KEYS, METRICS, POLICIES, REDIS, REQUEST_ID, SETTINGS
 from service.logging import get_logger
 from service.metrics import Metrics
-from service.ratelimit.middleware import limiter_ctx, rate_limit_middleware
+from service.ratelimit.middleware import limiter_ctx, v1_middleware
 from service.ratelimit.policy import load_policies
 from service.redis import redis_client
 from service.settings import SERVICE_NAME, Settings
@@ -130,17 +130,9 @@ def create_app(
     in-process worker this way).
     """
     settings.require_redis()
-    limiting = [rate_limit_middleware] if settings.rate_limit_enabled else []
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
-        middlewares=[
-            request_context_middleware,
-            problem_middleware,
-            identity_middleware,
-            *limiting,
-            require_key_middleware,
-            validation_middleware,
-        ],
+        middlewares=[request_context_middleware, problem_middleware, v1_middleware, validation_middleware],
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()

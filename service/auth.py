@@ -20,19 +20,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 from redis.asyncio import Redis
 
 from service.errors import Problem
-from service.keys import API_KEYS, IDENTITY
+from service.keys import API_KEYS
 
 __all__ = [
     "ApiKeyStore",
     "Identity",
     "client_address",
-    "identity_middleware",
+    "identify",
+    "key_required",
+    "presented_key",
     "require_internal",
-    "require_key_middleware",
 ]
 
 KEY_PREFIX = "otto_"
@@ -177,27 +177,21 @@ def client_address(request: web.Request, trust_proxy_headers: bool) -> str:
     return request.remote or "unknown"
 
 
-@web.middleware
-async def identity_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Resolve the API key of a ``/v1/`` request into ``request[IDENTITY]`` (``None`` if invalid)."""
-    if request.path.startswith("/v1/"):
-        key = presented_key(request)
-        request[IDENTITY] = await request.app[API_KEYS].lookup(key) if key else None
-    return await handler(request)
+async def identify(request: web.Request) -> Identity | None:
+    """The identity of the request's API key (``None`` when it has none or it is not valid)."""
+    key = presented_key(request)
+    return await request.app[API_KEYS].lookup(key) if key else None
 
 
-@web.middleware
-async def require_key_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse ``/v1/`` requests without a valid key (after the limiter has counted them)."""
-    if request.path.startswith("/v1/") and request.get(IDENTITY) is None:
-        detail = "API key is not valid" if presented_key(request) else "API key required"
-        raise Problem(
-            401,
-            f"{detail}: send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
-            type_="unauthorized",
-            headers={"WWW-Authenticate": 'Bearer realm="ottoai"'},
-        )
-    return await handler(request)
+def key_required(request: web.Request) -> Problem:
+    """The 401 of a ``/v1/`` request without a valid key."""
+    detail = "API key is not valid" if presented_key(request) else "API key required"
+    return Problem(
+        401,
+        f"{detail}: send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+        type_="unauthorized",
+        headers={"WWW-Authenticate": 'Bearer realm="ottoai"'},
+    )
 
 
 def _is_loopback(request: web.Request) -> bool:

@@ -20,10 +20,17 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.logging import get_logger
 
-__all__ = ["PROBLEM_TYPE_BASE", "Problem", "problem_middleware", "problem_response"]
+__all__ = [
+    "PROBLEM_CONTENT_TYPE",
+    "PROBLEM_TYPE_BASE",
+    "Problem",
+    "problem_body",
+    "problem_middleware",
+    "problem_response",
+]
 
 PROBLEM_TYPE_BASE = "https://ottoai.dev/problems/"
-PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_CONTENT_TYPE = "application/problem+json; charset=utf-8"
 
 log = get_logger(__name__)
 
@@ -65,7 +72,8 @@ def _slug(status: int) -> str:
     return _reason(status).lower().replace(" ", "-").replace("'", "")
 
 
-def problem_response(problem: Problem) -> web.Response:
+def problem_body(problem: Problem) -> bytes:
+    """The RFC 9457 JSON document of ``problem``."""
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + (problem.type_ or _slug(problem.status)),
         "title": problem.title,
@@ -73,11 +81,15 @@ def problem_response(problem: Problem) -> web.Response:
         "detail": problem.detail,
         **problem.extensions,
     }
+    return json.dumps(body).encode()
+
+
+def problem_response(problem: Problem) -> web.Response:
+    """``problem`` as an ``application/problem+json`` response."""
     return web.Response(
         status=problem.status,
-        text=json.dumps(body),
-        content_type=PROBLEM_CONTENT_TYPE,
-        headers=problem.headers,
+        body=problem_body(problem),
+        headers={**problem.headers, "Content-Type": PROBLEM_CONTENT_TYPE},
     )
 
 
