@@ -19,7 +19,6 @@ from redis.asyncio import Redis
 from service.auth import client_address, identify, key_required
 from service.errors import PROBLEM_CONTENT_TYPE, Problem, problem_body
 from service.keys import IDENTITY, LIMITER, METRICS, POLICIES, RATE_LIMIT, SETTINGS
-from service.ratelimit.headers import retry_after_header
 from service.ratelimit.limiter import Decision, Limiter, Outcome
 from service.redis import connection_pool
 
@@ -90,15 +89,9 @@ async def v1_middleware(request: web.Request, handler: Handler) -> web.StreamRes
 
 def _quota_exceeded(decision: Decision) -> web.Response:
     """The 429: its body depends only on the violated buckets and the wait, so it is rendered once per pair."""
-    violated = tuple(decision.violated_policies)
-    retry_after = retry_after_header(decision.retry_after_us)
-    headers = {"Content-Type": PROBLEM_CONTENT_TYPE, "Retry-After": retry_after}
-    if decision.route.policy_header:
-        headers["RateLimit-Policy"] = decision.route.policy_header
-    state = decision.state_header()
-    if state is not None:
-        headers["RateLimit"] = state
-    return web.Response(status=429, body=_quota_exceeded_body(violated, retry_after), headers=headers)
+    violated, headers = decision.refusal()
+    headers["Content-Type"] = PROBLEM_CONTENT_TYPE
+    return web.Response(status=429, body=_quota_exceeded_body(violated, headers["Retry-After"]), headers=headers)
 
 
 @lru_cache(maxsize=1024)
