@@ -16,9 +16,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from redis.asyncio import Redis
 
-from service.auth import client_address, identify, key_required
+from service.auth import client_address, key_required, presented_key
 from service.errors import PROBLEM_CONTENT_TYPE, Problem, problem_body
-from service.keys import IDENTITY, LIMITER, METRICS, POLICIES, RATE_LIMIT, SETTINGS
+from service.keys import API_KEYS, IDENTITY, LIMITER, METRICS, POLICIES, RATE_LIMIT, SETTINGS
 from service.ratelimit.limiter import Decision, Limiter, Outcome
 from service.redis import connection_pool
 
@@ -33,7 +33,15 @@ async def v1_middleware(request: web.Request, handler: Handler) -> web.StreamRes
     if not request.path.startswith("/v1/"):
         return await handler(request)
     app = request.app
-    identity = request[IDENTITY] = await identify(request)
+    key = presented_key(request)
+    identity = None
+    if key is not None:
+        keys = app[API_KEYS]
+        try:
+            identity = keys.cached(key)
+        except KeyError:
+            identity = await keys.lookup(key)
+    request[IDENTITY] = identity
     limiter = app.get(LIMITER)
     if limiter is None:  # RATE_LIMIT_ENABLED=false
         if identity is None:
