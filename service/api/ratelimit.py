@@ -8,7 +8,7 @@ from marshmallow import Schema, fields
 
 from service.errors import Problem
 from service.keys import IDENTITY, POLICIES, RATE_LIMIT
-from service.ratelimit.limiter import Outcome
+from service.ratelimit.decision import Outcome
 
 
 class BucketSchema(Schema):

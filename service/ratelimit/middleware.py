@@ -19,7 +19,8 @@ from redis.asyncio import Redis
 from service.auth import client_address, key_required, presented_key
 from service.errors import PROBLEM_CONTENT_TYPE, Problem, problem_body
 from service.keys import API_KEYS, IDENTITY, LIMITER, METRICS, POLICIES, RATE_LIMIT, SETTINGS
-from service.ratelimit.limiter import Decision, Limiter, Outcome
+from service.ratelimit.decision import Decision, Outcome
+from service.ratelimit.limiter import Limiter
 from service.redis import connection_pool
 
 __all__ = ["READ_ONLY_ROUTE", "limiter_ctx", "v1_middleware"]
