@@ -9,7 +9,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
@@ -19,12 +18,12 @@ from aiohttp_apigami.constants import SWAGGER_DICT
 from service import __version__, readiness
 from service.api import health, internal, ratelimit
 from service.api import jobs as jobs_api
-from service.auth import ApiKeyStore, identity_middleware, require_key_middleware
-from service.errors import Problem, problem_middleware
+from service.auth import ApiKeyStore
+from service.errors import Problem, error_response
 from service.keys import API_KEYS, METRICS, POLICIES, REDIS, REQUEST_ID, SETTINGS
-from service.logging import get_logger
+from service.logging import bind_context, get_logger
 from service.metrics import Metrics
-from service.ratelimit.middleware import limiter_ctx, rate_limit_middleware
+from service.ratelimit.middleware import limiter_ctx, v1_middleware
 from service.ratelimit.policy import load_policies
 from service.redis import redis_client
 from service.settings import SERVICE_NAME, Settings
@@ -52,18 +51,22 @@ def _route_of(request: web.Request) -> str:
 
 @web.middleware
 async def request_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give every request an id (the caller's ``X-Request-ID`` when sane) and count it."""
-    supplied = request.headers.get("X-Request-ID", "")
-    request_id = supplied if _REQUEST_ID_SHAPE.fullmatch(supplied) else _new_request_id()
+    """Give every request an id (the caller's ``X-Request-ID`` when sane), answer errors as problem+json, count it."""
+    supplied = request.headers.get("X-Request-ID")
+    request_id = supplied if supplied and _REQUEST_ID_SHAPE.fullmatch(supplied) else _new_request_id()
     request[REQUEST_ID] = request_id
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=request_id)
+    # No clear_contextvars() first: aiohttp runs each request in a task of its own, with a
+    # copy of the connection's context, so nothing an earlier request bound is visible here.
+    bind_context(request_id=request_id)
     started = time.perf_counter()
     status = 500
     try:
-        response = await handler(request)
+        try:
+            response = await handler(request)
+        except Exception as exc:  # CancelledError is a BaseException: it passes
+            response = error_response(request, exc)
         status = response.status
-    except web.HTTPException as exc:  # a redirect or the like, passed through the error middleware
+    except web.HTTPException as exc:  # a redirect or the like, which error_response raises again
         status = exc.status
         exc.headers["X-Request-ID"] = request_id
         raise
@@ -131,17 +134,9 @@ def create_app(
     in-process worker this way).
     """
     settings.require_redis()
-    limiting = [rate_limit_middleware] if settings.rate_limit_enabled else []
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
-        middlewares=[
-            request_context_middleware,
-            problem_middleware,
-            identity_middleware,
-            *limiting,
-            require_key_middleware,
-            validation_middleware,
-        ],
+        middlewares=[request_context_middleware, v1_middleware, validation_middleware],
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()

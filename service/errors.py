@@ -1,29 +1,36 @@
 """The one error path: every failure leaves as RFC 9457 ``application/problem+json``.
 
-Handlers and middlewares raise (``Problem`` or any aiohttp ``HTTPException``); the
-middleware here renders the body. Unexpected exceptions are logged with their traceback
-and answered with a bare 500 that reveals nothing of it.
+Handlers and middlewares raise (``Problem`` or any aiohttp ``HTTPException``);
+``error_response`` renders the body, called by the request middleware of ``service/app.py``
+(one layer for request id, metrics and errors: each middleware layer costs every request).
+Unexpected exceptions are logged with their traceback and answered with a bare 500 that
+reveals nothing of it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.logging import get_logger
 
-__all__ = ["PROBLEM_TYPE_BASE", "Problem", "problem_middleware", "problem_response"]
+__all__ = [
+    "PROBLEM_CONTENT_TYPE",
+    "PROBLEM_TYPE_BASE",
+    "Problem",
+    "error_response",
+    "problem_body",
+    "problem_response",
+]
 
 PROBLEM_TYPE_BASE = "https://ottoai.dev/problems/"
-PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_CONTENT_TYPE = "application/problem+json; charset=utf-8"
 
 log = get_logger(__name__)
 
@@ -65,7 +72,8 @@ def _slug(status: int) -> str:
     return _reason(status).lower().replace(" ", "-").replace("'", "")
 
 
-def problem_response(problem: Problem) -> web.Response:
+def problem_body(problem: Problem) -> bytes:
+    """The RFC 9457 JSON document of ``problem``."""
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + (problem.type_ or _slug(problem.status)),
         "title": problem.title,
@@ -73,11 +81,15 @@ def problem_response(problem: Problem) -> web.Response:
         "detail": problem.detail,
         **problem.extensions,
     }
+    return json.dumps(body).encode()
+
+
+def problem_response(problem: Problem) -> web.Response:
+    """``problem`` as an ``application/problem+json`` response."""
     return web.Response(
         status=problem.status,
-        text=json.dumps(body),
-        content_type=PROBLEM_CONTENT_TYPE,
-        headers=problem.headers,
+        body=problem_body(problem),
+        headers={**problem.headers, "Content-Type": PROBLEM_CONTENT_TYPE},
     )
 
 
@@ -113,19 +125,21 @@ def _summarise(errors: Any, prefix: str = "") -> str:
     return f"{prefix.rstrip('.')}: {errors}"
 
 
-@web.middleware
-async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        response = await handler(request)
-    except Problem as problem:
-        return problem_response(problem)
-    except web.HTTPException as exc:
+def error_response(request: web.Request, exc: Exception) -> web.Response:
+    """The problem+json answer to an exception a handler or middleware raised.
+
+    A ``Problem`` or an ``HTTPException`` of 400 and above is rendered as it is; Redis
+    connection errors are a 503; anything else is logged with its traceback and becomes a
+    500 that reveals nothing of it. ``HTTPException``s below 400 (redirects) are not
+    errors and are raised again for aiohttp to send.
+    """
+    if isinstance(exc, Problem):
+        return problem_response(exc)
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         return problem_response(_from_http_exception(exc))
-    except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
-        raise
-    except (RedisConnectionError, RedisTimeoutError) as exc:
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
         log.warning("redis unavailable", method=request.method, path=request.path, error=str(exc))
         return problem_response(
             Problem(
@@ -135,7 +149,5 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
                 headers={"Retry-After": "1"},
             )
         )
-    except Exception:
-        log.exception("unhandled error", method=request.method, path=request.path)
-        return problem_response(Problem(500, "an unexpected error occurred; it has been logged", type_="internal"))
-    return response
+    log.error("unhandled error", method=request.method, path=request.path, exc_info=exc)
+    return problem_response(Problem(500, "an unexpected error occurred; it has been logged", type_="internal"))

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from jobs.queue import JobQueue
     from service.auth import ApiKeyStore, Identity
     from service.metrics import Metrics
-    from service.ratelimit.limiter import Decision, Limiter
+    from service.ratelimit.decision import Decision
+    from service.ratelimit.limiter import Limiter
     from service.ratelimit.policy import Policies
     from service.readiness import Check
 

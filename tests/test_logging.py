@@ -8,8 +8,13 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from aiohttp import web
+from pytest_aiohttp import AiohttpClient
+from redis.asyncio import Redis
 
-from service.logging import configure_logging, get_logger
+from service.app import create_app
+from service.logging import bind_context, configure_logging, get_logger
+from service.settings import Settings
 
 SENTINEL = "sentinel-pw-4242"
 
@@ -50,3 +55,25 @@ def test_passwords_are_hidden_in_every_kind_of_record(captured: io.StringIO) -> 
     assert SENTINEL not in output
     assert "another-password" not in output
     assert "default:***@fly-redis.upstash.io" in output
+
+
+async def test_request_log_lines_carry_their_own_request_id_and_nothing_of_earlier_requests(
+    captured: io.StringIO, aiohttp_client: AiohttpClient, redis: Redis, settings: Settings
+) -> None:
+    async def chatty(request: web.Request) -> web.Response:
+        if request.query.get("tenant"):
+            bind_context(tenant=request.query["tenant"])
+        get_logger("t").info("handling")
+        return web.json_response({})
+
+    app = create_app(settings)
+    app.router.add_get("/chatty", chatty)
+    client = await aiohttp_client(app)
+    first = await client.get("/chatty?tenant=acme")  # one keep-alive connection for both
+    second = await client.get("/chatty")
+
+    lines = [json.loads(line) for line in captured.getvalue().splitlines()]
+    handling = [line for line in lines if line["event"] == "handling"]
+    assert [line["request_id"] for line in handling] == [first.headers["X-Request-ID"], second.headers["X-Request-ID"]]
+    assert handling[0]["tenant"] == "acme"
+    assert "tenant" not in handling[1]

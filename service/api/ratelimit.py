@@ -8,7 +8,7 @@ from marshmallow import Schema, fields
 
 from service.errors import Problem
 from service.keys import IDENTITY, POLICIES, RATE_LIMIT
-from service.ratelimit.limiter import Outcome
+from service.ratelimit.decision import Outcome
 
 
 class BucketSchema(Schema):
@@ -41,7 +41,7 @@ class RateLimitSchema(Schema):
 @response_schema(RateLimitSchema, 200)
 async def get_rate_limit(request: web.Request) -> web.Response:
     identity = request[IDENTITY]
-    assert identity is not None  # require_key_middleware let the request through
+    assert identity is not None  # v1_middleware let the request through
     plan = request.app[POLICIES].plan(identity.plan).name
     decision = request.get(RATE_LIMIT)
     if decision is None:  # the limiter is switched off (RATE_LIMIT_ENABLED=false)

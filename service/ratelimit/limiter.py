@@ -20,9 +20,8 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Final, NamedTuple
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
@@ -30,32 +29,21 @@ from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from service.logging import get_logger
-from service.ratelimit.headers import ratelimit_header, retry_after_header
+from service.ratelimit.decision import Decision, Outcome
 from service.ratelimit.metrics import LimiterMetrics
-from service.ratelimit.policy import Bucket, RouteBuckets, resp_bulk
+from service.ratelimit.policy import RouteBuckets, resp_bulk
 
-__all__ = ["SCRIPT", "BucketState", "Decision", "Limiter", "Outcome", "bucket_key"]
+__all__ = ["SCRIPT", "Decision", "Limiter", "Outcome", "bucket_key"]
 
 SCRIPT = resources.files("service.ratelimit").joinpath("token_bucket.lua").read_text(encoding="utf-8")
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 _EVALSHA = resp_bulk(b"EVALSHA") + resp_bulk(SCRIPT_SHA.encode())
 _NOW_FROM_REDIS = resp_bulk(b"")
-_REFUSAL_CACHE_MAX = 100_000
-_FIELDS_PER_BUCKET = 4
+_REFUSAL_CACHE_MAX = 100_000  # callers
+_KEYS_CACHE_MAX = 100_000  # (caller, route) pairs
 _WARN_EVERY_S = 1.0
 
 log = get_logger(__name__)
-
-
-class Outcome:
-    """What became of a request. Plain strings, not an Enum: enum hashing is Python code,
-    and every decision is counted in a dictionary keyed by its outcome."""
-
-    ALLOWED: Final = "allowed"
-    LIMITED: Final = "limited"
-    SHADOW_LIMITED: Final = "shadow_limited"  # admitted, though a shadow bucket came up short
-    FAIL_OPEN: Final = "fail_open"
-    FAIL_CLOSED: Final = "fail_closed"
 
 
 def bucket_key(caller: str, bucket_name: str) -> str:
@@ -63,78 +51,9 @@ def bucket_key(caller: str, bucket_name: str) -> str:
     return f"rl:{{{caller}}}:{bucket_name}"
 
 
-class BucketState(NamedTuple):
-    """One bucket as Redis (or the refusal cache) last saw it, in the script's integer units.
-
-    A named tuple rather than a frozen dataclass: one is built per bucket per request.
-    """
-
-    bucket: Bucket
-    ok: bool
-    remaining_units: int
-    full_in_us: int
-    retry_in_us: int  # -1: never (cost above capacity)
-
-    @property
-    def name(self) -> str:
-        return self.bucket.name
-
-    @property
-    def remaining(self) -> int:
-        """Whole tokens left."""
-        return self.remaining_units // self.bucket.units_per_token
-
-    @property
-    def full_in_s(self) -> float:
-        return self.full_in_us / 1e6
-
-
-class Decision(NamedTuple):
-    """The verdict on one request and what its headers need."""
-
-    route: RouteBuckets
-    outcome: str  # an Outcome
-    states: tuple[BucketState, ...] = ()  # empty when Redis did not answer
-
-    @property
-    def violated(self) -> tuple[BucketState, ...]:
-        """Enforced buckets that could not pay (shadow ones never count)."""
-        return tuple(s for s in self.states if not s.ok and not s.bucket.shadow)
-
-    @property
-    def retry_after_s(self) -> float:
-        """Seconds until every enforced bucket can pay again."""
-        waits = [s.retry_in_us if s.retry_in_us >= 0 else s.full_in_us for s in self.states if not s.bucket.shadow]
-        return max(waits, default=0) / 1e6
-
-    def headers(self) -> dict[str, str]:
-        """``RateLimit-Policy`` and, when the state is known, ``RateLimit`` (plus ``Retry-After`` if refused)."""
-        headers = {}
-        if self.route.policy_header:
-            headers["RateLimit-Policy"] = self.route.policy_header
-        limited = self.outcome is Outcome.LIMITED
-        closest = None
-        closest_rank = (0, 0)
-        for state in self.states:
-            if state.bucket.shadow or (limited and state.ok):
-                continue
-            rank = (state.remaining, -state.full_in_us)
-            if closest is None or rank < closest_rank:
-                closest, closest_rank = state, rank
-        if closest is not None:
-            headers["RateLimit"] = ratelimit_header(closest)
-        if limited:
-            headers["Retry-After"] = retry_after_header(self.retry_after_s)
-        return headers
-
-
-@dataclass(slots=True)
-class _Call:
-    keys: list[str]
-    keys_wire: bytes
-    route: RouteBuckets
-    spend: bool
-    future: asyncio.Future[Decision]
+# A decision waiting for its batch: caller, route, spend (False: only read), and its future.
+# A plain tuple: one is made per request, and a class's __init__ would cost more than the rest.
+_Call = tuple[str, RouteBuckets, bool, "asyncio.Future[Decision]"]
 
 
 class Limiter:
@@ -159,8 +78,11 @@ class Limiter:
         self._idle: list[AbstractConnection] = []
         self._pending: list[_Call] = []
         self._inflight: set[asyncio.Task[None]] = set()
-        # key -> (remaining units Redis reported, local time the call was sent); only near-empty buckets.
-        self._refusals: dict[str, tuple[int, float]] = {}
+        # caller -> bucket name -> (remaining units Redis reported, local time the call was sent);
+        # only near-empty buckets.
+        self._refusals: dict[str, dict[str, tuple[int, float]]] = {}
+        # (caller, route) -> the route's bucket keys for that caller, framed for the wire.
+        self._keys_wire: dict[tuple[str, RouteBuckets], bytes] = {}
         self._last_warning_at = -_WARN_EVERY_S
 
     @property
@@ -169,19 +91,24 @@ class Limiter:
 
     async def decide(self, caller: str, route: RouteBuckets, *, spend: bool = True) -> Decision:
         """Spend the buckets of ``route`` for ``caller`` (or only read them: ``spend=False``)."""
-        keys = [bucket_key(caller, b.name) for b in route.buckets]
-        if spend and self._refusals:
-            refused = self._refuse_locally(keys, route)
+        if spend:
+            refused = self.refuse_locally(caller, route)
             if refused is not None:
-                self._metrics.count(Outcome.LIMITED, route.plan, local=True)
                 return refused
+        return await self.submit(caller, route, spend=spend)
+
+    def submit(self, caller: str, route: RouteBuckets, *, spend: bool = True) -> asyncio.Future[Decision]:
+        """Queue the decision for this loop turn's batch; the future holds Redis's verdict.
+
+        ``decide`` is this after ``refuse_locally``; the middleware calls the two itself
+        to save a coroutine per request.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Decision] = loop.create_future()
         if not self._pending:
             loop.call_soon(self._flush)
-        keys_wire = b"".join([resp_bulk(key.encode()) for key in keys])
-        self._pending.append(_Call(keys, keys_wire, route, spend, future))
-        return await future
+        self._pending.append((caller, route, spend, future))
+        return future
 
     async def close(self) -> None:
         """Wait for batches in flight (each ends by its deadline), then hand the connections back."""
@@ -190,42 +117,46 @@ class Limiter:
         while self._idle:
             await self._pool.release(self._idle.pop())
 
-    def _refuse_locally(self, keys: list[str], route: RouteBuckets) -> Decision | None:
+    def refuse_locally(self, caller: str, route: RouteBuckets) -> Decision | None:
+        """A refusal decided without Redis, when an earlier reply proves a bucket cannot pay yet."""
+        entries = self._refusals.get(caller)
+        if entries is None:
+            return None
         now = self._clock()
         violated = []
-        for key, bucket in zip(keys, route.buckets, strict=True):
-            entry = self._refusals.get(key)
-            if entry is None or bucket.shadow:
+        reply: list[int] = []
+        for bucket in route.enforced:
+            entry = entries.get(bucket.name)
+            if entry is None:
                 continue
             reported, sent = entry
             refill_units_per_us = bucket.refill_units_per_us
             # An upper bound of what Redis holds now; one unit of slack for float rounding.
             at_most = reported + refill_units_per_us * (now - sent) * 1e6 + 1
-            cost_units = bucket.cost * bucket.units_per_token
-            if at_most >= cost_units:
-                del self._refusals[key]
+            if at_most >= bucket.cost_units:
+                del entries[bucket.name]
                 continue
-            missing = cost_units - at_most
-            capacity_units = bucket.capacity * bucket.units_per_token
-            violated.append(
-                BucketState(
-                    bucket,
-                    ok=False,
-                    remaining_units=int(at_most),
-                    full_in_us=int((capacity_units - at_most) / refill_units_per_us),
-                    retry_in_us=int(missing / refill_units_per_us),
-                )
+            violated.append(bucket)
+            reply += (
+                0,
+                int(at_most),
+                int((bucket.capacity_units - at_most) / refill_units_per_us),
+                int((bucket.cost_units - at_most) / refill_units_per_us),
             )
         if not violated:
+            if not entries:
+                del self._refusals[caller]
             return None
-        return Decision(route, Outcome.LIMITED, tuple(violated))
+        self._metrics.count(Outcome.LIMITED, route.plan, local=True)
+        return Decision(route, Outcome.LIMITED, tuple(violated), reply)
 
     def _flush(self) -> None:
         calls, self._pending = self._pending, []
         if self._group_by_slot:
             slots: dict[int, list[_Call]] = {}
             for call in calls:
-                slots.setdefault(key_slot(call.keys[0].encode()), []).append(call)
+                caller, route = call[0], call[1]
+                slots.setdefault(key_slot(bucket_key(caller, route.buckets[0].name).encode()), []).append(call)
             groups = list(slots.values())
         else:
             groups = [calls]
@@ -234,7 +165,7 @@ class Limiter:
         task.add_done_callback(self._inflight.discard)
 
     async def _run(self, groups: list[list[_Call]]) -> None:
-        commands = [_command(group) for group in groups]
+        commands = [self._command(group) for group in groups]
         sent = self._clock()
         started = time.perf_counter()
         try:
@@ -302,61 +233,80 @@ class Limiter:
             log.warning(event, **fields)
 
     def _fail(self, group: list[_Call]) -> None:
-        for call in group:
-            outcome = Outcome.FAIL_CLOSED if call.route.fail_closed else Outcome.FAIL_OPEN
-            self._metrics.count(outcome, call.route.plan)
-            if not call.future.done():
-                call.future.set_result(Decision(call.route, outcome))
+        for _, route, _, future in group:
+            outcome = Outcome.FAIL_CLOSED if route.fail_closed else Outcome.FAIL_OPEN
+            self._metrics.count(outcome, route.plan)
+            if not future.done():
+                future.set_result(Decision(route, outcome))
 
     def _resolve(self, group: list[_Call], reply: list[int], sent: float) -> None:
         at = 0
         refusals = self._refusals
-        for call in group:
+        count = self._metrics.count
+        for caller, route, spend, future in group:
             admitted = reply[at] == 1
-            at += 1
-            states = []
+            first = at + 1
+            at = first + 4 * len(route.buckets)
             shadow_short = False
-            for key, bucket in zip(call.keys, call.route.buckets, strict=True):
-                ok = reply[at]
-                remaining_units = reply[at + 1]
-                retry_in_us = reply[at + 3]
-                states.append(BucketState(bucket, ok == 1, remaining_units, reply[at + 2], retry_in_us))
-                at += _FIELDS_PER_BUCKET
-                if bucket.shadow:
-                    shadow_short = shadow_short or ok != 1
-                elif retry_in_us != 0:
-                    if len(refusals) >= _REFUSAL_CACHE_MAX:
-                        refusals.clear()
-                    refusals[key] = (remaining_units, sent)
-                else:
-                    refusals.pop(key, None)
+            if admitted and len(route.enforced) == len(route.buckets) and not any(reply[first + 3 : at : 4]):
+                # The common case: every bucket can pay for another request; nothing to remember.
+                if refusals:
+                    refusals.pop(caller, None)
+            else:
+                entries = refusals.get(caller)
+                for i, bucket in enumerate(route.buckets):
+                    base = first + 4 * i
+                    if bucket.shadow:
+                        shadow_short = shadow_short or reply[base] != 1
+                    elif reply[base + 3] != 0:
+                        if entries is None:
+                            if len(refusals) >= _REFUSAL_CACHE_MAX:
+                                refusals.clear()
+                            entries = refusals[caller] = {}
+                        entries[bucket.name] = (reply[base + 1], sent)
+                    elif entries is not None:
+                        entries.pop(bucket.name, None)
             if not admitted:
                 outcome = Outcome.LIMITED
             elif shadow_short:
                 outcome = Outcome.SHADOW_LIMITED
             else:
                 outcome = Outcome.ALLOWED
-            if call.spend:
-                self._metrics.count(outcome, call.route.plan)
-            if not call.future.done():
-                call.future.set_result(Decision(call.route, outcome, tuple(states)))
+            if spend:
+                count(outcome, route.plan)
+            if not future.done():
+                future.set_result(Decision(route, outcome, route.buckets, reply, first))
 
+    def _command(self, group: list[_Call]) -> bytes:
+        """One ``EVALSHA`` for every decision of ``group`` (one hash slot), framed as RESP by hand.
 
-def _command(group: list[_Call]) -> bytes:
-    """One ``EVALSHA`` for every decision of ``group`` (one hash slot), framed as RESP by hand.
-
-    The arguments of each route are framed once, when the policies load; only the keys
-    are framed per request. redis-py's generic ``pack_command`` was the limiter's largest cost.
-    """
-    key_count = sum(len(call.keys) for call in group)
-    arg_count = 2 + sum(2 + 4 * len(call.route.buckets) for call in group)
-    parts = [
-        b"*%d\r\n" % (3 + key_count + arg_count),
-        _EVALSHA,
-        resp_bulk(b"%d" % key_count),
-        *[call.keys_wire for call in group],
-        _NOW_FROM_REDIS,
-        resp_bulk(b"%d" % len(group)),
-        *[call.route.spend_args if call.spend else call.route.read_args for call in group],
-    ]
-    return b"".join(parts)
+        The arguments of each route are framed once, when the policies load, and each
+        caller's keys once per route (cached); redis-py's generic ``pack_command`` was the
+        limiter's largest cost.
+        """
+        cache = self._keys_wire
+        keys_wire = []
+        args_wire = []
+        key_count = 0
+        for caller, route, spend, _ in group:
+            wire = cache.get((caller, route))
+            if wire is None:
+                if len(cache) >= _KEYS_CACHE_MAX:
+                    cache.clear()
+                wire = b"".join([resp_bulk(bucket_key(caller, b.name).encode()) for b in route.buckets])
+                cache[caller, route] = wire
+            keys_wire.append(wire)
+            args_wire.append(route.spend_args if spend else route.read_args)
+            key_count += len(route.buckets)
+        arg_count = 2 + 2 * len(group) + 4 * key_count
+        return b"".join(
+            [
+                b"*%d\r\n" % (3 + key_count + arg_count),
+                _EVALSHA,
+                resp_bulk(b"%d" % key_count),
+                *keys_wire,
+                _NOW_FROM_REDIS,
+                resp_bulk(b"%d" % len(group)),
+                *args_wire,
+            ]
+        )

@@ -1,37 +1,55 @@
-"""The limiter on ``/v1/*``: who is calling, which buckets the route spends, and the answer.
+"""The one middleware of ``/v1/*``: who is calling, whether the limiter admits them, then the key check.
 
-It runs after ``identity_middleware`` and before ``require_key_middleware``, so that
-requests without a valid key are limited by client address before they get their 401
-(guessing keys is throttled). ``GET /v1/rate-limit`` only reads the caller's buckets.
+One layer rather than three (key look-up, limiter, key required): each aiohttp
+middleware layer costs a coroutine and a call per request. The order is the contract's:
+a request without a valid key is limited by client address before it gets its 401, so
+guessing keys is throttled; with ``RATE_LIMIT_ENABLED=false`` it gets its 401 at once.
+``GET /v1/rate-limit`` only reads the caller's buckets.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import lru_cache
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from redis.asyncio import Redis
 
-from service.auth import client_address
-from service.errors import Problem
-from service.keys import IDENTITY, LIMITER, METRICS, POLICIES, RATE_LIMIT, SETTINGS
-from service.ratelimit.limiter import Limiter, Outcome
+from service.auth import client_address, key_required, presented_key
+from service.errors import PROBLEM_CONTENT_TYPE, Problem, problem_body
+from service.keys import API_KEYS, IDENTITY, LIMITER, METRICS, POLICIES, RATE_LIMIT, SETTINGS
+from service.ratelimit.decision import Decision, Outcome
+from service.ratelimit.limiter import Limiter
 from service.redis import connection_pool
 
-__all__ = ["READ_ONLY_ROUTE", "limiter_ctx", "rate_limit_middleware"]
+__all__ = ["READ_ONLY_ROUTE", "limiter_ctx", "v1_middleware"]
 
 READ_ONLY_ROUTE = "GET /v1/rate-limit"
 
 
 @web.middleware
-async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Decide the request, refuse it (429, or 503 when fail-closed), else add the headers to its answer."""
+async def v1_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Resolve the key into ``request[IDENTITY]``, decide the request, refuse it or add the headers."""
     if not request.path.startswith("/v1/"):
         return await handler(request)
     app = request.app
+    key = presented_key(request)
+    identity = None
+    if key is not None:
+        keys = app[API_KEYS]
+        try:
+            identity = keys.cached(key)
+        except KeyError:
+            identity = await keys.lookup(key)
+    request[IDENTITY] = identity
+    limiter = app.get(LIMITER)
+    if limiter is None:  # RATE_LIMIT_ENABLED=false
+        if identity is None:
+            raise key_required(request)
+        return await handler(request)
+
     policies = app[POLICIES]
-    identity = request[IDENTITY]
     if identity is not None:
         caller = identity.tenant
         plan = policies.plan(identity.plan)
@@ -42,36 +60,61 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     route_key = f"{request.method} {resource.canonical}" if resource is not None else None
     route = plan.for_route(route_key)
     spend = identity is None or route_key != READ_ONLY_ROUTE
-    decision = await app[LIMITER].decide(caller, route, spend=spend)
-    headers = decision.headers()
-    if decision.outcome == Outcome.LIMITED:
-        violated = [s.name for s in decision.violated]
-        raise Problem(
-            429,
-            f"rate limit exceeded ({', '.join(violated)}); retry after {headers['Retry-After']} s",
-            type_="quota-exceeded",
-            title="Too Many Requests",
-            headers=headers,
-            **{"violated-policies": violated},
-        )
-    if decision.outcome == Outcome.FAIL_CLOSED:
+    decision = limiter.refuse_locally(caller, route) if spend else None
+    if decision is None:
+        decision = await limiter.submit(caller, route, spend=spend)
+
+    outcome = decision.outcome
+    if outcome is Outcome.LIMITED:
+        return _quota_exceeded(decision)
+    if outcome is Outcome.FAIL_CLOSED:
         raise Problem(
             503,
             "the rate limiter cannot reach Redis and this policy refuses requests until it can",
             type_="rate-limiter-unavailable",
-            headers={**headers, "Retry-After": "1"},
+            headers={**decision.headers(), "Retry-After": "1"},
         )
+    if identity is None:
+        problem = key_required(request)
+        problem.headers.update(decision.headers())
+        raise problem
     request[RATE_LIMIT] = decision
     try:
         response = await handler(request)
     except Problem as problem:
-        problem.headers.update(headers)
+        problem.headers.update(decision.headers())
         raise
     except web.HTTPException as exc:
-        exc.headers.update(headers)
+        exc.headers.update(decision.headers())
         raise
-    response.headers.update(headers)
+    headers = response.headers
+    if route.policy_header:
+        headers["RateLimit-Policy"] = route.policy_header
+    state = decision.state_header()
+    if state is not None:
+        headers["RateLimit"] = state
     return response
+
+
+def _quota_exceeded(decision: Decision) -> web.Response:
+    """The 429: its body depends only on the violated buckets and the wait, so it is rendered once per pair."""
+    violated, headers = decision.refusal()
+    headers["Content-Type"] = PROBLEM_CONTENT_TYPE
+    return web.Response(status=429, body=_quota_exceeded_body(violated, headers["Retry-After"]), headers=headers)
+
+
+@lru_cache(maxsize=1024)
+def _quota_exceeded_body(violated: tuple[str, ...], retry_after: str) -> bytes:
+    return problem_body(
+        Problem(
+            429,
+            f"rate limit exceeded ({', '.join(violated)}); retry after {retry_after} s",
+            type_="quota-exceeded",
+            title="Too Many Requests",
+            headers=None,  # they vary with each request; the caller adds them
+            **{"violated-policies": list(violated)},
+        )
+    )
 
 
 async def limiter_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -68,12 +68,16 @@ class Bucket:
     fail_closed: bool = False
     units_per_token: int = field(init=False)
     refill_units_per_us: int = field(init=False)
+    cost_units: int = field(init=False)
+    capacity_units: int = field(init=False)
     script_args: tuple[bytes, bytes, bytes, bytes] = field(init=False)
 
     def __post_init__(self) -> None:
         units = UNITS_PER_TOKEN_PER_Q * self.per_second.denominator
         object.__setattr__(self, "units_per_token", units)
         object.__setattr__(self, "refill_units_per_us", self.per_second.numerator)
+        object.__setattr__(self, "cost_units", self.cost * units)
+        object.__setattr__(self, "capacity_units", self.capacity * units)
         args = (self.capacity * units, self.per_second.numerator, self.cost * units, 0 if self.shadow else 1)
         object.__setattr__(self, "script_args", tuple(str(a).encode() for a in args))
 
@@ -83,12 +87,17 @@ class Bucket:
         return max(1, math.ceil(self.capacity / self.per_second))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class RouteBuckets:
-    """What one (plan, route) spends: the merged buckets and their policy header, built once."""
+    """What one (plan, route) spends: the merged buckets and their policy header, built once.
+
+    Compared and hashed by identity (``eq=False``): the limiter keys a per-caller cache by
+    route, and hashing every field (fractions included) per request would cost more than it saves.
+    """
 
     plan: str
     buckets: tuple[Bucket, ...]
+    enforced: tuple[Bucket, ...]  # the buckets that can refuse (not shadow)
     policy_header: str
     fail_closed: bool  # Redis could not answer: refuse (503) rather than admit
     spend_args: bytes  # the script arguments of one decision, already framed for the wire (RESP)
@@ -185,6 +194,7 @@ def _route_buckets(plan: str, buckets: tuple[Bucket, ...]) -> RouteBuckets:
     return RouteBuckets(
         plan,
         buckets,
+        tuple(enforced),
         policy_header(enforced),
         any(b.fail_closed for b in enforced),
         spend_args=b"".join([resp_bulk(b"1"), count, *bucket_args]),

@@ -1,0 +1,154 @@
+"""A limiter's verdict on one request, and the rate-limit headers it implies.
+
+A ``Decision`` keeps the token-bucket script's raw reply (four integers per bucket) and
+builds objects or header strings only when asked, because one is made for every request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final, NamedTuple
+
+from service.ratelimit.headers import ratelimit_header, retry_after_header
+from service.ratelimit.policy import Bucket, RouteBuckets
+
+__all__ = ["BucketState", "Decision", "Outcome"]
+
+
+class Outcome:
+    """What became of a request. Plain strings, not an Enum: enum hashing is Python code,
+    and every decision is counted in a dictionary keyed by its outcome."""
+
+    ALLOWED: Final = "allowed"
+    LIMITED: Final = "limited"
+    SHADOW_LIMITED: Final = "shadow_limited"  # admitted, though a shadow bucket came up short
+    FAIL_OPEN: Final = "fail_open"
+    FAIL_CLOSED: Final = "fail_closed"
+
+
+class BucketState(NamedTuple):
+    """One bucket as Redis (or the refusal cache) last saw it, in the script's integer units."""
+
+    bucket: Bucket
+    ok: bool
+    remaining_units: int
+    full_in_us: int
+    retry_in_us: int  # -1: never (cost above capacity)
+
+    @property
+    def name(self) -> str:
+        return self.bucket.name
+
+    @property
+    def remaining(self) -> int:
+        """Whole tokens left."""
+        return self.remaining_units // self.bucket.units_per_token
+
+    @property
+    def full_in_s(self) -> float:
+        return self.full_in_us / 1e6
+
+
+class Decision:
+    """The verdict on one request and what its headers need.
+
+    The bucket states stay the script's raw integers (four per bucket: ok, remaining
+    units, microseconds until full, microseconds until it can pay) until something asks:
+    an admitted request needs one header line, not an object per bucket.
+    """
+
+    __slots__ = ("_at", "_buckets", "_reply", "outcome", "route")
+
+    def __init__(
+        self,
+        route: RouteBuckets,
+        outcome: str,
+        buckets: tuple[Bucket, ...] = (),
+        reply: Sequence[int] = (),
+        at: int = 0,
+    ) -> None:
+        self.route = route
+        self.outcome = outcome  # an Outcome
+        self._buckets = buckets  # empty when Redis did not answer
+        self._reply = reply
+        self._at = at  # where the first bucket's four numbers start in ``reply``
+
+    @property
+    def states(self) -> tuple[BucketState, ...]:
+        """Each bucket's state (empty when Redis did not answer)."""
+        reply, at = self._reply, self._at
+        return tuple(
+            BucketState(bucket, reply[i] == 1, reply[i + 1], reply[i + 2], reply[i + 3])
+            for bucket, i in zip(self._buckets, range(at, at + 4 * len(self._buckets), 4), strict=True)
+        )
+
+    @property
+    def retry_after_us(self) -> int:
+        """Microseconds until every enforced bucket can pay again."""
+        reply, at, wait = self._reply, self._at, 0
+        for bucket in self._buckets:
+            if not bucket.shadow:
+                retry = reply[at + 3]
+                wait = max(wait, retry if retry >= 0 else reply[at + 2])
+            at += 4
+        return wait
+
+    def state_header(self) -> str | None:
+        """``RateLimit`` of the bucket closest to empty (of the violated ones when refused), if known."""
+        limited = self.outcome is Outcome.LIMITED
+        reply, at = self._reply, self._at
+        closest: Bucket | None = None
+        closest_remaining = closest_full_in_us = 0
+        for bucket in self._buckets:
+            if not bucket.shadow and not (limited and reply[at] == 1):
+                remaining = reply[at + 1] // bucket.units_per_token
+                full_in_us = reply[at + 2]
+                if (
+                    closest is None
+                    or remaining < closest_remaining
+                    or (remaining == closest_remaining and full_in_us > closest_full_in_us)
+                ):
+                    closest, closest_remaining, closest_full_in_us = bucket, remaining, full_in_us
+            at += 4
+        return None if closest is None else ratelimit_header(closest.name, closest_remaining, closest_full_in_us)
+
+    def refusal(self) -> tuple[tuple[str, ...], dict[str, str]]:
+        """What a 429 needs, in one pass over the buckets: the violated names and every header."""
+        reply, at = self._reply, self._at
+        violated = []
+        wait = 0
+        closest: Bucket | None = None
+        closest_remaining = closest_full_in_us = 0
+        for bucket in self._buckets:
+            if not bucket.shadow:
+                retry = reply[at + 3]
+                full_in_us = reply[at + 2]
+                wait = max(wait, retry if retry >= 0 else full_in_us)
+                if reply[at] != 1:
+                    violated.append(bucket.name)
+                    remaining = reply[at + 1] // bucket.units_per_token
+                    if (
+                        closest is None
+                        or remaining < closest_remaining
+                        or (remaining == closest_remaining and full_in_us > closest_full_in_us)
+                    ):
+                        closest, closest_remaining, closest_full_in_us = bucket, remaining, full_in_us
+            at += 4
+        headers = {"Retry-After": retry_after_header(wait)}
+        if self.route.policy_header:
+            headers["RateLimit-Policy"] = self.route.policy_header
+        if closest is not None:
+            headers["RateLimit"] = ratelimit_header(closest.name, closest_remaining, closest_full_in_us)
+        return tuple(violated), headers
+
+    def headers(self) -> dict[str, str]:
+        """``RateLimit-Policy`` and, when the state is known, ``RateLimit`` (plus ``Retry-After`` if refused)."""
+        headers = {}
+        if self.route.policy_header:
+            headers["RateLimit-Policy"] = self.route.policy_header
+        state = self.state_header()
+        if state is not None:
+            headers["RateLimit"] = state
+        if self.outcome is Outcome.LIMITED:
+            headers["Retry-After"] = retry_after_header(self.retry_after_us)
+        return headers
