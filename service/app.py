@@ -20,7 +20,7 @@ from service.api import health, internal, ratelimit
 from service.api import jobs as jobs_api
 from service.auth import ApiKeyStore
 from service.errors import Problem, error_response
-from service.keys import API_KEYS, METRICS, POLICIES, REDIS, REQUEST_ID, SETTINGS
+from service.keys import API_KEYS, METRICS, POLICIES, REDIS, REDIS_ONCE, REQUEST_ID, SETTINGS
 from service.logging import bind_context, get_logger
 from service.metrics import Metrics
 from service.ratelimit.middleware import limiter_ctx, v1_middleware
@@ -96,13 +96,21 @@ class AccessLogger(AbstractAccessLogger):
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The process's two Redis clients: reads that may be retried, and calls that must run at most once.
+
+    A rate-limit script call or an enqueue that fails mid-reply may already have run, so
+    those go through a pool without retries; key look-ups and checks are safe to retry.
+    """
     settings = app[SETTINGS]
     client = redis_client(settings, client_name="ottoai-web")
+    once = redis_client(settings, client_name="ottoai-web-once", retries=0)
     app[REDIS] = client
+    app[REDIS_ONCE] = once
     app[API_KEYS] = ApiKeyStore(client)
     try:
         yield
     finally:
+        await once.aclose()
         await client.aclose()
 
 

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from service.readiness import Check
 
 SETTINGS = web.AppKey("settings", Settings)
-REDIS = web.AppKey("redis", Redis)
+REDIS = web.AppKey("redis", Redis)  # retries on connection errors: for reads and idempotent writes
+REDIS_ONCE = web.AppKey("redis_once", Redis)  # no retries: for calls that must never run twice
 API_KEYS: web.AppKey[ApiKeyStore] = web.AppKey("api_keys")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 DATABASE: web.AppKey[asyncpg.Pool] = web.AppKey("database")

@@ -14,8 +14,7 @@ from jobs.queue import MAX_DEFER_S, STATUSES, IdempotencyConflict, JobQueue, Job
 from jobs.registry import InvalidArguments, UnknownTask
 from jobs.serialization import deserialize, serialize
 from service.errors import Problem
-from service.keys import IDENTITY, JOB_QUEUE, SETTINGS
-from service.redis import connection_pool
+from service.keys import IDENTITY, JOB_QUEUE, REDIS_ONCE, SETTINGS
 
 __all__ = ["setup"]
 
@@ -190,23 +189,12 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 
 async def _queue_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
+    """The queue on the process's no-retry pool: an enqueue must never be sent twice."""
     redis = ArqRedis(
-        connection_pool(
-            settings.require_redis(),
-            max_connections=settings.redis_max_connections,
-            timeout_s=settings.redis_timeout_s,
-            retries=0,  # an enqueue must never be sent twice
-            client_name="ottoai-web-jobs",
-        ),
-        job_serializer=serialize,
-        job_deserializer=deserialize,
+        connection_pool=app[REDIS_ONCE].connection_pool, job_serializer=serialize, job_deserializer=deserialize
     )
-    app[JOB_QUEUE] = JobQueue(redis, settings)
-    try:
-        yield
-    finally:
-        await redis.aclose(close_connection_pool=True)
+    app[JOB_QUEUE] = JobQueue(redis, app[SETTINGS])
+    yield
 
 
 def setup(app: web.Application) -> None:

@@ -14,14 +14,12 @@ from functools import lru_cache
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from redis.asyncio import Redis
 
 from service.auth import client_address, key_required, presented_key
 from service.errors import PROBLEM_CONTENT_TYPE, Problem, problem_body
-from service.keys import API_KEYS, IDENTITY, LIMITER, METRICS, POLICIES, RATE_LIMIT, SETTINGS
+from service.keys import API_KEYS, IDENTITY, LIMITER, METRICS, POLICIES, RATE_LIMIT, REDIS_ONCE, SETTINGS
 from service.ratelimit.decision import Decision, Outcome
 from service.ratelimit.limiter import Limiter
-from service.redis import connection_pool
 
 __all__ = ["READ_ONLY_ROUTE", "limiter_ctx", "v1_middleware"]
 
@@ -118,22 +116,11 @@ def _quota_exceeded_body(violated: tuple[str, ...], retry_after: str) -> bytes:
 
 
 async def limiter_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The limiter with its own pool: no retries, because a script call may already have run."""
-    settings = app[SETTINGS]
-    deadline_s = settings.rate_limit_deadline_ms / 1000
-    pool = connection_pool(
-        settings.require_redis(),
-        max_connections=settings.redis_max_connections,
-        timeout_s=settings.redis_timeout_s,
-        retries=0,
-        client_name="ottoai-ratelimit",
-    )
-    redis = Redis.from_pool(pool)
-    limiter = Limiter(redis, deadline_s=deadline_s)
+    """The limiter on the process's no-retry client: a script call may already have run."""
+    limiter = Limiter(app[REDIS_ONCE], deadline_s=app[SETTINGS].rate_limit_deadline_ms / 1000)
     limiter.metrics.register(app[METRICS].registry)
     app[LIMITER] = limiter
     try:
         yield
     finally:
         await limiter.close()
-        await redis.aclose()
