@@ -103,11 +103,7 @@ class Decision:
             if not bucket.shadow and not (limited and reply[at] == 1):
                 remaining = reply[at + 1] // bucket.units_per_token
                 full_in_us = reply[at + 2]
-                if (
-                    closest is None
-                    or remaining < closest_remaining
-                    or (remaining == closest_remaining and full_in_us > closest_full_in_us)
-                ):
+                if closest is None or _closer(remaining, full_in_us, closest_remaining, closest_full_in_us):
                     closest, closest_remaining, closest_full_in_us = bucket, remaining, full_in_us
             at += 4
         return None if closest is None else ratelimit_header(closest.name, closest_remaining, closest_full_in_us)
@@ -127,11 +123,7 @@ class Decision:
                 if reply[at] != 1:
                     violated.append(bucket.name)
                     remaining = reply[at + 1] // bucket.units_per_token
-                    if (
-                        closest is None
-                        or remaining < closest_remaining
-                        or (remaining == closest_remaining and full_in_us > closest_full_in_us)
-                    ):
+                    if closest is None or _closer(remaining, full_in_us, closest_remaining, closest_full_in_us):
                         closest, closest_remaining, closest_full_in_us = bucket, remaining, full_in_us
             at += 4
         headers = {"Retry-After": retry_after_header(wait)}
@@ -152,3 +144,8 @@ class Decision:
         if self.outcome is Outcome.LIMITED:
             headers["Retry-After"] = retry_after_header(self.retry_after_us)
         return headers
+
+
+def _closer(remaining: int, full_in_us: int, best_remaining: int, best_full_in_us: int) -> bool:
+    """Whether a bucket is closer to empty than the best so far: fewer tokens, then the longer refill."""
+    return remaining < best_remaining or (remaining == best_remaining and full_in_us > best_full_in_us)
