@@ -103,15 +103,16 @@ def _from_http_exception(exc: web.HTTPException) -> Problem:
         detail = "no such resource"
     elif isinstance(exc, web.HTTPRequestEntityTooLarge):
         detail = "request body is larger than the 1 MiB limit"
-    elif exc.status == 422 and exc.text:
-        # webargs (behind aiohttp-apigami) puts its field messages in a JSON body.
+    elif exc.text and exc.content_type == "application/json":
+        # webargs (behind aiohttp-apigami) puts its messages in a JSON body, e.g. for a body
+        # that is not JSON at all: {"json": ["Invalid JSON body."]}.
         try:
             messages = json.loads(exc.text)
         except ValueError:
             messages = None
         if isinstance(messages, dict):
-            extensions["errors"] = messages.get("json", messages)
-            detail = "the request does not match the schema: " + _summarise(extensions["errors"])
+            extensions["errors"] = messages
+            detail = "the request is malformed: " + _summarise(messages)
     elif exc.text and exc.content_type == "text/plain" and not exc.text.startswith(f"{exc.status}:"):
         detail = exc.text
     return Problem(exc.status, detail, headers=headers, **extensions)

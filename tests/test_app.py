@@ -116,3 +116,14 @@ async def test_redis_outage_on_v1_is_503_problem_not_500(aiohttp_client: Aiohttp
     response = await client.get("/v1/rate-limit", headers={"X-API-Key": "otto_0123456789abcdef"})
     assert response.status == 503
     assert response.content_type == "application/problem+json"
+
+
+async def test_body_that_is_not_json_is_400_naming_the_problem(client: Client, api_key: str) -> None:
+    response = await client.post(
+        "/v1/jobs", data=b"{not json", headers={"X-API-Key": api_key, "Content-Type": "application/json"}
+    )
+    assert response.status == 400
+    assert response.content_type == "application/problem+json"
+    body = await response.json()
+    assert "Invalid JSON body" in body["detail"]
+    assert body["errors"] == {"json": ["Invalid JSON body."]}
