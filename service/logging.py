@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable
 from typing import Any, TextIO
 
 import structlog
@@ -88,7 +88,7 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # aiohttp's access lines come from our own access logger; silence the duplicate source.
+    # service.app.AccessLogger writes the access lines; aiohttp asks this logger whether they are on.
     logging.getLogger("aiohttp.access").setLevel(logging.INFO)
 
 
@@ -101,8 +101,3 @@ def get_logger(name: str) -> structlog.stdlib.BoundLogger:
 def bind_context(**fields: Any) -> None:
     """Add fields to every log line of the current task (request id, job id, ...)."""
     structlog.contextvars.bind_contextvars(**fields)
-
-
-def context() -> MutableMapping[str, Any]:
-    """The fields bound to the current task."""
-    return structlog.contextvars.get_contextvars()

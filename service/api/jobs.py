@@ -57,7 +57,7 @@ class JobListSchema(Schema):
 
 def _tenant(request: web.Request) -> str:
     identity = request[IDENTITY]
-    assert identity is not None  # require_key_middleware has refused the request otherwise
+    assert identity is not None  # the /v1 middleware has refused it otherwise
     return identity.tenant
 
 
