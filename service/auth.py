@@ -82,11 +82,12 @@ class ApiKeyStore:
         while True:
             key = KEY_PREFIX + secrets.token_hex(24)
             prefix = key[:PREFIX_LEN]
-            if await self._redis.hsetnx(_INDEX, prefix, _digest(key)):  # type: ignore[misc]
+            digest = _digest(key)
+            if await self._redis.hsetnx(_INDEX, prefix, digest):  # type: ignore[misc]
                 break
         created = datetime.now(UTC).isoformat(timespec="seconds")
         mapping = {"tenant": tenant, "plan": plan, "prefix": prefix, "created_at": created}
-        await self._redis.hset(f"apikey:{_digest(key)}", mapping=mapping)  # type: ignore[misc]
+        await self._redis.hset(f"apikey:{digest}", mapping=mapping)  # type: ignore[misc]
         return key
 
     def cached(self, key: str) -> Identity | None:
@@ -121,19 +122,16 @@ class ApiKeyStore:
     async def list(self) -> list[KeyInfo]:
         """Every key's prefix, tenant, plan and creation time (never the key itself)."""
         index: dict[bytes, bytes] = await self._redis.hgetall(_INDEX)  # type: ignore[misc]
-        infos = []
-        for prefix, digest in sorted(index.items()):
-            fields = await self._redis.hgetall(f"apikey:{digest.decode()}")  # type: ignore[misc]
-            if fields:
-                infos.append(
-                    KeyInfo(
-                        prefix.decode(),
-                        fields[b"tenant"].decode(),
-                        fields[b"plan"].decode(),
-                        fields[b"created_at"].decode(),
-                    )
-                )
-        return infos
+        ordered = sorted(index.items())
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for _, digest in ordered:
+                pipe.hgetall(f"apikey:{digest.decode()}")
+            records = await pipe.execute()
+        return [
+            KeyInfo(prefix.decode(), f[b"tenant"].decode(), f[b"plan"].decode(), f[b"created_at"].decode())
+            for (prefix, _), f in zip(ordered, records, strict=True)
+            if f
+        ]
 
     async def revoke(self, prefix: str) -> KeyInfo:
         """Revoke the one key whose prefix starts with ``prefix``; ``LookupError`` otherwise."""
@@ -146,8 +144,10 @@ class ApiKeyStore:
         found = matches[0]
         digest = index[found].decode()
         fields = await self._redis.hgetall(f"apikey:{digest}")  # type: ignore[misc]
-        await self._redis.delete(f"apikey:{digest}")
-        await self._redis.hdel(_INDEX, found.decode())  # type: ignore[misc]
+        async with self._redis.pipeline(transaction=True) as pipe:  # the key and its index entry go together
+            pipe.delete(f"apikey:{digest}")
+            pipe.hdel(_INDEX, found.decode())
+            await pipe.execute()
         self._cache.pop(digest, None)
         return KeyInfo(
             found.decode(),
