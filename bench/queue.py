@@ -55,8 +55,8 @@ from arq.worker import Worker, func
 from redis.asyncio import Redis
 
 from jobs.heartbeat import live_workers
-from jobs.keys import IN_PROGRESS_PREFIX, QUEUE_KEY, RESULT_PREFIX
 from jobs.queue import JobQueue
+from jobs.redis_keys import IN_PROGRESS_PREFIX, QUEUE_KEY, RESULT_PREFIX
 from jobs.serialization import deserialize
 from service.settings import Settings
 

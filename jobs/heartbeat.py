@@ -17,7 +17,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from jobs.keys import WORKERS_KEY, worker_key
+from jobs.redis_keys import WORKERS_KEY, worker_key
 from jobs.scripts import load_script
 
 __all__ = ["HEARTBEAT_TTL_FACTOR", "Beat", "live_workers", "remove", "write"]

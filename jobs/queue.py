@@ -35,7 +35,7 @@ from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 from redis.asyncio import Redis
 
-from jobs.keys import (
+from jobs.redis_keys import (
     ABORT_KEY,
     IN_PROGRESS_PREFIX,
     JOB_PREFIX,

@@ -39,7 +39,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from jobs import heartbeat
-from jobs.keys import (
+from jobs.redis_keys import (
     ABORT_KEY,
     IN_PROGRESS_PREFIX,
     JOB_PREFIX,

@@ -18,9 +18,9 @@ from aiohttp_apigami.constants import SWAGGER_DICT
 from service import __version__, readiness
 from service.api import health, internal, ratelimit
 from service.api import jobs as jobs_api
+from service.app_keys import API_KEYS, METRICS, POLICIES, REDIS, REDIS_ONCE, REQUEST_ID, SETTINGS
 from service.auth import ApiKeyStore
 from service.errors import Problem, error_response
-from service.keys import API_KEYS, METRICS, POLICIES, REDIS, REDIS_ONCE, REQUEST_ID, SETTINGS
 from service.logging import bind_context, get_logger
 from service.metrics import Metrics
 from service.ratelimit.middleware import limiter_ctx, v1_middleware

@@ -17,7 +17,7 @@ from aiohttp_apigami import docs, response_schema
 from marshmallow import Schema, fields
 
 from jobs.heartbeat import live_workers
-from service.keys import DATABASE, READINESS_CHECKS, REDIS, SETTINGS
+from service.app_keys import DATABASE, READINESS_CHECKS, REDIS, SETTINGS
 from service.logging import get_logger
 from service.settings import SERVICE_NAME
 

@@ -19,7 +19,7 @@ from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
 from service.app import create_app
-from service.keys import API_KEYS
+from service.app_keys import API_KEYS
 from service.settings import Settings
 
 TEST_REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")

@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from service import auth
-from service.keys import API_KEYS
+from service.app_keys import API_KEYS
 from tests.conftest import PYTHON, ROOT, TEST_REDIS_URL, subprocess_env
 
 Client = TestClient[web.Request, web.Application]

@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from service.app import create_app
-from service.keys import API_KEYS
+from service.app_keys import API_KEYS
 from tests.conftest import free_port, make_settings
 
 DEADLINE_MS = 50

@@ -14,7 +14,7 @@ from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
 from service.app import create_app
-from service.keys import API_KEYS
+from service.app_keys import API_KEYS
 from tests.conftest import make_settings
 
 Client = TestClient[web.Request, web.Application]

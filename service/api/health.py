@@ -7,8 +7,8 @@ from aiohttp_apigami import docs, response_schema
 from marshmallow import Schema, fields
 
 from service import __version__
+from service.app_keys import METRICS, SETTINGS
 from service.auth import require_internal
-from service.keys import METRICS, SETTINGS
 from service.settings import SERVICE_NAME
 
 

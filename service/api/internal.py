@@ -7,8 +7,8 @@ from aiohttp_apigami import docs, response_schema
 from marshmallow import Schema, fields
 
 from jobs.heartbeat import live_workers
+from service.app_keys import REDIS, SETTINGS
 from service.auth import require_internal
-from service.keys import REDIS, SETTINGS
 
 
 class WorkerSchema(Schema):

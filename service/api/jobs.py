@@ -13,8 +13,8 @@ from marshmallow import Schema, fields, validate
 from jobs.queue import MAX_DEFER_S, STATUSES, IdempotencyConflict, JobQueue, JobView
 from jobs.registry import InvalidArguments, UnknownTask
 from jobs.serialization import deserialize, serialize
+from service.app_keys import IDENTITY, JOB_QUEUE, REDIS_ONCE, SETTINGS
 from service.errors import Problem
-from service.keys import IDENTITY, JOB_QUEUE, REDIS_ONCE, SETTINGS
 
 __all__ = ["setup"]
 

@@ -6,8 +6,8 @@ from aiohttp import web
 from aiohttp_apigami import docs, response_schema
 from marshmallow import Schema, fields
 
+from service.app_keys import IDENTITY, POLICIES, RATE_LIMIT
 from service.errors import Problem
-from service.keys import IDENTITY, POLICIES, RATE_LIMIT
 from service.ratelimit.decision import Outcome
 
 

@@ -15,9 +15,9 @@ from functools import lru_cache
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from service.app_keys import API_KEYS, IDENTITY, LIMITER, METRICS, POLICIES, RATE_LIMIT, REDIS_ONCE, SETTINGS
 from service.auth import client_address, key_required, presented_key
 from service.errors import PROBLEM_CONTENT_TYPE, Problem, problem_body
-from service.keys import API_KEYS, IDENTITY, LIMITER, METRICS, POLICIES, RATE_LIMIT, REDIS_ONCE, SETTINGS
 from service.ratelimit.decision import Decision, Outcome
 from service.ratelimit.limiter import Limiter
 

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from jobs.registry import Backoff, JobContext, RetryLater, Task
 from jobs.tasks import TASKS
 from jobs.worker import Worker, running_worker
-from service.keys import API_KEYS
+from service.app_keys import API_KEYS
 from service.settings import Settings
 from tests.jobs.support import Attempts, Client, jobs_settings
 

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from jobs.worker import Worker
 from service.app import create_app
-from service.keys import API_KEYS
+from service.app_keys import API_KEYS
 from tests.jobs.support import Attempts, Client, auth, enqueue, job, jobs_settings, wait_for
 
 

@@ -14,7 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 from jobs import heartbeat
-from jobs.keys import WORKERS_KEY, worker_key
+from jobs.redis_keys import WORKERS_KEY, worker_key
 from jobs.registry import Backoff
 from jobs.serialization import deserialize, error_of, iso_from_ms, serialize
 from jobs.webhook import DestinationRefused, _retry_after_s, check_destination, sign

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from jobs.worker import running_worker
 from service.app import create_app
-from service.keys import API_KEYS
+from service.app_keys import API_KEYS
 from service.settings import Settings
 from tests.jobs.support import Client, auth, enqueue, jobs_settings, wait_for
 

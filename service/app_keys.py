@@ -1,4 +1,4 @@
-"""Every typed key of the application and of requests, in one place."""
+"""Every typed aiohttp key (``web.AppKey`` and ``web.RequestKey``) of the application, in one place."""
 
 from __future__ import annotations
 
