@@ -192,7 +192,11 @@ class Limiter:
                 self._resolve(group, reply, sent)
 
     async def _send(self, commands: list[bytes]) -> list[Any]:
-        """One round trip; error replies come back in place (a connection failure raises)."""
+        """One round trip; error replies come back in place (a connection failure raises).
+
+        This and ``_connection`` use redis-py's connection API below ``Redis`` (and its
+        private ``_reader``): ``tests/test_redis_contract.py`` pins each member they use.
+        """
         connection = await self._connection()
         try:
             await connection.send_packed_command(commands, check_health=False)
@@ -213,6 +217,7 @@ class Limiter:
     async def _connection(self) -> AbstractConnection:
         while self._idle:
             connection = self._idle.pop()
+            # The public check (can_read_destructive, the pool's) costs a read attempt: ~25 µs, not ~55 ns.
             reader = connection._reader
             if reader is not None and not reader.at_eof():
                 return connection
