@@ -1,7 +1,7 @@
 """The token-bucket script's wire format: its source and SHA, its keys and arguments, its reply.
 
 ``token_bucket.lua``'s comment block is the specification and this module its only Python
-counterpart: the argument layout (``argv``, ``decision_args``, ``bucket_args``), the reply
+counterpart: the argument layout (``argv`` and the pieces it is built from), the reply
 layout (``REPLY_PER_BUCKET`` numbers per bucket at the offsets ``OK`` ... ``RETRY_IN_US``),
 and the framing of a batch as one RESP ``EVALSHA`` (``BatchFramer``). The framing is by
 hand because redis-py's generic ``pack_command`` was the limiter's largest cost: each
@@ -29,10 +29,8 @@ __all__ = [
     "SCRIPT_SHA",
     "BatchFramer",
     "argv",
-    "bucket_args",
     "bucket_key",
     "bucket_reply",
-    "decision_args",
     "resp_bulk",
 ]
 
@@ -42,7 +40,7 @@ SCRIPT_SHA: Final = hashlib.sha1(SCRIPT.encode()).hexdigest()
 # ARGV[1]: the time in microseconds, or this to use Redis TIME. Only tests pass a time
 # (the seam that lets a model and the script share a clock); the limiter always uses TIME.
 NOW_FROM_REDIS: Final = b""
-ARGS_PER_BUCKET: Final = 4  # what bucket_args returns
+_ARGS_PER_BUCKET: Final = 4  # what _bucket_args returns
 
 # The reply is a flat list of integers: per decision, admitted (1 or 0), then for each of
 # its buckets REPLY_PER_BUCKET numbers, at these offsets from the bucket's first one.
@@ -57,17 +55,17 @@ def bucket_key(caller: str, bucket_name: str) -> str:
     return f"rl:{{{caller}}}:{bucket_name}"
 
 
-def bucket_args(bucket: Bucket) -> tuple[bytes, ...]:
-    """One bucket's ``ARGS_PER_BUCKET`` arguments: capacity_units, refill_units_per_us, cost_units, enforced."""
+def _bucket_args(bucket: Bucket) -> tuple[bytes, ...]:
+    """One bucket's ``_ARGS_PER_BUCKET`` arguments: capacity_units, refill_units_per_us, cost_units, enforced."""
     enforced = 0 if bucket.shadow else 1
     return tuple(b"%d" % n for n in (bucket.capacity_units, bucket.refill_units_per_us, bucket.cost_units, enforced))
 
 
-def decision_args(spend: bool, buckets: Sequence[Bucket]) -> list[bytes]:
+def _decision_args(spend: bool, buckets: Sequence[Bucket]) -> list[bytes]:
     """One decision's arguments: spend (1) or only read (0), the number of buckets, then each bucket's."""
     args = [b"1" if spend else b"0", b"%d" % len(buckets)]
     for bucket in buckets:
-        args += bucket_args(bucket)
+        args += _bucket_args(bucket)
     return args
 
 
@@ -75,7 +73,7 @@ def argv(decisions: Sequence[tuple[bool, Sequence[Bucket]]], now_us: int | None 
     """The whole ARGV of one call deciding ``decisions`` (spend, buckets); ``now_us`` replaces Redis TIME."""
     args = [NOW_FROM_REDIS if now_us is None else b"%d" % now_us, b"%d" % len(decisions)]
     for spend, buckets in decisions:
-        args += decision_args(spend, buckets)
+        args += _decision_args(spend, buckets)
     return args
 
 
@@ -123,7 +121,7 @@ class BatchFramer:
             keys_wire.append(keys)
             args_wire.append(spend_args if spend else read_args)
             key_count += count
-        arg_count = 2 + 2 * len(decisions) + ARGS_PER_BUCKET * key_count
+        arg_count = 2 + 2 * len(decisions) + _ARGS_PER_BUCKET * key_count
         return b"".join(
             [
                 b"*%d\r\n" % (3 + key_count + arg_count),
@@ -140,8 +138,8 @@ class BatchFramer:
         args = self._routes.get(route)
         if args is None:
             args = self._routes[route] = (
-                _framed(decision_args(True, route.buckets)),
-                _framed(decision_args(False, route.buckets)),
+                _framed(_decision_args(True, route.buckets)),
+                _framed(_decision_args(False, route.buckets)),
             )
         if len(self._callers) >= _CALLER_CACHE_MAX:
             self._callers.clear()
