@@ -28,7 +28,7 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError, ResponseError
 
-from tests.conftest import TEST_REDIS_URL
+from tests.servers import redis_url
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def test_a_hash_tag_decides_the_slot() -> None:
 
 @pytest.fixture
 async def pool() -> AsyncIterator[ConnectionPool]:
-    client = Redis.from_url(TEST_REDIS_URL)
+    client = Redis.from_url(redis_url())
     try:
         yield client.connection_pool
     finally:
@@ -150,7 +150,7 @@ async def test_a_connection_the_server_closed_is_at_eof_and_disconnect_forgets_i
     assert reader is not None
     assert not reader.at_eof()
 
-    async with Redis.from_url(TEST_REDIS_URL) as other:
+    async with Redis.from_url(redis_url()) as other:
         assert await other.client_kill_filter(_id=str(client_id)) == 1
     deadline = time.monotonic() + 5
     while not reader.at_eof():

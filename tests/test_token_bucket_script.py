@@ -31,7 +31,7 @@ from service.ratelimit.script import (
     argv,
     bucket_key,
 )
-from tests.conftest import TEST_REDIS_URL
+from tests.servers import redis_url
 
 START_US = 1_700_000_000_000_000
 CALLER = "model"
@@ -39,7 +39,7 @@ CALLER = "model"
 
 @pytest.fixture(scope="module")
 def sync_redis() -> Iterator[Redis]:
-    client = Redis.from_url(TEST_REDIS_URL)
+    client = Redis.from_url(redis_url())
     client.flushdb()
     client.script_load(SCRIPT)
     try:
