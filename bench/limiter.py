@@ -202,11 +202,15 @@ def _machine(redis_url: str) -> str:
 
 def main() -> None:
     """Run every scenario once, print the table and append it to ``bench/RESULTS.md``."""
-    from service.embedded_redis import embedded_redis
+    from service.embedded_redis import RedisServer
 
     generator = "wrk (1 thread, 50 connections)" if shutil.which("wrk") else "bench.http_load (50 connections)"
-    with tempfile.TemporaryDirectory(prefix="ottoai-bench-") as tmp, embedded_redis() as redis_url:
+    with (
+        tempfile.TemporaryDirectory(prefix="ottoai-bench-") as tmp,
+        RedisServer(Path(tmp), unix_socket=Path(tmp) / "redis.sock", args=["--save", ""]) as server,
+    ):
         folder = Path(tmp)
+        redis_url = server.url
         (folder / "policies.toml").write_text(POLICY_TOML)
         asyncio.run(_create_keys(redis_url, folder))
         machine = _machine(redis_url)
@@ -311,14 +315,16 @@ def _naive_limiter(mode: str, redis_url: str, folder: Path) -> list[Any]:
     if mode == "batched":
         return [_batched_limiter(redis_url, folder)]
     if mode == "evalsha":
+        import tomllib
+
         from redis.asyncio import Redis
 
-        from service.ratelimit.limiter import SCRIPT, SCRIPT_SHA
+        from service.ratelimit.policy import parse_policies
+        from service.ratelimit.script import SCRIPT, SCRIPT_SHA, argv, bucket_key
 
         redis = Redis.from_url(redis_url)
-        big = str(1_000_000 * 1_000_000)
-        rate = str(100_000)
-        args = ["", "1", "1", "2", big, rate, "1000000", "1", big, rate, "1000000", "1"]
+        roomy = parse_policies(tomllib.loads(POLICY_TOML)).plan("default").for_route(None).buckets
+        args = argv([(True, roomy)])
         loaded = False
 
         @web.middleware
@@ -328,8 +334,8 @@ def _naive_limiter(mode: str, redis_url: str, folder: Path) -> list[Any]:
                 await redis.script_load(SCRIPT)
                 loaded = True
             tenant = request.headers.get("X-API-Key", "")[-16:]
-            keys = (f"rl:{{{tenant}}}:burst", f"rl:{{{tenant}}}:sustained")
-            reply = await redis.evalsha(SCRIPT_SHA, 2, *keys, *args)
+            keys = [bucket_key(tenant, bucket.name) for bucket in roomy]
+            reply = await redis.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
             if reply[0] != 1:
                 return web.json_response({"status": 429}, status=429)
             return await handler(request)
