@@ -75,14 +75,14 @@ class LeaseKeeper:
             try:
                 running = self._running()
                 if running:
-                    await self.renew(running)
+                    await self._renew(running)
                 if time.monotonic() >= next_beat:
                     await heartbeat.write(self._redis, self._beat())
                     next_beat = time.monotonic() + self._beat_every_s
             except (RedisError, OSError) as exc:
                 log.warning("worker keeper cannot reach redis", error=str(exc))
 
-    async def renew(self, job_ids: list[str]) -> None:
+    async def _renew(self, job_ids: list[str]) -> None:
         """Extend the leases of ``job_ids`` by a whole lease and abort those flagged in arq's abort set."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:

@@ -112,11 +112,11 @@ class Worker(ArqWorker):
     def __init__(
         self,
         settings: Settings,
-        options: WorkerSettings,
+        worker_settings: WorkerSettings,
         *,
         redis_pool: ArqRedis,
     ) -> None:
-        super().__init__(redis_pool=redis_pool, **options.arq_options())
+        super().__init__(redis_pool=redis_pool, **worker_settings.arq_options())
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self.ctx.update(settings=settings, worker_id=self.worker_id)
