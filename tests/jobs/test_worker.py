@@ -1,4 +1,4 @@
-"""The worker on its own: arq's cron keeps working with the wake-up wait; burst mode."""
+"""The worker on its own: arq's cron keeps working with the wake-up wait; burst mode; its options."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
 from arq.cron import cron
 from redis.asyncio import Redis
 
 from jobs.queue import JobQueue
-from jobs.worker import running_worker
+from jobs.worker import create_worker, running_worker
 from service.settings import Settings
 
 
@@ -42,3 +43,9 @@ async def test_burst_worker_runs_due_and_deferred_jobs_then_returns(redis: Redis
         view = await queue.get("acme", job_id)
         assert view is not None
         assert view.status == "complete"
+
+
+async def test_a_worker_takes_only_the_arq_options_of_worker_settings(settings: Settings) -> None:
+    # arq's own health check would write a key that every worker shares: it has no way in.
+    with pytest.raises(TypeError, match="health_check_key"):
+        create_worker(settings, health_check_key="jobs:worker:w1")
