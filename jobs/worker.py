@@ -157,23 +157,22 @@ class Worker(ArqWorker):
         await self._leases.start()
         failures = 0
         while not self._stopping:
-            try:
+            try:  # the wait too: a failover drops the blocking pop's connection as well
                 next_ms = await self._iteration()
+                if self.burst:
+                    if not self.tasks and next_ms < 0:
+                        return
+                    await self._wait_in_burst(next_ms)
+                elif self.job_counter >= self.max_jobs:
+                    await self._wait_for_slot()
+                elif next_ms < 0 or next_ms > timestamp_ms():
+                    await self._wake_ups.wait(self._seconds_to_wait(next_ms))
                 failures = 0
             except (RedisError, OSError) as exc:
                 failures += 1
                 delay_s = RECONNECT_BACKOFF.delay_s(failures)
                 log.warning("worker cannot reach redis", error=str(exc), retry_in_s=round(delay_s, 3))
                 await asyncio.sleep(delay_s)
-                continue
-            if self.burst:
-                if not self.tasks and next_ms < 0:
-                    return
-                await self._wait_in_burst(next_ms)
-            elif self.job_counter >= self.max_jobs:
-                await self._wait_for_slot()
-            elif next_ms < 0 or next_ms > timestamp_ms():
-                await self._wake_ups.wait(self._seconds_to_wait(next_ms))
 
     async def _iteration(self) -> int:
         """Reap finished jobs, enqueue due cron slots, claim and start due jobs.

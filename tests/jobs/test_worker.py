@@ -49,3 +49,23 @@ async def test_a_worker_takes_only_the_arq_options_of_worker_settings(settings: 
     # arq's own health check would write a key that every worker shares: it has no way in.
     with pytest.raises(TypeError, match="health_check_key"):
         create_worker(settings, health_check_key="jobs:worker:w1")
+
+
+async def test_worker_runs_jobs_again_after_redis_drops_its_connections(redis: Redis, settings: Settings) -> None:
+    queue = JobQueue(redis, settings)
+    async with running_worker(settings):
+        before, _ = await queue.enqueue("acme", "diagnostics.ping", {})
+        await _until_complete(queue, before.id)
+        for connection in await redis.client_list():
+            if connection["name"].startswith("ottoai-worker"):
+                await redis.client_kill_filter(_id=connection["id"])  # as a failover would
+
+        after, _ = await queue.enqueue("acme", "diagnostics.ping", {})
+        await _until_complete(queue, after.id)
+
+
+async def _until_complete(queue: JobQueue, job_id: str, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (view := await queue.get("acme", job_id)) is None or view.status != "complete":
+        assert time.monotonic() < deadline, f"job {job_id} is {view.status if view else 'gone'} after {timeout_s} s"
+        await asyncio.sleep(0.02)
