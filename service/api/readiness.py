@@ -1,0 +1,50 @@
+"""``GET /ready``: every included component passes (200) or not (503), with details of each."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+from aiohttp_apigami import docs, response_schema
+from marshmallow import Schema, fields
+
+from service.app_keys import READINESS_CHECKS, SETTINGS
+from service.database import database_ctx
+from service.readiness import included_checks, run_checks
+from service.settings import SERVICE_NAME
+
+
+class ReadySchema(Schema):
+    ready = fields.Boolean(required=True)
+    components = fields.Dict(keys=fields.String(), values=fields.Boolean(), required=True)
+    details = fields.Dict(keys=fields.String(), values=fields.Dict(), required=True)
+    timestamp = fields.Integer(required=True)
+    duration_ms = fields.Float(required=True)
+    service = fields.String(required=True)
+
+
+@docs(tags=["operations"], summary="Readiness: every included component passes (200) or not (503)")
+@response_schema(ReadySchema, 200)
+@response_schema(ReadySchema, 503)
+async def get_ready(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    results = await run_checks(request.app, request.app[READINESS_CHECKS])
+    ready = all(passed for _, passed, _ in results)
+    body = {
+        "ready": ready,
+        "components": {name: passed for name, passed, _ in results},
+        "details": {name: details for name, _, details in results},
+        "timestamp": int(time.time()),
+        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+        "service": SERVICE_NAME,
+    }
+    return web.json_response(body, status=200 if ready else 503, headers={"Cache-Control": "no-store"})
+
+
+def setup(app: web.Application) -> None:
+    """Route ``/ready`` with the components this deployment's settings turn on (and the pool the database one needs)."""
+    checks = included_checks(app[SETTINGS])
+    if "database" in checks:
+        app.cleanup_ctx.append(database_ctx)
+    app[READINESS_CHECKS] = checks
+    app.router.add_get("/ready", get_ready, allow_head=False)
