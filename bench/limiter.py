@@ -202,11 +202,15 @@ def _machine(redis_url: str) -> str:
 
 def main() -> None:
     """Run every scenario once, print the table and append it to ``bench/RESULTS.md``."""
-    from service.embedded_redis import embedded_redis
+    from service.embedded_redis import RedisServer
 
     generator = "wrk (1 thread, 50 connections)" if shutil.which("wrk") else "bench.http_load (50 connections)"
-    with tempfile.TemporaryDirectory(prefix="ottoai-bench-") as tmp, embedded_redis() as redis_url:
+    with (
+        tempfile.TemporaryDirectory(prefix="ottoai-bench-") as tmp,
+        RedisServer(Path(tmp), unix_socket=Path(tmp) / "redis.sock", args=["--save", ""]) as server,
+    ):
         folder = Path(tmp)
+        redis_url = server.url
         (folder / "policies.toml").write_text(POLICY_TOML)
         asyncio.run(_create_keys(redis_url, folder))
         machine = _machine(redis_url)

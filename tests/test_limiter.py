@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from service.ratelimit.limiter import Limiter, Outcome
 from service.ratelimit.policy import parse_policies
-from tests.conftest import TEST_REDIS_URL
+from tests.servers import redis_url
 
 POLICIES = parse_policies(
     {
@@ -28,7 +28,7 @@ def round_trips(limiter: Limiter) -> float:
 
 @pytest.fixture
 async def limiter_redis(redis: Redis) -> AsyncIterator[Redis]:
-    client = Redis.from_url(TEST_REDIS_URL)
+    client = Redis.from_url(redis_url())
     try:
         yield client
     finally:

@@ -12,7 +12,8 @@ import aiohttp
 from redis.asyncio import Redis
 
 from service.auth import ApiKeyStore
-from tests.conftest import PYTHON, ROOT, TEST_REDIS_URL, free_port, subprocess_env
+from tests.conftest import PYTHON, ROOT, subprocess_env
+from tests.servers import free_port, redis_url
 
 CAPACITY = 60
 REQUESTS_PER_PROCESS = 150
@@ -26,7 +27,7 @@ POLICIES = f"""
 
 def _start_serve(port: int, policy_file: Path) -> subprocess.Popen[bytes]:
     env = subprocess_env(
-        REDIS_URL=TEST_REDIS_URL,
+        REDIS_URL=redis_url(),
         RATE_LIMITS_FILE=str(policy_file),
         PORT=str(port),
         HOST="127.0.0.1",

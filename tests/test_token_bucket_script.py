@@ -20,7 +20,7 @@ from redis import Redis
 
 from service.ratelimit.limiter import SCRIPT, SCRIPT_SHA, bucket_key
 from service.ratelimit.policy import Bucket
-from tests.conftest import TEST_REDIS_URL
+from tests.servers import redis_url
 
 START_US = 1_700_000_000_000_000
 CALLER = "model"
@@ -28,7 +28,7 @@ CALLER = "model"
 
 @pytest.fixture(scope="module")
 def sync_redis() -> Iterator[Redis]:
-    client = Redis.from_url(TEST_REDIS_URL)
+    client = Redis.from_url(redis_url())
     client.flushdb()
     client.script_load(SCRIPT)
     try:
