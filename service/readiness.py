@@ -1,62 +1,27 @@
-"""The readiness checks: the truth about each dependency, fast even when one of them hangs.
+"""How readiness checks run: concurrently, each under its own timeout, a failure a finding.
 
 Each component is a check that returns ``(passed, details)``. ``run_checks`` runs them
-concurrently, each under its own timeout, so one hung dependency costs at most
-``CHECK_TIMEOUT_S``. ``service/api/readiness.py`` serves the result as ``GET /ready``.
+together, so one hung dependency costs at most ``CHECK_TIMEOUT_S``. The checks themselves
+and ``GET /ready`` are in ``service/api/readiness.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from jobs.heartbeat import live_workers
-from service.app_keys import DATABASE, REDIS
 from service.logging import get_logger
-from service.settings import Settings
 
-__all__ = ["CHECK_TIMEOUT_S", "Check", "CheckResult", "included_checks", "run_checks"]
+__all__ = ["CHECK_TIMEOUT_S", "Check", "CheckResult", "run_checks"]
 
 CHECK_TIMEOUT_S = 1.0
 Check = Callable[[web.Application], Awaitable[tuple[bool, dict[str, Any]]]]
 CheckResult = tuple[str, bool, dict[str, Any]]  # component name, passed, details
 
 log = get_logger(__name__)
-
-
-async def check_redis(app: web.Application) -> tuple[bool, dict[str, Any]]:
-    started = time.perf_counter()
-    await app[REDIS].ping()
-    return True, {"latency_ms": round((time.perf_counter() - started) * 1000, 2)}
-
-
-async def check_workers(app: web.Application) -> tuple[bool, dict[str, Any]]:
-    """At least one worker has beaten within its heartbeat window (its key is still live)."""
-    workers = await live_workers(app[REDIS])
-    details: dict[str, Any] = {"alive": len(workers)}
-    if workers:
-        details["last_beat_age_s"] = min(w["beat_age_s"] for w in workers)
-    return bool(workers), details
-
-
-async def check_database(app: web.Application) -> tuple[bool, dict[str, Any]]:
-    started = time.perf_counter()
-    value = await app[DATABASE].fetchval("SELECT 1", timeout=CHECK_TIMEOUT_S)
-    return value == 1, {"latency_ms": round((time.perf_counter() - started) * 1000, 2)}
-
-
-def included_checks(settings: Settings) -> dict[str, Check]:
-    """The components that this deployment's settings turn on, by name."""
-    checks: dict[str, Check] = {"redis": check_redis}
-    if settings.enable_worker:
-        checks["workers"] = check_workers
-    if settings.database_url:
-        checks["database"] = check_database
-    return checks
 
 
 async def _run(name: str, check: Check, app: web.Application) -> CheckResult:

@@ -1,17 +1,54 @@
-"""``GET /ready``: every included component passes (200) or not (503), with details of each."""
+"""``GET /ready``: every included component passes (200) or not (503), with details of each.
+
+The components are Redis, the workers (when this deployment runs them) and PostgreSQL (when
+``DATABASE_URL`` is set); ``service/readiness.py`` runs their checks under a deadline.
+"""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from aiohttp import web
 from aiohttp_apigami import docs, response_schema
 from marshmallow import Schema, fields
 
-from service.app_keys import READINESS_CHECKS, SETTINGS
+from jobs.heartbeat import live_workers
+from service.app_keys import DATABASE, READINESS_CHECKS, REDIS, SETTINGS
 from service.database import database_ctx
-from service.readiness import included_checks, run_checks
-from service.settings import SERVICE_NAME
+from service.readiness import CHECK_TIMEOUT_S, Check, run_checks
+from service.settings import SERVICE_NAME, Settings
+
+
+async def check_redis(app: web.Application) -> tuple[bool, dict[str, Any]]:
+    started = time.perf_counter()
+    await app[REDIS].ping()
+    return True, {"latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+async def check_workers(app: web.Application) -> tuple[bool, dict[str, Any]]:
+    """At least one worker has beaten within its heartbeat window (its key is still live)."""
+    workers = await live_workers(app[REDIS])
+    details: dict[str, Any] = {"alive": len(workers)}
+    if workers:
+        details["last_beat_age_s"] = min(w["beat_age_s"] for w in workers)
+    return bool(workers), details
+
+
+async def check_database(app: web.Application) -> tuple[bool, dict[str, Any]]:
+    started = time.perf_counter()
+    value = await app[DATABASE].fetchval("SELECT 1", timeout=CHECK_TIMEOUT_S)
+    return value == 1, {"latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+def included_checks(settings: Settings) -> dict[str, Check]:
+    """The components that this deployment's settings turn on, by name."""
+    checks: dict[str, Check] = {"redis": check_redis}
+    if settings.enable_worker:
+        checks["workers"] = check_workers
+    if settings.database_url:
+        checks["database"] = check_database
+    return checks
 
 
 class ReadySchema(Schema):
