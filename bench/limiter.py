@@ -315,14 +315,16 @@ def _naive_limiter(mode: str, redis_url: str, folder: Path) -> list[Any]:
     if mode == "batched":
         return [_batched_limiter(redis_url, folder)]
     if mode == "evalsha":
+        import tomllib
+
         from redis.asyncio import Redis
 
-        from service.ratelimit.limiter import SCRIPT, SCRIPT_SHA
+        from service.ratelimit.policy import parse_policies
+        from service.ratelimit.script import SCRIPT, SCRIPT_SHA, argv, bucket_key
 
         redis = Redis.from_url(redis_url)
-        big = str(1_000_000 * 1_000_000)
-        rate = str(100_000)
-        args = ["", "1", "1", "2", big, rate, "1000000", "1", big, rate, "1000000", "1"]
+        roomy = parse_policies(tomllib.loads(POLICY_TOML)).plan("default").for_route(None).buckets
+        args = argv([(True, roomy)])
         loaded = False
 
         @web.middleware
@@ -332,8 +334,8 @@ def _naive_limiter(mode: str, redis_url: str, folder: Path) -> list[Any]:
                 await redis.script_load(SCRIPT)
                 loaded = True
             tenant = request.headers.get("X-API-Key", "")[-16:]
-            keys = (f"rl:{{{tenant}}}:burst", f"rl:{{{tenant}}}:sustained")
-            reply = await redis.evalsha(SCRIPT_SHA, 2, *keys, *args)
+            keys = [bucket_key(tenant, bucket.name) for bucket in roomy]
+            reply = await redis.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
             if reply[0] != 1:
                 return web.json_response({"status": 429}, status=429)
             return await handler(request)
