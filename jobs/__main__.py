@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from jobs.heartbeat import live_workers
 from jobs.worker import running_worker
 from service.logging import configure_logging, get_logger, redact_text
-from service.redis import redis_client
+from service.redis import describe, redis_client
 from service.settings import Settings, SettingsError
 
 log = get_logger("jobs")
@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_check(settings))
         return asyncio.run(_run(settings))
     except (RedisError, OSError) as exc:
-        print(redact_text(f"jobs: cannot use Redis at {settings.require_redis().redacted}: {exc}"), file=sys.stderr)
+        print(redact_text(f"jobs: {describe(exc, settings.require_redis())}"), file=sys.stderr)
         return 1
 
 

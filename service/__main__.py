@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from jobs.worker import running_worker
 from service.access_log import AccessLogger
@@ -19,7 +20,7 @@ from service.auth import ApiKeyStore
 from service.doctor import diagnose, render
 from service.embedded_redis import EmbeddedRedisError, embedded_redis
 from service.logging import configure_logging, get_logger, redact_text
-from service.redis import redis_client
+from service.redis import describe, redis_client
 from service.settings import Settings, SettingsError
 
 log = get_logger("service")
@@ -149,10 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(settings.log_format, secrets=settings.secrets)
         try:
             return asyncio.run(_keys(settings, args))
-        except OSError as exc:
-            return _fail(f"keys: cannot reach Redis at {settings.require_redis().redacted}: {exc}", 2)
-        except Exception as exc:  # a Redis error: connection, auth, ...
-            return _fail(f"keys: {type(exc).__name__}: {exc}", 2)
+        except (RedisError, OSError) as exc:
+            return _fail(f"keys: {describe(exc, settings.require_redis())}", 2)
     except SettingsError as exc:
         return _fail(str(exc), 2)
 

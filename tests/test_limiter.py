@@ -59,7 +59,7 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced_not_failed(
     [held] = [client for client in await redis.client_list() if client["name"] == LIMITER_CLIENT_NAME]
     await redis.client_kill_filter(_id=held["id"])  # as a Redis restart or an idle timeout would
     # Wait until the limiter's idle connection has read the EOF (the state _connection checks).
-    [idle] = limiter._idle
+    [(idle, _)] = limiter._idle
     deadline = time.monotonic() + 5
     while idle._reader is not None and not idle._reader.at_eof():
         assert time.monotonic() < deadline, "the closed connection never read EOF"

@@ -40,6 +40,7 @@ from service.ratelimit.script import (
     bucket_key,
     bucket_reply,
 )
+from service.redis import IDLE_CONNECTION_MAX_S
 
 __all__ = ["Decision", "Limiter", "Outcome"]
 
@@ -72,8 +73,9 @@ class Limiter:
         self._metrics = metrics or LimiterMetrics()
         self._clock = clock
         self._group_by_slot = group_by_slot
-        # Connections kept between batches: the pool's hand-out check costs a read per batch.
-        self._idle: list[AbstractConnection] = []
+        # Connections kept between batches, with when each was last used: the pool's hand-out
+        # check costs a read per batch.
+        self._idle: list[tuple[AbstractConnection, float]] = []
         self._pending: list[_Call] = []
         self._inflight: set[asyncio.Task[None]] = set()
         # caller -> bucket name -> (remaining units Redis reported, local time the call was sent);
@@ -112,7 +114,7 @@ class Limiter:
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
         while self._idle:
-            await self._pool.release(self._idle.pop())
+            await self._pool.release(self._idle.pop()[0])
 
     def refuse_locally(self, caller: str, route: RouteBuckets) -> Decision | None:
         """A refusal decided without Redis, when an earlier reply proves a bucket cannot pay yet."""
@@ -211,17 +213,18 @@ class Limiter:
             await connection.disconnect(nowait=True)
             await self._pool.release(connection)
             raise
-        self._idle.append(connection)
+        self._idle.append((connection, self._clock()))
         return replies
 
     async def _connection(self) -> AbstractConnection:
         while self._idle:
-            connection = self._idle.pop()
+            connection, used_at = self._idle.pop()
             # The public check (can_read_destructive, the pool's) costs a read attempt: ~25 µs, not ~55 ns.
             reader = connection._reader
-            if reader is not None and not reader.at_eof():
+            if reader is not None and not reader.at_eof() and self._clock() - used_at <= IDLE_CONNECTION_MAX_S:
                 return connection
-            # Closed by the server while idle (a restart, a failover): let the pool renew it.
+            # Closed by the server while idle (a restart, a failover), or idle so long that a managed
+            # Redis or a NAT may have dropped it without a word: let the pool renew it.
             await connection.disconnect(nowait=True)
             await self._pool.release(connection)
         fresh: AbstractConnection = await self._pool.get_connection()
