@@ -10,23 +10,26 @@
 -- ARGV[4]  in-progress key prefix (arq:in-progress:)
 -- ARGV[5]  at most this many queue entries are examined
 -- ARGV[6]  wake-up tokens kept at most
--- ARGV[7..] ids of the jobs this worker is running (skipped without a look at their lease)
+-- ARGV[7]  the claiming worker's id
+-- ARGV[8..] ids of the jobs this worker is running (skipped without a look at their lease)
 -- Returns {next_ms, id1, score1, id2, score2, ...}: the claimed jobs, and the earliest time
 -- (ms) something may become claimable: the next due job, or the end of another worker's
 -- lease (a worker killed mid-job leaves a lease that runs out). next_ms is -1 when nothing
 -- is pending, and now when due jobs remain beyond the worker's capacity.
 --
--- The value of an in-progress key is the time the job started (ms); arq only tests that
--- the key exists.
+-- The value of an in-progress key is "<now ms>:<worker id>": when the job started, and a
+-- token of this one claim (finish.lua and renew.lua act only while the lease still holds
+-- it). arq only tests that the key exists.
 
 local now = tonumber(ARGV[1])
 local capacity = tonumber(ARGV[2])
 local lease = ARGV[3]
 local prefix = ARGV[4]
 local scan_max = tonumber(ARGV[5])
+local holder = ARGV[1] .. ':' .. ARGV[7]
 local chunk = 50
 local mine = {}
-for i = 7, #ARGV do
+for i = 8, #ARGV do
   mine[ARGV[i]] = true
 end
 local leased = {}
@@ -60,7 +63,7 @@ while not done and offset < scan_max do
     end
     if not mine[id] then
       local key = prefix .. id
-      if redis.call('SET', key, ARGV[1], 'NX', 'PX', lease) then
+      if redis.call('SET', key, holder, 'NX', 'PX', lease) then
         count = count + 1
         claimed[#claimed + 1] = id
         claimed[#claimed + 1] = entries[i + 1]

@@ -1,6 +1,8 @@
 -- Record the end of one run of a job: arq's finish_job in one call, plus what the
 -- project adds (a handed-back job gets its try back; a job that goes back to the queue
--- wakes a worker to schedule it).
+-- wakes a worker to schedule it; nothing is recorded unless the lease is still the
+-- finishing worker's: one whose lease ran out, while Redis was away say, may have been
+-- claimed and run again by another worker).
 --
 -- KEYS[1]  arq:in-progress:<id>   the lease
 -- KEYS[2]  arq:result:<id>
@@ -17,7 +19,12 @@
 -- ARGV[6]  ms to keep the in-progress key (arq's cron jobs), or "" to delete it
 -- ARGV[7]  "1" when the job is handed back on stop: its interrupted try is not counted
 -- ARGV[8]  wake-up tokens kept at most
--- Returns 1.
+-- ARGV[9]  the lease's value as the worker claimed it (claim.lua)
+-- Returns 1 when recorded, 0 when the lease is no longer this claim's (nothing changed).
+
+if redis.call('GET', KEYS[1]) ~= ARGV[9] then
+  return 0
+end
 
 if ARGV[6] ~= '' then
   redis.call('PEXPIRE', KEYS[1], ARGV[6])

@@ -10,7 +10,6 @@ backoff and full jitter, until the task's tries are spent.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -193,7 +192,6 @@ def _runner(task: Task) -> Callable[..., Awaitable[Any]]:
             loaded = task.load(args)
         except InvalidArguments as exc:
             raise PermanentError(f"arguments no longer valid: {exc.errors}") from None
-        started = time.perf_counter()
         try:
             async with asyncio.timeout(task.timeout_s) as scope:
                 result = await task.run(job, **loaded)
@@ -212,9 +210,7 @@ def _runner(task: Task) -> Callable[..., Awaitable[Any]]:
                 delay_s = exc.after_s
             log.info("job will be retried", try_number=job.try_number, delay_s=round(delay_s, 3), error=str(error))
             raise Retry(defer=delay_s) from exc
-        duration_ms = round((time.perf_counter() - started) * 1000, 2)
-        log.info("job complete", try_number=job.try_number, duration_ms=duration_ms)
-        return result
+        return result  # the worker logs "job complete" once the result is recorded
 
     run.__qualname__ = task.name
     return run

@@ -17,6 +17,11 @@ What it changes in stock arq, and why (see ``FINDINGS.md``):
 - **Stopping** (``stop``): take no new jobs, let running ones finish within
   ``JOB_GRACE_S``, then cancel the rest and hand them back: they are due at once for
   another worker and the interrupted try is not counted.
+- **Redis outages** do not end it: every loop, renewal and finish that cannot reach Redis
+  retries with capped, jittered backoff (``jobs.outage`` logs one line when Redis is lost
+  and one when it is back). A finished job is recorded only while its lease is still this
+  worker's (``finish.lua``): one whose lease ran out meanwhile runs again elsewhere. Only
+  refused credentials (a configuration error) end the main loop.
 - Jobs and results are JSON (``jobs.serialization``), never pickle.
 
 Every arq option comes from ``WorkerSettings``; what else this module relies on in arq is
@@ -39,14 +44,15 @@ from typing import Any
 
 from arq.connections import ArqRedis, log_redis_info
 from arq.cron import CronJob
-from arq.jobs import Deserializer, Serializer
+from arq.jobs import Deserializer, Serializer, deserialize_result
 from arq.utils import timestamp_ms, to_ms
 from arq.worker import Function
 from arq.worker import Worker as ArqWorker
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, RedisError
 
 from jobs import heartbeat, redis_keys
 from jobs.leases import LeaseKeeper
+from jobs.outage import Outage
 from jobs.registry import Registry
 from jobs.scripts import load_script
 from jobs.serialization import deserialize, serialize
@@ -65,8 +71,9 @@ log = get_logger(__name__)
 CLAIM_SCAN_MAX = 1000
 # Wake this long before a cron slot: arq enqueues a slot that is less than 1 s away.
 CRON_LEAD_S = 0.5
-# The waits of the main loop while Redis cannot be reached: up to 0.2 s, 0.4 s, ... 5 s.
-RECONNECT_BACKOFF = Backoff(base_s=0.2, cap_s=5.0)
+# The waits while Redis cannot be reached: up to 0.2 s, 0.4 s, ... 2 s (a worker is back
+# within 2 s of Redis; a fleet's failed connects are cheap).
+RECONNECT_BACKOFF = Backoff(base_s=0.2, cap_s=2.0)
 
 
 @dataclass(frozen=True)
@@ -120,17 +127,26 @@ class Worker(ArqWorker):
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self.ctx.update(settings=settings, worker_id=self.worker_id)
+        self._outage = Outage(self.worker_id)
+        # job id -> the value of its lease as this worker claimed it, until the job is recorded
+        self._held: dict[str, str] = {}
         self._leases = LeaseKeeper(
             redis_pool,
             lease_s=settings.job_lease_s,
             beat_every_s=settings.worker_heartbeat_s,
-            running=self._running_job_ids,
+            leases=lambda: dict(self._held),
             abort=self._abort,
+            lost=self._lost,
             beat=self._beat,
+            outage=self._outage,
         )
         self._handing_back: set[str] = set()
+        self._recording: set[asyncio.Task[Any]] = set()
         self._slot_free = asyncio.Event()
         self._stopping = False
+        self._stop_requested = asyncio.Event()
+        # While stopping: when a finish that cannot reach Redis gives up (its lease then runs out).
+        self._give_up_at: float | None = None
         self._wake_ups = WakeUps(settings, worker_id=self.worker_id, redis=redis_pool)
         self._started_at = time.time()
         self._claim_script = load_script(redis_pool, "claim")
@@ -143,22 +159,24 @@ class Worker(ArqWorker):
         self.main_task = self.loop.create_task(self.main())
 
     async def main(self) -> None:
-        # arq writes two formatted lines per job at INFO; the task wrapper writes one
-        # structured line instead (job_id, task, try, duration). arq's warnings and failure
-        # tracebacks still come through.
+        """Start up, then claim, run and wait until stopped; Redis outages are waited out, not fatal."""
+        # arq writes two formatted lines per job at INFO; the worker writes one structured
+        # line instead when a job's result is recorded (job_id, task, try, duration). arq's
+        # warnings and failure tracebacks still come through.
         logging.getLogger("arq.worker").setLevel(logging.WARNING)
         log.info(
             "worker starting", worker_id=self.worker_id, tasks=sorted(self.functions), lease_s=self.settings.job_lease_s
         )
-        await log_redis_info(self.pool, log.info)
-        self.ctx["redis"] = self.pool
-        if self.on_startup:
-            await self.on_startup(self.ctx)
-        await self._leases.start()
+        started = False
         failures = 0
         while not self._stopping:
             try:  # the wait too: a failover drops the blocking pop's connection as well
+                if not started:
+                    await self._start_up()
+                    started = True
                 next_ms = await self._iteration()
+                self._outage.succeeded()
+                failures = 0
                 if self.burst:
                     if not self.tasks and next_ms < 0:
                         return
@@ -167,12 +185,29 @@ class Worker(ArqWorker):
                     await self._wait_for_slot()
                 elif next_ms < 0 or next_ms > timestamp_ms():
                     await self._wake_ups.wait(self._seconds_to_wait(next_ms))
-                failures = 0
+            except AuthenticationError:
+                raise  # the credentials are wrong: waiting cannot fix a configuration error
             except (RedisError, OSError) as exc:
                 failures += 1
-                delay_s = RECONNECT_BACKOFF.delay_s(failures)
-                log.warning("worker cannot reach redis", error=str(exc), retry_in_s=round(delay_s, 3))
-                await asyncio.sleep(delay_s)
+                self._outage.failed(exc)
+                await self._pause(RECONNECT_BACKOFF.delay_s(failures))
+            except Exception:
+                failures += 1
+                if failures == 1:  # a bug, not an outage: its traceback once, then the same backoff
+                    log.exception("worker loop failed; retrying with backoff", worker_id=self.worker_id)
+                await self._pause(RECONNECT_BACKOFF.delay_s(failures))
+
+    async def _start_up(self) -> None:
+        await log_redis_info(self.pool, log.info)
+        self.ctx["redis"] = self.pool
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+        await self._leases.start()
+
+    async def _pause(self, delay_s: float) -> None:
+        """Wait ``delay_s`` before trying Redis again, or less if ``stop`` is called."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_requested.wait(), delay_s)
 
     async def _iteration(self) -> int:
         """Reap finished jobs, enqueue due cron slots, claim and start due jobs.
@@ -183,20 +218,24 @@ class Worker(ArqWorker):
         await self.heart_beat()
         if not self.allow_pick_jobs or self.job_counter >= self.max_jobs:
             return -1
+        now_ms = timestamp_ms()
         reply = await self._claim_script(
             keys=[self.queue_name, redis_keys.WAKE_KEY, redis_keys.WORKERS_KEY],
             args=[
-                timestamp_ms(),
+                now_ms,
                 self.max_jobs - self.job_counter,
                 self._leases.lease_ms,
                 redis_keys.IN_PROGRESS_PREFIX,
                 CLAIM_SCAN_MAX,
                 redis_keys.WAKE_TOKENS_MAX,
+                self.worker_id,
                 *self.tasks,
             ],
         )
         for i in range(1, len(reply), 2):
-            await self._start(reply[i].decode(), int(reply[i + 1]))
+            job_id = reply[i].decode()
+            self._held[job_id] = f"{now_ms}:{self.worker_id}"  # the lease's value, as claim.lua wrote it
+            await self._start(job_id, int(reply[i + 1]))
         return int(reply[0])
 
     async def _start(self, job_id: str, score: int) -> None:
@@ -251,6 +290,13 @@ class Worker(ArqWorker):
     def _running_job_ids(self) -> list[str]:
         return [job_id for job_id, task in self.tasks.items() if not task.done()]
 
+    def _lost(self, job_id: str) -> None:
+        """The lease of a running job is no longer this worker's: stop the job here (it runs again elsewhere)."""
+        self._held.pop(job_id, None)
+        task = self.job_tasks.get(job_id)
+        if task is not None:
+            task.cancel()
+
     def _abort(self, job_id: str) -> None:
         """Cancel an aborted job; arq then records it as aborted (``aborting_tasks``), not as a retry."""
         task = self.job_tasks.get(job_id)
@@ -285,31 +331,108 @@ class Worker(ArqWorker):
         incr_score: int | None,
         keep_in_progress: float | None,
     ) -> None:
-        """arq's ``finish_job`` as one script call (``finish.lua``), plus: a job handed back
-        on stop gets its try back, and a job that goes back to the queue (retry or
-        hand-back) wakes a worker to schedule it."""
+        """arq's ``finish_job`` as one script call (``finish.lua``), plus: nothing is recorded
+        unless the lease is still this worker's, a job handed back on stop gets its try back,
+        and a job that goes back to the queue (retry or hand-back) wakes a worker to schedule it."""
         keep_ms = "" if keep_result_forever or result_timeout_s is None else to_ms(result_timeout_s)
-        await self._finish_script(
-            keys=[
-                redis_keys.IN_PROGRESS_PREFIX + job_id,
-                redis_keys.RESULT_PREFIX + job_id,
-                redis_keys.RETRY_PREFIX + job_id,
-                redis_keys.JOB_PREFIX + job_id,
-                redis_keys.ABORT_KEY,
-                self.queue_name,
-                redis_keys.WAKE_KEY,
-            ],
-            args=[
-                job_id,
-                "1" if finish else "0",
-                result_data or "",
-                keep_ms,
-                incr_score or "",
-                "" if keep_in_progress is None else to_ms(keep_in_progress),
-                "1" if job_id in self._handing_back else "0",
-                redis_keys.WAKE_TOKENS_MAX,
-            ],
+        await self._record(
+            job_id,
+            finish,
+            result_data,
+            keep_ms,
+            incr_score or "",
+            "" if keep_in_progress is None else to_ms(keep_in_progress),
         )
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        """arq's ``finish_failed_job`` (a job that could not start: expired, aborted before it
+        started, out of tries) through ``finish.lua``, so it too needs the lease."""
+        keep = self.keep_result_forever or self.keep_result_s > 0
+        keep_ms = "" if self.keep_result_forever else to_ms(self.keep_result_s)
+        await self._record(job_id, True, result_data if keep else None, keep_ms, "", "")
+
+    async def _record(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        keep_ms: int | str,
+        incr_score: int | str,
+        keep_in_progress_ms: int | str,
+    ) -> None:
+        """Run ``finish.lua`` for one run of ``job_id``, trying again until Redis answers.
+
+        While stopping, it gives up at ``_give_up_at``: the lease then runs out and the job
+        runs again elsewhere.
+        """
+        held = self._held.get(job_id)
+        if held is None:
+            log.warning("job result not recorded: its lease was lost; it runs again elsewhere", job_id=job_id)
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._recording.add(task)
+        try:
+            recorded = await self._run_finish_script(
+                job_id,
+                [
+                    job_id,
+                    "1" if finish else "0",
+                    result_data or "",
+                    keep_ms,
+                    incr_score,
+                    keep_in_progress_ms,
+                    "1" if job_id in self._handing_back else "0",
+                    redis_keys.WAKE_TOKENS_MAX,
+                    held,
+                ],
+            )
+        finally:
+            self._recording.discard(task)
+            self._held.pop(job_id, None)
+        if recorded is None:
+            log.warning("job result not recorded: redis unreachable while stopping; it runs again", job_id=job_id)
+        elif not recorded:
+            log.warning("job result not recorded: its lease ran out meanwhile; it runs again elsewhere", job_id=job_id)
+        elif finish and result_data:
+            result = deserialize_result(result_data, deserializer=self.job_deserializer)
+            if result.success:
+                duration_ms = (result.finish_time - result.start_time).total_seconds() * 1000
+                log.info(
+                    "job complete",
+                    job_id=job_id,
+                    task=result.function,
+                    try_number=result.job_try,
+                    duration_ms=round(duration_ms, 2),
+                )
+
+    async def _run_finish_script(self, job_id: str, args: list[Any]) -> bool | None:
+        """``finish.lua``'s answer (recorded or not), or ``None`` when stopping gave up on Redis."""
+        failures = 0
+        while True:
+            try:
+                recorded = await self._finish_script(
+                    keys=[
+                        redis_keys.IN_PROGRESS_PREFIX + job_id,
+                        redis_keys.RESULT_PREFIX + job_id,
+                        redis_keys.RETRY_PREFIX + job_id,
+                        redis_keys.JOB_PREFIX + job_id,
+                        redis_keys.ABORT_KEY,
+                        self.queue_name,
+                        redis_keys.WAKE_KEY,
+                    ],
+                    args=args,
+                )
+            except (RedisError, OSError) as exc:
+                self._outage.failed(exc)
+                failures += 1
+                delay_s = RECONNECT_BACKOFF.delay_s(failures)
+                if self._give_up_at is not None and time.monotonic() + delay_s > self._give_up_at:
+                    return None
+                await asyncio.sleep(delay_s)
+            else:
+                self._outage.succeeded()
+                return bool(recorded)
 
     # -- stopping --------------------------------------------------------------------------
 
@@ -317,10 +440,14 @@ class Worker(ArqWorker):
         """Take no new jobs, give running ones ``grace_s`` to finish, hand the rest back, close."""
         self.allow_pick_jobs = False
         self._stopping = True
+        self._give_up_at = time.monotonic() + grace_s + self.settings.redis_timeout_s
+        self._stop_requested.set()
         self._slot_free.set()
         if self.main_task is not None and not self.main_task.done():
-            with contextlib.suppress(RedisError, OSError):
+            try:
                 await self._wake_ups.interrupt()
+            except (RedisError, OSError):
+                self.main_task.cancel()  # Redis cannot take the interruption: the blocking pop cannot end by itself
             _, pending = await asyncio.wait([self.main_task], timeout=self.settings.redis_timeout_s)
             if pending:  # Redis does not answer: cancel the blocking pop instead
                 self.main_task.cancel()
@@ -337,6 +464,8 @@ class Worker(ArqWorker):
                 for task in pending:
                     task.cancel()
                 await asyncio.wait(pending, timeout=self.settings.redis_timeout_s)
+        if self._recording:  # finishes arq shields from the cancel above; each gives up by _give_up_at
+            await asyncio.wait(set(self._recording), timeout=self.settings.redis_timeout_s + grace_s)
         await self._leases.stop()
         await self.close()
         log.info(
