@@ -1,7 +1,8 @@
 """``python -m jobs [--check]``: run a worker, or check that a worker heartbeat is live.
 
 Exit codes: 0 done (or, with ``--check``, a live worker found), 1 failed (or none live),
-2 cannot run (bad settings).
+2 cannot run (bad settings, or Redis refuses the credentials). A worker waits out Redis
+outages; only a configuration error ends it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, RedisError
 
 from jobs.heartbeat import live_workers
 from jobs.worker import running_worker
@@ -49,8 +50,7 @@ async def _run(settings: Settings) -> int:
         if worker.main_task.done() and not worker.main_task.cancelled():
             error = worker.main_task.exception()
             if error is not None:
-                log.error("worker failed", error=repr(error))
-                return 1
+                raise error
     return 0
 
 
@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_run(settings))
     except (RedisError, OSError) as exc:
         print(redact_text(f"jobs: {describe(exc, settings.require_redis())}"), file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, AuthenticationError) else 1
 
 
 if __name__ == "__main__":

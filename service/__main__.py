@@ -7,25 +7,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import socket
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Sequence
 
 from aiohttp import web
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, RedisError
 
-from jobs.worker import running_worker
 from service.access_log import AccessLogger
 from service.app import create_app
 from service.auth import ApiKeyStore
+from service.dev import DEV_HOST, Context, DevRun
 from service.doctor import diagnose, render
-from service.embedded_redis import EmbeddedRedisError, embedded_redis
+from service.embedded_redis import DEV_DATA_DIR, EmbeddedRedisError, embedded_redis
 from service.logging import configure_logging, get_logger, redact_text
 from service.redis import describe, redis_client
 from service.settings import Settings, SettingsError
 
 log = get_logger("service")
-
-Context = Callable[[web.Application], AsyncIterator[None]]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,13 +61,44 @@ def _log_start(settings: Settings, command: str) -> None:
     log.info("starting", command=command, redis=settings.redis.redacted if settings.redis else None)
 
 
-def _run_web(settings: Settings, extra_contexts: tuple[Context, ...] = ()) -> int:
+def _listening_socket(command: str, host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` for aiohttp to serve on.
+
+    Bound before anything starts, so that a taken port is one line and exit code 2, not a
+    traceback after Redis and the worker came up.
+    """
+    try:
+        [(family, kind, proto, _, address), *_] = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp would: restarts reuse the port
+        try:
+            sock.bind(address)
+        except OSError:
+            sock.close()
+            raise
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise _CannotRun(
+                f"{command}: PORT {port} is already in use on {host}: stop the process that listens there "
+                f"(ss -ltnp 'sport = :{port}' names it) or set PORT to a free port"
+            ) from None
+        raise _CannotRun(f"{command}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+class _CannotRun(Exception):
+    """A one-line reason the command cannot run (exit code 2)."""
+
+
+def _run_web(settings: Settings, sock: socket.socket, extra_contexts: tuple[Context, ...] = ()) -> int:
     app = create_app(settings, extra_contexts=extra_contexts)
-    log.info("listening", host=settings.host, port=settings.port)
+    host, port = sock.getsockname()[:2]
+    log.info("listening", host=host, port=port)
     web.run_app(
         app,
-        host=settings.host,
-        port=settings.port,
+        sock=sock,
         shutdown_timeout=settings.shutdown_timeout_s,
         access_log_class=AccessLogger,
         print=None,
@@ -76,36 +107,35 @@ def _run_web(settings: Settings, extra_contexts: tuple[Context, ...] = ()) -> in
     return 0
 
 
-def _dev_contexts(settings: Settings) -> tuple[Context, ...]:
-    """The in-process worker of ``dev`` (stopped gracefully when the app shuts down)."""
-    if not settings.enable_worker:
-        return ()
-
-    async def worker_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with running_worker(settings):
-            yield
-
-    return (worker_ctx,)
-
-
 def serve(settings: Settings) -> int:
     settings.require_redis()
+    sock = _listening_socket("serve", settings.host, settings.port)
     _log_start(settings, "serve")
-    return _run_web(settings)
+    return _run_web(settings, sock)
 
 
 def dev(settings: Settings) -> int:
+    """Web, worker and an embedded Redis (unless one is configured), on 127.0.0.1 only."""
+    sock = _listening_socket("dev", DEV_HOST, settings.port)
+    base_url = f"http://{DEV_HOST}:{settings.port}"
     if settings.redis is not None:
-        _log_start(settings, "dev")
-        return _run_web(settings, _dev_contexts(settings))
+        return _dev_web(settings, sock, base_url)
     try:
         with embedded_redis() as url:
-            settings = settings.with_redis(url)
-            _log_start(settings, "dev")
-            log.info("embedded redis started", url=url)
-            return _run_web(settings, _dev_contexts(settings))
+            return _dev_web(settings.with_redis(url), sock, base_url, embedded=url)
     except EmbeddedRedisError as exc:
         return _fail(f"dev: {exc}", 2)
+
+
+def _dev_web(settings: Settings, sock: socket.socket, base_url: str, embedded: str | None = None) -> int:
+    _log_start(settings, "dev")
+    if embedded is not None:
+        log.info("embedded redis started", url=embedded, data=str(DEV_DATA_DIR))
+    run = DevRun(settings, base_url)
+    code = _run_web(settings, sock, run.contexts())
+    if run.worker_failure is not None:
+        return 2 if isinstance(run.worker_failure, AuthenticationError) else 1
+    return code
 
 
 async def _keys(settings: Settings, args: argparse.Namespace) -> int:
@@ -152,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_keys(settings, args))
         except (RedisError, OSError) as exc:
             return _fail(f"keys: {describe(exc, settings.require_redis())}", 2)
-    except SettingsError as exc:
+    except (SettingsError, _CannotRun) as exc:
         return _fail(str(exc), 2)
 
 
