@@ -11,7 +11,7 @@
 -- ARGV[5]  at most this many queue entries are examined
 -- ARGV[6]  wake-up tokens kept at most
 -- ARGV[7]  the claiming worker's id
--- ARGV[8..] ids of the jobs this worker is running (skipped without a look at their lease)
+-- ARGV[8..] ids of the jobs whose lease this worker holds (skipped without a look at their lease)
 -- Returns {next_ms, id1, score1, id2, score2, ...}: the claimed jobs, and the earliest time
 -- (ms) something may become claimable: the next due job, or the end of another worker's
 -- lease (a worker killed mid-job leaves a lease that runs out). next_ms is -1 when nothing

@@ -229,7 +229,7 @@ class Worker(ArqWorker):
                 CLAIM_SCAN_MAX,
                 redis_keys.WAKE_TOKENS_MAX,
                 self.worker_id,
-                *self.tasks,
+                *self._held,  # not a job this worker let go (a lost lease): it may be claimable again
             ],
         )
         for i in range(1, len(reply), 2):
@@ -368,6 +368,7 @@ class Worker(ArqWorker):
         held = self._held.get(job_id)
         if held is None:
             log.warning("job result not recorded: its lease was lost; it runs again elsewhere", job_id=job_id)
+            await self._look_again()
             return
         task = asyncio.current_task()
         assert task is not None
@@ -394,6 +395,7 @@ class Worker(ArqWorker):
             log.warning("job result not recorded: redis unreachable while stopping; it runs again", job_id=job_id)
         elif not recorded:
             log.warning("job result not recorded: its lease ran out meanwhile; it runs again elsewhere", job_id=job_id)
+            await self._look_again()
         elif finish and result_data:
             result = deserialize_result(result_data, deserializer=self.job_deserializer)
             if result.success:
@@ -405,6 +407,12 @@ class Worker(ArqWorker):
                     try_number=result.job_try,
                     duration_ms=round(duration_ms, 2),
                 )
+
+    async def _look_again(self) -> None:
+        """End the main loop's wait: a job this worker let go may be claimable now (no enqueue will say so),
+        or held by another worker whose lease the next claim watches."""
+        with contextlib.suppress(RedisError, OSError):
+            await self._wake_ups.interrupt()
 
     async def _run_finish_script(self, job_id: str, args: list[Any]) -> bool | None:
         """``finish.lua``'s answer (recorded or not), or ``None`` when stopping gave up on Redis."""
