@@ -167,6 +167,12 @@ class Limiter:
         commands = [self._framer.evalsha(group) for group in groups]
         sent = self._clock()
         started = time.perf_counter()
+        # A timer answers the batch at the deadline too: the timeout's cancel alone can be lost,
+        # as Python 3.11's wait_for (around redis-py's writes) swallows a cancel that lands while
+        # the write completes (cpython #86296), and the batch would then wait on for Redis.
+        expiry = asyncio.get_running_loop().call_later(
+            self._deadline_s, self._give_up, groups, "timeout", "no answer within the deadline"
+        )
         try:
             async with asyncio.timeout(self._deadline_s):
                 replies = await self._send(commands)
@@ -179,11 +185,10 @@ class Limiter:
                         replies[i] = reply
         except (RedisError, OSError, TimeoutError) as exc:
             kind = "timeout" if isinstance(exc, TimeoutError) else "connection"
-            self._metrics.redis_error(kind)
-            self._warn("rate limiter fell back", reason=kind, error=str(exc) or type(exc).__name__)
-            for group in groups:
-                self._fail(group)
+            self._give_up(groups, kind, str(exc) or type(exc).__name__)
             return
+        finally:
+            expiry.cancel()
         self._metrics.redis_latency.observe(time.perf_counter() - started)
         for group, reply in zip(groups, replies, strict=True):
             if isinstance(reply, Exception):
@@ -237,12 +242,22 @@ class Limiter:
             self._last_warning_at = now
             log.warning(event, **fields)
 
+    def _give_up(self, groups: list[list[_Call]], kind: str, error: str) -> None:
+        """Answer a batch's undecided calls by their fail-open/closed rule (once, whoever comes first)."""
+        if all(future.done() for group in groups for *_, future in group):
+            return
+        self._metrics.redis_error(kind)
+        self._warn("rate limiter fell back", reason=kind, error=error)
+        for group in groups:
+            self._fail(group)
+
     def _fail(self, group: list[_Call]) -> None:
         for _, route, _, future in group:
+            if future.done():  # answered already (at the deadline)
+                continue
             outcome = Outcome.FAIL_CLOSED if route.fail_closed else Outcome.FAIL_OPEN
             self._metrics.count(outcome, route.plan)
-            if not future.done():
-                future.set_result(Decision(route, outcome))
+            future.set_result(Decision(route, outcome))
 
     def _resolve(self, group: list[_Call], reply: list[int], sent: float) -> None:
         at = 0
@@ -282,7 +297,7 @@ class Limiter:
                 outcome = Outcome.SHADOW_LIMITED
             else:
                 outcome = Outcome.ALLOWED
-            if spend:
-                count(outcome, route.plan)
-            if not future.done():
+            if not future.done():  # else answered at the deadline: Redis's reply only updates the refusals
+                if spend:
+                    count(outcome, route.plan)
                 future.set_result(Decision(route, outcome, route.buckets, reply, first))
