@@ -1,8 +1,9 @@
 """Loopback TCP stand-ins for a sick network or server, for the tests that need one.
 
-- ``DelayProxy``: forwards to a real Redis, holding every chunk ``delay_s`` in each
-  direction (a slow link); its event loop runs in a thread of its own, so the test's
-  own load cannot slow it down further.
+- ``DelayProxy``: a child process (``python -m tests.proxy``) that forwards to a real
+  Redis, holding every chunk ``delay_s`` in each direction (a slow link) while it is slow;
+  SIGUSR1 makes it slow, SIGUSR2 fast again. A process of its own: in the test's process
+  it would compete for the interpreter with the load whose latency the test measures.
 - ``silent_listener``: accepts connections and never answers (a hung server or a
   firewall that swallows traffic after the handshake); it counts what it accepted.
 """
@@ -11,69 +12,66 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+
+from service.embedded_redis import die_with_parent
+from tests.conftest import PYTHON, ROOT, subprocess_env
 
 __all__ = ["DelayProxy", "SilentListener", "silent_listener"]
 
 
 class DelayProxy:
-    """A TCP proxy on 127.0.0.1 to ``target_port``, adding ``delay_s`` per direction (settable while it runs)."""
+    """A TCP proxy on 127.0.0.1 to ``target_port`` that adds ``delay_s`` per direction while slow."""
 
-    def __init__(self, target_port: int, delay_s: float = 0.0) -> None:
+    def __init__(self, target_port: int, delay_s: float) -> None:
         self.target_port = target_port
         self.delay_s = delay_s
         self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="delay-proxy", daemon=True)
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._process: subprocess.Popen[str] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> DelayProxy:
-        self._thread.start()
-        self._server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._accept, "127.0.0.1", 0), self._loop
-        ).result(timeout=5)
-        self.port = self._server.sockets[0].getsockname()[1]
+    def start(self, slow: bool = True) -> DelayProxy:
+        self._process = subprocess.Popen(
+            [PYTHON, "-m", "tests.proxy", str(self.target_port), str(self.delay_s), "slow" if slow else "fast"],
+            cwd=ROOT,
+            env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=die_with_parent,
+        )
+        assert self._process.stdout is not None
+        self.port = int(self._process.stdout.readline())
         return self
 
+    def slow(self, on: bool) -> None:
+        """Add the delay (``True``) or forward at once (``False``), from now on."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGUSR1 if on else signal.SIGUSR2)
+
     def stop(self) -> None:
-        async def close() -> None:
-            assert self._server is not None
-            self._server.close()
-            for writer in list(self._writers):
-                writer.close()
-            tasks = asyncio.all_tasks() - {asyncio.current_task()}
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        if self._process is not None and self._process.stdout is not None:
+            self._process.stdout.close()
 
-        asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-        self._loop.close()
 
-    async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        try:
-            server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            client_writer.close()
-            return
-        self._writers.update((client_writer, server_writer))
-        await asyncio.gather(
-            self._pipe(client_reader, server_writer),
-            self._pipe(server_reader, client_writer),
-            return_exceptions=True,
-        )
+async def _serve(target_port: int, delay_s: float, slow: bool) -> None:
+    current = {"delay_s": delay_s if slow else 0.0}
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR1, lambda: current.update(delay_s=delay_s))
+    loop.add_signal_handler(signal.SIGUSR2, lambda: current.update(delay_s=0.0))
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Copy ``reader`` to ``writer``, each chunk ``delay_s`` after it arrived, in order."""
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Copy ``reader`` to ``writer``, each chunk held for the delay in force when it arrived, in order."""
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
         async def deliver() -> None:
@@ -84,18 +82,27 @@ class DelayProxy:
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
                 writer.write(data)
                 await writer.drain()
-            writer.close()
 
         delivering = asyncio.ensure_future(deliver())
-        try:
+        with contextlib.suppress(OSError):
             while data := await reader.read(65536):
-                queue.put_nowait((time.monotonic() + self.delay_s, data))
-        except OSError:
-            pass
+                queue.put_nowait((time.monotonic() + current["delay_s"], data))
         queue.put_nowait((0.0, b""))
         with contextlib.suppress(OSError):
             await delivering
-        self._writers.discard(writer)
+        writer.close()
+
+    async def accept(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        try:
+            server_reader, server_writer = await asyncio.open_connection("127.0.0.1", target_port)
+        except OSError:
+            client_writer.close()
+            return
+        await asyncio.gather(pipe(client_reader, server_writer), pipe(server_reader, client_writer))
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await server.serve_forever()
 
 
 @dataclass
@@ -131,3 +138,7 @@ async def silent_listener() -> AsyncIterator[SilentListener]:
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+if __name__ == "__main__":
+    asyncio.run(_serve(int(sys.argv[1]), float(sys.argv[2]), sys.argv[3] == "slow"))
