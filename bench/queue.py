@@ -309,7 +309,7 @@ async def measure() -> tuple[dict[str, dict[str, float]], str]:
     return figures, version
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -333,7 +333,7 @@ def report(figures: dict[str, dict[str, float]], redis_version: str) -> str:
     lines = [
         f"## Queue, {when}",
         "",
-        f"Machine: {_cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"Machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"Redis {redis_version}. One worker process per contender, each on a private redis-server (TCP loopback, "
         f"no persistence). Stock arq: `arq.worker.Worker` defaults (pickle, 0.5 s poll, max_jobs 10). Ours: "
         f"`python -m jobs` with default settings. Throughput: {THROUGHPUT_JOBS:,} jobs enqueued first. Latency: "

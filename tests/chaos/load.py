@@ -9,6 +9,8 @@ the web processes, so a slow answer does not slow the load down. Kinds:
   limiter cannot reach Redis.
 - ``read``: ``GET /v1/jobs/{id}`` of a recent job: the limiter, then a Redis read.
 - ``enqueue``: ``POST /v1/jobs`` of ``diagnostics.sleep``; a 202 acknowledges the job.
+- ``health``: ``GET /health``, which touches no dependency: the control, what any request
+  waits at that moment on this machine.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import aiohttp
 __all__ = ["Load", "ReadyProbe", "Sample"]
 
 CLIENT_TIMEOUT_S = 30.0  # a request still unanswered by then counts as hung
-MIX = ("anon", "read", "enqueue", "anon", "read", "enqueue", "anon", "read", "enqueue", "strict")
+MIX = ("anon", "read", "enqueue", "health", "anon", "read", "enqueue", "health", "anon", "strict")
 UNKNOWN_JOB = "0" * 32
 
 
@@ -90,6 +92,8 @@ class Load:
     def _request(self, kind: str) -> tuple[str, str, str | None, dict[str, Any] | None]:
         if kind == "anon":
             return "GET", "/v1/rate-limit", None, None
+        if kind == "health":
+            return "GET", "/health", None, None
         if kind == "strict":
             return "GET", "/v1/rate-limit", self.strict_key, None
         if kind == "read":

@@ -43,10 +43,12 @@ SCALE = float(os.environ.get("CHAOS_SCALE", "1"))
 REPORT = os.environ.get("CHAOS_REPORT")
 RATE_PER_S = 100.0
 DEADLINE_S = 0.050  # RATE_LIMIT_DEADLINE_MS of the cluster
-# A request on the limiter's path may wait the deadline plus this: the time to parse,
-# route and answer it, and to be scheduled at all on a small machine that runs two web
-# processes, two workers, Redis and this load at once.
-MARGIN_S = 0.250
+# A request on the limiter's path may wait the deadline plus this margin (to parse, route
+# and answer it) plus what a request that touches no dependency (GET /health) sent within
+# CONTROL_WINDOW_S of it waited: on a small shared machine every process is sometimes not
+# scheduled for a few hundred ms, and that is not the limiter waiting for Redis.
+MARGIN_S = 0.100
+CONTROL_WINDOW_S = 0.25
 TENANT, STRICT_TENANT = "chaos", "chaos-strict"
 
 
@@ -102,8 +104,17 @@ def beyond_contract(samples: Iterable[Sample]) -> list[Sample]:
     return [s for s in samples if s.status == 0 or (s.status >= 500 and not (s.status == 503 and s.retry_after))]
 
 
-def over_deadline(samples: Iterable[Sample]) -> list[Sample]:
-    return [s for s in samples if s.kind == "anon" and s.latency_s > DEADLINE_S + MARGIN_S]
+def over_deadline(samples: Iterable[Sample], controlled: bool = True) -> list[Sample]:
+    """Limiter-path requests that took longer than the deadline plus the margin (plus, when
+    ``controlled``, the slowest ``/health`` sent around the same time)."""
+    samples = list(samples)
+    controls = [s for s in samples if s.kind == "health"]
+
+    def allowed_s(sample: Sample) -> float:
+        near = [c.latency_s for c in controls if abs(c.sent_at - sample.sent_at) <= CONTROL_WINDOW_S]
+        return DEADLINE_S + MARGIN_S + (max(near, default=0.0) if controlled else 0.0)
+
+    return [s for s in samples if s.kind == "anon" and s.latency_s > allowed_s(s)]
 
 
 def figures(name: str, load: Load, statuses: dict[str, str], cluster: Cluster, **extra: Any) -> dict[str, Any]:
@@ -117,10 +128,12 @@ def figures(name: str, load: Load, statuses: dict[str, str], cluster: Cluster, *
         "jobs acknowledged": len(statuses),
         "jobs lost": sum(1 for status in statuses.values() if status != "complete"),
         "jobs completed twice": twice,
-        "limiter-path requests over deadline + margin": len(over_deadline(samples)),
+        "limiter-path requests over deadline + margin": len(over_deadline(samples, controlled=False)),
+        "... and over the /health control's delay too": len(over_deadline(samples)),
         "limiter-path p99 latency ms": round(sorted(anon)[int(len(anon) * 0.99)] * 1000, 1),
         "limiter-path max latency ms": round(max(anon) * 1000, 1),
         "max latency ms": round(max(s.latency_s for s in samples) * 1000, 1),
+        "/health max latency ms": round(max(s.latency_s for s in samples if s.kind == "health") * 1000, 1),
         "503 with Retry-After": sum(1 for s in samples if s.status == 503 and s.retry_after),
         "5xx beyond contract or unanswered": len(beyond_contract(samples)),
         **extra,
