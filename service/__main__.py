@@ -75,6 +75,7 @@ def _listening_socket(command: str, host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp would: restarts reuse the port
         try:
             sock.bind(address)
+            sock.listen(LISTEN_BACKLOG)  # connections wait in the backlog while the app starts up
         except OSError:
             sock.close()
             raise
@@ -86,6 +87,9 @@ def _listening_socket(command: str, host: str, port: int) -> socket.socket:
             ) from None
         raise _CannotRun(f"{command}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     return sock
+
+
+LISTEN_BACKLOG = 128  # aiohttp's own
 
 
 class _CannotRun(Exception):
@@ -124,6 +128,7 @@ def dev(settings: Settings) -> int:
         with embedded_redis() as url:
             return _dev_web(settings.with_redis(url), sock, base_url, embedded=url)
     except EmbeddedRedisError as exc:
+        sock.close()
         return _fail(f"dev: {exc}", 2)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.processes import run_service
-from tests.servers import redis_url
+from tests.servers import free_port, redis_url
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -79,6 +79,7 @@ def test_dev_without_any_redis_server_says_how_to_get_one(
     from service import embedded_redis
 
     monkeypatch.setattr(embedded_redis, "find_redis_server", lambda: None)
+    monkeypatch.setenv("PORT", str(free_port()))  # dev binds its port before it looks for a redis-server
     monkeypatch.delenv("REDIS_URL", raising=False)
     monkeypatch.delenv("UPSTASH_REDIS_URL", raising=False)
     assert cli.main(["dev"]) == 2

@@ -11,7 +11,8 @@
 - **Deadline.** A batch that Redis has not answered within ``deadline_s`` ends as
   fail-open or fail-closed per route; the connection is dropped, never reused mid-reply.
 - **No double spending.** Nothing is retried except a ``NOSCRIPT`` reply (the script did
-  not run: after ``SCRIPT FLUSH`` or a failover), which reloads it and resends once.
+  not run: after ``SCRIPT FLUSH`` or a failover), which reloads it and resends (up to
+  three times, should flushes keep coming).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ __all__ = ["Decision", "Limiter", "Outcome"]
 
 _REFUSAL_CACHE_MAX = 100_000  # callers
 _WARN_EVERY_S = 1.0
+_NOSCRIPT_RELOADS = 3  # per batch, within its deadline
 
 log = get_logger(__name__)
 
@@ -176,9 +178,12 @@ class Limiter:
         try:
             async with asyncio.timeout(self._deadline_s):
                 replies = await self._send(commands)
-                retry = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-                if retry:
-                    # NOSCRIPT: the script did not run, so sending it again cannot spend twice.
+                for _ in range(_NOSCRIPT_RELOADS):
+                    retry = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+                    if not retry:
+                        break
+                    # NOSCRIPT: the script did not run, so sending it again cannot spend twice (and a
+                    # SCRIPT FLUSH may land again between the load and the resend).
                     self._metrics.redis_error("noscript")
                     await self._redis.script_load(SCRIPT)
                     for i, reply in zip(retry, await self._send([commands[i] for i in retry]), strict=True):
