@@ -19,9 +19,9 @@ What it changes in stock arq, and why (see ``FINDINGS.md``):
   another worker and the interrupted try is not counted.
 - **Redis outages** do not end it: every loop, renewal and finish that cannot reach Redis
   retries with capped, jittered backoff (``jobs.outage`` logs one line when Redis is lost
-  and one when it is back). A finished job is recorded only while its lease is still this
-  worker's (``finish.lua``): one whose lease ran out meanwhile runs again elsewhere. Only
-  refused credentials (a configuration error) end the main loop.
+  and one when it is back). A run is recorded only while its lease still holds this
+  claim's token (``jobs.finishing``): one whose lease ran out meanwhile runs again
+  elsewhere. Only refused credentials (a configuration error) end the main loop.
 - Jobs and results are JSON (``jobs.serialization``), never pickle.
 
 Every arq option comes from ``WorkerSettings``; what else this module relies on in arq is
@@ -44,13 +44,14 @@ from typing import Any
 
 from arq.connections import ArqRedis, log_redis_info
 from arq.cron import CronJob
-from arq.jobs import Deserializer, Serializer, deserialize_result
+from arq.jobs import Deserializer, Serializer
 from arq.utils import timestamp_ms, to_ms
 from arq.worker import Function
 from arq.worker import Worker as ArqWorker
 from redis.exceptions import AuthenticationError, RedisError
 
 from jobs import heartbeat, redis_keys
+from jobs.finishing import Finisher
 from jobs.leases import LeaseKeeper
 from jobs.outage import Outage
 from jobs.registry import Registry
@@ -128,29 +129,30 @@ class Worker(ArqWorker):
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self.ctx.update(settings=settings, worker_id=self.worker_id)
         self._outage = Outage(self.worker_id)
-        # job id -> the value of its lease as this worker claimed it, until the job is recorded
-        self._held: dict[str, str] = {}
+        self._finisher = Finisher(
+            redis_pool,
+            queue_name=self.queue_name,
+            outage=self._outage,
+            backoff=RECONNECT_BACKOFF,
+            deserializer=worker_settings.job_deserializer,
+            look_again=self._look_again,
+        )
         self._leases = LeaseKeeper(
             redis_pool,
             lease_s=settings.job_lease_s,
             beat_every_s=settings.worker_heartbeat_s,
-            leases=lambda: dict(self._held),
+            leases=lambda: dict(self._finisher.held),
             abort=self._abort,
             lost=self._lost,
             beat=self._beat,
             outage=self._outage,
         )
-        self._handing_back: set[str] = set()
-        self._recording: set[asyncio.Task[Any]] = set()
         self._slot_free = asyncio.Event()
         self._stopping = False
         self._stop_requested = asyncio.Event()
-        # While stopping: when a finish that cannot reach Redis gives up (its lease then runs out).
-        self._give_up_at: float | None = None
         self._wake_ups = WakeUps(settings, worker_id=self.worker_id, redis=redis_pool)
         self._started_at = time.time()
         self._claim_script = load_script(redis_pool, "claim")
-        self._finish_script = load_script(redis_pool, "finish")
 
     # -- running ---------------------------------------------------------------------------
 
@@ -229,12 +231,12 @@ class Worker(ArqWorker):
                 CLAIM_SCAN_MAX,
                 redis_keys.WAKE_TOKENS_MAX,
                 self.worker_id,
-                *self._held,  # not a job this worker let go (a lost lease): it may be claimable again
+                *self._finisher.held,  # not a job this worker let go (a lost lease): it may be claimable again
             ],
         )
         for i in range(1, len(reply), 2):
             job_id = reply[i].decode()
-            self._held[job_id] = f"{now_ms}:{self.worker_id}"  # the lease's value, as claim.lua wrote it
+            self._finisher.held[job_id] = f"{now_ms}:{self.worker_id}"  # the lease's value, as claim.lua wrote it
             await self._start(job_id, int(reply[i + 1]))
         return int(reply[0])
 
@@ -253,7 +255,7 @@ class Worker(ArqWorker):
         for job_id, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[job_id]
-                self._handing_back.discard(job_id)
+                self._finisher.handing_back.discard(job_id)
                 if not task.cancelled() and task.exception() is not None:
                     log.error("job bookkeeping failed", job_id=job_id, error=repr(task.exception()))
 
@@ -292,7 +294,7 @@ class Worker(ArqWorker):
 
     def _lost(self, job_id: str) -> None:
         """The lease of a running job is no longer this worker's: stop the job here (it runs again elsewhere)."""
-        self._held.pop(job_id, None)
+        self._finisher.let_go(job_id)
         task = self.job_tasks.get(job_id)
         if task is not None:
             task.cancel()
@@ -335,7 +337,7 @@ class Worker(ArqWorker):
         unless the lease is still this worker's, a job handed back on stop gets its try back,
         and a job that goes back to the queue (retry or hand-back) wakes a worker to schedule it."""
         keep_ms = "" if keep_result_forever or result_timeout_s is None else to_ms(result_timeout_s)
-        await self._record(
+        await self._finisher.record(
             job_id,
             finish,
             result_data,
@@ -349,64 +351,7 @@ class Worker(ArqWorker):
         started, out of tries) through ``finish.lua``, so it too needs the lease."""
         keep = self.keep_result_forever or self.keep_result_s > 0
         keep_ms = "" if self.keep_result_forever else to_ms(self.keep_result_s)
-        await self._record(job_id, True, result_data if keep else None, keep_ms, "", "")
-
-    async def _record(
-        self,
-        job_id: str,
-        finish: bool,
-        result_data: bytes | None,
-        keep_ms: int | str,
-        incr_score: int | str,
-        keep_in_progress_ms: int | str,
-    ) -> None:
-        """Run ``finish.lua`` for one run of ``job_id``, trying again until Redis answers.
-
-        While stopping, it gives up at ``_give_up_at``: the lease then runs out and the job
-        runs again elsewhere.
-        """
-        held = self._held.get(job_id)
-        if held is None:
-            log.warning("job result not recorded: its lease was lost; it runs again elsewhere", job_id=job_id)
-            await self._look_again()
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        self._recording.add(task)
-        try:
-            recorded = await self._run_finish_script(
-                job_id,
-                [
-                    job_id,
-                    "1" if finish else "0",
-                    result_data or "",
-                    keep_ms,
-                    incr_score,
-                    keep_in_progress_ms,
-                    "1" if job_id in self._handing_back else "0",
-                    redis_keys.WAKE_TOKENS_MAX,
-                    held,
-                ],
-            )
-        finally:
-            self._recording.discard(task)
-            self._held.pop(job_id, None)
-        if recorded is None:
-            log.warning("job result not recorded: redis unreachable while stopping; it runs again", job_id=job_id)
-        elif not recorded:
-            log.warning("job result not recorded: its lease ran out meanwhile; it runs again elsewhere", job_id=job_id)
-            await self._look_again()
-        elif finish and result_data:
-            result = deserialize_result(result_data, deserializer=self.job_deserializer)
-            if result.success:
-                duration_ms = (result.finish_time - result.start_time).total_seconds() * 1000
-                log.info(
-                    "job complete",
-                    job_id=job_id,
-                    task=result.function,
-                    try_number=result.job_try,
-                    duration_ms=round(duration_ms, 2),
-                )
+        await self._finisher.record(job_id, True, result_data if keep else None, keep_ms, "", "")
 
     async def _look_again(self) -> None:
         """End the main loop's wait: a job this worker let go may be claimable now (no enqueue will say so),
@@ -414,41 +359,14 @@ class Worker(ArqWorker):
         with contextlib.suppress(RedisError, OSError):
             await self._wake_ups.interrupt()
 
-    async def _run_finish_script(self, job_id: str, args: list[Any]) -> bool | None:
-        """``finish.lua``'s answer (recorded or not), or ``None`` when stopping gave up on Redis."""
-        failures = 0
-        while True:
-            try:
-                recorded = await self._finish_script(
-                    keys=[
-                        redis_keys.IN_PROGRESS_PREFIX + job_id,
-                        redis_keys.RESULT_PREFIX + job_id,
-                        redis_keys.RETRY_PREFIX + job_id,
-                        redis_keys.JOB_PREFIX + job_id,
-                        redis_keys.ABORT_KEY,
-                        self.queue_name,
-                        redis_keys.WAKE_KEY,
-                    ],
-                    args=args,
-                )
-            except (RedisError, OSError) as exc:
-                self._outage.failed(exc)
-                failures += 1
-                delay_s = RECONNECT_BACKOFF.delay_s(failures)
-                if self._give_up_at is not None and time.monotonic() + delay_s > self._give_up_at:
-                    return None
-                await asyncio.sleep(delay_s)
-            else:
-                self._outage.succeeded()
-                return bool(recorded)
-
     # -- stopping --------------------------------------------------------------------------
 
     async def stop(self, grace_s: float) -> None:
         """Take no new jobs, give running ones ``grace_s`` to finish, hand the rest back, close."""
         self.allow_pick_jobs = False
         self._stopping = True
-        self._give_up_at = time.monotonic() + grace_s + self.settings.redis_timeout_s
+        # A finish that cannot reach Redis gives up then; the job's lease runs out by itself.
+        self._finisher.give_up_at(time.monotonic() + grace_s + self.settings.redis_timeout_s)
         self._stop_requested.set()
         self._slot_free.set()
         if self.main_task is not None and not self.main_task.done():
@@ -467,13 +385,12 @@ class Worker(ArqWorker):
             _, pending = await asyncio.wait(running.values(), timeout=grace_s)
             if pending:
                 handed_back = sorted(job_id for job_id, task in running.items() if task in pending)
-                self._handing_back.update(handed_back)
+                self._finisher.handing_back.update(handed_back)
                 log.info("handing jobs back to the queue", job_ids=handed_back)
                 for task in pending:
                     task.cancel()
                 await asyncio.wait(pending, timeout=self.settings.redis_timeout_s)
-        if self._recording:  # finishes arq shields from the cancel above; each gives up by _give_up_at
-            await asyncio.wait(set(self._recording), timeout=self.settings.redis_timeout_s + grace_s)
+        await self._finisher.wait(timeout_s=self.settings.redis_timeout_s + grace_s)
         await self._leases.stop()
         await self.close()
         log.info(

@@ -74,7 +74,6 @@ WORKER_STATE: dict[str, type | tuple[type, ...]] = {
     "jobs_retried": int,
     "keep_result_s": (int, float),
     "keep_result_forever": bool,
-    "job_deserializer": object,  # a callable: bytes -> dict
     "ctx": dict,
     "on_startup": object,
     "on_shutdown": object,
