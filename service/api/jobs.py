@@ -10,7 +10,15 @@ from aiohttp import web
 from aiohttp_apigami import docs, request_schema, response_schema
 from marshmallow import Schema, fields, validate
 
-from jobs.queue import MAX_DEFER_S, STATUSES, IdempotencyConflict, JobQueue, JobView
+from jobs.queue import (
+    MAX_DEFER_S,
+    STATUSES,
+    ArgumentsTooLarge,
+    IdempotencyConflict,
+    JobQueue,
+    JobView,
+    TooManyUnfinishedJobs,
+)
 from jobs.registry import InvalidArguments, Registry, UnknownTask
 from service.app_keys import IDENTITY, JOB_QUEUE, REDIS_ONCE, SETTINGS
 from service.errors import Problem
@@ -18,6 +26,9 @@ from service.errors import Problem
 __all__ = ["setup"]
 
 IDEMPOTENCY_KEY_MAX = 255
+# When a tenant at its cap of unfinished jobs may try again: a slot frees when one of its
+# jobs ends, which nothing here can predict; this is a polite interval to poll at.
+UNFINISHED_RETRY_AFTER_S = 5
 
 
 class EnqueueSchema(Schema):
@@ -88,14 +99,18 @@ def _idempotency_key(request: web.Request) -> str | None:
     description=(
         "Validates `args` against the task's schema (422 when they do not fit) and answers 202 with the job "
         "and its `Location`. With an `Idempotency-Key` header, a retry with the same body returns the same job "
-        "for 24 h; the same key with another body is 409."
+        "for 24 h; the same key with another body is 409. Quotas: the arguments are at most `JOB_ARGS_MAX_BYTES` "
+        "as JSON (413), and a tenant has at most `JOB_UNFINISHED_MAX` jobs queued, deferred or running (429 with "
+        "type `too-many-unfinished-jobs`)."
     ),
     parameters=[{"in": "header", "name": "Idempotency-Key", "schema": {"type": "string"}, "required": False}],
     responses={
         202: {"description": "accepted"},
         409: {"description": "Idempotency-Key reused with another body"},
+        413: {"description": "the arguments are larger than JOB_ARGS_MAX_BYTES as JSON"},
         422: {"description": "unknown task or bad arguments"},
-        503: {"description": "background jobs are disabled in this deployment"},
+        429: {"description": "rate limit exceeded, or the tenant has JOB_UNFINISHED_MAX unfinished jobs"},
+        503: {"description": "background jobs are disabled in this deployment, or Redis is out of memory"},
     },
     security=[{"bearer": []}, {"apiKey": []}],
 )
@@ -120,6 +135,16 @@ async def post_job(request: web.Request) -> web.Response:
         ) from None
     except IdempotencyConflict as exc:
         raise Problem(409, str(exc), type_="idempotency-conflict") from None
+    except ArgumentsTooLarge as exc:
+        raise Problem(413, f"{exc} (JOB_ARGS_MAX_BYTES)", type_="arguments-too-large", limit=exc.limit) from None
+    except TooManyUnfinishedJobs as exc:
+        raise Problem(
+            429,
+            f"{exc}; wait until some of them finish",
+            type_="too-many-unfinished-jobs",
+            headers={"Retry-After": str(UNFINISHED_RETRY_AFTER_S)},
+            limit=exc.limit,
+        ) from None
     headers = {"Location": f"/v1/jobs/{view.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
