@@ -31,6 +31,7 @@ __all__ = [
     "key_required",
     "presented_key",
     "require_internal",
+    "validate_tenant",
 ]
 
 KEY_PREFIX = "otto_"
@@ -66,6 +67,11 @@ def _validate_name(what: str, value: str) -> str:
     if not value or len(value) > 64 or not all(c.isalnum() or c in "-_." for c in value):
         raise ValueError(f"{what} must be 1 to 64 letters, digits, '-', '_' or '.', got {value!r}")
     return value
+
+
+def validate_tenant(tenant: str) -> str:
+    """``tenant`` if it is a valid tenant name; ``ValueError`` naming the rule otherwise."""
+    return _validate_name("tenant", tenant)
 
 
 class ApiKeyStore:
