@@ -1,7 +1,9 @@
 """Rate-limit policies: the TOML file of ``RATE_LIMITS_FILE`` (or built-in defaults) as frozen objects.
 
 A plan maps route keys (``"*"`` or ``"METHOD /path/template"``) to buckets; a request
-spends the buckets of ``"*"`` plus those of its own route. Everything a request needs is
+spends the buckets of ``"*"`` plus those of its own route. Every plan pays an enqueue
+bucket on ``POST /v1/jobs`` (each job costs Redis memory for a day): a plan that lists
+none gets ``DEFAULT_ENQUEUE_BUCKET``. Everything a request needs is
 resolved once here (the merged bucket tuple and its ``RateLimit-Policy`` header), so the
 per-request work is one dictionary look-up.
 """
@@ -27,6 +29,7 @@ _MAX_UNITS = 2**53  # Lua numbers are doubles: integers are exact up to here
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _ROUTE = re.compile(r"(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS) /\S*")
 _FIELDS = frozenset({"name", "capacity", "per_second", "cost", "shadow", "on_redis_error"})
+ENQUEUE_ROUTE = "POST /v1/jobs"
 ANONYMOUS = "anonymous"
 DEFAULT_PLAN = "default"
 ALL_ROUTES = "*"
@@ -42,10 +45,15 @@ DEFAULT_POLICIES_TOML = """
 
 [plans.pro]
 "*" = [{ name = "burst", capacity = 200, per_second = 100 }]
+"POST /v1/jobs" = [{ name = "enqueue", capacity = 50, per_second = 10 }]
 
 [anonymous]          # callers without a valid API key, keyed by client address
 "*" = [{ name = "address", capacity = 10, per_second = 1 }]
 """
+
+
+# (name, capacity, per_second) of the enqueue bucket of a plan that lists none (the default plan's own).
+DEFAULT_ENQUEUE_BUCKET = ("enqueue", 5, 1)
 
 
 class PolicyError(ValueError):
@@ -151,11 +159,12 @@ def parse_policies(document: Mapping[str, Any], source: str = "<policies>") -> P
         raise PolicyError("plans.default: missing; it is the plan of every key whose plan has no section")
     if ANONYMOUS not in document:
         raise PolicyError("anonymous: missing; callers without a valid key are limited by address with it")
-    plans = {name: _plan(f"plans.{name}", name, body) for name, body in plans_doc.items()}
-    return Policies(plans=plans, anonymous=_plan(ANONYMOUS, ANONYMOUS, document[ANONYMOUS]), source=source)
+    plans = {name: _plan(f"plans.{name}", name, body, pays_enqueue=True) for name, body in plans_doc.items()}
+    anonymous = _plan(ANONYMOUS, ANONYMOUS, document[ANONYMOUS], pays_enqueue=False)
+    return Policies(plans=plans, anonymous=anonymous, source=source)
 
 
-def _plan(where: str, name: str, body: Any) -> Plan:
+def _plan(where: str, name: str, body: Any, *, pays_enqueue: bool) -> Plan:
     if not _NAME.fullmatch(name):
         raise PolicyError(f"{where}: plan names are 1 to 64 letters, digits, '-', '_' or '.'")
     if not isinstance(body, dict):
@@ -177,6 +186,14 @@ def _plan(where: str, name: str, body: Any) -> Plan:
             seen.add(bucket.name)
             buckets.append(bucket)
         per_route[route] = tuple(buckets)
+    if pays_enqueue and ENQUEUE_ROUTE not in per_route:
+        bucket_name, capacity, per_second = DEFAULT_ENQUEUE_BUCKET
+        if bucket_name in seen:
+            raise PolicyError(
+                f"{where}, route '{ENQUEUE_ROUTE}': missing, and its default bucket's name {bucket_name!r} is "
+                "taken; give the route its own bucket"
+            )
+        per_route[ENQUEUE_ROUTE] = (Bucket(bucket_name, capacity, Fraction(per_second)),)
     common = per_route[ALL_ROUTES]
     routes = {route: _route_buckets(name, common + own) for route, own in per_route.items() if route != ALL_ROUTES}
     return Plan(name=name, routes=routes, everywhere=_route_buckets(name, common))
