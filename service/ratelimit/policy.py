@@ -45,7 +45,6 @@ DEFAULT_POLICIES_TOML = """
 
 [plans.pro]
 "*" = [{ name = "burst", capacity = 200, per_second = 100 }]
-"POST /v1/jobs" = [{ name = "enqueue", capacity = 50, per_second = 10 }]
 
 [anonymous]          # callers without a valid API key, keyed by client address
 "*" = [{ name = "address", capacity = 10, per_second = 1 }]
