@@ -23,7 +23,8 @@
 -- Returns {next_ms, id1, score1, tenant1, id2, score2, tenant2, ...}: the claimed jobs, and
 -- the earliest time (ms) something may become claimable: the next due job, or the end of
 -- another worker's lease (a worker killed mid-job leaves a lease that runs out). next_ms is
--- -1 when nothing is pending, and now when the worker's free slots are all filled.
+-- -1 when nothing is pending, and now when the worker's free slots are all filled. Every
+-- unfinished job is in a ready set, so with no tenant listed nothing else is read.
 --
 -- The value of an in-progress key is the time the job started (ms); arq only tests that
 -- the key exists.
@@ -96,12 +97,21 @@ local function take(tenant)
   return nil
 end
 
+local listed = redis.call('ZRANGE', KEYS[1], 0, scan_max - 1, 'WITHSCORES')
+if #listed == 0 then
+  return {-1}  -- no tenant has an unfinished job: nothing is pending (one command when idle)
+end
+local active = {}
+for i = 1, #listed, 2 do
+  active[#active + 1] = listed[i]
+end
 -- The new place of each tenant looked at: behind every tenant, in the order looked at.
-local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-local turn = tonumber(last[2] or '0')
+local turn = tonumber(listed[#listed])
+if #active == scan_max then
+  turn = tonumber(redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2])
+end
 local places = {}
 
-local active = redis.call('ZRANGE', KEYS[1], 0, scan_max - 1)
 while count < capacity and #active > 0 and examined < scan_max do
   local again = {}
   for _, tenant in ipairs(active) do
