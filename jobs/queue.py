@@ -306,7 +306,7 @@ class JobQueue:
         except (TypeError, ValueError, RecursionError):
             # ValueError: NaN or Infinity; RecursionError: nested deeper than any real payload.
             raise InvalidArguments(
-                {"_schema": ["arguments must be JSON: no NaN or Infinity, nested at most a few hundred levels"]}
+                {"_schema": ["arguments must be strict JSON: no NaN or Infinity, not nested hundreds of levels deep"]}
             ) from None
         if size > self._settings.job_args_max_bytes:
             raise ArgumentsTooLarge(size, self._settings.job_args_max_bytes)

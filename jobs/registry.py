@@ -63,7 +63,7 @@ class JobTimeout(Exception):
 
 
 class ResultTooLarge(PermanentError):
-    """The task's result is larger than ``JOB_RESULT_MAX_BYTES`` as JSON (or is not JSON): it is not stored."""
+    """The task's result is larger than ``JOB_RESULT_MAX_BYTES`` as JSON: it is not stored, the failure is."""
 
 
 class UnknownTask(LookupError):

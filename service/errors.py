@@ -155,7 +155,7 @@ def error_response(request: web.Request, exc: Exception) -> web.Response:
             )
         )
     if isinstance(exc, RedisOutOfMemoryError):
-        log.error("redis is out of memory; writes are refused", method=request.method, path=request.path)
+        log.warning("redis is out of memory; writes are refused", method=request.method, path=request.path)
         return problem_response(
             Problem(
                 503,
