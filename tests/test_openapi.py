@@ -1,0 +1,99 @@
+"""The document and the runtime agree: each problem is the body and headers ``/openapi.json`` declares for it.
+
+Schemathesis finds disagreements by chance; these requests make the representative errors
+on purpose and check them against the document, so neither can drift from the other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import ClientResponse, web
+from aiohttp.test_utils import TestClient
+from openapi_schema_validator import OAS30Validator
+from pytest_aiohttp import AiohttpClient
+from redis.asyncio import Redis
+
+from service.app import create_app
+from service.app_keys import API_KEYS
+from tests.conftest import make_settings
+
+Client = TestClient[web.Request, web.Application]
+
+
+async def _document(client: Client) -> dict[str, Any]:
+    response = await client.get("/openapi.json")
+    assert response.status == 200
+    document: dict[str, Any] = await response.json()
+    return document
+
+
+def _resolved(document: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """``node``, or what its ``$ref`` points at within ``document``."""
+    while "$ref" in node:
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            document = document[part]
+        node = document
+    return node
+
+
+async def assert_as_documented(document: dict[str, Any], path: str, method: str, response: ClientResponse) -> None:
+    """``response`` is one the operation ``method path`` documents: status, media type, body and required headers."""
+    responses = document["paths"][path][method]["responses"]
+    assert str(response.status) in responses, f"{response.status} is not documented for {method.upper()} {path}"
+    documented = responses[str(response.status)]
+    assert response.content_type in documented["content"]
+    schema = documented["content"][response.content_type]["schema"]
+    OAS30Validator({**schema, "components": document["components"]}).validate(await response.json())
+    required = {name for name, header in documented["headers"].items() if _resolved(document, header)["required"]}
+    assert required <= set(response.headers), f"missing {sorted(required - set(response.headers))}"
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "headers", "operation", "status"),
+    [
+        ("GET", "/v1/jobs", {}, ("/v1/jobs", "get"), 401),
+        ("GET", "/v1/jobs/0123456789abcdef", {"key": ""}, ("/v1/jobs/{job_id}", "get"), 404),
+        ("PUT", "/v1/jobs", {"key": ""}, ("/v1/jobs", "post"), 405),
+        ("DELETE", "/health", {}, ("/health", "get"), 405),
+        ("GET", "/v1/jobs?limit=0", {"key": ""}, ("/v1/jobs", "get"), 422),
+        ("POST", "/v1/jobs", {"key": "", "Idempotency-Key": "k" * 256}, ("/v1/jobs", "post"), 422),
+    ],
+)
+async def test_problem_is_the_documented_body_and_headers(
+    client: Client,
+    api_key: str,
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    operation: tuple[str, str],
+    status: int,
+) -> None:
+    document = await _document(client)
+    sent = {name: value for name, value in headers.items() if name != "key"}
+    if "key" in headers:
+        sent["X-API-Key"] = api_key
+    response = await client.request(method, url, headers=sent, json={"task": "diagnostics.ping"})
+    assert response.status == status
+    assert response.content_type == "application/problem+json"
+    await assert_as_documented(document, *operation, response)
+
+
+async def test_quota_exceeded_is_the_documented_body_and_headers(
+    aiohttp_client: AiohttpClient, redis: Redis, tmp_path: Path
+) -> None:
+    policies = tmp_path / "policies.toml"
+    policies.write_text(
+        '[plans.default]\n"*" = [{ name = "burst", capacity = 1, per_second = 0.01 }]\n'
+        '[anonymous]\n"*" = [{ name = "address", capacity = 10, per_second = 1 }]\n'
+    )
+    client = await aiohttp_client(create_app(make_settings(RATE_LIMITS_FILE=str(policies))))
+    key = await client.app[API_KEYS].create("acme")
+    document = await _document(client)
+    assert (await client.get("/v1/jobs", headers={"X-API-Key": key})).status == 200
+    response = await client.get("/v1/jobs", headers={"X-API-Key": key})
+    assert response.status == 429
+    assert (await response.json())["violated-policies"] == ["burst"]
+    await assert_as_documented(document, "/v1/jobs", "get", response)
