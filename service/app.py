@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from jobs.registry import Registry
+from jobs.tasks import TASKS
 from service import openapi
 from service.api import health, internal, metrics, ratelimit, readiness
 from service.api import jobs as jobs_api
@@ -49,13 +51,14 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_app(
     settings: Settings,
     *,
+    registry: Registry = TASKS,
     extra_contexts: tuple[Callable[[web.Application], AsyncIterator[None]], ...] = (),
 ) -> web.Application:
     """Build the web application for ``settings``.
 
     Redis connections and other resources open in ``cleanup_ctx`` when the app starts and
-    close when it stops. ``extra_contexts`` run after the built-in ones (``dev`` adds the
-    in-process worker this way).
+    close when it stops. ``registry`` holds the tasks the jobs API accepts. ``extra_contexts``
+    run after the built-in ones (``dev`` adds the in-process worker this way).
     """
     settings.require_redis()
     app = web.Application(
@@ -68,7 +71,7 @@ def create_app(
     app[POLICIES] = load_policies(settings.rate_limits_file)  # validated even when off: no surprise on switching on
     if settings.rate_limit_enabled:
         app.cleanup_ctx.append(limiter_ctx)
-    jobs_api.setup(app)
+    jobs_api.setup(app, registry)
     app.cleanup_ctx.extend(extra_contexts)
 
     health.setup(app)
@@ -76,5 +79,5 @@ def create_app(
     readiness.setup(app)
     internal.setup(app)
     ratelimit.setup(app)
-    openapi.setup(app)
+    openapi.setup(app, unions={"Enqueue": jobs_api.enqueue_body(registry)})
     return app

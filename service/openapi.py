@@ -26,7 +26,7 @@ from service import __version__
 from service.errors import PROBLEM_TYPE_BASE, Problem
 from service.settings import SERVICE_NAME
 
-__all__ = ["Access", "Answer", "operation", "schema_ref", "setup", "validation_middleware"]
+__all__ = ["Access", "Answer", "TaggedUnion", "operation", "schema_ref", "setup", "validation_middleware"]
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
@@ -38,9 +38,13 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 _SCHEMAS: dict[str, type[Schema]] = {}
 
 
+def _component_name(schema: type[Schema]) -> str:
+    return schema.__name__.removesuffix("Schema")
+
+
 def schema_ref(schema: type[Schema]) -> dict[str, str]:
     """A reference to ``schema``'s component (its class name without ``Schema``), registered by ``setup``."""
-    name = schema.__name__.removesuffix("Schema")
+    name = _component_name(schema)
     registered = _SCHEMAS.setdefault(name, schema)
     assert registered is schema, f"two schemas are named {name}: {registered} and {schema}"
     return {"$ref": f"#/components/schemas/{name}"}
@@ -248,20 +252,21 @@ def operation(
     problems: Mapping[int, str] = MappingProxyType({}),
     description: str | None = None,
     parameters: Sequence[Mapping[str, Any]] = (),
-    request_body: Mapping[str, Any] | None = None,
+    request_body: str | None = None,
 ) -> Callable[[Handler], Handler]:
     """Document a handler: every status it can answer, each with its body and headers.
 
     ``problems`` are the statuses the handler's own code raises (the ones of its ``access``
     kind, 405 and 500 are added here), each with what it means for this operation.
-    ``request_body`` replaces the one ``@request_schema`` derives, for a body whose shape
-    depends on its values (a job's arguments on its task).
+    ``request_body`` names a ``TaggedUnion`` of ``setup``, the required JSON body; it replaces
+    the body ``@request_schema`` derives, which has one shape only.
     """
     extra: dict[str, Any] = {"operation_id": operation_id}
     if access in _SECURITY:
         extra["security"] = _SECURITY[access]
     if request_body is not None:
-        extra["requestBody"] = dict(request_body)
+        schema = {"$ref": f"#/components/schemas/{request_body}"}
+        extra["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
     return docs(
         tags=list(tags),
         summary=summary,
@@ -270,6 +275,23 @@ def operation(
         responses=_responses(access, answers, problems),  # type: ignore[arg-type]  # apigami types the codes as int
         **extra,
     )
+
+
+@dataclass(frozen=True)
+class TaggedUnion:
+    """A JSON object with one schema per value of its ``tag`` member.
+
+    It depends on the app (a job's arguments on the task, the tasks on the app's registry),
+    so ``setup`` puts it among each app's schemas, where operations refer to it by name.
+    """
+
+    tag: str
+    variants: Mapping[str, type[Schema]]
+
+    def document(self) -> dict[str, Any]:
+        refs = {value: f"#/components/schemas/{_component_name(schema)}" for value, schema in self.variants.items()}
+        discriminator = {"propertyName": self.tag, "mapping": refs}
+        return {"oneOf": [{"$ref": ref} for ref in refs.values()], "discriminator": discriminator}
 
 
 def _validation_error(error: Any, req: Any, schema: Any, error_status_code: Any, error_headers: Any) -> None:
@@ -306,8 +328,11 @@ async def _strip_swagger2_fields(app: web.Application) -> None:
                 operation.pop("consumes", None)
 
 
-def setup(app: web.Application) -> None:
-    """Serve the document and Swagger UI; apigami reads the routes when the app starts."""
+def setup(app: web.Application, *, unions: Mapping[str, TaggedUnion] = MappingProxyType({})) -> None:
+    """Serve the document and Swagger UI; apigami reads the routes when the app starts.
+
+    ``unions`` are this app's own schemas, by name, for operations' ``request_body``.
+    """
     apispec = setup_aiohttp_apispec(
         app,
         title=SERVICE_NAME,
@@ -326,7 +351,11 @@ def setup(app: web.Application) -> None:
         if isinstance(plugin, MarshmallowPlugin):
             for attribute_function in (_url_pattern, _untyped_without_null):
                 plugin.converter.add_attribute_function(attribute_function)  # type: ignore[union-attr]
-    for name, schema in _SCHEMAS.items():
+    variants = (schema for union in unions.values() for schema in union.variants.values())
+    for schema in (*_SCHEMAS.values(), *variants):
+        name = _component_name(schema)
         if name not in spec.components.schemas:  # not already there as another one's nested schema
             spec.components.schema(name, schema=schema)
+    for name, union in unions.items():
+        spec.components.schema(name, component=union.document())
     app.on_startup.append(_strip_swagger2_fields)  # runs after apigami builds the document

@@ -12,12 +12,17 @@ from typing import Any
 import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
+from marshmallow import Schema, fields
 from openapi_schema_validator import OAS30Validator
 from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
+from jobs.registry import JobContext, Registry, Task
+from jobs.tasks import TASKS
 from service.app import create_app
 from service.app_keys import API_KEYS
+from service.backoff import Backoff
+from service.settings import Settings
 from tests.conftest import make_settings
 
 Client = TestClient[web.Request, web.Application]
@@ -97,3 +102,25 @@ async def test_quota_exceeded_is_the_documented_body_and_headers(
     assert response.status == 429
     assert (await response.json())["violated-policies"] == ["burst"]
     await assert_as_documented(document, "/v1/jobs", "get", response)
+
+
+class EchoArgs(Schema):
+    text = fields.String(required=True)
+
+
+async def test_enqueue_body_is_documented_for_each_task_of_the_apps_registry(
+    aiohttp_client: AiohttpClient, redis: Redis, settings: Settings
+) -> None:
+    async def echo(job: JobContext, text: str) -> str:
+        return text
+
+    registry = Registry([*TASKS, Task("test.echo", echo, EchoArgs(), timeout_s=1.0, max_tries=1, backoff=Backoff())])
+    document = await _document(await aiohttp_client(create_app(settings, registry=registry)))
+    body = document["paths"]["/v1/jobs"]["post"]["requestBody"]
+    assert body["required"] is True
+    enqueue = _resolved(document, body["content"]["application/json"]["schema"])
+    assert set(enqueue["discriminator"]["mapping"]) == {task.name for task in registry}
+    validator = OAS30Validator({**enqueue, "components": document["components"]})
+    assert validator.is_valid({"task": "test.echo", "args": {"text": "hi"}})
+    assert not validator.is_valid({"task": "test.echo", "args": {}})
+    assert not validator.is_valid({"task": "diagnostics.sleep", "args": {"text": "hi"}})

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
 from aiohttp import web
 from aiohttp_apigami import request_schema
-from arq.connections import ArqRedis
 from marshmallow import EXCLUDE, Schema, fields, validate
 
 from jobs.queue import MAX_DEFER_S, STATUSES, IdempotencyConflict, JobQueue, JobView
 from jobs.registry import InvalidArguments, Registry, Task, UnknownTask
-from jobs.serialization import deserialize, serialize
-from jobs.tasks import TASKS
 from service.app_keys import IDENTITY, JOB_QUEUE, REDIS_ONCE, SETTINGS
 from service.errors import Problem
-from service.openapi import Access, Answer, operation, schema_ref
+from service.openapi import Access, Answer, TaggedUnion, operation
 
-__all__ = ["setup"]
+__all__ = ["enqueue_body", "setup"]
 
 # 1 to 255 printable ASCII characters. HTTP drops spaces at either end of a header value,
 # so a key cannot begin or end with one: the server would see another key.
@@ -87,16 +85,14 @@ def _enqueue_variant(task: Task) -> type[Schema]:
     narrowed = {
         "task": fields.String(required=True, validate=validate.OneOf([task.name])),
         "args": fields.Nested(task.schema, required=args_required),
+        "Meta": type("Meta", (), {"register": False}),  # one per app: not for marshmallow's registry by name
     }
     return cast(type[Schema], type(name, (EnqueueSchema,), narrowed))
 
 
-def _enqueue_body(registry: Registry) -> dict[str, Any]:
-    """One body per task, told apart by ``task``: the arguments' shape depends on the task."""
-    variants = {task.name: schema_ref(_enqueue_variant(task)) for task in registry}
-    mapping = {name: variant["$ref"] for name, variant in variants.items()}
-    schema = {"oneOf": list(variants.values()), "discriminator": {"propertyName": "task", "mapping": mapping}}
-    return {"required": True, "content": {"application/json": {"schema": schema}}}
+def enqueue_body(registry: Registry) -> TaggedUnion:
+    """The body of ``POST /v1/jobs`` for the tasks of ``registry``: the arguments' shape depends on the task."""
+    return TaggedUnion("task", {task.name: _enqueue_variant(task) for task in registry})
 
 
 _JOB_LINKS = {
@@ -129,7 +125,7 @@ def _not_found(job_id: str) -> Problem:
         "for 24 h; the same key with another body is 409."
     ),
     access=Access.API_KEY,
-    request_body=_enqueue_body(TASKS),
+    request_body="Enqueue",
     answers=[
         Answer(
             202,
@@ -240,17 +236,15 @@ async def list_jobs(request: web.Request) -> web.Response:
     return web.json_response({"jobs": [view.to_json() for view in views], "next_cursor": next_cursor})
 
 
-async def _queue_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The queue on the process's no-retry pool: an enqueue must never be sent twice."""
-    redis = ArqRedis(
-        connection_pool=app[REDIS_ONCE].connection_pool, job_serializer=serialize, job_deserializer=deserialize
-    )
-    app[JOB_QUEUE] = JobQueue(redis, app[SETTINGS])
+async def _queue_ctx(app: web.Application, *, registry: Registry) -> AsyncIterator[None]:
+    """The queue on the process's no-retry client: an enqueue must never be sent twice."""
+    app[JOB_QUEUE] = JobQueue(app[REDIS_ONCE], app[SETTINGS], registry)
     yield
 
 
-def setup(app: web.Application) -> None:
-    app.cleanup_ctx.append(_queue_ctx)
+def setup(app: web.Application, registry: Registry) -> None:
+    """The jobs routes, enqueueing the tasks of ``registry``."""
+    app.cleanup_ctx.append(functools.partial(_queue_ctx, registry=registry))
     app.router.add_post("/v1/jobs", post_job)
     app.router.add_get("/v1/jobs", list_jobs, allow_head=False)
     app.router.add_get("/v1/jobs/{job_id}", get_job, allow_head=False)
