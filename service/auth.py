@@ -18,6 +18,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 
 from aiohttp import web
 from redis.asyncio import Redis
@@ -27,6 +28,7 @@ from service.errors import Problem
 __all__ = [
     "ApiKeyStore",
     "Identity",
+    "address_caller",
     "client_address",
     "key_required",
     "presented_key",
@@ -184,6 +186,23 @@ def client_address(request: web.Request, trust_proxy_headers: bool) -> str:
             except ValueError:
                 continue
     return request.remote or "unknown"
+
+
+@lru_cache(maxsize=4096)
+def address_caller(address: str) -> str:
+    """The rate-limit caller of a request without a valid key: its IPv4 address, or its IPv6 /64.
+
+    One IPv6 client usually holds a whole /64 and can rotate through it at will.
+    """
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return f"ip:{address}"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return f"ip:{ip.ipv4_mapped}"
+        return f"ip:{ipaddress.IPv6Network((ip, 64), strict=False)}"
+    return f"ip:{ip}"
 
 
 def key_required(request: web.Request) -> Problem:
