@@ -6,6 +6,7 @@ Each piece it wires lives in the module named after it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
@@ -16,7 +17,7 @@ from service import openapi
 from service.api import health, internal, metrics, ratelimit, readiness
 from service.api import jobs as jobs_api
 from service.app_keys import API_KEYS, METRICS, POLICIES, REDIS, REDIS_ONCE, SETTINGS
-from service.auth import ApiKeyStore
+from service.auth import ApiKeyStore, follow_revocations
 from service.metrics import Metrics
 from service.middleware import request_context_middleware
 from service.ratelimit.middleware import limiter_ctx, v1_middleware
@@ -48,6 +49,18 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
         await client.aclose()
 
 
+async def _key_revocations_ctx(app: web.Application) -> AsyncIterator[None]:
+    """A revoked key is forgotten by this process at once (``follow_revocations``), on a connection of its own."""
+    subscriber = redis_client(app[SETTINGS], client_name="ottoai-web-revocations", retries=0)
+    listener = asyncio.get_running_loop().create_task(follow_revocations(subscriber, app[API_KEYS]))
+    try:
+        yield
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+        await subscriber.aclose()
+
+
 def create_app(
     settings: Settings,
     *,
@@ -68,6 +81,7 @@ def create_app(
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_redis_ctx)
+    app.cleanup_ctx.append(_key_revocations_ctx)
     app[POLICIES] = load_policies(settings.rate_limits_file)  # validated even when off: no surprise on switching on
     if settings.rate_limit_enabled:
         app.cleanup_ctx.append(limiter_ctx)
