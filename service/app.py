@@ -23,11 +23,14 @@ from service.middleware import request_context_middleware
 from service.ratelimit.middleware import limiter_ctx, v1_middleware
 from service.ratelimit.policy import load_policies
 from service.redis import redis_client
+from service.request_body import MAX_BODY_BYTES
 from service.settings import Settings
 
-__all__ = ["MAX_BODY_BYTES", "create_app"]
+__all__ = ["create_app"]
 
-MAX_BODY_BYTES = 1024 * 1024
+# How long a connection's unread request body is drained after its answer, so that the
+# client can read the answer before the connection closes (aiohttp's default is 10 s).
+LINGERING_S = 2.0
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -77,6 +80,10 @@ def create_app(
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
         middlewares=[request_context_middleware, v1_middleware, openapi.validation_middleware],
+        # aiohttp (3.14) runs its keep-alive timer from the moment a connection opens and after
+        # each response, and closes a connection still waiting for a whole request when it
+        # fires: so it is also the deadline of a slow or half-sent request head.
+        handler_args={"keepalive_timeout": settings.http_idle_timeout_s, "lingering_time": LINGERING_S},
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()

@@ -7,14 +7,15 @@ its validation errors into the one problem+json error path.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import web
 from aiohttp_apigami import setup_aiohttp_apispec, validation_middleware
-from aiohttp_apigami.constants import SWAGGER_DICT
+from aiohttp_apigami.constants import APISPEC_PARSER, SWAGGER_DICT
 
 from service import __version__
 from service.errors import Problem
+from service.request_body import JsonBodyParser
 from service.settings import SERVICE_NAME
 
 __all__ = ["setup", "validation_middleware"]
@@ -25,7 +26,7 @@ SECURITY_SCHEMES = {
 }
 
 
-def _validation_error(error: Any, req: Any, schema: Any, error_status_code: Any, error_headers: Any) -> None:
+def _validation_error(error: Any, req: Any, schema: Any, error_status_code: Any, error_headers: Any) -> NoReturn:
     messages = error.normalized_messages()
     errors = messages.get("json", messages) if isinstance(messages, dict) else messages
     raise Problem(422, "the request does not match the schema", type_="validation-error", errors=errors)
@@ -53,4 +54,5 @@ def setup(app: web.Application) -> None:
         error_callback=_validation_error,
         components={"securitySchemes": SECURITY_SCHEMES},
     )
+    app[APISPEC_PARSER] = JsonBodyParser(error_handler=_validation_error)  # JSON bodies read the strict way
     app.on_startup.append(_strip_swagger2_fields)  # runs after apigami builds the document

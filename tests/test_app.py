@@ -127,5 +127,6 @@ async def test_body_that_is_not_json_is_400_naming_the_problem(client: Client, a
     assert response.status == 400
     assert response.content_type == "application/problem+json"
     body = await response.json()
-    assert "Invalid JSON body" in body["detail"]
-    assert body["errors"] == {"json": ["Invalid JSON body."]}
+    reason = "Expecting property name enclosed in double quotes at line 1, column 2"
+    assert body["detail"] == f"the request body is not valid JSON: {reason}"
+    assert body["errors"] == {"json": [reason]}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -20,10 +20,19 @@ __all__ = ["setup"]
 IDEMPOTENCY_KEY_MAX = 255
 
 
+class JsonNumber(fields.Float):
+    """A number as JSON writes it: marshmallow's ``Float`` would also take ``"5"`` and ``true``."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> float | None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class EnqueueSchema(Schema):
     task = fields.String(required=True, metadata={"example": "diagnostics.ping"})
     args = fields.Dict(keys=fields.String(), load_default=dict, metadata={"example": {}})
-    defer_seconds = fields.Float(load_default=0.0, validate=validate.Range(min=0, max=MAX_DEFER_S))
+    defer_seconds = JsonNumber(load_default=0.0, validate=validate.Range(min=0, max=MAX_DEFER_S))
 
 
 class ErrorSchema(Schema):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from functools import lru_cache
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -100,6 +101,7 @@ def _quota_exceeded(decision: Decision) -> web.Response:
 
 @lru_cache(maxsize=1024)
 def _quota_exceeded_body(violated: tuple[str, ...], retry_after: str) -> bytes:
+    members: dict[str, Any] = {"violated-policies": list(violated)}
     return problem_body(
         Problem(
             429,
@@ -107,7 +109,7 @@ def _quota_exceeded_body(violated: tuple[str, ...], retry_after: str) -> bytes:
             type_="quota-exceeded",
             title="Too Many Requests",
             headers=None,  # they vary with each request; the caller adds them
-            **{"violated-policies": list(violated)},
+            **members,
         )
     )
 
