@@ -14,16 +14,17 @@ import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from aiohttp import web
 from aiohttp_apigami import docs, setup_aiohttp_apispec, validation_middleware
-from aiohttp_apigami.constants import SWAGGER_DICT
+from aiohttp_apigami.constants import APISPEC_PARSER, SWAGGER_DICT
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import INCLUDE, Schema, fields, validate
 
 from service import __version__
 from service.errors import PROBLEM_TYPE_BASE, Problem
+from service.request_body import JsonBodyParser
 from service.settings import SERVICE_NAME
 
 __all__ = ["Access", "Answer", "TaggedUnion", "operation", "schema_ref", "setup", "validation_middleware"]
@@ -294,7 +295,7 @@ class TaggedUnion:
         return {"oneOf": [{"$ref": ref} for ref in refs.values()], "discriminator": discriminator}
 
 
-def _validation_error(error: Any, req: Any, schema: Any, error_status_code: Any, error_headers: Any) -> None:
+def _validation_error(error: Any, req: Any, schema: Any, error_status_code: Any, error_headers: Any) -> NoReturn:
     messages = error.normalized_messages()
     errors = messages.get("json", messages) if isinstance(messages, dict) else messages
     raise Problem(422, "the request does not match the schema", type_="validation-error", errors=errors)
@@ -358,4 +359,5 @@ def setup(app: web.Application, *, unions: Mapping[str, TaggedUnion] = MappingPr
             spec.components.schema(name, schema=schema)
     for name, union in unions.items():
         spec.components.schema(name, component=union.document())
+    app[APISPEC_PARSER] = JsonBodyParser(error_handler=_validation_error)  # JSON bodies read the strict way
     app.on_startup.append(_strip_swagger2_fields)  # runs after apigami builds the document

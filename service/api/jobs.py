@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, cast
 
 from aiohttp import web
@@ -25,10 +25,19 @@ IDEMPOTENCY_KEY_PATTERN = r"^[!-~](?:[ -~]{0,253}[!-~])?$"
 CURSOR_MAX = 200
 
 
+class JsonNumber(fields.Float):
+    """A number as JSON writes it: marshmallow's ``Float`` would also take ``"5"`` and ``true``."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> float | None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class EnqueueSchema(Schema):
     task = fields.String(required=True, metadata={"example": "diagnostics.ping"})
     args = fields.Dict(keys=fields.String(), load_default=dict, metadata={"example": {}})
-    defer_seconds = fields.Float(load_default=0.0, validate=validate.Range(min=0, max=MAX_DEFER_S))
+    defer_seconds = JsonNumber(load_default=0.0, validate=validate.Range(min=0, max=MAX_DEFER_S))
 
 
 class EnqueueHeadersSchema(Schema):
