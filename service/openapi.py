@@ -157,6 +157,7 @@ HEADERS = {
     ),
     "WWW-Authenticate": _Header("The scheme to authenticate with.", {"type": "string"}, required=True),
     "Allow": _Header("The methods this path serves.", {"type": "string"}, required=True),
+    "Accept-Encoding": _Header("The content codings a body may have.", {"type": "string"}),
     "Cache-Control": _Header(
         "Never cached: each answer is a fresh check.", {"type": "string", "enum": ["no-store"]}, required=True
     ),
@@ -184,6 +185,7 @@ class Answer:
 # an operation adds its own (and may reword these) through ``operation(problems=...)``.
 _ALWAYS = {
     405: "Another method on this path; `Allow` names the ones it serves.",
+    413: "The declared body is larger than 1 MiB: refused before it is read.",
     500: "An unexpected error; it has been logged, and the body reveals nothing of it.",
 }
 _BY_ACCESS: dict[Access, dict[int, str]] = {
@@ -206,6 +208,7 @@ _PROBLEM_SCHEMAS: dict[int, type[Schema]] = {422: ValidationProblemSchema, 429: 
 _PROBLEM_HEADERS: dict[int, dict[str, bool]] = {
     401: {"WWW-Authenticate": True},
     405: {"Allow": True},
+    415: {"Accept-Encoding": False},
     429: {"Retry-After": True},
     503: {"Retry-After": False},
 }

@@ -6,6 +6,7 @@ on purpose and check them against the document, so neither can drift from the ot
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -56,15 +57,22 @@ async def assert_as_documented(document: dict[str, Any], path: str, method: str,
     assert required <= set(response.headers), f"missing {sorted(required - set(response.headers))}"
 
 
+PING = b'{"task": "diagnostics.ping"}'
+JSON = {"Content-Type": "application/json"}
+
+
 @pytest.mark.parametrize(
-    ("method", "url", "headers", "operation", "status"),
+    ("method", "url", "headers", "body", "operation", "status"),
     [
-        ("GET", "/v1/jobs", {}, ("/v1/jobs", "get"), 401),
-        ("GET", "/v1/jobs/0123456789abcdef", {"key": ""}, ("/v1/jobs/{job_id}", "get"), 404),
-        ("PUT", "/v1/jobs", {"key": ""}, ("/v1/jobs", "post"), 405),
-        ("DELETE", "/health", {}, ("/health", "get"), 405),
-        ("GET", "/v1/jobs?limit=0", {"key": ""}, ("/v1/jobs", "get"), 422),
-        ("POST", "/v1/jobs", {"key": "", "Idempotency-Key": "k" * 256}, ("/v1/jobs", "post"), 422),
+        ("GET", "/v1/jobs", {}, b"", ("/v1/jobs", "get"), 401),
+        ("GET", "/v1/jobs/0123456789abcdef", {"key": ""}, b"", ("/v1/jobs/{job_id}", "get"), 404),
+        ("PUT", "/v1/jobs", {"key": ""}, b"", ("/v1/jobs", "post"), 405),
+        ("DELETE", "/health", {}, b"", ("/health", "get"), 405),
+        ("POST", "/v1/jobs", {"key": "", **JSON}, b"{not json", ("/v1/jobs", "post"), 400),
+        ("GET", "/v1/rate-limit", {"key": "", **JSON}, b"x" * (1024 * 1024 + 1), ("/v1/rate-limit", "get"), 413),
+        ("POST", "/v1/jobs", {"key": "", "Content-Type": "text/plain"}, PING, ("/v1/jobs", "post"), 415),
+        ("GET", "/v1/jobs?limit=0", {"key": ""}, b"", ("/v1/jobs", "get"), 422),
+        ("POST", "/v1/jobs", {"key": "", "Idempotency-Key": "k" * 256, **JSON}, PING, ("/v1/jobs", "post"), 422),
     ],
 )
 async def test_problem_is_the_documented_body_and_headers(
@@ -73,6 +81,7 @@ async def test_problem_is_the_documented_body_and_headers(
     method: str,
     url: str,
     headers: dict[str, str],
+    body: bytes,
     operation: tuple[str, str],
     status: int,
 ) -> None:
@@ -80,7 +89,7 @@ async def test_problem_is_the_documented_body_and_headers(
     sent = {name: value for name, value in headers.items() if name != "key"}
     if "key" in headers:
         sent["X-API-Key"] = api_key
-    response = await client.request(method, url, headers=sent, json={"task": "diagnostics.ping"})
+    response = await client.request(method, url, headers=sent, data=io.BytesIO(body))
     assert response.status == status
     assert response.content_type == "application/problem+json"
     await assert_as_documented(document, *operation, response)

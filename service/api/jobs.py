@@ -149,7 +149,7 @@ def _not_found(job_id: str) -> Problem:
         408: "The body did not arrive in time.",
         409: "The `Idempotency-Key` was used with another body.",
         413: "The body is larger than 1 MiB.",
-        415: "The body is not `application/json`.",
+        415: "The body is not JSON in UTF-8, or has a content coding other than gzip or deflate.",
         422: "An unknown task, arguments that do not fit it, or a malformed `Idempotency-Key`.",
         503: "Background jobs are disabled in this deployment, or Redis cannot answer now.",
     },
