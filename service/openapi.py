@@ -260,8 +260,8 @@ def operation(
 ) -> Callable[[Handler], Handler]:
     """Document a handler: every status it can answer, each with its body and headers.
 
-    ``problems`` are the statuses the handler's own code raises (the ones of its ``access``
-    kind, 405 and 500 are added here), each with what it means for this operation.
+    ``problems`` are the statuses the handler's own code raises, each with what it means for
+    this operation; those of its ``access`` kind and those every route shares are added here.
     ``request_body`` names a ``TaggedUnion`` of ``setup``, the required JSON body; it replaces
     the body ``@request_schema`` derives, which has one shape only.
     """

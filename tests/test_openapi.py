@@ -61,6 +61,22 @@ PING = b'{"task": "diagnostics.ping"}'
 JSON = {"Content-Type": "application/json"}
 
 
+async def test_every_operation_documents_the_problems_every_route_can_give(client: Client) -> None:
+    document = await _document(client)
+    operations = [(path, op) for path, item in document["paths"].items() for op in item.values()]
+    assert operations
+    for path, op in operations:
+        responses = op["responses"]
+        assert {"405", "413", "500"} <= set(responses), path
+        if path.startswith("/v1/"):
+            assert {"401", "429", "503"} <= set(responses), path
+            assert op["security"] == [{"apiKeyBearer": []}, {"apiKey": []}], path
+        for status, response in responses.items():
+            assert "X-Request-ID" in response["headers"], (path, status)
+            if int(status) >= 400 and path != "/ready":  # /ready's 503 is its answer, not a problem
+                assert set(response["content"]) == {"application/problem+json"}, (path, status)
+
+
 @pytest.mark.parametrize(
     ("method", "url", "headers", "body", "operation", "status"),
     [
