@@ -33,18 +33,19 @@ class Child:
         except urllib.error.HTTPError as error:
             return int(error.code), bytes(error.read())
 
-    def wait_healthy(self, timeout_s: float = 30.0) -> None:
+    def wait_healthy(self, timeout_s: float = 30.0, path: str = "/health") -> None:
+        """Until ``path`` answers 200 (``/ready``: until the process's dependencies are up too)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"process exited early with {self.process.returncode}")
             try:
-                if self.get("/health")[0] == 200:
+                if self.get(path)[0] == 200:
                     return
             except OSError:
                 pass
             time.sleep(0.1)
-        raise AssertionError(f"/health did not answer within {timeout_s} s")
+        raise AssertionError(f"{path} did not answer 200 within {timeout_s} s")
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 10.0) -> tuple[int, float, str]:
         """Send ``sig``; return the exit code, seconds it took, and everything it printed."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from redis.asyncio import Redis
 
 from service.auth import ApiKeyStore
 from tests.conftest import PYTHON, subprocess_env
-from tests.processes import Child, run_service
+from tests.processes import run_service
 from tests.schemathesis_hooks import RECEIVER_ENV
 from tests.servers import free_port, redis_url
 
@@ -87,21 +86,6 @@ def _config(*, api_key: str | None, examples: int, checks: str = "") -> str:
     )
 
 
-def _wait_ready(child: Child, timeout_s: float = 30.0) -> None:
-    """Until ``/ready`` is 200: the in-process worker has beaten once."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if child.process.poll() is not None:
-            raise AssertionError(f"the service exited with {child.process.returncode}")
-        try:
-            if child.get("/ready")[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"/ready did not answer 200 within {timeout_s} s")
-
-
 async def _schemathesis(tmp_path: Path, *, policies: str | None, config: str) -> dict[str, Any]:
     """Run schemathesis against a fresh service; its JSON report, after asserting that it found nothing."""
     receiver = f"127.0.0.1:{free_port()}"  # allowed, and nothing listens: deliveries fail and retry
@@ -120,8 +104,7 @@ async def _schemathesis(tmp_path: Path, *, policies: str | None, config: str) ->
     (tmp_path / "schemathesis.toml").write_text(config)
     report_path = tmp_path / "report.json"
     with run_service("dev", cwd=tmp_path, log=tmp_path / "service.log", **env) as child:
-        child.wait_healthy()
-        _wait_ready(child)
+        child.wait_healthy(path="/ready")  # the in-process worker has beaten once
         process = await asyncio.create_subprocess_exec(
             PYTHON,
             "-m",
