@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import hdrs, web
-from aiohttp.abc import AbstractStreamWriter
+from aiohttp.abc import AbstractAccessLogger, AbstractStreamWriter
 from aiohttp.http_exceptions import (
     BadHttpMethod,
     BadStatusLine,
@@ -141,7 +141,15 @@ class GuardedServer(web.Server):
 
 
 class ServiceRunner(web.AppRunner):
-    """aiohttp's ``AppRunner`` that serves through ``GuardedServer`` (``serve`` and the tests use it)."""
+    """aiohttp's ``AppRunner`` that serves through ``GuardedServer``, with the structured access log.
+
+    ``serve`` runs it; so do the tests that look at the server as clients see it.
+    """
+
+    def __init__(
+        self, app: web.Application, *, access_log_class: type[AbstractAccessLogger] = AccessLogger, **kwargs: Any
+    ) -> None:
+        super().__init__(app, access_log_class=access_log_class, **kwargs)
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()  # starts the app; aiohttp's server, with every option merged
@@ -167,7 +175,7 @@ async def _until_stop_signal() -> None:
 
 
 async def _serve(app: web.Application, host: str, port: int, shutdown_timeout_s: float) -> None:
-    runner = ServiceRunner(app, access_log_class=AccessLogger, shutdown_timeout=shutdown_timeout_s)
+    runner = ServiceRunner(app, shutdown_timeout=shutdown_timeout_s)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
