@@ -1,7 +1,10 @@
 """Rate-limit policies: the TOML file of ``RATE_LIMITS_FILE`` (or built-in defaults) as frozen objects.
 
 A plan maps route keys (``"*"`` or ``"METHOD /path/template"``) to buckets; a request
-spends the buckets of ``"*"`` plus those of its own route. Every plan pays an enqueue
+spends the buckets of ``"*"`` plus those of its own route. ``GET /v1/rate-limit``
+(``STATUS_ROUTE``) is the exception for a plan of API keys: it reports the ``"*"`` buckets
+without spending them and spends only its own (the anonymous section spends them as
+everywhere: callers without a key get no report). Every plan of API keys pays an enqueue
 bucket on ``POST /v1/jobs`` (each job costs Redis memory for a day): a plan that lists
 none gets ``DEFAULT_ENQUEUE_BUCKET``. Everything a request needs is
 resolved once here (the merged bucket tuple and its ``RateLimit-Policy`` header), so the
@@ -22,7 +25,16 @@ from typing import Any
 from service.ratelimit.headers import policy_header
 from service.settings import SettingsError
 
-__all__ = ["DEFAULT_POLICIES_TOML", "Bucket", "Plan", "Policies", "PolicyError", "RouteBuckets", "load_policies"]
+__all__ = [
+    "DEFAULT_POLICIES_TOML",
+    "STATUS_ROUTE",
+    "Bucket",
+    "Plan",
+    "Policies",
+    "PolicyError",
+    "RouteBuckets",
+    "load_policies",
+]
 
 UNITS_PER_TOKEN_PER_Q = 1_000_000  # one microsecond of refill is a whole number of units
 _MAX_UNITS = 2**53  # Lua numbers are doubles: integers are exact up to here
@@ -33,6 +45,7 @@ ENQUEUE_ROUTE = "POST /v1/jobs"
 ANONYMOUS = "anonymous"
 DEFAULT_PLAN = "default"
 ALL_ROUTES = "*"
+STATUS_ROUTE = "GET /v1/rate-limit"  # reads the caller's "*" buckets; spends only its own
 
 DEFAULT_POLICIES_TOML = """
 # A request spends the buckets of "*" and, if present, those of its own route.
@@ -42,9 +55,11 @@ DEFAULT_POLICIES_TOML = """
   { name = "sustained", capacity = 600, per_second = 10 },
 ]
 "POST /v1/jobs" = [{ name = "enqueue", capacity = 5, per_second = 1, cost = 1 }]
+"GET /v1/rate-limit" = [{ name = "status", capacity = 10, per_second = 1 }]
 
 [plans.pro]
 "*" = [{ name = "burst", capacity = 200, per_second = 100 }]
+"GET /v1/rate-limit" = [{ name = "status", capacity = 10, per_second = 1 }]
 
 [anonymous]          # callers without a valid API key, keyed by client address
 "*" = [{ name = "address", capacity = 10, per_second = 1 }]
@@ -95,13 +110,16 @@ class Bucket:
 class RouteBuckets:
     """What one (plan, route) spends: the merged buckets and their policy header, built once.
 
+    The first ``read_only`` buckets are only read: reported, never spent, never refusing.
+
     Compared and hashed by identity (``eq=False``): the limiter's framing caches are keyed by
     route, and hashing every field (fractions included) per request would cost more than it saves.
     """
 
     plan: str
     buckets: tuple[Bucket, ...]
-    enforced: tuple[Bucket, ...]  # the buckets that can refuse (not shadow)
+    read_only: int  # how many of the leading buckets are only read
+    enforced: tuple[Bucket, ...]  # the buckets that can refuse (spent, not shadow)
     policy_header: str
     fail_closed: bool  # Redis could not answer: refuse (503) rather than admit
 
@@ -158,12 +176,14 @@ def parse_policies(document: Mapping[str, Any], source: str = "<policies>") -> P
         raise PolicyError("plans.default: missing; it is the plan of every key whose plan has no section")
     if ANONYMOUS not in document:
         raise PolicyError("anonymous: missing; callers without a valid key are limited by address with it")
-    plans = {name: _plan(f"plans.{name}", name, body, pays_enqueue=True) for name, body in plans_doc.items()}
-    anonymous = _plan(ANONYMOUS, ANONYMOUS, document[ANONYMOUS], pays_enqueue=False)
+    plans = {name: _plan(f"plans.{name}", name, body) for name, body in plans_doc.items()}
+    anonymous = _plan(ANONYMOUS, ANONYMOUS, document[ANONYMOUS], of_api_keys=False)
     return Policies(plans=plans, anonymous=anonymous, source=source)
 
 
-def _plan(where: str, name: str, body: Any, *, pays_enqueue: bool) -> Plan:
+def _plan(where: str, name: str, body: Any, *, of_api_keys: bool = True) -> Plan:
+    """A plan; ``of_api_keys`` (not the anonymous section) reads its ``"*"`` buckets on ``STATUS_ROUTE`` and
+    pays an enqueue bucket."""
     if not _NAME.fullmatch(name):
         raise PolicyError(f"{where}: plan names are 1 to 64 letters, digits, '-', '_' or '.'")
     if not isinstance(body, dict):
@@ -185,7 +205,7 @@ def _plan(where: str, name: str, body: Any, *, pays_enqueue: bool) -> Plan:
             seen.add(bucket.name)
             buckets.append(bucket)
         per_route[route] = tuple(buckets)
-    if pays_enqueue and ENQUEUE_ROUTE not in per_route:
+    if of_api_keys and ENQUEUE_ROUTE not in per_route:
         bucket_name, capacity, per_second = DEFAULT_ENQUEUE_BUCKET
         if bucket_name in seen:
             raise PolicyError(
@@ -193,15 +213,17 @@ def _plan(where: str, name: str, body: Any, *, pays_enqueue: bool) -> Plan:
                 "taken; give the route its own bucket"
             )
         per_route[ENQUEUE_ROUTE] = (Bucket(bucket_name, capacity, Fraction(per_second)),)
-    common = per_route[ALL_ROUTES]
-    routes = {route: _route_buckets(name, common + own) for route, own in per_route.items() if route != ALL_ROUTES}
+    common = per_route.pop(ALL_ROUTES)
+    routes = {route: _route_buckets(name, common + own) for route, own in per_route.items()}
+    if of_api_keys:  # with or without buckets of its own
+        routes[STATUS_ROUTE] = _route_buckets(name, common + per_route.get(STATUS_ROUTE, ()), read_only=len(common))
     return Plan(name=name, routes=routes, everywhere=_route_buckets(name, common))
 
 
-def _route_buckets(plan: str, buckets: tuple[Bucket, ...]) -> RouteBuckets:
-    enforced = tuple(b for b in buckets if not b.shadow)
-    header = policy_header((b.name, b.capacity, b.window_s) for b in enforced)
-    return RouteBuckets(plan, buckets, enforced, header, any(b.fail_closed for b in enforced))
+def _route_buckets(plan: str, buckets: tuple[Bucket, ...], read_only: int = 0) -> RouteBuckets:
+    enforced = tuple(b for b in buckets[read_only:] if not b.shadow)
+    header = policy_header((b.name, b.capacity, b.window_s) for b in buckets if not b.shadow)
+    return RouteBuckets(plan, buckets, read_only, enforced, header, any(b.fail_closed for b in enforced))
 
 
 def _bucket(where: str, index: int, item: Any) -> Bucket:
