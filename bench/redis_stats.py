@@ -1,0 +1,172 @@
+"""What a private Redis served during a benchmark: how many commands, and who sent them.
+
+Two counts, because they answer two questions:
+
+- **Server-side** (``command_calls``, from ``INFO commandstats``): every command Redis ran,
+  including those a Lua script runs inside the server. An ``EVALSHA`` whose script calls
+  ``GET`` and ``SET`` adds one to ``cmdstat_evalsha``, one to ``cmdstat_get`` and one to
+  ``cmdstat_set``; commandstats cannot tell that ``GET`` from one a client sent.
+- **Client-sent** (``Monitor``): the commands clients sent, a script call counting once.
+  That is what a metered Redis such as Upstash bills. ``MONITOR`` shows every command with
+  its source: ``[0 127.0.0.1:5123] "evalsha" ...`` for one a client sent, ``[0 lua] "GET" ...``
+  for one a script ran, so the tap counts each kind by name. MONITOR costs Redis time for
+  every command, so benchmarks tap a counting window of their own, never a timed one.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = ["Monitor", "Window", "command_calls", "delta", "per"]
+
+# Commands a benchmark sends itself to measure; never counted.
+OWN_COMMANDS = frozenset({"info", "echo", "monitor"})
+
+
+def command_calls(commandstats: Mapping[str, Any]) -> dict[str, int]:
+    """``{command: calls}`` from redis-py's parsed ``INFO commandstats`` (``cmdstat_get``: ``get``)."""
+    return {
+        name.removeprefix("cmdstat_"): int(value["calls"])
+        for name, value in commandstats.items()
+        if name.startswith("cmdstat_")
+    }
+
+
+def delta(before: Mapping[str, int], after: Mapping[str, int], ignore: Iterable[str] = OWN_COMMANDS) -> dict[str, int]:
+    """Calls per command between two snapshots, without ``ignore`` and without zeros."""
+    skip = set(ignore)
+    changes = {name: calls - before.get(name, 0) for name, calls in after.items() if name not in skip}
+    return {name: calls for name, calls in changes.items() if calls}
+
+
+def per(counts: Mapping[str, int], units: float, top: int = 6) -> str:
+    """``"get 4.00, zscore 2.00, ..."``: the largest ``top`` counts divided by ``units``."""
+    if not counts or not units:
+        return "none"
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    shown = [f"{name} {calls / units:.2f}" for name, calls in ranked[:top]]
+    rest = sum(calls for _, calls in ranked[top:])
+    if rest:
+        shown.append(f"others {rest / units:.2f}")
+    return ", ".join(shown)
+
+
+@dataclass
+class Window:
+    """The commands seen between two marks, by name: sent by clients, and run by scripts."""
+
+    client: dict[str, int] = field(default_factory=dict)
+    script: dict[str, int] = field(default_factory=dict)
+
+    def without(self, ignore: Iterable[str]) -> Window:
+        skip = set(ignore)
+        return Window(
+            {k: v for k, v in self.client.items() if k not in skip},
+            {k: v for k, v in self.script.items() if k not in skip},
+        )
+
+    @property
+    def client_total(self) -> int:
+        return sum(self.client.values())
+
+    @property
+    def server_total(self) -> int:
+        return self.client_total + sum(self.script.values())
+
+
+def _connect(url: str) -> socket.socket:
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(parts.path)
+        return sock
+    return socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379))
+
+
+class Monitor:
+    """A ``MONITOR`` tap on the Redis at ``url`` (no password), read by a thread of its own.
+
+    ``mark()`` returns the commands seen since the previous mark; it sends an ``ECHO``
+    with a fresh token and waits for the tap to read it, so every command Redis ran
+    before the mark is counted before it. Use it as a context manager.
+    """
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._tap = _connect(url)
+        self._tap.sendall(b"MONITOR\r\n")
+        self._control = _connect(url)
+        self._counts: Counter[tuple[bool, str]] = Counter()
+        self._taken: Counter[tuple[bool, str]] = Counter()
+        self._lock = threading.Lock()
+        self._awaited: dict[bytes, threading.Event] = {}
+        self._thread = threading.Thread(target=self._read, name="redis-monitor", daemon=True)
+        self._thread.start()
+        self.mark()  # from here on
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._tap.close()
+        self._control.close()
+        self._thread.join(timeout=5)
+
+    def mark(self, timeout_s: float = 30.0) -> Window:
+        """The commands since the previous mark (or since the tap started)."""
+        token = uuid.uuid4().hex.encode()
+        seen = threading.Event()
+        with self._lock:
+            self._awaited[token] = seen
+        self._control.sendall(b"*2\r\n$4\r\nECHO\r\n$%d\r\n%b\r\n" % (len(token), token))
+        self._control.recv(64)  # the echo's reply
+        if not seen.wait(timeout_s):
+            raise TimeoutError("the MONITOR tap did not see its mark")
+        with self._lock:
+            now = Counter(self._counts)
+        window, self._taken = now - self._taken, now
+        return Window(
+            {name: n for (script, name), n in window.items() if not script},
+            {name: n for (script, name), n in window.items() if script},
+        ).without(OWN_COMMANDS)
+
+    def _read(self) -> None:
+        pending = b""
+        while True:
+            try:
+                chunk = self._tap.recv(1 << 16)
+            except OSError:
+                return
+            if not chunk:
+                return
+            lines = (pending + chunk).split(b"\r\n")
+            pending = lines.pop()
+            with self._lock:
+                for line in lines:
+                    self._count(line)
+
+    def _count(self, line: bytes) -> None:
+        # +1700000000.123456 [0 unix:/tmp/redis.sock] "evalsha" "..." ... ; [0 lua] for a script's command
+        source_at = line.find(b" [")
+        name_at = line.find(b'] "', source_at)
+        if source_at < 0 or name_at < 0:
+            return  # +OK, the answer to MONITOR itself
+        name_end = line.find(b'"', name_at + 3)
+        name = line[name_at + 3 : name_end].decode(errors="replace").lower()
+        if name == "echo":
+            for token, seen in self._awaited.items():
+                if token in line:
+                    seen.set()
+                    del self._awaited[token]
+                    break
+        self._counts[line[name_at - 4 : name_at] == b" lua", name] += 1
