@@ -39,6 +39,7 @@ import tomllib
 import urllib.error
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -229,18 +230,32 @@ class RedisProbe:
         self._client.close()
 
 
-def answered(port: int) -> int | None:
-    """Requests the server has answered so far, from its ``/metrics`` (that route left out); ``None`` without one."""
+def scrape(port: int) -> Counter[str] | None:
+    """From the server's ``/metrics`` (that route left out): requests answered, 5xx answers,
+    limiter fail-open decisions and limiter Redis errors so far; ``None`` without one."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
             text = answer.read().decode()
     except OSError:  # the bare app has no /metrics (HTTPError is an OSError)
         return None
-    return sum(
-        int(float(line.rpartition(" ")[2]))
-        for line in text.splitlines()
-        if line.startswith("http_requests_total{") and 'route="/metrics"' not in line
-    )
+    figures: Counter[str] = Counter()
+    for line in text.splitlines():
+        sample, _, value = line.rpartition(" ")
+        name, _, labels = sample.partition("{")
+        if name == "http_requests_total" and 'route="/metrics"' not in labels:
+            figures["answered"] += int(float(value))
+            if 'status="5' in labels:
+                figures["5xx"] += int(float(value))
+        elif name == "ratelimit_decisions_total" and 'outcome="fail_open"' in labels:
+            figures["limiter fail-open"] += int(float(value))
+        elif name == "ratelimit_redis_errors_total":
+            reason = labels.split('"')[1]  # reason="timeout"
+            figures[f"limiter Redis errors ({reason})"] += int(float(value))
+    return figures
+
+
+def _answered(figures: Counter[str] | None, fallback: float) -> float:
+    return float(figures["answered"]) if figures is not None else fallback
 
 
 def measure(
@@ -252,24 +267,25 @@ def measure(
     count: the load generator leaves out those in flight when it stops, whose commands
     Redis still runs); the bare app has no count of its own, so there the generator's is used.
     """
-    result: dict[str, Any] = {"first_status": _first_request(port, targets, method, body)}
-    result["loop"] = harness.event_loop_of(process.pid)
-    answered_before = answered(port)
+    status = _first_request(port, targets, method, body)
+    if status >= 500:
+        raise RuntimeError(f"the first request to {targets.stem} answered {status}: see the server's log")
+    result: dict[str, Any] = {"loop": harness.event_loop_of(process.pid)}
+    before = scrape(port)
     calls_before, redis_cpu_before = probe.snapshot()
-    cpu_before = harness.cpu_seconds(process.pid)
+    user_before, system_before = harness.cpu_times(process.pid)
     timed = harness.load(port, targets, SECONDS, method, body)
     time.sleep(SETTLE_S)
-    cpu_after = harness.cpu_seconds(process.pid)
+    user_after, system_after = harness.cpu_times(process.pid)
     calls_after, redis_cpu_after = probe.snapshot()
-    answered_after = answered(port)
-    served = timed["requests"] if answered_after is None else answered_after - (answered_before or 0)
-    served = max(1.0, served)
+    after = scrape(port)
+    served = max(1.0, _answered(after, timed["requests"]) - _answered(before, 0))
     commands = delta(calls_before, calls_after)
     result.update(timed)
     result.update(
         rps=timed["requests"] / timed["seconds"],
-        served=served,
-        cpu_us=(cpu_after - cpu_before) * 1e6 / served,
+        cpu_us=(user_after - user_before + system_after - system_before) * 1e6 / served,
+        system_us=(system_after - system_before) * 1e6 / served,
         redis_cpu_us=(redis_cpu_after - redis_cpu_before) * 1e6 / served,
         server_commands=commands,
         server_cmds=sum(commands.values()) / served,
@@ -278,9 +294,9 @@ def measure(
         counting = harness.load(port, targets, COUNT_SECONDS, method, body)
         time.sleep(SETTLE_S)
         window = monitor.mark()
-    answered_end = answered(port)
-    counted = counting["requests"] if answered_end is None else answered_end - (answered_after or 0)
-    result.update(count_requests=max(1.0, counted), window=window, answered_total=answered_end)
+    end = scrape(port)
+    counted = _answered(end, counting["requests"]) - _answered(after, 0)
+    result.update(count_requests=max(1.0, counted), window=window, metrics=end)
     result["client_cmds"] = window.client_total / result["count_requests"]
     return result
 
@@ -306,8 +322,24 @@ def run_serve(scenario: Scenario, probe: RedisProbe, folder: Path) -> dict[str, 
         result = measure(process, port, folder / f"{scenario.targets}.targets", probe, scenario.method, scenario.body)
     text = log.read_bytes()  # the scrapes of /metrics are logged too, but not counted in it
     result["log_lines"] = text.count(b'"event": "request"') - text.count(b'"path": "/metrics"')
+    result["trouble"] = _trouble(text, result["metrics"])
     log.unlink()
     return result
+
+
+def _trouble(log: bytes, metrics: Counter[str]) -> Counter[str]:
+    """What went wrong in a serve process: its warnings and errors by event, and its /metrics' counts."""
+    trouble = Counter({name: n for name, n in metrics.items() if name != "answered" and n})
+    for line in log.splitlines():
+        if b'"level": "warning"' in line or b'"level": "error"' in line:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                trouble["unparsed log line"] += 1
+                continue
+            detail = f" ({record['error']})" if "error" in record else ""
+            trouble[f"log: {record.get('event')}{detail}"] += 1
+    return trouble
 
 
 def run_bare(loop: str, probe: RedisProbe, folder: Path) -> dict[str, Any]:
@@ -351,15 +383,23 @@ def report(rows: dict[str, dict[str, Any]], machine: str, loop: str) -> str:
         f"{TINY['per_second']}/s. Traffic: {TENANTS:,} tenants, one API key each, rotated per request; each owns "
         f"{JOBS_PER_TENANT} queued jobs (no worker).",
         "",
-        "| scenario | requests/s | ÷ bare | p50 ms | p99 ms | server CPU µs/request | Redis CPU µs/request | non-2xx "
-        "| Redis commands/request, server-side | Redis commands/request, client-sent | access-log lines/request |",
+        "Per-request CPU and commands divide by the requests serve answered in the window (its /metrics count). "
+        "Server CPU: utime + stime of the serve process from /proc. Redis commands, server-side: INFO commandstats "
+        "deltas over the timed run (every command Redis ran, those its scripts ran included; the bench's INFO left "
+        "out); client-sent: the counting run's MONITOR tap, a script call counting once. The missing id (404) and "
+        "the hot tenant (429) are non-2xx by design.",
+        "",
+        "| scenario | requests/s | ÷ bare | p50 ms | p99 ms | server CPU µs/request (of it system) "
+        "| Redis CPU µs/request | non-2xx | Redis commands/request, server-side | Redis commands/request, client-sent "
+        "| access-log lines/request |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, r in rows.items():
-        logged = f"{r['log_lines'] / r['answered_total']:.2f}" if r["answered_total"] else "off"
+        logged = f"{r['log_lines'] / r['metrics']['answered']:.2f}" if r["metrics"] else "off"
         lines.append(
             f"| {label} | {r['rps']:,.0f} | {r['vs_bare']:.2f} | {r['p50_us'] / 1000:.2f} | {r['p99_us'] / 1000:.2f} "
-            f"| {r['cpu_us']:.1f} | {r['redis_cpu_us']:.1f} | {r['non_2xx'] / max(1, r['requests']):.0%} "
+            f"| {r['cpu_us']:.0f} ({r['system_us']:.0f}) | {r['redis_cpu_us']:.1f} "
+            f"| {r['non_2xx'] / max(1, r['requests']):.1%} "
             f"| {r['server_cmds']:.2f} | {r['client_cmds']:.2f} | {logged} |"
         )
     lines += [
@@ -389,9 +429,18 @@ def report(rows: dict[str, dict[str, Any]], machine: str, loop: str) -> str:
         if window.server_total:
             requests = r["count_requests"]
             lines.append(f"| {label} | {per(window.client, requests)} | {per(window.script, requests)} |")
-    odd = [f"{label} (first request {r['first_status']})" for label, r in rows.items() if r["socket_errors"]]
-    if odd:
-        lines += ["", "Socket errors in: " + ", ".join(odd) + "."]
+    troubled = {label: r["trouble"] for label, r in rows.items() if r.get("trouble")}
+    if troubled:
+        lines += [
+            "",
+            "What went wrong inside serve, per process (warm-up, timed and counting runs; from its log and /metrics):",
+            "",
+        ]
+        for label, trouble in troubled.items():
+            lines.append(f"- {label}: " + ", ".join(f"{what}: {n:,}" for what, n in trouble.most_common()) + ".")
+    sockets = [f"{label} ({r['socket_errors']:,.0f})" for label, r in rows.items() if r["socket_errors"]]
+    if sockets:
+        lines += ["", "Load-generator socket errors: " + ", ".join(sockets) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "append_results",
     "cpu_model",
     "cpu_seconds",
+    "cpu_times",
     "event_loop_of",
     "free_port",
     "load",
@@ -134,14 +135,20 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` (all its threads) so far; Linux ``/proc``, 0 elsewhere."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of process ``pid`` (all its threads) so far; Linux ``/proc``, 0 elsewhere."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return 0.0
+        return 0.0, 0.0
     fields = stat.rpartition(")")[2].split()  # after "pid (comm)"; comm may hold spaces
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick  # utime, stime
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    return sum(cpu_times(pid))
 
 
 def event_loop_of(pid: int) -> str:
