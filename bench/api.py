@@ -450,10 +450,14 @@ def _progress(message: str) -> None:
 
 def main() -> None:
     """Run every scenario once, print the report and append it to ``bench/RESULTS.md``."""
-    from service.embedded_redis import embedded_redis
+    from service.embedded_redis import RedisServer
 
-    with tempfile.TemporaryDirectory(prefix="ottoai-bench-api-") as tmp, embedded_redis() as redis_url:
+    with (
+        tempfile.TemporaryDirectory(prefix="ottoai-bench-api-") as tmp,
+        RedisServer(Path(tmp), unix_socket=Path(tmp) / "redis.sock", args=["--save", ""]) as server,
+    ):
         folder = Path(tmp)
+        redis_url = server.url
         probe = RedisProbe(redis_url)
         try:
             machine = harness.machine(probe.version())

@@ -33,11 +33,16 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from redis.asyncio import Redis
+
 from bench import harness
-from service.ratelimit.limiter import SCRIPT_SHA, Limiter, bucket_key
+from service.ratelimit.limiter import Limiter
+from service.ratelimit.policy import RouteBuckets
+from service.ratelimit.script import SCRIPT_SHA, argv, bucket_key
 
 TENANTS = 1000
 SECONDS = 10
@@ -72,8 +77,6 @@ SCENARIOS = (
 
 
 async def _create_keys(redis_url: str, folder: Path) -> None:
-    from redis.asyncio import Redis
-
     from service.auth import ApiKeyStore
 
     client = Redis.from_url(redis_url)
@@ -122,10 +125,14 @@ def _redis_version(redis_url: str) -> str:
 
 def main() -> None:
     """Run every scenario once, print the table and append it to ``bench/RESULTS.md``."""
-    from service.embedded_redis import embedded_redis
+    from service.embedded_redis import RedisServer
 
-    with tempfile.TemporaryDirectory(prefix="ottoai-bench-") as tmp, embedded_redis() as redis_url:
+    with (
+        tempfile.TemporaryDirectory(prefix="ottoai-bench-") as tmp,
+        RedisServer(Path(tmp), unix_socket=Path(tmp) / "redis.sock", args=["--save", ""]) as server,
+    ):
         folder = Path(tmp)
+        redis_url = server.url
         (folder / "policies.toml").write_text(POLICY_TOML)
         asyncio.run(_create_keys(redis_url, folder))
         machine = harness.machine(_redis_version(redis_url))
@@ -198,7 +205,6 @@ def _batched_limiter(redis_url: str, folder: Path, pipelined: bool = False) -> A
 
     from aiohttp import web
     from aiohttp.typedefs import Handler
-    from redis.asyncio import Redis
 
     from service.ratelimit.limiter import Outcome
     from service.ratelimit.policy import parse_policies
@@ -221,6 +227,14 @@ def _batched_limiter(redis_url: str, folder: Path, pipelined: bool = False) -> A
     return batched
 
 
+class _RedisPyCommand:
+    """Stands in for the limiter's ``BatchFramer``: a batch's ``EVALSHA`` as plain arguments, for redis-py to pack."""
+
+    def evalsha(self, decisions: Sequence[tuple[str, RouteBuckets, bool, object]]) -> tuple[Any, ...]:
+        keys = [bucket_key(caller, bucket.name) for caller, route, _, _ in decisions for bucket in route.buckets]
+        return (SCRIPT_SHA, len(keys), *keys, *argv([(spend, route.buckets) for _, route, spend, _ in decisions]))
+
+
 class _PipelinedLimiter(Limiter):
     """The service's limiter, but its one ``EVALSHA`` per loop turn is built and sent by redis-py.
 
@@ -229,16 +243,9 @@ class _PipelinedLimiter(Limiter):
     reply, where ``Limiter`` frames RESP by hand and reads from a connection it keeps.
     """
 
-    def _command(self, group: list[Any]) -> tuple[Any, ...]:  # type: ignore[override]
-        keys: list[str] = []
-        args: list[bytes] = []
-        for caller, route, spend, _ in group:
-            keys += [bucket_key(caller, bucket.name) for bucket in route.buckets]
-            args += [b"1" if spend else b"0", b"%d" % len(route.buckets)]
-            for bucket in route.buckets:
-                args += bucket.script_args
-        # ARGV: now ("" = Redis TIME), the number of decisions, then each decision's arguments
-        return (SCRIPT_SHA, len(keys), *keys, b"", len(group), *args)
+    def __init__(self, redis: Redis, *, deadline_s: float) -> None:
+        super().__init__(redis, deadline_s=deadline_s)
+        self._framer = _RedisPyCommand()  # type: ignore[assignment]
 
     async def _send(self, commands: list[Any]) -> list[Any]:
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -258,14 +265,14 @@ def _naive_limiter(mode: str, redis_url: str, folder: Path) -> list[Any]:
     if mode in ("batched", "pipelined"):
         return [_batched_limiter(redis_url, folder, pipelined=mode == "pipelined")]
     if mode == "evalsha":
-        from redis.asyncio import Redis
+        import tomllib
 
-        from service.ratelimit.limiter import SCRIPT
+        from service.ratelimit.policy import parse_policies
+        from service.ratelimit.script import SCRIPT
 
         redis = Redis.from_url(redis_url)
-        big = str(1_000_000 * 1_000_000)
-        rate = str(100_000)
-        args = ["", "1", "1", "2", big, rate, "1000000", "1", big, rate, "1000000", "1"]
+        roomy = parse_policies(tomllib.loads(POLICY_TOML)).plan("default").for_route(None).buckets
+        args = argv([(True, roomy)])
         loaded = False
 
         @web.middleware
@@ -275,8 +282,8 @@ def _naive_limiter(mode: str, redis_url: str, folder: Path) -> list[Any]:
                 await redis.script_load(SCRIPT)
                 loaded = True
             tenant = request.headers.get("X-API-Key", "")[-16:]
-            keys = (f"rl:{{{tenant}}}:burst", f"rl:{{{tenant}}}:sustained")
-            reply = await redis.evalsha(SCRIPT_SHA, 2, *keys, *args)
+            keys = [bucket_key(tenant, bucket.name) for bucket in roomy]
+            reply = await redis.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
             if reply[0] != 1:
                 return web.json_response({"status": 429}, status=429)
             return await handler(request)

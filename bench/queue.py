@@ -41,14 +41,14 @@ import contextlib
 import logging.config
 import os
 import random
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings
@@ -96,24 +96,14 @@ def run_stock_worker(url: str) -> None:
 
 @contextlib.contextmanager
 def private_redis() -> Iterator[str]:
-    """A throw-away redis-server on a free loopback port; yields its URL."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("bench.queue needs redis-server on PATH (apt-get install redis-server)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(200):
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.1):
-                break
-            time.sleep(0.02)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    """A throw-away redis-server on a free loopback port, no persistence; yields its URL."""
+    from service.embedded_redis import RedisServer
+
+    with (
+        tempfile.TemporaryDirectory(prefix="ottoai-bench-queue-") as tmp,
+        RedisServer(Path(tmp), port=harness.free_port(), args=["--save", "", "--appendonly", "no"]) as server,
+    ):
+        yield server.url
 
 
 def start_worker(kind: str, url: str) -> subprocess.Popen[bytes]:

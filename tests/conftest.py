@@ -1,13 +1,11 @@
-"""Shared fixtures: a real Redis (``REDIS_URL``, default db 15), settings, app and client.
+"""Shared fixtures: the suite's own Redis (see ``tests/servers.py``), settings, app and client.
 
-Every test starts on an empty database. Tests that must run concurrently with another
-checkout can point ``REDIS_URL`` at another db number.
+Every test starts on an empty database.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -21,15 +19,14 @@ from redis.asyncio import Redis
 from service.app import create_app
 from service.app_keys import API_KEYS
 from service.settings import Settings
+from tests.servers import missing_redis_server, redis_url, stop_all
 
-TEST_REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
-TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_settings(**env: str) -> Settings:
     """Settings for a test: the test Redis, console logs, plus ``env`` overrides."""
-    base: dict[str, str] = {"REDIS_URL": TEST_REDIS_URL, "LOG_FORMAT": "console"}
+    base: dict[str, str] = {"REDIS_URL": redis_url(), "LOG_FORMAT": "console"}
     base.update(env)
     return Settings.from_env(base)
 
@@ -46,17 +43,19 @@ def subprocess_env(**overrides: str) -> Mapping[str, str]:
 PYTHON = sys.executable
 
 
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def pytest_configure(config: pytest.Config) -> None:
+    problem = missing_redis_server()
+    if problem:
+        pytest.exit(problem, returncode=2)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    stop_all()
 
 
 @pytest.fixture
 async def redis() -> AsyncIterator[Redis]:
-    client = Redis.from_url(TEST_REDIS_URL)
+    client = Redis.from_url(redis_url())
     await client.flushdb()
     try:
         yield client

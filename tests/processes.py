@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from tests.conftest import PYTHON, ROOT, subprocess_env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.servers import free_port
 
 
 @dataclass
@@ -61,12 +55,15 @@ class Child:
 
 
 @contextlib.contextmanager
-def run_service(*args: str, **env: str) -> Iterator[Child]:
-    """``python -m service ARGS`` on a free port, stdout and stderr merged; killed if left running."""
+def run_service(*args: str, cwd: Path = ROOT, **env: str) -> Iterator[Child]:
+    """``python -m service ARGS`` on a free port, stdout and stderr merged; killed if left running.
+
+    ``dev`` keeps its embedded Redis's data under its working folder: give it a temporary ``cwd``.
+    """
     port = free_port()
     process = subprocess.Popen(
         [PYTHON, "-m", "service", *args],
-        cwd=ROOT,
+        cwd=cwd,
         env=subprocess_env(PORT=str(port), HOST="127.0.0.1", **env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

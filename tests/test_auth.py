@@ -12,7 +12,8 @@ from redis.asyncio import Redis
 
 from service import auth
 from service.app_keys import API_KEYS
-from tests.conftest import PYTHON, ROOT, TEST_REDIS_URL, subprocess_env
+from tests.conftest import PYTHON, ROOT, subprocess_env
+from tests.servers import redis_url
 
 Client = TestClient[web.Request, web.Application]
 V1 = "/v1/rate-limit"
@@ -100,7 +101,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [PYTHON, "-m", "service", "keys", *args],
         cwd=ROOT,
-        env=subprocess_env(REDIS_URL=TEST_REDIS_URL, LOG_FORMAT="console"),
+        env=subprocess_env(REDIS_URL=redis_url(), LOG_FORMAT="console"),
         capture_output=True,
         text=True,
         timeout=30,

@@ -7,7 +7,7 @@ import contextlib
 import json
 import ssl
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,8 @@ from redis.asyncio import Redis
 from jobs.worker import running_worker
 from service.doctor import Finding, diagnose
 from service.settings import Settings
-from tests.conftest import PYTHON, ROOT, TEST_REDIS_URL, make_settings, subprocess_env
+from tests.conftest import PYTHON, ROOT, make_settings, subprocess_env
+from tests.servers import new_redis_server, redis_url
 
 
 def _by_check(findings: list[Finding]) -> dict[str, Finding]:
@@ -73,16 +74,31 @@ async def tls_port(certificate: tuple[Path, Path]) -> AsyncIterator[int]:
         await server.wait_closed()
 
 
-async def test_healthy_redis_passes_every_connection_check() -> None:
-    found = await _diagnose(TEST_REDIS_URL)
-    for check in ("config", "dns", "connect", "tls", "auth", "ping", "version", "lua", "memory", "eviction"):
+@pytest.fixture(scope="module")
+def persistent_redis() -> Iterator[str]:
+    """A private Redis set up the way the operations guide asks: AOF on, noeviction."""
+    server = new_redis_server("--appendonly", "yes", "--maxmemory-policy", "noeviction")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+async def test_healthy_redis_passes_every_check_but_workers(persistent_redis: str) -> None:
+    found = await _diagnose(persistent_redis)
+    checks = ("config", "dns", "connect", "tls", "auth", "ping", "version", "lua", "memory", "eviction", "persistence")
+    for check in checks:
         assert found[check].status == "ok", found[check]
     assert found["version"].detail.startswith("Redis ")
-    # The machine's Redis keeps nothing on disk, which doctor must call out.
-    assert found["persistence"].status == "problem"
-    assert "AOF" in found["persistence"].advice
+    assert found["persistence"].detail == "AOF on"
     assert found["workers"].status == "problem"  # no worker runs in this test
     assert "python -m jobs" in found["workers"].advice
+
+
+async def test_redis_that_keeps_nothing_on_disk_is_a_persistence_problem() -> None:
+    found = await _diagnose(redis_url())  # the suite's own Redis runs without AOF or RDB
+    assert found["persistence"].status == "problem"
+    assert "AOF" in found["persistence"].advice
 
 
 async def test_live_worker_is_reported(redis: Redis) -> None:
@@ -102,7 +118,7 @@ async def test_connection_refused_is_named_and_later_checks_skipped() -> None:
 
 
 async def test_rediss_against_a_plain_port_says_use_redis() -> None:
-    found = await _diagnose(TEST_REDIS_URL.replace("redis://", "rediss://"))
+    found = await _diagnose(redis_url().replace("redis://", "rediss://"))
     assert found["tls"].status == "problem"
     assert "use redis://" in found["tls"].advice
 
@@ -120,13 +136,17 @@ async def test_untrusted_certificate_is_reported(tls_port: int) -> None:
 
 
 async def test_authentication_failure_is_reported_without_the_password() -> None:
-    findings = await diagnose(Settings.from_env({"REDIS_URL": "redis://:doctor-sentinel@127.0.0.1:6379/15"}))
+    server = new_redis_server("--requirepass", "the-right-password")
+    try:
+        findings = await diagnose(Settings.from_env({"REDIS_URL": server.url.replace("//", "//:doctor-sentinel@")}))
+    finally:
+        server.stop()
     found = _by_check(findings)
     assert found["auth"].status == "problem"
     assert "doctor-sentinel" not in json.dumps([f.detail + f.advice for f in findings])
 
 
-def test_cli_exit_codes_and_json() -> None:
+def test_cli_exit_codes_and_json(persistent_redis: str) -> None:
     def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [PYTHON, "-m", "service", "doctor", *args],
@@ -137,11 +157,15 @@ def test_cli_exit_codes_and_json() -> None:
             timeout=60,
         )
 
-    problems = run("--json", REDIS_URL=TEST_REDIS_URL)
-    assert problems.returncode == 1  # persistence is off on this machine's Redis
-    document = json.loads(problems.stdout)
-    assert document["healthy"] is False
+    healthy = run("--json", REDIS_URL=persistent_redis, ENABLE_WORKER="false")
+    assert healthy.returncode == 0, healthy.stdout
+    document = json.loads(healthy.stdout)
+    assert document["healthy"] is True
     assert {c["check"] for c in document["checks"]} >= {"dns", "connect", "tls", "ping", "lua", "eviction"}
+
+    problems = run("--json", REDIS_URL=redis_url(), ENABLE_WORKER="false")
+    assert problems.returncode == 1  # the suite's own Redis keeps nothing on disk
+    assert json.loads(problems.stdout)["healthy"] is False
 
     refused = run(REDIS_URL="redis://:pw-sentinel@127.0.0.1:1/0")
     assert refused.returncode == 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -10,7 +12,7 @@ from redis.asyncio import Redis
 
 from service.ratelimit.limiter import Limiter, Outcome
 from service.ratelimit.policy import parse_policies
-from tests.conftest import TEST_REDIS_URL
+from tests.servers import redis_url
 
 POLICIES = parse_policies(
     {
@@ -19,6 +21,7 @@ POLICIES = parse_policies(
     }
 )
 ROUTE = POLICIES.plan("default").for_route(None)
+LIMITER_CLIENT_NAME = f"limiter-test-{uuid.uuid4().hex}"  # finds the limiter's connection in CLIENT LIST
 
 
 def round_trips(limiter: Limiter) -> float:
@@ -28,7 +31,7 @@ def round_trips(limiter: Limiter) -> float:
 
 @pytest.fixture
 async def limiter_redis(redis: Redis) -> AsyncIterator[Redis]:
-    client = Redis.from_url(TEST_REDIS_URL)
+    client = Redis.from_url(redis_url(), client_name=LIMITER_CLIENT_NAME)
     try:
         yield client
     finally:
@@ -45,6 +48,28 @@ async def test_decisions_of_one_loop_turn_share_one_round_trip(limiter_redis: Re
     outcomes = [d.outcome for d in decisions]
     assert outcomes == [Outcome.ALLOWED] * 30 + [Outcome.LIMITED] * 10  # 3 each, in arrival order
     assert round_trips(limiter) == 1
+    await limiter.close()
+
+
+async def test_a_connection_the_server_closed_while_idle_is_replaced_not_failed(
+    limiter_redis: Redis, redis: Redis
+) -> None:
+    limiter = Limiter(limiter_redis, deadline_s=1.0)
+    assert (await limiter.decide("acme", ROUTE)).outcome == Outcome.ALLOWED
+    [held] = [client for client in await redis.client_list() if client["name"] == LIMITER_CLIENT_NAME]
+    await redis.client_kill_filter(_id=held["id"])  # as a Redis restart or an idle timeout would
+    # Wait until the limiter's idle connection has read the EOF (the state _connection checks).
+    [idle] = limiter._idle
+    deadline = time.monotonic() + 5
+    while idle._reader is not None and not idle._reader.at_eof():
+        assert time.monotonic() < deadline, "the closed connection never read EOF"
+        await asyncio.sleep(0.001)
+
+    decision = await limiter.decide("acme", ROUTE)
+
+    assert decision.outcome == Outcome.ALLOWED
+    assert [state.remaining for state in decision.states] == [1]  # the same bucket, on a new connection
+    assert limiter.metrics.redis_errors == {}
     await limiter.close()
 
 

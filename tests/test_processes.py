@@ -5,16 +5,17 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import TEST_REDIS_URL
 from tests.processes import run_service
+from tests.servers import redis_url
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_serve_stops_cleanly_on_signal_within_10_s(sig: signal.Signals) -> None:
-    with run_service("serve", REDIS_URL=TEST_REDIS_URL) as child:
+    with run_service("serve", REDIS_URL=redis_url()) as child:
         child.wait_healthy()
         code, seconds, output = child.stop(sig)
     assert code == 0, output
@@ -27,9 +28,9 @@ def _embedded_redis_pids() -> set[str]:
     return set(found.stdout.split())
 
 
-def test_dev_without_redis_url_runs_an_embedded_redis() -> None:
+def test_dev_without_redis_url_runs_an_embedded_redis(tmp_path: Path) -> None:
     before = _embedded_redis_pids()
-    with run_service("dev", LOG_FORMAT="console") as child:
+    with run_service("dev", cwd=tmp_path, LOG_FORMAT="console") as child:
         child.wait_healthy(timeout_s=60)
         # An unknown key is looked up in Redis: 401, not 503, proves the embedded Redis answers.
         status, _ = child.get("/v1/rate-limit", headers={"X-API-Key": "otto_0123456789abcdef0123"})
@@ -40,9 +41,9 @@ def test_dev_without_redis_url_runs_an_embedded_redis() -> None:
     assert _embedded_redis_pids() <= before, "the embedded redis-server outlived dev"
 
 
-def test_embedded_redis_dies_with_a_killed_dev() -> None:
+def test_embedded_redis_dies_with_a_killed_dev(tmp_path: Path) -> None:
     before = _embedded_redis_pids()
-    with run_service("dev", LOG_FORMAT="console") as child:
+    with run_service("dev", cwd=tmp_path, LOG_FORMAT="console") as child:
         child.wait_healthy(timeout_s=60)
         assert _embedded_redis_pids() - before
         child.process.kill()

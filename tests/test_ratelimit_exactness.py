@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -12,7 +11,9 @@ import aiohttp
 from redis.asyncio import Redis
 
 from service.auth import ApiKeyStore
-from tests.conftest import PYTHON, ROOT, TEST_REDIS_URL, free_port, subprocess_env
+from tests.conftest import PYTHON, ROOT, subprocess_env
+from tests.processes import Child
+from tests.servers import free_port, redis_url
 
 CAPACITY = 60
 REQUESTS_PER_PROCESS = 150
@@ -26,7 +27,7 @@ POLICIES = f"""
 
 def _start_serve(port: int, policy_file: Path) -> subprocess.Popen[bytes]:
     env = subprocess_env(
-        REDIS_URL=TEST_REDIS_URL,
+        REDIS_URL=redis_url(),
         RATE_LIMITS_FILE=str(policy_file),
         PORT=str(port),
         HOST="127.0.0.1",
@@ -45,31 +46,20 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
         process.wait(timeout=10)
 
 
-async def _wait_until_up(session: aiohttp.ClientSession, port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "serve exited early"
-        try:
-            async with session.get(f"http://127.0.0.1:{port}/health") as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError("serve did not start")
-
-
 async def test_two_processes_admit_exactly_capacity_for_one_tenant(redis: Redis, tmp_path: Path) -> None:
     key = await ApiKeyStore(redis).create("hammered")
     policy_file = tmp_path / "policies.toml"
     policy_file.write_text(POLICIES)
-    ports = [free_port(), free_port()]
+    first, second = free_port(), free_port()
+    while second == first:  # free_port closes its socket, so the same port can come back at once
+        second = free_port()
+    ports = [first, second]
     processes = [_start_serve(port, policy_file) for port in ports]
     try:
+        for port, process in zip(ports, processes, strict=True):
+            await asyncio.to_thread(Child(process, port).wait_healthy, 15)
         connector = aiohttp.TCPConnector(limit=40)
         async with aiohttp.ClientSession(connector=connector) as session:
-            for port, process in zip(ports, processes, strict=True):
-                await _wait_until_up(session, port, process)
 
             async def hit(port: int) -> int:
                 async with session.get(f"http://127.0.0.1:{port}/v1/anything", headers={"X-API-Key": key}) as r:

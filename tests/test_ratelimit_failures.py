@@ -21,7 +21,8 @@ from pytest_aiohttp import AiohttpClient
 
 from service.app import create_app
 from service.app_keys import API_KEYS
-from tests.conftest import free_port, make_settings
+from tests.conftest import make_settings
+from tests.servers import free_port
 
 DEADLINE_MS = 50
 MARGIN_S = 0.5  # far below the 5 s socket timeout a hung call would otherwise wait

@@ -10,7 +10,8 @@ import pytest
 
 from service.ratelimit.policy import load_policies
 from service.settings import SettingsError
-from tests.conftest import PYTHON, ROOT, TEST_REDIS_URL, subprocess_env
+from tests.conftest import PYTHON, ROOT, subprocess_env
+from tests.servers import redis_url
 
 GOOD = """
 [plans.default]
@@ -82,7 +83,7 @@ def test_bad_policy_is_refused_naming_file_plan_route_and_field(tmp_path: Path, 
 
 def test_serve_with_a_bad_policy_file_exits_2_with_one_line(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.replace("capacity = 20", "capacity = -3"))
-    env = subprocess_env(REDIS_URL=TEST_REDIS_URL, RATE_LIMITS_FILE=str(path), PORT="1")
+    env = subprocess_env(REDIS_URL=redis_url(), RATE_LIMITS_FILE=str(path), PORT="1")
     done = subprocess.run(
         [PYTHON, "-m", "service", "serve"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=30, check=False
     )

@@ -12,7 +12,8 @@ from redis.asyncio import Redis
 
 from jobs.worker import running_worker
 from service.app import create_app
-from tests.conftest import TEST_DATABASE_URL, make_settings
+from tests.conftest import make_settings
+from tests.servers import database_url
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ async def hanging_port() -> AsyncIterator[int]:
 
 
 async def test_ready_with_redis_and_database_up(aiohttp_client: AiohttpClient, redis: Redis) -> None:
-    client = await aiohttp_client(create_app(make_settings(DATABASE_URL=TEST_DATABASE_URL, ENABLE_WORKER="false")))
+    client = await aiohttp_client(create_app(make_settings(DATABASE_URL=database_url(), ENABLE_WORKER="false")))
     response = await client.get("/ready")
     body = await response.json()
     assert response.status == 200, body
@@ -112,7 +113,8 @@ async def test_hung_redis_gives_503_within_one_and_a_half_seconds(
 
 
 async def test_unknown_database_is_not_ready(aiohttp_client: AiohttpClient, redis: Redis) -> None:
-    settings = make_settings(DATABASE_URL="postgresql://postgres@127.0.0.1:5432/no_such_database_here")
+    missing = database_url().rpartition("/")[0] + "/no_such_database_here"
+    settings = make_settings(DATABASE_URL=missing)
     client = await aiohttp_client(create_app(settings))
     response = await client.get("/ready")
     assert response.status == 503

@@ -3,13 +3,14 @@
 The script's test seam is its first argument: a time in microseconds instead of Redis
 ``TIME``, so the model and the script see the same clock, stepping forwards and back.
 The model counts tokens as exact fractions, independently of the script's integer units.
+Arguments and reply go through ``service.ratelimit.script``, the limiter's own layout.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import cast
 
@@ -18,9 +19,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis import Redis
 
-from service.ratelimit.limiter import SCRIPT, SCRIPT_SHA, bucket_key
 from service.ratelimit.policy import Bucket
-from tests.conftest import TEST_REDIS_URL
+from service.ratelimit.script import (
+    FULL_IN_US,
+    OK,
+    REMAINING_UNITS,
+    REPLY_PER_BUCKET,
+    RETRY_IN_US,
+    SCRIPT,
+    SCRIPT_SHA,
+    argv,
+    bucket_key,
+)
+from tests.servers import redis_url
 
 START_US = 1_700_000_000_000_000
 CALLER = "model"
@@ -28,7 +39,7 @@ CALLER = "model"
 
 @pytest.fixture(scope="module")
 def sync_redis() -> Iterator[Redis]:
-    client = Redis.from_url(TEST_REDIS_URL)
+    client = Redis.from_url(redis_url())
     client.flushdb()
     client.script_load(SCRIPT)
     try:
@@ -61,14 +72,9 @@ def run_script(
     With ``ttls_ms``, the keys' expiries are read and removed in the same transaction
     (so that real time cannot expire what the driven clock still counts as partly empty).
     """
-    keys: list[str] = []
-    args = ["" if now_us is None else str(now_us), str(len(decisions))]
-    for spend, items in decisions:
-        args += ["1" if spend else "0", str(len(items))]
-        for bucket, cost in items:
-            keys.append(key_of(bucket))
-            capacity_units, refill_units_per_us, _, enforced = (a.decode() for a in bucket.script_args)
-            args += [capacity_units, refill_units_per_us, str(cost * bucket.units_per_token), enforced]
+    keys = [key_of(bucket) for _, items in decisions for bucket, _ in items]
+    wire = argv([(spend, [replace(b, cost=cost) for b, cost in items]) for spend, items in decisions], now_us)
+    args = [arg.decode() for arg in wire]
     if ttls_ms is None:
         flat = cast(list[int], redis.evalsha(SCRIPT_SHA, len(keys), *keys, *args))
     else:
@@ -87,10 +93,11 @@ def run_script(
         at += 1
         readings = []
         for bucket, _ in items:
-            ok, units, full_in, retry = flat[at : at + 4]
-            at += 4
-            readings.append(Reading(ok == 1, Fraction(units, bucket.units_per_token), full_in, retry))
+            ok, units = flat[at + OK] == 1, Fraction(flat[at + REMAINING_UNITS], bucket.units_per_token)
+            readings.append(Reading(ok, units, flat[at + FULL_IN_US], flat[at + RETRY_IN_US]))
+            at += REPLY_PER_BUCKET
         results.append((admitted, readings))
+    assert at == len(flat)  # nothing left over: the reply has exactly the layout script.py reads
     return results
 
 

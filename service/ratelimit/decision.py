@@ -1,6 +1,6 @@
 """A limiter's verdict on one request, and the rate-limit headers it implies.
 
-A ``Decision`` keeps the token-bucket script's raw reply (four integers per bucket) and
+A ``Decision`` keeps the token-bucket script's raw reply (its layout is ``script``'s) and
 builds objects or header strings only when asked, because one is made for every request.
 """
 
@@ -11,6 +11,7 @@ from typing import Final, NamedTuple
 
 from service.ratelimit.headers import ratelimit_header, retry_after_header
 from service.ratelimit.policy import Bucket, RouteBuckets
+from service.ratelimit.script import FULL_IN_US, OK, REMAINING_UNITS, REPLY_PER_BUCKET, RETRY_IN_US
 
 __all__ = ["BucketState", "Decision", "Outcome"]
 
@@ -52,9 +53,9 @@ class BucketState(NamedTuple):
 class Decision:
     """The verdict on one request and what its headers need.
 
-    The bucket states stay the script's raw integers (four per bucket: ok, remaining
-    units, microseconds until full, microseconds until it can pay) until something asks:
-    an admitted request needs one header line, not an object per bucket.
+    The bucket states stay the script's raw integers (per bucket: ok, remaining units,
+    microseconds until full, microseconds until it can pay) until something asks: an
+    admitted request needs one header line, not an object per bucket.
     """
 
     __slots__ = ("_at", "_buckets", "_reply", "outcome", "route")
@@ -71,15 +72,18 @@ class Decision:
         self.outcome = outcome  # an Outcome
         self._buckets = buckets  # empty when Redis did not answer
         self._reply = reply
-        self._at = at  # where the first bucket's four numbers start in ``reply``
+        self._at = at  # where the first bucket's numbers start in ``reply``
 
     @property
     def states(self) -> tuple[BucketState, ...]:
         """Each bucket's state (empty when Redis did not answer)."""
         reply, at = self._reply, self._at
+        starts = range(at, at + REPLY_PER_BUCKET * len(self._buckets), REPLY_PER_BUCKET)
         return tuple(
-            BucketState(bucket, reply[i] == 1, reply[i + 1], reply[i + 2], reply[i + 3])
-            for bucket, i in zip(self._buckets, range(at, at + 4 * len(self._buckets), 4), strict=True)
+            BucketState(
+                bucket, reply[i + OK] == 1, reply[i + REMAINING_UNITS], reply[i + FULL_IN_US], reply[i + RETRY_IN_US]
+            )
+            for bucket, i in zip(self._buckets, starts, strict=True)
         )
 
     @property
@@ -88,9 +92,9 @@ class Decision:
         reply, at, wait = self._reply, self._at, 0
         for bucket in self._buckets:
             if not bucket.shadow:
-                retry = reply[at + 3]
-                wait = max(wait, retry if retry >= 0 else reply[at + 2])
-            at += 4
+                retry = reply[at + RETRY_IN_US]
+                wait = max(wait, retry if retry >= 0 else reply[at + FULL_IN_US])
+            at += REPLY_PER_BUCKET
         return wait
 
     def state_header(self) -> str | None:
@@ -100,12 +104,12 @@ class Decision:
         closest: Bucket | None = None
         closest_remaining = closest_full_in_us = 0
         for bucket in self._buckets:
-            if not bucket.shadow and not (limited and reply[at] == 1):
-                remaining = reply[at + 1] // bucket.units_per_token
-                full_in_us = reply[at + 2]
+            if not bucket.shadow and not (limited and reply[at + OK] == 1):
+                remaining = reply[at + REMAINING_UNITS] // bucket.units_per_token
+                full_in_us = reply[at + FULL_IN_US]
                 if closest is None or _closer(remaining, full_in_us, closest_remaining, closest_full_in_us):
                     closest, closest_remaining, closest_full_in_us = bucket, remaining, full_in_us
-            at += 4
+            at += REPLY_PER_BUCKET
         return None if closest is None else ratelimit_header(closest.name, closest_remaining, closest_full_in_us)
 
     def refusal(self) -> tuple[tuple[str, ...], dict[str, str]]:
@@ -117,15 +121,15 @@ class Decision:
         closest_remaining = closest_full_in_us = 0
         for bucket in self._buckets:
             if not bucket.shadow:
-                retry = reply[at + 3]
-                full_in_us = reply[at + 2]
+                retry = reply[at + RETRY_IN_US]
+                full_in_us = reply[at + FULL_IN_US]
                 wait = max(wait, retry if retry >= 0 else full_in_us)
-                if reply[at] != 1:
+                if reply[at + OK] != 1:
                     violated.append(bucket.name)
-                    remaining = reply[at + 1] // bucket.units_per_token
+                    remaining = reply[at + REMAINING_UNITS] // bucket.units_per_token
                     if closest is None or _closer(remaining, full_in_us, closest_remaining, closest_full_in_us):
                         closest, closest_remaining, closest_full_in_us = bucket, remaining, full_in_us
-            at += 4
+            at += REPLY_PER_BUCKET
         headers = {"Retry-After": retry_after_header(wait)}
         if self.route.policy_header:
             headers["RateLimit-Policy"] = self.route.policy_header

@@ -10,19 +10,15 @@ microseconds and are rounded up in integers, so no float can round a second away
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from service.ratelimit.policy import Bucket
 
 __all__ = ["policy_header", "ratelimit_header", "retry_after_header"]
 
 _US_PER_S = 1_000_000
 
 
-def policy_header(buckets: Iterable[Bucket]) -> str:
-    """``RateLimit-Policy``: quota ``q`` and window ``w`` (seconds to refill from empty) per bucket."""
-    return ", ".join(f'"{b.name}";q={b.capacity};w={b.window_s}' for b in buckets)
+def policy_header(buckets: Iterable[tuple[str, int, int]]) -> str:
+    """``RateLimit-Policy`` from (name, quota ``q``, window ``w``: seconds to refill from empty) per bucket."""
+    return ", ".join(f'"{name}";q={quota};w={window_s}' for name, quota, window_s in buckets)
 
 
 def ratelimit_header(name: str, remaining: int, full_in_us: int) -> str:

@@ -17,10 +17,8 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import Callable
-from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
@@ -31,24 +29,24 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from service.logging import get_logger
 from service.ratelimit.decision import Decision, Outcome
 from service.ratelimit.metrics import LimiterMetrics
-from service.ratelimit.policy import RouteBuckets, resp_bulk
+from service.ratelimit.policy import RouteBuckets
+from service.ratelimit.script import (
+    OK,
+    REMAINING_UNITS,
+    REPLY_PER_BUCKET,
+    RETRY_IN_US,
+    SCRIPT,
+    BatchFramer,
+    bucket_key,
+    bucket_reply,
+)
 
-__all__ = ["SCRIPT", "Decision", "Limiter", "Outcome", "bucket_key"]
+__all__ = ["Decision", "Limiter", "Outcome"]
 
-SCRIPT = resources.files("service.ratelimit").joinpath("token_bucket.lua").read_text(encoding="utf-8")
-SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
-_EVALSHA = resp_bulk(b"EVALSHA") + resp_bulk(SCRIPT_SHA.encode())
-_NOW_FROM_REDIS = resp_bulk(b"")
 _REFUSAL_CACHE_MAX = 100_000  # callers
-_KEYS_CACHE_MAX = 100_000  # (caller, route) pairs
 _WARN_EVERY_S = 1.0
 
 log = get_logger(__name__)
-
-
-def bucket_key(caller: str, bucket_name: str) -> str:
-    """The Redis key of one caller's bucket; the hash tag keeps a caller's keys in one slot."""
-    return f"rl:{{{caller}}}:{bucket_name}"
 
 
 # A decision waiting for its batch: caller, route, spend (False: only read), and its future.
@@ -81,8 +79,7 @@ class Limiter:
         # caller -> bucket name -> (remaining units Redis reported, local time the call was sent);
         # only near-empty buckets.
         self._refusals: dict[str, dict[str, tuple[int, float]]] = {}
-        # (caller, route) -> the route's bucket keys for that caller, framed for the wire.
-        self._keys_wire: dict[tuple[str, RouteBuckets], bytes] = {}
+        self._framer = BatchFramer()
         self._last_warning_at = -_WARN_EVERY_S
 
     @property
@@ -137,8 +134,8 @@ class Limiter:
                 del entries[bucket.name]
                 continue
             violated.append(bucket)
-            reply += (
-                0,
+            reply += bucket_reply(
+                False,
                 int(at_most),
                 int((bucket.capacity_units - at_most) / refill_units_per_us),
                 int((bucket.cost_units - at_most) / refill_units_per_us),
@@ -165,7 +162,7 @@ class Limiter:
         task.add_done_callback(self._inflight.discard)
 
     async def _run(self, groups: list[list[_Call]]) -> None:
-        commands = [self._command(group) for group in groups]
+        commands = [self._framer.evalsha(group) for group in groups]
         sent = self._clock()
         started = time.perf_counter()
         try:
@@ -195,7 +192,11 @@ class Limiter:
                 self._resolve(group, reply, sent)
 
     async def _send(self, commands: list[bytes]) -> list[Any]:
-        """One round trip; error replies come back in place (a connection failure raises)."""
+        """One round trip; error replies come back in place (a connection failure raises).
+
+        This and ``_connection`` use redis-py's connection API below ``Redis`` (and its
+        private ``_reader``): ``tests/test_redis_contract.py`` pins each member they use.
+        """
         connection = await self._connection()
         try:
             await connection.send_packed_command(commands, check_health=False)
@@ -216,6 +217,7 @@ class Limiter:
     async def _connection(self) -> AbstractConnection:
         while self._idle:
             connection = self._idle.pop()
+            # The public check (can_read_destructive, the pool's) costs a read attempt: ~25 µs, not ~55 ns.
             reader = connection._reader
             if reader is not None and not reader.at_eof():
                 return connection
@@ -243,27 +245,32 @@ class Limiter:
         at = 0
         refusals = self._refusals
         count = self._metrics.count
+        stride = REPLY_PER_BUCKET
         for caller, route, spend, future in group:
             admitted = reply[at] == 1
             first = at + 1
-            at = first + 4 * len(route.buckets)
+            at = first + stride * len(route.buckets)
             shadow_short = False
-            if admitted and len(route.enforced) == len(route.buckets) and not any(reply[first + 3 : at : 4]):
+            if (
+                admitted
+                and len(route.enforced) == len(route.buckets)
+                and not any(reply[first + RETRY_IN_US : at : stride])
+            ):
                 # The common case: every bucket can pay for another request; nothing to remember.
                 if refusals:
                     refusals.pop(caller, None)
             else:
                 entries = refusals.get(caller)
                 for i, bucket in enumerate(route.buckets):
-                    base = first + 4 * i
+                    base = first + stride * i
                     if bucket.shadow:
-                        shadow_short = shadow_short or reply[base] != 1
-                    elif reply[base + 3] != 0:
+                        shadow_short = shadow_short or reply[base + OK] != 1
+                    elif reply[base + RETRY_IN_US] != 0:
                         if entries is None:
                             if len(refusals) >= _REFUSAL_CACHE_MAX:
                                 refusals.clear()
                             entries = refusals[caller] = {}
-                        entries[bucket.name] = (reply[base + 1], sent)
+                        entries[bucket.name] = (reply[base + REMAINING_UNITS], sent)
                     elif entries is not None:
                         entries.pop(bucket.name, None)
             if not admitted:
@@ -276,37 +283,3 @@ class Limiter:
                 count(outcome, route.plan)
             if not future.done():
                 future.set_result(Decision(route, outcome, route.buckets, reply, first))
-
-    def _command(self, group: list[_Call]) -> bytes:
-        """One ``EVALSHA`` for every decision of ``group`` (one hash slot), framed as RESP by hand.
-
-        The arguments of each route are framed once, when the policies load, and each
-        caller's keys once per route (cached); redis-py's generic ``pack_command`` was the
-        limiter's largest cost.
-        """
-        cache = self._keys_wire
-        keys_wire = []
-        args_wire = []
-        key_count = 0
-        for caller, route, spend, _ in group:
-            wire = cache.get((caller, route))
-            if wire is None:
-                if len(cache) >= _KEYS_CACHE_MAX:
-                    cache.clear()
-                wire = b"".join([resp_bulk(bucket_key(caller, b.name).encode()) for b in route.buckets])
-                cache[caller, route] = wire
-            keys_wire.append(wire)
-            args_wire.append(route.spend_args if spend else route.read_args)
-            key_count += len(route.buckets)
-        arg_count = 2 + 2 * len(group) + 4 * key_count
-        return b"".join(
-            [
-                b"*%d\r\n" % (3 + key_count + arg_count),
-                _EVALSHA,
-                resp_bulk(b"%d" % key_count),
-                *keys_wire,
-                _NOW_FROM_REDIS,
-                resp_bulk(b"%d" % len(group)),
-                *args_wire,
-            ]
-        )

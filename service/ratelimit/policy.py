@@ -20,7 +20,7 @@ from typing import Any
 from service.ratelimit.headers import policy_header
 from service.settings import SettingsError
 
-__all__ = ["DEFAULT_POLICIES_TOML", "Bucket", "Plan", "Policies", "PolicyError", "load_policies", "resp_bulk"]
+__all__ = ["DEFAULT_POLICIES_TOML", "Bucket", "Plan", "Policies", "PolicyError", "RouteBuckets", "load_policies"]
 
 UNITS_PER_TOKEN_PER_Q = 1_000_000  # one microsecond of refill is a whole number of units
 _MAX_UNITS = 2**53  # Lua numbers are doubles: integers are exact up to here
@@ -70,7 +70,6 @@ class Bucket:
     refill_units_per_us: int = field(init=False)
     cost_units: int = field(init=False)
     capacity_units: int = field(init=False)
-    script_args: tuple[bytes, bytes, bytes, bytes] = field(init=False)
 
     def __post_init__(self) -> None:
         units = UNITS_PER_TOKEN_PER_Q * self.per_second.denominator
@@ -78,8 +77,6 @@ class Bucket:
         object.__setattr__(self, "refill_units_per_us", self.per_second.numerator)
         object.__setattr__(self, "cost_units", self.cost * units)
         object.__setattr__(self, "capacity_units", self.capacity * units)
-        args = (self.capacity * units, self.per_second.numerator, self.cost * units, 0 if self.shadow else 1)
-        object.__setattr__(self, "script_args", tuple(str(a).encode() for a in args))
 
     @property
     def window_s(self) -> int:
@@ -91,7 +88,7 @@ class Bucket:
 class RouteBuckets:
     """What one (plan, route) spends: the merged buckets and their policy header, built once.
 
-    Compared and hashed by identity (``eq=False``): the limiter keys a per-caller cache by
+    Compared and hashed by identity (``eq=False``): the limiter's framing caches are keyed by
     route, and hashing every field (fractions included) per request would cost more than it saves.
     """
 
@@ -100,8 +97,6 @@ class RouteBuckets:
     enforced: tuple[Bucket, ...]  # the buckets that can refuse (not shadow)
     policy_header: str
     fail_closed: bool  # Redis could not answer: refuse (503) rather than admit
-    spend_args: bytes  # the script arguments of one decision, already framed for the wire (RESP)
-    read_args: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,23 +183,9 @@ def _plan(where: str, name: str, body: Any) -> Plan:
 
 
 def _route_buckets(plan: str, buckets: tuple[Bucket, ...]) -> RouteBuckets:
-    enforced = [b for b in buckets if not b.shadow]
-    bucket_args = [resp_bulk(arg) for b in buckets for arg in b.script_args]
-    count = resp_bulk(str(len(buckets)).encode())
-    return RouteBuckets(
-        plan,
-        buckets,
-        tuple(enforced),
-        policy_header(enforced),
-        any(b.fail_closed for b in enforced),
-        spend_args=b"".join([resp_bulk(b"1"), count, *bucket_args]),
-        read_args=b"".join([resp_bulk(b"0"), count, *bucket_args]),
-    )
-
-
-def resp_bulk(value: bytes) -> bytes:
-    """``value`` as a RESP bulk string, the way every command argument travels to Redis."""
-    return b"$%d\r\n%b\r\n" % (len(value), value)
+    enforced = tuple(b for b in buckets if not b.shadow)
+    header = policy_header((b.name, b.capacity, b.window_s) for b in enforced)
+    return RouteBuckets(plan, buckets, enforced, header, any(b.fail_closed for b in enforced))
 
 
 def _bucket(where: str, index: int, item: Any) -> Bucket:

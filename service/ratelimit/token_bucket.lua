@@ -3,7 +3,7 @@ Token buckets: check and spend, all or none, for one or more decisions in one ca
 
 Every number is an integer, so that no fraction of a token is ever lost: a bucket counts
 in "units" of 1 / (1e6 * q) token, where per_second = p / q is the refill rate as a
-fraction; then one microsecond refills exactly p units. The caller (limiter.py) converts.
+fraction; then one microsecond refills exactly p units. policy.py converts; script.py frames.
 
 KEYS   every bucket key of every decision, in order (all in one hash slot: rl:{caller}:name)
 ARGV   [1] now in microseconds, or "" to use Redis TIME (the test seam: tests drive a clock)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,17 +15,22 @@ from redis.asyncio import Redis
 
 from jobs.heartbeat import live_workers
 from service.auth import ApiKeyStore
-from tests.conftest import PYTHON, ROOT, TEST_REDIS_URL, subprocess_env
+from tests.conftest import PYTHON, ROOT, subprocess_env
 from tests.jobs.support import Client, auth, enqueue, wait_for
+from tests.servers import free_port, redis_url
 
-# Short leases and grace keep these tests quick; production defaults are 10 s and 3 s.
-WORKER_ENV = {
-    "REDIS_URL": TEST_REDIS_URL,
-    "LOG_FORMAT": "console",
-    "JOB_LEASE_S": "2",
-    "JOB_GRACE_S": "0.5",
-    "WORKER_HEARTBEAT_S": "1",
-}
+
+def worker_env(**overrides: str) -> dict[str, str]:
+    """Short leases and grace keep these tests quick; production defaults are 10 s and 3 s."""
+    env = {
+        "REDIS_URL": redis_url(),
+        "LOG_FORMAT": "console",
+        "JOB_LEASE_S": "2",
+        "JOB_GRACE_S": "0.5",
+        "WORKER_HEARTBEAT_S": "1",
+    }
+    env.update(overrides)
+    return env
 
 
 class Proc:
@@ -65,7 +69,7 @@ def procs() -> Iterator[list[Proc]]:
 
 
 def start_worker(procs: list[Proc], log: Path, **env: str) -> Proc:
-    proc = Proc(["-m", "jobs"], log, **{**WORKER_ENV, **env})
+    proc = Proc(["-m", "jobs"], log, **worker_env(**env))
     procs.append(proc)
     return proc
 
@@ -149,7 +153,7 @@ async def test_check_exits_zero_only_while_a_worker_heartbeat_is_live(
 ) -> None:
     def check() -> int:
         return subprocess.run(
-            [PYTHON, "-m", "jobs", "--check"], cwd=ROOT, env=subprocess_env(**WORKER_ENV), capture_output=True
+            [PYTHON, "-m", "jobs", "--check"], cwd=ROOT, env=subprocess_env(**worker_env()), capture_output=True
         ).returncode
 
     assert check() == 1
@@ -171,22 +175,15 @@ async def test_check_exits_zero_only_while_a_worker_heartbeat_is_live(
 )
 def test_worker_with_bad_settings_exits_2_with_one_line(env: dict[str, str], message: str) -> None:
     done = subprocess.run(
-        [PYTHON, "-m", "jobs"], cwd=ROOT, env=subprocess_env(**{**WORKER_ENV, **env}), capture_output=True, text=True
+        [PYTHON, "-m", "jobs"], cwd=ROOT, env=subprocess_env(**worker_env(**env)), capture_output=True, text=True
     )
     assert done.returncode == 2
     assert done.stderr.strip() == message
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def test_dev_runs_web_and_worker_in_one_process(redis: Redis, procs: list[Proc], tmp_path: Path) -> None:
-    port = _free_port()
-    dev = Proc(["-m", "service", "dev"], tmp_path / "dev.log", **WORKER_ENV, HOST="127.0.0.1", PORT=str(port))
+    port = free_port()
+    dev = Proc(["-m", "service", "dev"], tmp_path / "dev.log", **worker_env(), HOST="127.0.0.1", PORT=str(port))
     procs.append(dev)
     key = await ApiKeyStore(redis).create("acme")
     base = f"http://127.0.0.1:{port}"
