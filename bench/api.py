@@ -337,7 +337,11 @@ def _trouble(log: bytes, metrics: Counter[str]) -> Counter[str]:
             except ValueError:
                 trouble["unparsed log line"] += 1
                 continue
-            detail = f" ({record['error']})" if "error" in record else ""
+            cause = record.get("error")
+            exceptions = record.get("exception")  # a traceback: [{"exc_type": ..., ...}, ...]
+            if cause is None and isinstance(exceptions, list) and exceptions:
+                cause = exceptions[0].get("exc_type")
+            detail = f" ({cause})" if cause else ""
             trouble[f"log: {record.get('event')}{detail}"] += 1
     return trouble
 
