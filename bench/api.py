@@ -222,10 +222,6 @@ class RedisProbe:
         cpu: dict[str, Any] = self._client.info("cpu")  # type: ignore[assignment]
         return command_calls(calls), float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
 
-    def version(self) -> str:
-        info: dict[str, Any] = self._client.info("server")  # type: ignore[assignment]
-        return str(info["redis_version"])
-
     def close(self) -> None:
         self._client.close()
 
@@ -454,17 +450,14 @@ def _progress(message: str) -> None:
 
 def main() -> None:
     """Run every scenario once, print the report and append it to ``bench/RESULTS.md``."""
-    from service.embedded_redis import RedisServer
-
     with (
         tempfile.TemporaryDirectory(prefix="ottoai-bench-api-") as tmp,
-        RedisServer(Path(tmp), unix_socket=Path(tmp) / "redis.sock", args=["--save", ""]) as server,
+        harness.private_redis(Path(tmp)) as redis_url,
     ):
         folder = Path(tmp)
-        redis_url = server.url
         probe = RedisProbe(redis_url)
         try:
-            machine = harness.machine(probe.version())
+            machine = harness.machine(harness.redis_version(redis_url))
             (folder / "policies.toml").write_text(policies_toml())
             _progress(f"api bench: {TENANTS:,} API keys and {TENANTS * JOBS_PER_TENANT:,} jobs ...")
             asyncio.run(_populate(redis_url, folder))

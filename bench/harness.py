@@ -20,8 +20,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "CONNECTIONS",
@@ -37,6 +40,8 @@ __all__ = [
     "load_generator",
     "machine",
     "now_utc",
+    "private_redis",
+    "redis_version",
     "stop",
     "wait_for_port",
 ]
@@ -125,14 +130,42 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float 
     raise RuntimeError("bench server did not start")
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within 10 s."""
+def stop(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout_s``."""
     process.terminate()
     try:
-        process.wait(timeout=10)
+        process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+@contextmanager
+def private_redis(folder: Path, *, tcp: bool = False) -> Iterator[str]:
+    """A throw-away ``redis-server`` (no persistence) keeping its files in ``folder``; yields its URL.
+
+    It listens on a unix socket in ``folder``, or with ``tcp`` on a free loopback port.
+    """
+    from service.embedded_redis import RedisServer
+
+    args = ["--save", "", "--appendonly", "no"]
+    if tcp:
+        server = RedisServer(folder, port=free_port(), args=args)
+    else:
+        server = RedisServer(folder, unix_socket=folder / "redis.sock", args=args)
+    with server:
+        yield server.url
+
+
+def redis_version(url: str) -> str:
+    from redis import Redis
+
+    client = Redis.from_url(url)
+    try:
+        info: dict[str, Any] = client.info("server")  # type: ignore[assignment]
+        return str(info["redis_version"])
+    finally:
+        client.close()
 
 
 def cpu_times(pid: int) -> tuple[float, float]:

@@ -112,30 +112,16 @@ def _measure(mode: str, targets: Path, redis_url: str, folder: Path) -> dict[str
         harness.stop(server)
 
 
-def _redis_version(redis_url: str) -> str:
-    from redis import Redis
-
-    client = Redis.from_url(redis_url)
-    try:
-        info: dict[str, Any] = client.info("server")  # type: ignore[assignment]
-        return str(info["redis_version"])
-    finally:
-        client.close()
-
-
 def main() -> None:
     """Run every scenario once, print the table and append it to ``bench/RESULTS.md``."""
-    from service.embedded_redis import RedisServer
-
     with (
         tempfile.TemporaryDirectory(prefix="ottoai-bench-") as tmp,
-        RedisServer(Path(tmp), unix_socket=Path(tmp) / "redis.sock", args=["--save", ""]) as server,
+        harness.private_redis(Path(tmp)) as redis_url,
     ):
         folder = Path(tmp)
-        redis_url = server.url
         (folder / "policies.toml").write_text(POLICY_TOML)
         asyncio.run(_create_keys(redis_url, folder))
-        machine = harness.machine(_redis_version(redis_url))
+        machine = harness.machine(harness.redis_version(redis_url))
         rows = []
         for label, mode, targets in SCENARIOS:
             print(f"limiter bench: {label} ...", flush=True)

@@ -97,13 +97,11 @@ def run_stock_worker(url: str) -> None:
 @contextlib.contextmanager
 def private_redis() -> Iterator[str]:
     """A throw-away redis-server on a free loopback port, no persistence; yields its URL."""
-    from service.embedded_redis import RedisServer
-
     with (
         tempfile.TemporaryDirectory(prefix="ottoai-bench-queue-") as tmp,
-        RedisServer(Path(tmp), port=harness.free_port(), args=["--save", "", "--appendonly", "no"]) as server,
+        harness.private_redis(Path(tmp), tcp=True) as url,
     ):
-        yield server.url
+        yield url
 
 
 def start_worker(kind: str, url: str) -> subprocess.Popen[bytes]:
@@ -124,12 +122,7 @@ def start_worker(kind: str, url: str) -> subprocess.Popen[bytes]:
 
 
 def stop_worker(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    harness.stop(process, timeout_s=15)  # a worker may take its grace period
 
 
 async def calls_by_command(redis: Redis) -> dict[str, int]:
