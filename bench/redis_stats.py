@@ -99,7 +99,6 @@ class Monitor:
     """
 
     def __init__(self, url: str) -> None:
-        self._url = url
         self._tap = _connect(url)
         self._tap.sendall(b"MONITOR\r\n")
         self._control = _connect(url)
@@ -118,9 +117,10 @@ class Monitor:
         self.close()
 
     def close(self) -> None:
+        self._tap.shutdown(socket.SHUT_RDWR)  # wakes the reader's recv; close() alone would not
+        self._thread.join(timeout=5)
         self._tap.close()
         self._control.close()
-        self._thread.join(timeout=5)
 
     def mark(self, timeout_s: float = 30.0) -> Window:
         """The commands since the previous mark (or since the tap started)."""
@@ -129,7 +129,13 @@ class Monitor:
         with self._lock:
             self._awaited[token] = seen
         self._control.sendall(b"*2\r\n$4\r\nECHO\r\n$%d\r\n%b\r\n" % (len(token), token))
-        self._control.recv(64)  # the echo's reply
+        reply = b"$%d\r\n%b\r\n" % (len(token), token)
+        received = b""
+        while len(received) < len(reply):  # read the whole reply, so that the next mark reads only its own
+            chunk = self._control.recv(len(reply) - len(received))
+            if not chunk:
+                raise ConnectionError("Redis closed the MONITOR tap's control connection")
+            received += chunk
         if not seen.wait(timeout_s):
             raise TimeoutError("the MONITOR tap did not see its mark")
         with self._lock:
