@@ -379,8 +379,8 @@ def report(figures: dict[str, dict[str, Any]], machine: str) -> str:
         for phase in ("enqueue", "worker"):
             window: Window = f[f"{phase}_window"]
             lines.append(
-                f"- {name}, {phase}: client-sent {per(window.client, COUNT_JOBS)}; run by scripts "
-                f"{per(window.script, COUNT_JOBS)} (server-side {f[f'{phase}_monitored_per_job']:.1f} a job)."
+                f"- {name}, {phase}: client-sent {per(window.client, COUNT_JOBS, top=10)}; run by scripts "
+                f"{per(window.script, COUNT_JOBS, top=10)} (server-side {f[f'{phase}_monitored_per_job']:.1f} a job)."
             )
     return "\n".join(lines) + "\n"
 
