@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from arq.constants import expires_extra_ms
-from arq.jobs import serialize_job
+from arq.jobs import deserialize_job, deserialize_result, serialize_job
 from arq.utils import timestamp_ms
 from redis.asyncio import Redis
 
@@ -49,7 +49,7 @@ from jobs.redis_keys import (
 )
 from jobs.registry import Registry
 from jobs.scripts import load_script
-from jobs.serialization import ABORTED, deserialize, iso_from_ms, serialize
+from jobs.serialization import ABORTED, deserialize, iso, iso_from_ms, serialize
 from jobs.tasks import TASKS
 from service.settings import Settings
 
@@ -117,6 +117,30 @@ def _error(value: Any) -> dict[str, str]:
     return {"type": "JobError", "message": str(value)}
 
 
+def _deserialize_result(raw: bytes) -> dict[str, Any]:
+    """Our deserializer for arq's ``deserialize_result``: a job aborted before it started
+    (``abort.lua``) has no start time, which arq's result records as 0 (the epoch)."""
+    data = deserialize(raw)
+    data["st"] = data.get("st") or 0
+    return data
+
+
+def _finished_view(job_id: str, result: bytes) -> JobView:
+    outcome = deserialize_result(result, deserializer=_deserialize_result)
+    common: dict[str, Any] = {
+        "id": job_id,
+        "task": outcome.function,
+        "tries": int(outcome.job_try or 0),
+        "enqueued_at": iso(outcome.enqueue_time),
+        "started_at": iso(outcome.start_time) if outcome.start_time.timestamp() > 0 else None,
+        "finished_at": iso(outcome.finish_time),
+    }
+    if outcome.success:
+        return JobView(status="complete", result=outcome.result, **common)
+    error = _error(outcome.result)
+    return JobView(status="aborted" if error["type"] == ABORTED else "failed", error=error, **common)
+
+
 def _view(
     job_id: str,
     result: bytes | None,
@@ -127,24 +151,16 @@ def _view(
     now_ms: int,
 ) -> JobView | None:
     if result is not None:
-        data = deserialize(result)
-        started = iso_from_ms(data["st"]) if data.get("st") else None
-        common = {
-            "id": job_id,
-            "task": data["f"],
-            "tries": int(data.get("t") or 0),
-            "enqueued_at": iso_from_ms(data["et"]),
-            "started_at": started,
-            "finished_at": iso_from_ms(data["ft"]),
-        }
-        if data["s"]:
-            return JobView(status="complete", result=data["r"], **common)
-        error = _error(data["r"])
-        return JobView(status="aborted" if error["type"] == ABORTED else "failed", error=error, **common)
+        return _finished_view(job_id, result)
     if job is None:
         return None
-    data = deserialize(job)
-    common = {"id": job_id, "task": data["f"], "tries": _int(retry), "enqueued_at": iso_from_ms(data["et"])}
+    queued = deserialize_job(job, deserializer=deserialize)
+    common: dict[str, Any] = {
+        "id": job_id,
+        "task": queued.function,
+        "tries": _int(retry),
+        "enqueued_at": iso(queued.enqueue_time),
+    }
     if in_progress is not None:
         started_ms = int(in_progress) if in_progress.isdigit() and int(in_progress) > 1 else None
         return JobView(status="in_progress", started_at=iso_from_ms(started_ms) if started_ms else None, **common)

@@ -10,9 +10,8 @@ backoff and full jitter, until the task's tries are spent.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -21,11 +20,12 @@ from arq.worker import Function, Retry, func
 from marshmallow import Schema, ValidationError
 from redis.asyncio import Redis
 
+from service.backoff import Backoff
 from service.logging import bind_context, get_logger
 from service.settings import Settings
 
 __all__ = [
-    "Backoff",
+    "ArgumentCheck",
     "InvalidArguments",
     "JobContext",
     "JobTimeout",
@@ -71,18 +71,6 @@ class InvalidArguments(ValueError):
 
 
 @dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with full jitter: try ``n`` waits uniform(0, min(cap, base * 2**(n-1)))."""
-
-    base_s: float = 1.0
-    cap_s: float = 300.0
-
-    def delay_s(self, try_number: int, rng: random.Random | None = None) -> float:
-        ceiling = min(self.cap_s, self.base_s * 2 ** max(try_number - 1, 0))
-        return (rng or random).uniform(0.0, ceiling)
-
-
-@dataclass(frozen=True)
 class JobContext:
     """What a running task knows about its job and its worker."""
 
@@ -95,7 +83,8 @@ class JobContext:
     redis: Redis
 
 
-Check = Callable[[dict[str, Any], Settings], Awaitable[None]]
+# An asynchronous test of a task's loaded arguments beyond its schema; raises ``InvalidArguments``.
+ArgumentCheck = Callable[[dict[str, Any], Settings], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -113,7 +102,7 @@ class Task:
     timeout_s: float
     max_tries: int
     backoff: Backoff
-    check: Check | None = None
+    check: ArgumentCheck | None = None
 
     def load(self, args: Mapping[str, Any]) -> dict[str, Any]:
         try:
@@ -127,8 +116,10 @@ class Task:
 class Registry:
     """The tasks a deployment knows, by name."""
 
-    def __init__(self) -> None:
+    def __init__(self, tasks: Iterable[Task] = ()) -> None:
         self._tasks: dict[str, Task] = {}
+        for task in tasks:
+            self.add(task)
 
     def task(
         self,
@@ -138,7 +129,7 @@ class Registry:
         timeout_s: float,
         max_tries: int = 3,
         backoff: Backoff = Backoff(),
-        check: Check | None = None,
+        check: ArgumentCheck | None = None,
     ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
         """Register the decorated ``async def f(job: JobContext, **args)`` as ``name``."""
 
@@ -154,9 +145,6 @@ class Registry:
         if task.max_tries < 1 or task.timeout_s <= 0:
             raise ValueError(f"task {task.name!r}: max_tries must be >= 1 and timeout_s > 0")
         self._tasks[task.name] = task
-
-    def remove(self, name: str) -> None:
-        del self._tasks[name]
 
     def __getitem__(self, name: str) -> Task:
         try:

@@ -12,7 +12,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["ABORTED", "deserialize", "error_of", "iso_from_ms", "serialize"]
+__all__ = ["ABORTED", "deserialize", "error_of", "iso", "iso_from_ms", "serialize"]
 
 # The error type of a job that was aborted (arq records it as a cancellation).
 ABORTED = "JobAborted"
@@ -46,6 +46,11 @@ def deserialize(raw: bytes) -> dict[str, Any]:
     return value
 
 
+def iso(moment: datetime) -> str:
+    """An aware datetime as ISO 8601 UTC with milliseconds, e.g. ``2026-11-29T15:16:31.123Z``."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def iso_from_ms(ms: float) -> str:
-    """An epoch time in ms as ISO 8601 UTC with milliseconds, e.g. ``2026-11-29T15:16:31.123Z``."""
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """An epoch time in ms as ``iso`` writes it."""
+    return iso(datetime.fromtimestamp(ms / 1000, UTC))

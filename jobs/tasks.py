@@ -13,7 +13,8 @@ from typing import Any
 from marshmallow import Schema, fields, validate
 
 from jobs import webhook
-from jobs.registry import Backoff, JobContext, PermanentError, Registry
+from jobs.registry import JobContext, PermanentError, Registry
+from service.backoff import Backoff
 
 __all__ = ["TASKS"]
 

@@ -4,19 +4,23 @@ What it changes in stock arq, and why (see ``FINDINGS.md``):
 
 - **Claims** go through one Lua call (``claim.lua``) that gives each due job a short
   in-progress *lease* (``JOB_LEASE_S``, 10 s) instead of arq's "longest timeout + 10 s";
-  a keeper task renews the leases of running jobs every quarter lease. The job of a
-  killed worker is free again when its lease runs out, whatever the tasks' timeouts.
-- **No polling**: an idle worker blocks on ``BLPOP jobs:wake`` (its own connection), which
+  the lease keeper (``jobs.leases``) renews the leases of running jobs every quarter
+  lease. The job of a killed worker is free again when its lease runs out, whatever the
+  tasks' timeouts.
+- **No polling**: an idle worker blocks on ``BLPOP jobs:wake`` (``jobs.wakeups``), which
   every enqueue pushes to, until the next thing it knows of is due: a deferred job, the
   end of another worker's lease, the next cron slot, or the fallback poll
   (``JOB_IDLE_POLL_S``, 30 s). When there are peers, a claim pushes a token too, so an
   idle peer wakes and watches the new leases run out.
 - **Heartbeats** are one key per worker with a TTL (``jobs.heartbeat``), not arq's one
-  shared key that any closing worker deletes.
+  shared health-check key that any closing worker deletes (arq's ``record_health`` never runs).
 - **Stopping** (``stop``): take no new jobs, let running ones finish within
   ``JOB_GRACE_S``, then cancel the rest and hand them back: they are due at once for
   another worker and the interrupted try is not counted.
 - Jobs and results are JSON (``jobs.serialization``), never pickle.
+
+Every arq option comes from ``WorkerSettings``; what else this module relies on in arq is
+pinned by ``tests/jobs/test_arq_contract.py``.
 """
 
 from __future__ import annotations
@@ -28,33 +32,27 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
 from arq.connections import ArqRedis, log_redis_info
+from arq.cron import CronJob
+from arq.jobs import Deserializer, Serializer
 from arq.utils import timestamp_ms, to_ms
+from arq.worker import Function
 from arq.worker import Worker as ArqWorker
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from jobs import heartbeat
-from jobs.redis_keys import (
-    ABORT_KEY,
-    IN_PROGRESS_PREFIX,
-    JOB_PREFIX,
-    QUEUE_KEY,
-    RESULT_PREFIX,
-    RETRY_PREFIX,
-    WAKE_KEY,
-    WAKE_TOKENS_MAX,
-    WORKERS_KEY,
-    worker_key,
-)
+from jobs import heartbeat, redis_keys
+from jobs.leases import LeaseKeeper
 from jobs.registry import Registry
 from jobs.scripts import load_script
 from jobs.serialization import deserialize, serialize
 from jobs.tasks import TASKS
+from jobs.wakeups import WakeUps
+from service.backoff import Backoff
 from service.logging import get_logger
 from service.redis import connection_pool
 from service.settings import Settings
@@ -67,22 +65,45 @@ log = get_logger(__name__)
 CLAIM_SCAN_MAX = 1000
 # Wake this long before a cron slot: arq enqueues a slot that is less than 1 s away.
 CRON_LEAD_S = 0.5
-_RETRY_DELAY_MAX_S = 5.0
+# The waits of the main loop while Redis cannot be reached: up to 0.2 s, 0.4 s, ... 5 s.
+RECONNECT_BACKOFF = Backoff(base_s=0.2, cap_s=5.0)
 
 
+@dataclass(frozen=True)
 class WorkerSettings:
-    """The arq configuration every worker shares; per-deployment values come from ``Settings``."""
+    """arq's ``WorkerSettings``: the options of arq's ``Worker``, under arq's names.
 
-    queue_name = QUEUE_KEY
-    job_serializer = staticmethod(serialize)
-    job_deserializer = staticmethod(deserialize)
-    allow_abort_jobs = True
+    ``from_settings`` fills the per-deployment ones from ``Settings``; the worker passes
+    every field, and nothing else, to arq's ``Worker`` (beside its Redis pool).
+    """
+
+    functions: Sequence[Function]
+    max_jobs: int
+    keep_result: float
+    cron_jobs: Sequence[CronJob] = ()
+    burst: bool = False
+    queue_name: str = redis_keys.QUEUE_KEY
+    job_serializer: Serializer = serialize
+    job_deserializer: Deserializer = deserialize
+    allow_abort_jobs: bool = True
     # arq's cron window is 2 * max(poll_delay, 0.5) s; polling itself is replaced (see Worker).
-    poll_delay = 0.5
+    poll_delay: float = 0.5
+    # ``stop`` ends a worker (``python -m jobs`` calls it on SIGTERM and SIGINT) and hands its jobs back.
+    handle_signals: bool = False
 
+    @classmethod
+    def from_settings(cls, settings: Settings, *, registry: Registry = TASKS, **options: Any) -> WorkerSettings:
+        """The options of a worker running ``registry``'s tasks; ``options`` set other fields (``burst``, ...)."""
+        return cls(
+            functions=registry.arq_functions(keep_result_s=settings.job_retention_s),
+            max_jobs=settings.worker_concurrency,
+            keep_result=settings.job_retention_s,
+            **options,
+        )
 
-def new_worker_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+    def arq_options(self) -> dict[str, Any]:
+        """The keyword arguments of arq's ``Worker``."""
+        return {field.name: getattr(self, field.name) for field in fields(self)}
 
 
 class Worker(ArqWorker):
@@ -91,42 +112,27 @@ class Worker(ArqWorker):
     def __init__(
         self,
         settings: Settings,
+        worker_settings: WorkerSettings,
         *,
         redis_pool: ArqRedis,
-        wake_redis: Redis,
-        registry: Registry = TASKS,
-        worker_id: str | None = None,
-        **options: Any,
     ) -> None:
+        super().__init__(redis_pool=redis_pool, **worker_settings.arq_options())
         self.settings = settings
-        self.worker_id = worker_id or new_worker_id()
-        self._wake_redis = wake_redis
-        self._lease_ms = to_ms(settings.job_lease_s)
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+        self.ctx.update(settings=settings, worker_id=self.worker_id)
+        self._leases = LeaseKeeper(
+            redis_pool,
+            lease_s=settings.job_lease_s,
+            beat_every_s=settings.worker_heartbeat_s,
+            running=self._running_job_ids,
+            abort=self._abort,
+            beat=self._beat,
+        )
         self._handing_back: set[str] = set()
         self._slot_free = asyncio.Event()
-        self._keeper: asyncio.Task[None] | None = None
         self._stopping = False
-        # Pushed to by ``stop`` to end this worker's blocking pop: cancelling a redis-py call
-        # is not reliable (a cancel that lands while the connection is being set up is lost).
-        self._stop_key = f"{WAKE_KEY}:{self.worker_id}"
+        self._wake_ups = WakeUps(settings, worker_id=self.worker_id, redis=redis_pool)
         self._started_at = time.time()
-        arq_options: dict[str, Any] = {
-            "queue_name": WorkerSettings.queue_name,
-            "job_serializer": WorkerSettings.job_serializer,
-            "job_deserializer": WorkerSettings.job_deserializer,
-            "allow_abort_jobs": WorkerSettings.allow_abort_jobs,
-            "poll_delay": WorkerSettings.poll_delay,
-            "max_jobs": settings.worker_concurrency,
-            "keep_result": settings.job_retention_s,
-            "handle_signals": False,
-            "health_check_key": worker_key(self.worker_id),
-            "ctx": {"settings": settings, "worker_id": self.worker_id},
-        }
-        arq_options.update(options)
-        super().__init__(
-            registry.arq_functions(keep_result_s=settings.job_retention_s), redis_pool=redis_pool, **arq_options
-        )
-        self.in_progress_timeout_s = settings.job_lease_s
         self._claim_script = load_script(redis_pool, "claim")
         self._finish_script = load_script(redis_pool, "finish")
 
@@ -148,27 +154,25 @@ class Worker(ArqWorker):
         self.ctx["redis"] = self.pool
         if self.on_startup:
             await self.on_startup(self.ctx)
-        await heartbeat.write(self.pool, self._beat())
-        self._keeper = self.loop.create_task(self._keep())
+        await self._leases.start()
         failures = 0
         while not self._stopping:
-            try:
+            try:  # the wait too: a failover drops the blocking pop's connection as well
                 next_ms = await self._iteration()
+                if self.burst:
+                    if not self.tasks and next_ms < 0:
+                        return
+                    await self._wait_in_burst(next_ms)
+                elif self.job_counter >= self.max_jobs:
+                    await self._wait_for_slot()
+                elif next_ms < 0 or next_ms > timestamp_ms():
+                    await self._wake_ups.wait(self._seconds_to_wait(next_ms))
                 failures = 0
             except (RedisError, OSError) as exc:
                 failures += 1
-                delay_s = min(_RETRY_DELAY_MAX_S, 0.1 * 2**failures)
-                log.warning("worker cannot reach redis", error=str(exc), retry_in_s=delay_s)
+                delay_s = RECONNECT_BACKOFF.delay_s(failures)
+                log.warning("worker cannot reach redis", error=str(exc), retry_in_s=round(delay_s, 3))
                 await asyncio.sleep(delay_s)
-                continue
-            if self.burst:
-                if not self.tasks and next_ms < 0:
-                    return
-                await self._wait_in_burst(next_ms)
-            elif self.job_counter >= self.max_jobs:
-                await self._wait_for_slot()
-            elif next_ms < 0 or next_ms > timestamp_ms():
-                await self._wait_for_wake(self._seconds_to_wait(next_ms))
 
     async def _iteration(self) -> int:
         """Reap finished jobs, enqueue due cron slots, claim and start due jobs.
@@ -180,14 +184,14 @@ class Worker(ArqWorker):
         if not self.allow_pick_jobs or self.job_counter >= self.max_jobs:
             return -1
         reply = await self._claim_script(
-            keys=[self.queue_name, WAKE_KEY, WORKERS_KEY],
+            keys=[self.queue_name, redis_keys.WAKE_KEY, redis_keys.WORKERS_KEY],
             args=[
                 timestamp_ms(),
                 self.max_jobs - self.job_counter,
-                self._lease_ms,
-                IN_PROGRESS_PREFIX,
+                self._leases.lease_ms,
+                redis_keys.IN_PROGRESS_PREFIX,
                 CLAIM_SCAN_MAX,
-                WAKE_TOKENS_MAX,
+                redis_keys.WAKE_TOKENS_MAX,
                 *self.tasks,
             ],
         )
@@ -230,13 +234,6 @@ class Worker(ArqWorker):
                 until = min(until, cron_job.next_run.timestamp() - CRON_LEAD_S)
         return max(until - now, 0.0)
 
-    async def _wait_for_wake(self, timeout_s: float) -> None:
-        """Block on the wake-up list until an enqueue (or a peer) pushes, or ``timeout_s`` passes."""
-        if timeout_s <= 0.001:
-            return
-        # Redis >= 6 takes a fractional timeout; redis-py types it as int.
-        await self._wake_redis.blpop([WAKE_KEY, self._stop_key], timeout=round(timeout_s, 3))  # type: ignore[arg-type,misc]
-
     async def _wait_for_slot(self) -> None:
         self._slot_free.clear()
         with contextlib.suppress(TimeoutError):
@@ -249,39 +246,18 @@ class Worker(ArqWorker):
         elif timeout_s:
             await asyncio.sleep(timeout_s)
 
-    # -- leases, aborts and heartbeats -----------------------------------------------------
+    # -- what the lease keeper asks ---------------------------------------------------------
 
-    async def _keep(self) -> None:
-        """Renew the leases of running jobs, cancel aborted ones, and beat."""
-        renew_every_s = self.settings.job_lease_s / 4
-        beat_every_s = self.settings.worker_heartbeat_s
-        next_beat = time.monotonic() + beat_every_s
-        while True:
-            await asyncio.sleep(max(0.0, min(renew_every_s, next_beat - time.monotonic())))
-            try:
-                running = [job_id for job_id, task in self.tasks.items() if not task.done()]
-                if running:
-                    await self._renew(running)
-                if time.monotonic() >= next_beat:
-                    await heartbeat.write(self.pool, self._beat())
-                    next_beat = time.monotonic() + beat_every_s
-            except (RedisError, OSError) as exc:
-                log.warning("worker keeper cannot reach redis", error=str(exc))
+    def _running_job_ids(self) -> list[str]:
+        return [job_id for job_id, task in self.tasks.items() if not task.done()]
 
-    async def _renew(self, running: list[str]) -> None:
-        async with self.pool.pipeline(transaction=False) as pipe:
-            for job_id in running:
-                pipe.pexpire(IN_PROGRESS_PREFIX + job_id, self._lease_ms)
-            pipe.zmscore(ABORT_KEY, running)
-            *renewed, abort_scores = await pipe.execute()
-        for job_id, kept, abort_score in zip(running, renewed, abort_scores, strict=True):
-            if not kept:
-                log.warning("job lease was lost; another worker may run it too", job_id=job_id)
-            task = self.job_tasks.get(job_id)
-            if abort_score is not None and task is not None and job_id not in self.aborting_tasks:
-                log.info("aborting job", job_id=job_id)
-                self.aborting_tasks.add(job_id)
-                task.cancel()
+    def _abort(self, job_id: str) -> None:
+        """Cancel an aborted job; arq then records it as aborted (``aborting_tasks``), not as a retry."""
+        task = self.job_tasks.get(job_id)
+        if task is not None and job_id not in self.aborting_tasks:
+            log.info("aborting job", job_id=job_id)
+            self.aborting_tasks.add(job_id)
+            task.cancel()
 
     def _beat(self) -> heartbeat.Beat:
         return heartbeat.Beat(
@@ -291,7 +267,7 @@ class Worker(ArqWorker):
             started_at=self._started_at,
             beat_at=time.time(),
             interval_s=self.settings.worker_heartbeat_s,
-            running=sum(not task.done() for task in self.tasks.values()),
+            running=len(self._running_job_ids()),
             complete=self.jobs_complete,
             failed=self.jobs_failed,
             retried=self.jobs_retried,
@@ -315,13 +291,13 @@ class Worker(ArqWorker):
         keep_ms = "" if keep_result_forever or result_timeout_s is None else to_ms(result_timeout_s)
         await self._finish_script(
             keys=[
-                IN_PROGRESS_PREFIX + job_id,
-                RESULT_PREFIX + job_id,
-                RETRY_PREFIX + job_id,
-                JOB_PREFIX + job_id,
-                ABORT_KEY,
+                redis_keys.IN_PROGRESS_PREFIX + job_id,
+                redis_keys.RESULT_PREFIX + job_id,
+                redis_keys.RETRY_PREFIX + job_id,
+                redis_keys.JOB_PREFIX + job_id,
+                redis_keys.ABORT_KEY,
                 self.queue_name,
-                WAKE_KEY,
+                redis_keys.WAKE_KEY,
             ],
             args=[
                 job_id,
@@ -331,7 +307,7 @@ class Worker(ArqWorker):
                 incr_score or "",
                 "" if keep_in_progress is None else to_ms(keep_in_progress),
                 "1" if job_id in self._handing_back else "0",
-                WAKE_TOKENS_MAX,
+                redis_keys.WAKE_TOKENS_MAX,
             ],
         )
 
@@ -344,7 +320,7 @@ class Worker(ArqWorker):
         self._slot_free.set()
         if self.main_task is not None and not self.main_task.done():
             with contextlib.suppress(RedisError, OSError):
-                await self.pool.lpush(self._stop_key, "stop")  # type: ignore[misc]
+                await self._wake_ups.interrupt()
             _, pending = await asyncio.wait([self.main_task], timeout=self.settings.redis_timeout_s)
             if pending:  # Redis does not answer: cancel the blocking pop instead
                 self.main_task.cancel()
@@ -361,10 +337,7 @@ class Worker(ArqWorker):
                 for task in pending:
                     task.cancel()
                 await asyncio.wait(pending, timeout=self.settings.redis_timeout_s)
-        if self._keeper is not None:
-            self._keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keeper
+        await self._leases.stop()
         await self.close()
         log.info(
             "worker stopped",
@@ -382,41 +355,33 @@ class Worker(ArqWorker):
             await asyncio.wait(self.tasks.values(), timeout=self.settings.redis_timeout_s)
         with contextlib.suppress(RedisError, OSError):
             await heartbeat.remove(self.pool, self.worker_id)
-            await self.pool.delete(self._stop_key)
+            await self._wake_ups.forget()
         if self.on_shutdown:
             await self.on_shutdown(self.ctx)
         await self.pool.aclose(close_connection_pool=True)
-        await self._wake_redis.aclose(close_connection_pool=True)
+        await self._wake_ups.close()
         self._pool = None
 
 
 def create_worker(settings: Settings, *, registry: Registry = TASKS, **options: Any) -> Worker:
-    """A worker on its own Redis pools; call it inside the event loop that will run it."""
-    url = settings.require_redis()
+    """A worker on its own Redis pools, built from ``WorkerSettings`` (``options`` set its fields: ``burst``, ...).
+
+    Call it inside the event loop that will run the worker.
+    """
+    worker_settings = WorkerSettings.from_settings(settings, registry=registry, **options)
     pool = ArqRedis(
         connection_pool(
-            url,
+            settings.require_redis(),
             max_connections=settings.worker_concurrency + 5,
             timeout_s=settings.redis_timeout_s,
             retries=0,  # a claim or a finish must never be sent twice
             client_name="ottoai-worker",
         ),
-        job_serializer=WorkerSettings.job_serializer,
-        job_deserializer=WorkerSettings.job_deserializer,
-        default_queue_name=WorkerSettings.queue_name,
+        job_serializer=worker_settings.job_serializer,
+        job_deserializer=worker_settings.job_deserializer,
+        default_queue_name=worker_settings.queue_name,
     )
-    # The blocking pop waits up to the idle poll; its read timeout must be longer.
-    wake = Redis(
-        connection_pool=connection_pool(
-            url,
-            max_connections=1,
-            timeout_s=settings.redis_timeout_s,
-            retries=0,
-            client_name="ottoai-worker-wake",
-            socket_timeout_s=settings.job_idle_poll_s + settings.redis_timeout_s,
-        )
-    )
-    return Worker(settings, redis_pool=pool, wake_redis=wake, registry=registry, **options)
+    return Worker(settings, worker_settings, redis_pool=pool)
 
 
 @contextlib.asynccontextmanager

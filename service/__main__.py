@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from aiohttp import web
 
 from jobs.worker import running_worker
-from service.app import AccessLogger, create_app
+from service.access_log import AccessLogger
+from service.app import create_app
 from service.auth import ApiKeyStore
 from service.doctor import diagnose, render
 from service.embedded_redis import EmbeddedRedisError, embedded_redis

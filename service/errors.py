@@ -1,7 +1,7 @@
 """The one error path: every failure leaves as RFC 9457 ``application/problem+json``.
 
 Handlers and middlewares raise (``Problem`` or any aiohttp ``HTTPException``);
-``error_response`` renders the body, called by the request middleware of ``service/app.py``
+``error_response`` renders the body, called by the request middleware of ``service/middleware.py``
 (one layer for request id, metrics and errors: each middleware layer costs every request).
 Unexpected exceptions are logged with their traceback and answered with a bare 500 that
 reveals nothing of it.

@@ -88,7 +88,7 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # service.app.AccessLogger writes the access lines; aiohttp asks this logger whether they are on.
+    # service.access_log.AccessLogger writes the access lines; aiohttp asks this logger whether they are on.
     logging.getLogger("aiohttp.access").setLevel(logging.INFO)
 
 

@@ -10,14 +10,27 @@ from __future__ import annotations
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.backoff import AbstractBackoff, NoBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 
+from service.backoff import Backoff
 from service.settings import RedisURL, Settings
 
-__all__ = ["connection_pool", "redis_client"]
+__all__ = ["RedisBackoff", "connection_pool", "redis_client"]
 
 HEALTH_CHECK_INTERVAL_S = 30
+# A retried command waits up to 0.1 s, then 0.2 s, 0.4 s, ... at most 1 s.
+COMMAND_RETRY_BACKOFF = Backoff(base_s=0.1, cap_s=1.0)
+
+
+class RedisBackoff(AbstractBackoff):
+    """The project's ``Backoff`` in redis-py's retry loop (which counts ``failures`` from 1)."""
+
+    def __init__(self, backoff: Backoff) -> None:
+        self.backoff = backoff
+
+    def compute(self, failures: int) -> float:
+        return self.backoff.delay_s(failures)
 
 
 def connection_pool(
@@ -36,7 +49,7 @@ def connection_pool(
     ``rediss://`` verifies the server certificate unless the URL itself says otherwise
     (``?ssl_cert_reqs=none``).
     """
-    retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries) if retries > 0 else Retry(NoBackoff(), 0)
+    retry = Retry(RedisBackoff(COMMAND_RETRY_BACKOFF), retries) if retries > 0 else Retry(NoBackoff(), 0)
     options: dict[str, object] = {
         "max_connections": max_connections,
         "socket_connect_timeout": timeout_s,

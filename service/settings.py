@@ -9,18 +9,21 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import SplitResult, unquote, urlsplit
 
-__all__ = ["RedisURL", "Settings", "SettingsError", "redact_url"]
+__all__ = ["LogFormat", "RedisURL", "Settings", "SettingsError", "redact_url"]
 
 SERVICE_NAME = "ottoai-backend"
+LogFormat = Literal["json", "console"]
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 _T = TypeVar("_T")
+_Number = TypeVar("_Number", int, float)
+_VARIABLE = "variable"  # the key of a field's _Variable in its metadata
 
 
 class SettingsError(ValueError):
@@ -117,129 +120,6 @@ def _parse_db_query(variable: str, parts: SplitResult) -> int:
     return 0
 
 
-@dataclass(frozen=True)
-class Settings:
-    """The validated configuration of one process."""
-
-    redis: RedisURL | None = None
-    rate_limit_enabled: bool = True
-    enable_worker: bool = True
-    enable_cron: bool = True
-    database_url: str | None = field(default=None, repr=False)
-    webhook_allowed_hosts: tuple[str, ...] = ()
-    webhook_secret: str | None = field(default=None, repr=False)
-    port: int = 8080
-    host: str = "0.0.0.0"
-    trust_proxy_headers: bool = False
-    rate_limits_file: Path | None = None
-    metrics_token: str | None = field(default=None, repr=False)
-    internal_token: str | None = field(default=None, repr=False)
-    log_format: str = "json"
-    redis_max_connections: int = 50
-    redis_timeout_s: float = 5.0
-    rate_limit_deadline_ms: float = 50.0
-    shutdown_timeout_s: float = 4.0
-    job_grace_s: float = 3.0
-    job_lease_s: float = 10.0
-    job_idle_poll_s: float = 30.0
-    job_retention_s: int = 86_400
-    worker_heartbeat_s: float = 20.0
-    worker_concurrency: int = 10
-    # Non-fatal remarks found while reading the environment, logged once logging is up.
-    warnings: tuple[str, ...] = ()
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from ``env`` (``os.environ`` by default); raise ``SettingsError``."""
-        env = os.environ if env is None else env
-        warnings: list[str] = []
-
-        redis = _redis_from_env(env, warnings)
-        enable_worker = _first_bool(env, ("ENABLE_WORKER", "ENABLE_CELERY"), True, warnings)
-        enable_cron = _first_bool(env, ("ENABLE_CRON", "ENABLE_CELERY_BEAT"), True, warnings)
-
-        return cls(
-            redis=redis,
-            rate_limit_enabled=_get(env, "RATE_LIMIT_ENABLED", _bool, True),
-            enable_worker=enable_worker,
-            enable_cron=enable_cron,
-            database_url=_get(env, "DATABASE_URL", _postgres_url, None),
-            webhook_allowed_hosts=_get(env, "WEBHOOK_ALLOWED_HOSTS", _host_list, ()),
-            webhook_secret=_get(env, "WEBHOOK_SECRET", _secret, None),
-            port=_get(env, "PORT", _port, 8080),
-            host=_get(env, "HOST", _listen_host, "0.0.0.0"),
-            trust_proxy_headers=_get(env, "TRUST_PROXY_HEADERS", _bool, False),
-            rate_limits_file=_get(env, "RATE_LIMITS_FILE", _existing_file, None),
-            metrics_token=_get(env, "METRICS_TOKEN", _secret, None),
-            internal_token=_get(env, "INTERNAL_TOKEN", _secret, None),
-            log_format=_get(env, "LOG_FORMAT", _log_format, "json"),
-            redis_max_connections=_get(env, "REDIS_MAX_CONNECTIONS", _int_range(1, 10_000), 50),
-            redis_timeout_s=_get(env, "REDIS_TIMEOUT_S", _float_range(0.05, 300.0), 5.0),
-            rate_limit_deadline_ms=_get(env, "RATE_LIMIT_DEADLINE_MS", _float_range(1.0, 10_000.0), 50.0),
-            shutdown_timeout_s=_get(env, "SHUTDOWN_TIMEOUT_S", _float_range(0.0, 300.0), 4.0),
-            job_grace_s=_get(env, "JOB_GRACE_S", _float_range(0.0, 300.0), 3.0),
-            job_lease_s=_get(env, "JOB_LEASE_S", _float_range(1.0, 300.0), 10.0),
-            job_idle_poll_s=_get(env, "JOB_IDLE_POLL_S", _float_range(10.0, 3600.0), 30.0),
-            job_retention_s=_get(env, "JOB_RETENTION_S", _int_range(60, 30 * 86_400), 86_400),
-            worker_heartbeat_s=_get(env, "WORKER_HEARTBEAT_S", _float_range(1.0, 300.0), 20.0),
-            worker_concurrency=_get(env, "WORKER_CONCURRENCY", _int_range(1, 1000), 10),
-            warnings=tuple(warnings),
-        )
-
-    def require_redis(self) -> RedisURL:
-        """Return the Redis URL, or fail the way a missing required setting fails."""
-        if self.redis is None:
-            raise SettingsError("REDIS_URL", "not set (set REDIS_URL, or UPSTASH_REDIS_URL for Upstash)")
-        return self.redis
-
-    def with_redis(self, url: str) -> Settings:
-        """A copy that uses ``url`` (used by ``dev`` once its embedded Redis is up)."""
-        return replace(self, redis=RedisURL.parse("REDIS_URL", url))
-
-    @property
-    def secrets(self) -> tuple[str, ...]:
-        """Every secret value in force, for log redaction."""
-        values = [self.webhook_secret, self.metrics_token, self.internal_token]
-        if self.redis is not None:
-            values.append(self.redis.password)
-        if self.database_url:
-            values.append(urlsplit(self.database_url).password)
-        return tuple(v for v in values if v)
-
-
-def _redis_from_env(env: Mapping[str, str], warnings: list[str]) -> RedisURL | None:
-    primary = env.get("REDIS_URL", "").strip()
-    upstash = env.get("UPSTASH_REDIS_URL", "").strip()
-    # Both are validated: a malformed value is an error even where the other one wins.
-    parsed_upstash = RedisURL.parse("UPSTASH_REDIS_URL", upstash) if upstash else None
-    if primary:
-        parsed = RedisURL.parse("REDIS_URL", primary)
-        if parsed_upstash is not None:
-            warnings.append(
-                f"both REDIS_URL ({parsed.redacted}) and UPSTASH_REDIS_URL ({parsed_upstash.redacted}) are set;"
-                " using REDIS_URL"
-            )
-        return parsed
-    return parsed_upstash
-
-
-def _get(env: Mapping[str, str], name: str, parse: Callable[[str, str], _T], default: _T) -> _T:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    return parse(name, raw.strip())
-
-
-def _first_bool(env: Mapping[str, str], names: tuple[str, str], default: bool, warnings: list[str]) -> bool:
-    new, old = names
-    if env.get(new, "").strip():
-        return _bool(new, env[new].strip())
-    if env.get(old, "").strip():
-        warnings.append(f"{old} is an old name; use {new}")
-        return _bool(old, env[old].strip())
-    return default
-
-
 def _bool(name: str, raw: str) -> bool:
     value = raw.lower()
     if value in _TRUE:
@@ -255,27 +135,21 @@ def _port(name: str, raw: str) -> int:
     return int(raw)
 
 
-def _int_range(low: int, high: int) -> Callable[[str, str], int]:
-    def parse(name: str, raw: str) -> int:
+def _in_range(kind: type[_Number], low: _Number, high: _Number) -> Callable[[str, str], _Number]:
+    """A parser of an ``int`` or ``float`` from ``low`` to ``high``, both included."""
+    # The messages differ by kind on purpose: a whole number shows as Python reads it, a
+    # float bound in its short form (300, not 300.0) and a float value as it was written.
+    whole = kind is int
+    expected = "a whole number" if whole else "a number"
+    bounds = f"{low} to {high}" if whole else f"{low:g} to {high:g}"
+
+    def parse(name: str, raw: str) -> _Number:
         try:
-            value = int(raw)
+            value = kind(raw)
         except ValueError:
-            raise SettingsError(name, f"must be a whole number, got {raw!r}") from None
-        if not low <= value <= high:
-            raise SettingsError(name, f"must be from {low} to {high}, got {value}")
-        return value
-
-    return parse
-
-
-def _float_range(low: float, high: float) -> Callable[[str, str], float]:
-    def parse(name: str, raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise SettingsError(name, f"must be a number, got {raw!r}") from None
+            raise SettingsError(name, f"must be {expected}, got {raw!r}") from None
         if not low <= value <= high:  # also refuses nan
-            raise SettingsError(name, f"must be from {low:g} to {high:g}, got {raw}")
+            raise SettingsError(name, f"must be from {bounds}, got {value if whole else raw}")
         return value
 
     return parse
@@ -352,8 +226,122 @@ def _existing_file(name: str, raw: str) -> Path:
     return path
 
 
-def _log_format(name: str, raw: str) -> str:
+def _log_format(name: str, raw: str) -> LogFormat:
     value = raw.lower()
-    if value not in ("json", "console"):
-        raise SettingsError(name, f"must be json or console, got {raw!r}")
-    return value
+    if value == "json":
+        return "json"
+    if value == "console":
+        return "console"
+    raise SettingsError(name, f"must be json or console, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class _Variable(Generic[_T]):
+    """Where a setting comes from: its environment variable, an old name still accepted, and its parser."""
+
+    name: str
+    parse: Callable[[str, str], _T]
+    old_name: str | None = None
+
+    def read(self, env: Mapping[str, str], default: _T, warnings: list[str]) -> _T:
+        """The parsed value of the variable (or of its old name); ``default`` when neither is set or both blank."""
+        if raw := env.get(self.name, "").strip():
+            return self.parse(self.name, raw)
+        if self.old_name and (raw := env.get(self.old_name, "").strip()):
+            warnings.append(f"{self.old_name} is an old name; use {self.name}")
+            return self.parse(self.old_name, raw)
+        return default
+
+
+def _from(
+    variable: str, parse: Callable[[str, str], _T], default: _T, *, old_name: str | None = None, secret: bool = False
+) -> _T:
+    """A dataclass field read from ``variable`` by ``parse``; ``secret`` keeps its value out of ``repr``.
+
+    Typed as the value (as ``dataclasses.field`` is), so mypy checks ``parse`` and ``default`` against the field.
+    """
+    return field(default=default, repr=not secret, metadata={_VARIABLE: _Variable(variable, parse, old_name)})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration of one process; each field names its variable, parser and default."""
+
+    # REDIS_URL, or UPSTASH_REDIS_URL when it is unset: read by _redis_from_env.
+    redis: RedisURL | None = None
+    enable_worker: bool = _from("ENABLE_WORKER", _bool, True, old_name="ENABLE_CELERY")
+    enable_cron: bool = _from("ENABLE_CRON", _bool, True, old_name="ENABLE_CELERY_BEAT")
+    rate_limit_enabled: bool = _from("RATE_LIMIT_ENABLED", _bool, True)
+    database_url: str | None = _from("DATABASE_URL", _postgres_url, None, secret=True)
+    webhook_allowed_hosts: tuple[str, ...] = _from("WEBHOOK_ALLOWED_HOSTS", _host_list, ())
+    webhook_secret: str | None = _from("WEBHOOK_SECRET", _secret, None, secret=True)
+    port: int = _from("PORT", _port, 8080)
+    host: str = _from("HOST", _listen_host, "0.0.0.0")
+    trust_proxy_headers: bool = _from("TRUST_PROXY_HEADERS", _bool, False)
+    rate_limits_file: Path | None = _from("RATE_LIMITS_FILE", _existing_file, None)
+    metrics_token: str | None = _from("METRICS_TOKEN", _secret, None, secret=True)
+    internal_token: str | None = _from("INTERNAL_TOKEN", _secret, None, secret=True)
+    log_format: LogFormat = _from("LOG_FORMAT", _log_format, "json")
+    redis_max_connections: int = _from("REDIS_MAX_CONNECTIONS", _in_range(int, 1, 10_000), 50)
+    redis_timeout_s: float = _from("REDIS_TIMEOUT_S", _in_range(float, 0.05, 300.0), 5.0)
+    rate_limit_deadline_ms: float = _from("RATE_LIMIT_DEADLINE_MS", _in_range(float, 1.0, 10_000.0), 50.0)
+    shutdown_timeout_s: float = _from("SHUTDOWN_TIMEOUT_S", _in_range(float, 0.0, 300.0), 4.0)
+    job_grace_s: float = _from("JOB_GRACE_S", _in_range(float, 0.0, 300.0), 3.0)
+    job_lease_s: float = _from("JOB_LEASE_S", _in_range(float, 1.0, 300.0), 10.0)
+    job_idle_poll_s: float = _from("JOB_IDLE_POLL_S", _in_range(float, 10.0, 3600.0), 30.0)
+    job_retention_s: int = _from("JOB_RETENTION_S", _in_range(int, 60, 30 * 86_400), 86_400)
+    worker_heartbeat_s: float = _from("WORKER_HEARTBEAT_S", _in_range(float, 1.0, 300.0), 20.0)
+    worker_concurrency: int = _from("WORKER_CONCURRENCY", _in_range(int, 1, 1000), 10)
+    # Non-fatal remarks found while reading the environment, logged once logging is up.
+    warnings: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``env`` (``os.environ`` by default); raise ``SettingsError``.
+
+        Variables are read in field order, so of two malformed ones the first field's is reported.
+        """
+        env = os.environ if env is None else env
+        warnings: list[str] = []
+        values: dict[str, Any] = {"redis": _redis_from_env(env, warnings)}
+        for setting in fields(cls):
+            variable = setting.metadata.get(_VARIABLE)
+            if variable is not None:
+                values[setting.name] = variable.read(env, setting.default, warnings)
+        return cls(**values, warnings=tuple(warnings))
+
+    def require_redis(self) -> RedisURL:
+        """Return the Redis URL, or fail the way a missing required setting fails."""
+        if self.redis is None:
+            raise SettingsError("REDIS_URL", "not set (set REDIS_URL, or UPSTASH_REDIS_URL for Upstash)")
+        return self.redis
+
+    def with_redis(self, url: str) -> Settings:
+        """A copy that uses ``url`` (used by ``dev`` once its embedded Redis is up)."""
+        return replace(self, redis=RedisURL.parse("REDIS_URL", url))
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret value in force, for log redaction."""
+        values = [self.webhook_secret, self.metrics_token, self.internal_token]
+        if self.redis is not None:
+            values.append(self.redis.password)
+        if self.database_url:
+            values.append(urlsplit(self.database_url).password)
+        return tuple(v for v in values if v)
+
+
+def _redis_from_env(env: Mapping[str, str], warnings: list[str]) -> RedisURL | None:
+    primary = env.get("REDIS_URL", "").strip()
+    upstash = env.get("UPSTASH_REDIS_URL", "").strip()
+    # Both are validated: a malformed value is an error even where the other one wins.
+    parsed_upstash = RedisURL.parse("UPSTASH_REDIS_URL", upstash) if upstash else None
+    if primary:
+        parsed = RedisURL.parse("REDIS_URL", primary)
+        if parsed_upstash is not None:
+            warnings.append(
+                f"both REDIS_URL ({parsed.redacted}) and UPSTASH_REDIS_URL ({parsed_upstash.redacted}) are set;"
+                " using REDIS_URL"
+            )
+        return parsed
+    return parsed_upstash

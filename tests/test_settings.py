@@ -48,6 +48,14 @@ REDIS = {"REDIS_URL": "redis://127.0.0.1:6379/0"}
         ({"LOG_FORMAT": "Console"}, "log_format", "console"),
         ({"REDIS_MAX_CONNECTIONS": "10"}, "redis_max_connections", 10),
         ({"RATE_LIMIT_DEADLINE_MS": "25.5"}, "rate_limit_deadline_ms", 25.5),
+        ({"REDIS_TIMEOUT_S": "0.05"}, "redis_timeout_s", 0.05),
+        ({"SHUTDOWN_TIMEOUT_S": "0"}, "shutdown_timeout_s", 0.0),
+        ({"JOB_GRACE_S": "12.5"}, "job_grace_s", 12.5),
+        ({"JOB_LEASE_S": "300"}, "job_lease_s", 300.0),
+        ({"JOB_IDLE_POLL_S": "10"}, "job_idle_poll_s", 10.0),
+        ({"JOB_RETENTION_S": "60"}, "job_retention_s", 60),
+        ({"WORKER_HEARTBEAT_S": "5"}, "worker_heartbeat_s", 5.0),
+        ({"WORKER_CONCURRENCY": "1000"}, "worker_concurrency", 1000),
     ],
 )
 def test_variable_is_read(env: dict[str, str], attribute: str, expected: object) -> None:
@@ -95,6 +103,67 @@ def test_malformed_value_names_the_variable(env: dict[str, str], variable: str, 
     assert fragment in str(caught.value)
 
 
+WHOLE_NUMBER_ERRORS = [
+    ("REDIS_MAX_CONNECTIONS", "many", "must be a whole number, got 'many'"),
+    ("REDIS_MAX_CONNECTIONS", "0", "must be from 1 to 10000, got 0"),
+    ("JOB_RETENTION_S", "0059", "must be from 60 to 2592000, got 59"),
+    ("JOB_RETENTION_S", "1.5", "must be a whole number, got '1.5'"),
+    ("WORKER_CONCURRENCY", "1001", "must be from 1 to 1000, got 1001"),
+]
+DECIMAL_ERRORS = [  # bounds in short form, the value as written
+    ("REDIS_TIMEOUT_S", "0.01", "must be from 0.05 to 300, got 0.01"),
+    ("RATE_LIMIT_DEADLINE_MS", "nan", "must be from 1 to 10000, got nan"),
+    ("SHUTDOWN_TIMEOUT_S", "-1", "must be from 0 to 300, got -1"),
+    ("JOB_GRACE_S", "301", "must be from 0 to 300, got 301"),
+    ("JOB_LEASE_S", "0.5", "must be from 1 to 300, got 0.5"),
+    ("JOB_IDLE_POLL_S", "1e9", "must be from 10 to 3600, got 1e9"),
+    ("WORKER_HEARTBEAT_S", "soon", "must be a number, got 'soon'"),
+]
+
+
+@pytest.mark.parametrize(("variable", "value", "problem"), [*WHOLE_NUMBER_ERRORS, *DECIMAL_ERRORS])
+def test_number_out_of_range_or_malformed_is_one_exact_line(variable: str, value: str, problem: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({**REDIS, variable: value})
+    assert str(caught.value) == f"{variable}: {problem}"
+
+
+# Every variable read by Settings.from_env, the field it sets and its default (CONTRACT.md).
+DEFAULTS: dict[str, tuple[str, object]] = {
+    "ENABLE_WORKER": ("enable_worker", True),
+    "ENABLE_CRON": ("enable_cron", True),
+    "RATE_LIMIT_ENABLED": ("rate_limit_enabled", True),
+    "DATABASE_URL": ("database_url", None),
+    "WEBHOOK_ALLOWED_HOSTS": ("webhook_allowed_hosts", ()),
+    "WEBHOOK_SECRET": ("webhook_secret", None),
+    "PORT": ("port", 8080),
+    "HOST": ("host", "0.0.0.0"),
+    "TRUST_PROXY_HEADERS": ("trust_proxy_headers", False),
+    "RATE_LIMITS_FILE": ("rate_limits_file", None),
+    "METRICS_TOKEN": ("metrics_token", None),
+    "INTERNAL_TOKEN": ("internal_token", None),
+    "LOG_FORMAT": ("log_format", "json"),
+    "REDIS_MAX_CONNECTIONS": ("redis_max_connections", 50),
+    "REDIS_TIMEOUT_S": ("redis_timeout_s", 5.0),
+    "RATE_LIMIT_DEADLINE_MS": ("rate_limit_deadline_ms", 50.0),
+    "SHUTDOWN_TIMEOUT_S": ("shutdown_timeout_s", 4.0),
+    "JOB_GRACE_S": ("job_grace_s", 3.0),
+    "JOB_LEASE_S": ("job_lease_s", 10.0),
+    "JOB_IDLE_POLL_S": ("job_idle_poll_s", 30.0),
+    "JOB_RETENTION_S": ("job_retention_s", 86_400),
+    "WORKER_HEARTBEAT_S": ("worker_heartbeat_s", 20.0),
+    "WORKER_CONCURRENCY": ("worker_concurrency", 10),
+}
+
+
+@pytest.mark.parametrize("blank", [None, "", "   "], ids=["unset", "empty", "spaces"])
+def test_unset_or_blank_variables_take_the_documented_defaults(blank: str | None) -> None:
+    variables = [*DEFAULTS, "ENABLE_CELERY", "ENABLE_CELERY_BEAT"]
+    settings = Settings.from_env(REDIS if blank is None else {**REDIS, **dict.fromkeys(variables, blank)})
+    assert {field: getattr(settings, field) for field, _ in DEFAULTS.values()} == dict(DEFAULTS.values())
+    assert settings.warnings == ()
+
+
 def test_rate_limits_file_must_exist_and_is_kept_as_path(tmp_path: Path) -> None:
     policy = tmp_path / "limits.toml"
     policy.write_text("")
@@ -137,7 +206,22 @@ def test_redis_url_wins_over_upstash_with_a_warning_that_hides_passwords() -> No
 def test_old_names_work_and_are_flagged() -> None:
     settings = Settings.from_env({**REDIS, "ENABLE_CELERY": "no", "ENABLE_CELERY_BEAT": "no"})
     assert (settings.enable_worker, settings.enable_cron) == (False, False)
-    assert any("ENABLE_CELERY is an old name" in w for w in settings.warnings)
+    assert settings.warnings == (
+        "ENABLE_CELERY is an old name; use ENABLE_WORKER",
+        "ENABLE_CELERY_BEAT is an old name; use ENABLE_CRON",
+    )
+
+
+def test_old_name_is_not_read_or_flagged_when_the_new_one_is_set() -> None:
+    settings = Settings.from_env({**REDIS, "ENABLE_CRON": "yes", "ENABLE_CELERY_BEAT": "not even a boolean"})
+    assert settings.enable_cron is True
+    assert settings.warnings == ()
+
+
+def test_first_malformed_variable_in_field_order_is_the_one_reported() -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({**REDIS, "RATE_LIMIT_ENABLED": "maybe", "ENABLE_WORKER": "maybe", "PORT": "x"})
+    assert caught.value.variable == "ENABLE_WORKER"
 
 
 def test_missing_redis_url_is_an_error_only_when_required() -> None:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 from aiohttp_apigami import docs, request_schema, response_schema
-from arq.connections import ArqRedis
 from marshmallow import Schema, fields, validate
 
 from jobs.queue import MAX_DEFER_S, STATUSES, IdempotencyConflict, JobQueue, JobView
-from jobs.registry import InvalidArguments, UnknownTask
-from jobs.serialization import deserialize, serialize
+from jobs.registry import InvalidArguments, Registry, UnknownTask
 from service.app_keys import IDENTITY, JOB_QUEUE, REDIS_ONCE, SETTINGS
 from service.errors import Problem
 
@@ -188,17 +187,15 @@ async def list_jobs(request: web.Request) -> web.Response:
     return web.json_response({"jobs": [view.to_json() for view in views], "next_cursor": next_cursor})
 
 
-async def _queue_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The queue on the process's no-retry pool: an enqueue must never be sent twice."""
-    redis = ArqRedis(
-        connection_pool=app[REDIS_ONCE].connection_pool, job_serializer=serialize, job_deserializer=deserialize
-    )
-    app[JOB_QUEUE] = JobQueue(redis, app[SETTINGS])
+async def _queue_ctx(app: web.Application, *, registry: Registry) -> AsyncIterator[None]:
+    """The queue on the process's no-retry client: an enqueue must never be sent twice."""
+    app[JOB_QUEUE] = JobQueue(app[REDIS_ONCE], app[SETTINGS], registry)
     yield
 
 
-def setup(app: web.Application) -> None:
-    app.cleanup_ctx.append(_queue_ctx)
+def setup(app: web.Application, registry: Registry) -> None:
+    """The jobs routes, enqueueing the tasks of ``registry``."""
+    app.cleanup_ctx.append(functools.partial(_queue_ctx, registry=registry))
     app.router.add_post("/v1/jobs", post_job)
     app.router.add_get("/v1/jobs", list_jobs, allow_head=False)
     app.router.add_get("/v1/jobs/{job_id}", get_job, allow_head=False)

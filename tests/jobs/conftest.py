@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from marshmallow import Schema
+from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
-from jobs.registry import Backoff, JobContext, RetryLater, Task
+from jobs.registry import JobContext, Registry, RetryLater, Task
 from jobs.tasks import TASKS
 from jobs.worker import Worker, running_worker
+from service.app import create_app
 from service.app_keys import API_KEYS
+from service.backoff import Backoff
 from service.settings import Settings
 from tests.jobs.support import Attempts, Client, jobs_settings
 
@@ -33,9 +36,9 @@ def attempts() -> Attempts:
 
 
 @pytest.fixture
-def test_tasks(attempts: Attempts) -> Iterator[None]:
-    """``test.fail`` (always raises, 3 tries, short backoff), ``test.flaky`` (asks to be retried
-    after 0.3 s, then succeeds) and ``test.slow`` (runs past its 0.3 s timeout)."""
+def test_tasks(attempts: Attempts) -> Registry:
+    """The built-in tasks plus ``test.fail`` (always raises, 3 tries, short backoff), ``test.flaky``
+    (asks to be retried after 0.3 s, then succeeds) and ``test.slow`` (runs past its 0.3 s timeout)."""
 
     async def fail(job: JobContext) -> None:
         attempts.times.append(time.monotonic())
@@ -51,24 +54,26 @@ def test_tasks(attempts: Attempts) -> Iterator[None]:
         attempts.times.append(time.monotonic())
         await asyncio.sleep(5)
 
-    added = [
-        Task("test.fail", fail, NoArgs(), timeout_s=5.0, max_tries=3, backoff=Backoff(base_s=0.2, cap_s=0.4)),
-        Task("test.flaky", flaky, NoArgs(), timeout_s=5.0, max_tries=2, backoff=Backoff()),
-        Task("test.slow", slow, NoArgs(), timeout_s=0.3, max_tries=1, backoff=Backoff()),
-    ]
-    for task in added:
-        TASKS.add(task)
-    try:
-        yield
-    finally:
-        for task in added:
-            TASKS.remove(task.name)
+    return Registry(
+        [
+            *TASKS,
+            Task("test.fail", fail, NoArgs(), timeout_s=5.0, max_tries=3, backoff=Backoff(base_s=0.2, cap_s=0.4)),
+            Task("test.flaky", flaky, NoArgs(), timeout_s=5.0, max_tries=2, backoff=Backoff()),
+            Task("test.slow", slow, NoArgs(), timeout_s=0.3, max_tries=1, backoff=Backoff()),
+        ]
+    )
 
 
 @pytest.fixture
-async def worker(redis: Redis, settings: Settings, test_tasks: None) -> AsyncIterator[Worker]:
-    """A worker running in the test's event loop, stopped gracefully afterwards."""
-    async with running_worker(settings) as running:
+async def client(aiohttp_client: AiohttpClient, redis: Redis, settings: Settings, test_tasks: Registry) -> Client:
+    """The app, accepting the test tasks too."""
+    return await aiohttp_client(create_app(settings, registry=test_tasks))
+
+
+@pytest.fixture
+async def worker(redis: Redis, settings: Settings, test_tasks: Registry) -> AsyncIterator[Worker]:
+    """A worker running the test tasks too in the test's event loop, stopped gracefully afterwards."""
+    async with running_worker(settings, registry=test_tasks) as running:
         yield running
 
 

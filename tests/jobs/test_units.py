@@ -1,10 +1,9 @@
-"""Pieces of the jobs system on their own: backoff, serialization, webhook rules, heartbeats."""
+"""Pieces of the jobs system on their own: serialization, webhook rules, heartbeats."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import random
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -15,20 +14,9 @@ from redis.asyncio import Redis
 
 from jobs import heartbeat
 from jobs.redis_keys import WORKERS_KEY, worker_key
-from jobs.registry import Backoff
 from jobs.serialization import deserialize, error_of, iso_from_ms, serialize
 from jobs.webhook import DestinationRefused, _retry_after_s, check_destination, sign
 from tests.conftest import ROOT
-
-
-def test_backoff_is_full_jitter_under_an_exponential_ceiling_that_caps() -> None:
-    backoff = Backoff(base_s=1.0, cap_s=10.0)
-    rng = random.Random(7)
-    for try_number, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 10.0), (12, 10.0)]:
-        delays = [backoff.delay_s(try_number, rng) for _ in range(500)]
-        assert all(0.0 <= delay <= ceiling for delay in delays)
-        assert max(delays) > 0.8 * ceiling  # the whole range is used, not a fixed step
-        assert min(delays) < 0.2 * ceiling
 
 
 def test_failures_are_stored_as_type_and_message() -> None:

@@ -1,4 +1,4 @@
-"""The worker on its own: arq's cron keeps working with the wake-up wait; burst mode."""
+"""The worker on its own: arq's cron keeps working with the wake-up wait; burst mode; its options."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
 from arq.cron import cron
 from redis.asyncio import Redis
 
 from jobs.queue import JobQueue
-from jobs.worker import running_worker
+from jobs.worker import create_worker, running_worker
 from service.settings import Settings
 
 
@@ -42,3 +43,29 @@ async def test_burst_worker_runs_due_and_deferred_jobs_then_returns(redis: Redis
         view = await queue.get("acme", job_id)
         assert view is not None
         assert view.status == "complete"
+
+
+async def test_a_worker_takes_only_the_arq_options_of_worker_settings(settings: Settings) -> None:
+    # arq's own health check would write a key that every worker shares: it has no way in.
+    with pytest.raises(TypeError, match="health_check_key"):
+        create_worker(settings, health_check_key="jobs:worker:w1")
+
+
+async def test_worker_runs_jobs_again_after_redis_drops_its_connections(redis: Redis, settings: Settings) -> None:
+    queue = JobQueue(redis, settings)
+    async with running_worker(settings):
+        before, _ = await queue.enqueue("acme", "diagnostics.ping", {})
+        await _until_complete(queue, before.id)
+        for connection in await redis.client_list():
+            if connection["name"].startswith("ottoai-worker"):
+                await redis.client_kill_filter(_id=connection["id"])  # as a failover would
+
+        after, _ = await queue.enqueue("acme", "diagnostics.ping", {})
+        await _until_complete(queue, after.id)
+
+
+async def _until_complete(queue: JobQueue, job_id: str, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (view := await queue.get("acme", job_id)) is None or view.status != "complete":
+        assert time.monotonic() < deadline, f"job {job_id} is {view.status if view else 'gone'} after {timeout_s} s"
+        await asyncio.sleep(0.02)

@@ -1,0 +1,87 @@
+"""``GET /ready``: every included component passes (200) or not (503), with details of each.
+
+The components are Redis, the workers (when this deployment runs them) and PostgreSQL (when
+``DATABASE_URL`` is set); ``service/readiness.py`` runs their checks under a deadline.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+from aiohttp_apigami import docs, response_schema
+from marshmallow import Schema, fields
+
+from jobs.heartbeat import live_workers
+from service.app_keys import DATABASE, READINESS_CHECKS, REDIS, SETTINGS
+from service.database import database_ctx
+from service.readiness import CHECK_TIMEOUT_S, Check, run_checks
+from service.settings import SERVICE_NAME, Settings
+
+
+async def check_redis(app: web.Application) -> tuple[bool, dict[str, Any]]:
+    started = time.perf_counter()
+    await app[REDIS].ping()
+    return True, {"latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+async def check_workers(app: web.Application) -> tuple[bool, dict[str, Any]]:
+    """At least one worker has beaten within its heartbeat window (its key is still live)."""
+    workers = await live_workers(app[REDIS])
+    details: dict[str, Any] = {"alive": len(workers)}
+    if workers:
+        details["last_beat_age_s"] = min(w["beat_age_s"] for w in workers)
+    return bool(workers), details
+
+
+async def check_database(app: web.Application) -> tuple[bool, dict[str, Any]]:
+    started = time.perf_counter()
+    value = await app[DATABASE].fetchval("SELECT 1", timeout=CHECK_TIMEOUT_S)
+    return value == 1, {"latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+def included_checks(settings: Settings) -> dict[str, Check]:
+    """The components that this deployment's settings turn on, by name."""
+    checks: dict[str, Check] = {"redis": check_redis}
+    if settings.enable_worker:
+        checks["workers"] = check_workers
+    if settings.database_url:
+        checks["database"] = check_database
+    return checks
+
+
+class ReadySchema(Schema):
+    ready = fields.Boolean(required=True)
+    components = fields.Dict(keys=fields.String(), values=fields.Boolean(), required=True)
+    details = fields.Dict(keys=fields.String(), values=fields.Dict(), required=True)
+    timestamp = fields.Integer(required=True)
+    duration_ms = fields.Float(required=True)
+    service = fields.String(required=True)
+
+
+@docs(tags=["operations"], summary="Readiness: every included component passes (200) or not (503)")
+@response_schema(ReadySchema, 200)
+@response_schema(ReadySchema, 503)
+async def get_ready(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    results = await run_checks(request.app, request.app[READINESS_CHECKS])
+    ready = all(passed for _, passed, _ in results)
+    body = {
+        "ready": ready,
+        "components": {name: passed for name, passed, _ in results},
+        "details": {name: details for name, _, details in results},
+        "timestamp": int(time.time()),
+        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+        "service": SERVICE_NAME,
+    }
+    return web.json_response(body, status=200 if ready else 503, headers={"Cache-Control": "no-store"})
+
+
+def setup(app: web.Application) -> None:
+    """Route ``/ready`` with the components this deployment's settings turn on (and the pool the database one needs)."""
+    checks = included_checks(app[SETTINGS])
+    if "database" in checks:
+        app.cleanup_ctx.append(database_ctx)
+    app[READINESS_CHECKS] = checks
+    app.router.add_get("/ready", get_ready, allow_head=False)

@@ -1,0 +1,61 @@
+"""The request middleware: request id, the one problem+json error path, request metrics.
+
+One layer does all three because each middleware layer costs every request.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import secrets
+import time
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from service.app_keys import METRICS, REQUEST_ID
+from service.errors import error_response
+from service.logging import bind_context
+
+__all__ = ["request_context_middleware"]
+
+_REQUEST_ID_SHAPE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_REQUEST_ID_PREFIX = secrets.token_hex(8)
+_request_counter = itertools.count(1)
+
+
+def _new_request_id() -> str:
+    """32 hex digits like a UUID4's, unique without a system call per request (uuid4 reads urandom)."""
+    return f"{_REQUEST_ID_PREFIX}{next(_request_counter):016x}"
+
+
+def _route_of(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def request_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give every request an id (the caller's ``X-Request-ID`` when sane), answer errors as problem+json, count it."""
+    supplied = request.headers.get("X-Request-ID")
+    request_id = supplied if supplied and _REQUEST_ID_SHAPE.fullmatch(supplied) else _new_request_id()
+    request[REQUEST_ID] = request_id
+    # No clear_contextvars() first: aiohttp runs each request in a task of its own, with a
+    # copy of the connection's context, so nothing an earlier request bound is visible here.
+    bind_context(request_id=request_id)
+    started = time.perf_counter()
+    status = 500
+    try:
+        try:
+            response = await handler(request)
+        except Exception as exc:  # CancelledError is a BaseException: it passes
+            response = error_response(request, exc)
+        status = response.status
+    except web.HTTPException as exc:  # a redirect or the like, which error_response raises again
+        status = exc.status
+        exc.headers["X-Request-ID"] = request_id
+        raise
+    finally:
+        request.app[METRICS].record_request(request.method, _route_of(request), status, time.perf_counter() - started)
+    response.headers["X-Request-ID"] = request_id
+    return response
