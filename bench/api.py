@@ -178,9 +178,12 @@ def fly_env() -> dict[str, str]:
         return {name: str(value) for name, value in tomllib.load(fly)["env"].items()}
 
 
-def serve_env(redis_url: str, policies: Path, port: int, limiter: bool) -> dict[str, str]:
-    """``fly.toml``'s ``[env]`` plus what only the benchmark can supply."""
+def serve_env(redis_url: str, policies: Path, ports: tuple[int, int], limiter: bool) -> dict[str, str]:
+    """``fly.toml``'s ``[env]`` plus what only the benchmark can supply; ``ports``: the API's and the metrics'."""
     env = fly_env()
+    port, metrics_port = ports
+    if "METRICS_PORT" in env:  # a fixed port, which two runs on one machine would share
+        env["METRICS_PORT"] = str(metrics_port)
     env.update(
         PATH=os.environ.get("PATH", "/usr/bin:/bin"),
         PYTHONPATH=str(harness.ROOT),
@@ -231,13 +234,21 @@ class RedisProbe:
         self._client.close()
 
 
-def scrape(port: int) -> Counter[str] | None:
+def scrape(ports: tuple[int, ...]) -> Counter[str] | None:
     """From the server's ``/metrics`` (that route left out): requests answered, 5xx answers,
-    limiter fail-open decisions and limiter Redis errors so far; ``None`` without one."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
-            text = answer.read().decode()
-    except OSError:  # the bare app has no /metrics (HTTPError is an OSError)
+    limiter fail-open decisions and limiter Redis errors so far; ``None`` without one.
+
+    The first of ``ports`` that answers ``/metrics`` is read (the API's port, or a port of
+    its own when ``METRICS_PORT`` moves it there).
+    """
+    for port in ports:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+                text = answer.read().decode()
+            break
+        except OSError:  # no /metrics there (HTTPError is an OSError); the bare app has none
+            continue
+    else:
         return None
     figures: Counter[str] = Counter()
     for line in text.splitlines():
@@ -260,26 +271,32 @@ def _answered(figures: Counter[str] | None, fallback: float) -> float:
 
 
 def measure(
-    process: subprocess.Popen[bytes], port: int, targets: Path, probe: RedisProbe, method: str = "GET", body: str = ""
+    process: subprocess.Popen[bytes],
+    ports: tuple[int, ...],
+    targets: Path,
+    probe: RedisProbe,
+    method: str = "GET",
+    body: str = "",
 ) -> dict[str, Any]:
-    """The timed run, then the counting run, against the server ``process`` listening on ``port``.
+    """The timed run, then the counting run, against the server ``process`` listening on ``ports[0]``.
 
     Per-request figures divide by the requests the server answered in the window (its own
     count: the load generator leaves out those in flight when it stops, whose commands
     Redis still runs); the bare app has no count of its own, so there the generator's is used.
     """
+    port = ports[0]
     status = _first_request(port, targets, method, body)
     if status >= 500:
         raise RuntimeError(f"the first request to {targets.stem} answered {status}: see the server's log")
     result: dict[str, Any] = {"loop": harness.event_loop_of(process.pid)}
-    before = scrape(port)
+    before = scrape(ports)
     calls_before, redis_cpu_before = probe.snapshot()
     user_before, system_before = harness.cpu_times(process.pid)
     timed = harness.load(port, targets, SECONDS, method, body)
     time.sleep(SETTLE_S)
     user_after, system_after = harness.cpu_times(process.pid)
     calls_after, redis_cpu_after = probe.snapshot()
-    after = scrape(port)
+    after = scrape(ports)
     served = max(1.0, _answered(after, timed["requests"]) - _answered(before, 0))
     failed = (after or Counter())["5xx"] - (before or Counter())["5xx"]
     commands = delta(calls_before, calls_after)
@@ -297,7 +314,7 @@ def measure(
         counting = harness.load(port, targets, COUNT_SECONDS, method, body)
         time.sleep(SETTLE_S)
         window = monitor.mark()
-    end = scrape(port)
+    end = scrape(ports)
     counted = _answered(end, counting["requests"]) - _answered(after, 0)
     result.update(count_requests=max(1.0, counted), window=window, metrics=end, connections=probe.connections())
     result["client_cmds"] = window.client_total / result["count_requests"]
@@ -318,11 +335,13 @@ def _running(command: list[str], env: dict[str, str], port: int, log: Path) -> I
 
 
 def run_serve(scenario: Scenario, probe: RedisProbe, folder: Path) -> dict[str, Any]:
-    port = harness.free_port()
-    env = serve_env(probe.url, folder / "policies.toml", port, scenario.limiter)
+    api_port, metrics_port = harness.free_ports(2)
+    ports = (api_port, metrics_port)
+    env = serve_env(probe.url, folder / "policies.toml", ports, scenario.limiter)
     log = folder / "serve.log"
-    with _running([sys.executable, "-m", "service", "serve"], env, port, log) as process:
-        result = measure(process, port, folder / f"{scenario.targets}.targets", probe, scenario.method, scenario.body)
+    targets = folder / f"{scenario.targets}.targets"
+    with _running([sys.executable, "-m", "service", "serve"], env, ports[0], log) as process:
+        result = measure(process, ports, targets, probe, scenario.method, scenario.body)
     text = log.read_bytes()  # the scrapes of /metrics are logged too, but not counted in it
     result["log_lines"] = text.count(b'"event": "request"') - text.count(b'"path": "/metrics"')
     result["trouble"] = _trouble(text, result["metrics"])
@@ -354,7 +373,7 @@ def run_bare(loop: str, probe: RedisProbe, folder: Path) -> dict[str, Any]:
     command = [sys.executable, "-m", "bench.harness", "bare", str(port), BARE_PATH, loop]
     env = {**os.environ, "PYTHONPATH": str(harness.ROOT)}
     with _running(command, env, port, folder / "bare.log") as process:
-        result = measure(process, port, folder / "bare.targets", probe)
+        result = measure(process, (port,), folder / "bare.targets", probe)
     result["log_lines"] = 0
     return result
 
@@ -383,7 +402,7 @@ def report(rows: dict[str, dict[str, Any]], machine: str, loop: str) -> str:
         "",
         "serve: `python -m service serve` with fly.toml's [env] ("
         + ", ".join(f"{k}={v}" for k, v in fly_env().items())
-        + "; PORT replaced by a free port, HOST=127.0.0.1), PYTHONUNBUFFERED=1, JSON access log to a file, "
+        + "; the ports replaced by free ones, HOST=127.0.0.1), PYTHONUNBUFFERED=1, JSON access log to a file, "
         f"default middleware and metrics. RATE_LIMITS_FILE: the shipped default plan's buckets and routes at "
         f"capacity {ROOMY['capacity']:,} and {ROOMY['per_second']:,}/s (every allowed request reaches Redis, none "
         f"is refused); the hot tenant's plan: the same buckets at capacity {TINY['capacity']} and "

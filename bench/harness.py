@@ -12,6 +12,7 @@ loop ``LOOP`` (``asyncio`` or ``uvloop``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -21,7 +22,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ __all__ = [
     "cpu_times",
     "event_loop_of",
     "free_port",
+    "free_ports",
     "load",
     "load_generator",
     "machine",
@@ -110,10 +111,16 @@ def load(port: int, targets: Path, seconds: float, method: str = "GET", body: st
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports (bound together, so never the same one twice)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
@@ -140,7 +147,7 @@ def stop(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
         process.wait()
 
 
-@contextmanager
+@contextlib.contextmanager
 def private_redis(folder: Path, *, tcp: bool = False) -> Iterator[str]:
     """A throw-away ``redis-server`` (no persistence) keeping its files in ``folder``; yields its URL.
 
