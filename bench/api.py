@@ -283,6 +283,9 @@ def measure(
     Per-request figures divide by the requests the server answered in the window (its own
     count: the load generator leaves out those in flight when it stops, whose commands
     Redis still runs); the bare app has no count of its own, so there the generator's is used.
+    Commands per request divide by the requests answered without a 5xx: a 503 for want of a
+    Redis connection sends none of its route's commands (only its share of a limiter call),
+    and counting it would make a route look cheaper the more it fails.
     """
     port = ports[0]
     status = _first_request(port, targets, method, body)
@@ -308,7 +311,7 @@ def measure(
         system_us=(system_after - system_before) * 1e6 / served,
         redis_cpu_us=(redis_cpu_after - redis_cpu_before) * 1e6 / served,
         server_commands=commands,
-        server_cmds=sum(commands.values()) / served,
+        server_cmds=sum(commands.values()) / max(1.0, served - failed),
     )
     with Monitor(probe.url) as monitor:
         counting = harness.load(port, targets, COUNT_SECONDS, method, body)
@@ -317,9 +320,10 @@ def measure(
     end = scrape(ports)
     counted = max(1.0, _answered(end, counting["requests"]) - _answered(after, 0))
     count_failed = (end or Counter())["5xx"] - (after or Counter())["5xx"]
-    result.update(count_requests=counted, count_failed_share=count_failed / counted, window=window, metrics=end)
-    result["connections"] = probe.connections()
+    result.update(count_failed_share=count_failed / counted, window=window, metrics=end)
+    result["count_requests"] = max(1.0, counted - count_failed)
     result["client_cmds"] = window.client_total / result["count_requests"]
+    result["connections"] = probe.connections()
     return result
 
 
@@ -415,11 +419,13 @@ def report(rows: dict[str, dict[str, Any]], machine: str, loop: str) -> str:
         f"{TINY['per_second']}/s. Traffic: {TENANTS:,} tenants, one API key each, rotated per request; each owns "
         f"{JOBS_PER_TENANT} queued jobs (no worker).",
         "",
-        "Per-request CPU and commands divide by the requests serve answered in the window (its /metrics count). "
+        "Per-request CPU divides by the requests serve answered in the window (its /metrics count), commands by "
+        "the requests answered without a 5xx (a 503 for want of a Redis connection sends none of its route's "
+        "commands). "
         "Server CPU: utime + stime of the serve process from /proc. Redis commands, server-side: INFO commandstats "
         "deltas over the timed run (every command Redis ran, those its scripts ran included; the bench's INFO left "
         "out); client-sent: the counting run's MONITOR tap, a script call counting once (beside it, the share of "
-        "that run's requests serve answered 5xx, when not negligible: a 5xx sent fewer commands). The missing id "
+        "that run's requests serve answered 5xx, when not negligible). The missing id "
         "(404) and "
         "the hot tenant (429) are non-2xx by design. Non-2xx is what the load generator saw; serve's own 5xx count "
         "also holds answers to requests the generator abandoned when it stopped.",
