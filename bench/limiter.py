@@ -216,9 +216,9 @@ def _batched_limiter(redis_url: str, folder: Path, pipelined: bool = False) -> A
 class _RedisPyCommand:
     """Stands in for the limiter's ``BatchFramer``: a batch's ``EVALSHA`` as plain arguments, for redis-py to pack."""
 
-    def evalsha(self, decisions: Sequence[tuple[str, RouteBuckets, bool, object]]) -> tuple[Any, ...]:
-        keys = [bucket_key(caller, bucket.name) for caller, route, _, _ in decisions for bucket in route.buckets]
-        return (SCRIPT_SHA, len(keys), *keys, *argv([(spend, route.buckets) for _, route, spend, _ in decisions]))
+    def evalsha(self, decisions: Sequence[tuple[str, RouteBuckets, object]]) -> tuple[Any, ...]:
+        keys = [bucket_key(caller, bucket.name) for caller, route, _ in decisions for bucket in route.buckets]
+        return (SCRIPT_SHA, len(keys), *keys, *argv([(route.buckets, route.read_only) for _, route, _ in decisions]))
 
 
 class _PipelinedLimiter(Limiter):
