@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.queue import RESULTS, cpu_model
+from bench import harness
 
 SCALE = 3.0
 # Columns of the table: (heading, figure name); a scenario's other figures follow in "also".
@@ -55,13 +53,11 @@ def _redis_version() -> str:
     return next((w.split("=", 1)[1] for w in words if w.startswith("v=")), "?")
 
 
-def table(rows: list[dict[str, Any]], load_before: str, exit_code: int) -> str:
-    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+def table(rows: list[dict[str, Any]], machine: str, exit_code: int) -> str:
     lines = [
-        f"## Chaos, {when}",
+        f"## Chaos, {harness.now_utc()}",
         "",
-        f"Machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, Redis "
-        f"{_redis_version()} (load average before the run: {load_before}). `make chaos`: tests/chaos at "
+        f"Machine: {machine}. `make chaos`: tests/chaos at "
         f"{SCALE:g} x its `make test` length; two `serve` and two `python -m jobs` on a private redis-server "
         "(loopback), a steady 100 requests/s (limiter-only, fail-closed tenant, job reads, enqueues of "
         "`diagnostics.sleep`, `/health` as the control). The limiter deadline is 50 ms; a limiter-path request "
@@ -85,7 +81,7 @@ def table(rows: list[dict[str, Any]], load_before: str, exit_code: int) -> str:
 
 
 def main() -> int:
-    load_before = ", ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
+    machine = harness.machine(_redis_version())
     with tempfile.TemporaryDirectory(prefix="ottoai-chaos-") as folder:
         report = Path(folder) / "chaos.jsonl"
         code = run_suite(report)
@@ -93,10 +89,9 @@ def main() -> int:
     if not rows:
         print("chaos: no scenario reported figures", file=sys.stderr)
         return code or 1
-    section = table(rows, load_before, code)
+    section = table(rows, machine, code)
     print(section)
-    with RESULTS.open("a") as out:
-        out.write("\n" + section)
+    harness.append_results(section)
     return code
 
 

@@ -79,13 +79,14 @@ class Finisher:
     async def record(
         self,
         job_id: str,
+        tenant: str,
         finish: bool,
         result_data: bytes | None,
         keep_ms: int | str,
         incr_score: int | str,
         keep_in_progress_ms: int | str,
     ) -> None:
-        """Run ``finish.lua`` for one run of ``job_id`` (``finish``: its result, else back to the queue)."""
+        """Run ``finish.lua`` for one run of ``tenant``'s ``job_id`` (``finish``: its result, else requeue it)."""
         held = self.held.get(job_id)
         if held is None:
             log.warning("job result not recorded: its lease was lost; it runs again elsewhere", job_id=job_id)
@@ -97,6 +98,7 @@ class Finisher:
         try:
             recorded = await self._run_script(
                 job_id,
+                tenant,
                 [
                     job_id,
                     "1" if finish else "0",
@@ -106,6 +108,7 @@ class Finisher:
                     keep_in_progress_ms,
                     "1" if job_id in self.handing_back else "0",
                     redis_keys.WAKE_TOKENS_MAX,
+                    tenant,
                     held,
                 ],
             )
@@ -129,7 +132,7 @@ class Finisher:
                     duration_ms=round(duration_ms, 2),
                 )
 
-    async def _run_script(self, job_id: str, args: list[Any]) -> bool | None:
+    async def _run_script(self, job_id: str, tenant: str, args: list[Any]) -> bool | None:
         """``finish.lua``'s answer (recorded or not), or ``None`` when a stopping worker gave up on Redis."""
         failures = 0
         while True:
@@ -143,6 +146,8 @@ class Finisher:
                         redis_keys.ABORT_KEY,
                         self._queue_name,
                         redis_keys.WAKE_KEY,
+                        redis_keys.ready_key(tenant),
+                        redis_keys.TENANTS_KEY,
                     ],
                     args=args,
                 )

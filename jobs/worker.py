@@ -2,6 +2,9 @@
 
 What it changes in stock arq, and why (see ``FINDINGS.md``):
 
+- **Fair claims**: tenants are served in turn (``claim.lua``, keys in ``jobs.redis_keys``),
+  not first-in first-out across tenants, so one tenant's backlog cannot hold another's
+  job back by more than about one job's run time.
 - **Claims** go through one Lua call (``claim.lua``) that gives each due job a short
   in-progress *lease* (``JOB_LEASE_S``, 10 s) instead of arq's "longest timeout + 10 s";
   the lease keeper (``jobs.leases``) renews the leases of running jobs every quarter
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -44,10 +48,11 @@ from typing import Any
 
 from arq.connections import ArqRedis, log_redis_info
 from arq.cron import CronJob
-from arq.jobs import Deserializer, Serializer
+from arq.jobs import Deserializer, Job, Serializer
 from arq.utils import timestamp_ms, to_ms
 from arq.worker import Function
 from arq.worker import Worker as ArqWorker
+from redis.commands.core import AsyncScript
 from redis.exceptions import AuthenticationError, RedisError
 
 from jobs import heartbeat, redis_keys
@@ -114,6 +119,25 @@ class WorkerSettings:
         return {field.name: getattr(self, field.name) for field in fields(self)}
 
 
+class _Pool(ArqRedis):
+    """The worker's Redis client. A job enqueued through arq's own ``enqueue_job`` (arq's cron schedule
+    does) joins the system tenant's ready set too: claims only look at ready sets."""
+
+    @functools.cached_property
+    def _adopt(self) -> AsyncScript:
+        return load_script(self, "adopt")
+
+    async def enqueue_job(self, function: str, *args: Any, **kwargs: Any) -> Job | None:
+        job = await super().enqueue_job(function, *args, **kwargs)
+        if job is not None:
+            tenant = redis_keys.SYSTEM_TENANT
+            await self._adopt(
+                keys=[redis_keys.QUEUE_KEY, redis_keys.ready_key(tenant), redis_keys.TENANTS_KEY],
+                args=[job.job_id, tenant],
+            )
+        return job
+
+
 class Worker(ArqWorker):
     """arq's worker with leases, wake-ups, per-worker heartbeats and hand-back on stop."""
 
@@ -127,7 +151,9 @@ class Worker(ArqWorker):
         super().__init__(redis_pool=redis_pool, **worker_settings.arq_options())
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
-        self.ctx.update(settings=settings, worker_id=self.worker_id)
+        # The tenant of each running job, from its claim (the task sees it as ``JobContext.tenant``).
+        self._job_tenants: dict[str, str] = {}
+        self.ctx.update(settings=settings, worker_id=self.worker_id, tenants=self._job_tenants)
         self._outage = Outage(self.worker_id)
         self._finisher = Finisher(
             redis_pool,
@@ -222,7 +248,7 @@ class Worker(ArqWorker):
             return -1
         now_ms = timestamp_ms()
         reply = await self._claim_script(
-            keys=[self.queue_name, redis_keys.WAKE_KEY, redis_keys.WORKERS_KEY],
+            keys=[redis_keys.TENANTS_KEY, redis_keys.WAKE_KEY, redis_keys.WORKERS_KEY, self.queue_name],
             args=[
                 now_ms,
                 self.max_jobs - self.job_counter,
@@ -230,19 +256,21 @@ class Worker(ArqWorker):
                 redis_keys.IN_PROGRESS_PREFIX,
                 CLAIM_SCAN_MAX,
                 redis_keys.WAKE_TOKENS_MAX,
+                redis_keys.READY_PREFIX,
                 self.worker_id,
                 *self._finisher.held,  # not a job this worker let go (a lost lease): it may be claimable again
             ],
         )
-        for i in range(1, len(reply), 2):
+        for i in range(1, len(reply), 3):
             job_id = reply[i].decode()
             self._finisher.held[job_id] = f"{now_ms}:{self.worker_id}"  # the lease's value, as claim.lua wrote it
-            await self._start(job_id, int(reply[i + 1]))
+            await self._start(job_id, int(reply[i + 1]), reply[i + 2].decode())
         return int(reply[0])
 
-    async def _start(self, job_id: str, score: int) -> None:
+    async def _start(self, job_id: str, score: int, tenant: str) -> None:
         await self.sem.acquire()  # never waits: the claim took no more jobs than free slots
         self.job_counter += 1
+        self._job_tenants[job_id] = tenant
         task = self.loop.create_task(self.run_job(job_id, score))
         task.add_done_callback(self._on_job_done)
         self.tasks[job_id] = task
@@ -255,6 +283,7 @@ class Worker(ArqWorker):
         for job_id, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[job_id]
+                del self._job_tenants[job_id]
                 self._finisher.handing_back.discard(job_id)
                 if not task.cancelled() and task.exception() is not None:
                     log.error("job bookkeeping failed", job_id=job_id, error=repr(task.exception()))
@@ -339,6 +368,7 @@ class Worker(ArqWorker):
         keep_ms = "" if keep_result_forever or result_timeout_s is None else to_ms(result_timeout_s)
         await self._finisher.record(
             job_id,
+            self._job_tenants.get(job_id, redis_keys.SYSTEM_TENANT),
             finish,
             result_data,
             keep_ms,
@@ -347,11 +377,9 @@ class Worker(ArqWorker):
         )
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
-        """arq's ``finish_failed_job`` (a job that could not start: expired, aborted before it
-        started, out of tries) through ``finish.lua``, so it too needs the lease."""
-        keep = self.keep_result_forever or self.keep_result_s > 0
-        keep_ms = "" if self.keep_result_forever else to_ms(self.keep_result_s)
-        await self._finisher.record(job_id, True, result_data if keep else None, keep_ms, "", "")
+        """arq's ``finish_failed_job`` (a job that expired, was aborted before it started, or ran out of
+        tries) through ``finish.lua`` too, so the job leaves its tenant's unfinished jobs (under the lease)."""
+        await self.finish_job(job_id, True, result_data, self.keep_result_s, self.keep_result_forever, None, None)
 
     async def _look_again(self) -> None:
         """End the main loop's wait: a job this worker let go may be claimable now (no enqueue will say so),
@@ -423,7 +451,7 @@ def create_worker(settings: Settings, *, registry: Registry = TASKS, **options: 
     Call it inside the event loop that will run the worker.
     """
     worker_settings = WorkerSettings.from_settings(settings, registry=registry, **options)
-    pool = ArqRedis(
+    pool = _Pool(
         connection_pool(
             settings.require_redis(),
             max_connections=settings.worker_concurrency + 5,

@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from service.ratelimit.limiter import Limiter, Outcome
 from service.ratelimit.policy import parse_policies
-from tests.servers import redis_url
+from service.ratelimit.script import ALLOW_OOM_SCRIPT, SCRIPT
+from tests.servers import SilentServer, redis_url
 
 POLICIES = parse_policies(
     {
@@ -74,18 +76,9 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced_not_failed(
 
 
 async def test_a_call_that_may_have_run_is_never_sent_again() -> None:
-    received = bytearray()
-    held: list[asyncio.StreamWriter] = []
-
-    async def answer_hello_then_hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # Answer the connection set-up (CLIENT SETINFO), then take the script call and never reply.
-        held.append(writer)
-        while data := await reader.read(65536):
-            received.extend(data)
-            writer.write(b"+OK\r\n" * data.count(b"SETINFO"))
-
-    server = await asyncio.start_server(answer_hello_then_hang, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    # Answer the connection set-up (CLIENT SETINFO), then take the script call and never reply.
+    server = await SilentServer(reply=lambda data: b"+OK\r\n" * data.count(b"SETINFO")).start()
+    port = server.port
     client = Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_connect_timeout=1)
     limiter = Limiter(client, deadline_s=0.05)
     try:
@@ -94,10 +87,32 @@ async def test_a_call_that_may_have_run_is_never_sent_again() -> None:
     finally:
         await limiter.close()
         await client.aclose()
-        for writer in held:
-            writer.close()
-        server.close()
-        await server.wait_closed()
+        await server.close()
 
     assert decision.outcome == Outcome.FAIL_OPEN
-    assert received.count(b"EVALSHA") == 1
+    assert server.received.count(b"EVALSHA") == 1
+
+
+async def test_a_redis_that_cannot_read_the_allow_oom_flag_gets_the_plain_script(
+    limiter_redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Redis 6.2 refuses a script that starts with a "#!" flags line; it then gets the plain one.
+    await limiter_redis.script_flush()  # earlier tests loaded the flagged script
+    loaded: list[str] = []
+    script_load = limiter_redis.script_load
+
+    async def like_redis_6_2(script: str) -> str:
+        loaded.append(script)
+        if script.startswith("#!"):
+            raise ResponseError("Error compiling script (new function): user_script:1: unexpected symbol near '#'")
+        loaded_sha: str = await script_load(script)
+        return loaded_sha
+
+    monkeypatch.setattr(limiter_redis, "script_load", like_redis_6_2)
+    limiter = Limiter(limiter_redis, deadline_s=1.0)
+
+    decisions = [await limiter.decide("acme", ROUTE) for _ in range(4)]
+
+    assert [d.outcome for d in decisions] == [Outcome.ALLOWED] * 3 + [Outcome.LIMITED]
+    assert loaded == [ALLOW_OOM_SCRIPT, SCRIPT]  # one fallback, then the plain script's SHA every time
+    await limiter.close()

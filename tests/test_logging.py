@@ -8,10 +8,12 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+import structlog
 from aiohttp import web
 from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
+from service import logging as service_logging
 from service.app import create_app
 from service.logging import bind_context, configure_logging, get_logger
 from service.settings import Settings
@@ -21,15 +23,20 @@ SENTINEL = "sentinel-pw-4242"
 
 @pytest.fixture
 def captured() -> Iterator[io.StringIO]:
+    """Logging configured for the test into a string; everything it changes is put back afterwards."""
     stream = io.StringIO()
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
+    saved_structlog = structlog.get_config()
+    saved_secrets = service_logging._secrets
     configure_logging("json", secrets=[SENTINEL], stream=stream)
     try:
         yield stream
     finally:
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
+        structlog.configure(**saved_structlog)
+        service_logging._secrets = saved_secrets
 
 
 def test_json_lines_carry_fields_not_interpolated_text(captured: io.StringIO) -> None:
@@ -57,6 +64,20 @@ def test_passwords_are_hidden_in_every_kind_of_record(captured: io.StringIO) -> 
     assert "default:***@fly-redis.upstash.io" in output
 
 
+def test_api_keys_are_hidden_in_every_kind_of_record_but_their_prefix(captured: io.StringIO) -> None:
+    key = "otto_" + "0123456789abcdef" * 3
+    get_logger("t").warning("looked up", key=key, nested={"headers": [f"Bearer {key}"]})
+    logging.getLogger("aiohttp.server").error("Invalid header value char:\n\n  %r", f"X-API-Key: {key}\x01".encode())
+    try:
+        raise ValueError(f"unknown key {key[:5]}{key[5:].upper()}")
+    except ValueError:
+        get_logger("t").exception("lookup failed")
+    output = captured.getvalue()
+    assert key[5:] not in output.lower()
+    assert key[13:] not in output.lower()  # nothing past the prefix, in any case
+    assert "otto_01234567***" in output
+
+
 async def test_request_log_lines_carry_their_own_request_id_and_nothing_of_earlier_requests(
     captured: io.StringIO, aiohttp_client: AiohttpClient, redis: Redis, settings: Settings
 ) -> None:
@@ -77,3 +98,13 @@ async def test_request_log_lines_carry_their_own_request_id_and_nothing_of_earli
     assert [line["request_id"] for line in handling] == [first.headers["X-Request-ID"], second.headers["X-Request-ID"]]
     assert handling[0]["tenant"] == "acme"
     assert "tenant" not in handling[1]
+
+
+def test_tenant_webhook_secrets_are_hidden_by_their_shape(captured: io.StringIO) -> None:
+    secret = "whsec_" + "ab12" * 16
+    get_logger("t").warning("rotated", note=f"new secret {secret}")
+    logging.getLogger("other").info("secret in text: %s", secret)
+
+    output = captured.getvalue()
+    assert secret not in output
+    assert output.count("whsec_***") == 2

@@ -13,6 +13,8 @@
 - **No double spending.** Nothing is retried except a ``NOSCRIPT`` reply (the script did
   not run: after ``SCRIPT FLUSH`` or a failover), which reloads it and resends (up to
   three times, should flushes keep coming).
+- **Out of memory.** On Redis >= 7 the script is flagged ``allow-oom``, so the limiter
+  still decides (and refuses) when Redis is at ``maxmemory`` and refuses other writes.
 """
 
 from __future__ import annotations
@@ -32,11 +34,14 @@ from service.ratelimit.decision import Decision, Outcome
 from service.ratelimit.metrics import LimiterMetrics
 from service.ratelimit.policy import RouteBuckets
 from service.ratelimit.script import (
+    ALLOW_OOM_SCRIPT,
+    ALLOW_OOM_SCRIPT_SHA,
     OK,
     REMAINING_UNITS,
     REPLY_PER_BUCKET,
     RETRY_IN_US,
     SCRIPT,
+    SCRIPT_SHA,
     BatchFramer,
     bucket_key,
     bucket_reply,
@@ -52,9 +57,9 @@ _NOSCRIPT_RELOADS = 3  # per batch, within its deadline
 log = get_logger(__name__)
 
 
-# A decision waiting for its batch: caller, route, spend (False: only read), and its future.
+# A decision waiting for its batch: caller, route, and its future.
 # A plain tuple: one is made per request, and a class's __init__ would cost more than the rest.
-_Call = tuple[str, RouteBuckets, bool, "asyncio.Future[Decision]"]
+_Call = tuple[str, RouteBuckets, "asyncio.Future[Decision]"]
 
 
 class Limiter:
@@ -83,22 +88,23 @@ class Limiter:
         # caller -> bucket name -> (remaining units Redis reported, local time the call was sent);
         # only near-empty buckets.
         self._refusals: dict[str, dict[str, tuple[int, float]]] = {}
-        self._framer = BatchFramer()
+        # The allow-oom script (Redis >= 7) until Redis refuses to load it.
+        self._script = ALLOW_OOM_SCRIPT
+        self._framer = BatchFramer(ALLOW_OOM_SCRIPT_SHA)
         self._last_warning_at = -_WARN_EVERY_S
 
     @property
     def metrics(self) -> LimiterMetrics:
         return self._metrics
 
-    async def decide(self, caller: str, route: RouteBuckets, *, spend: bool = True) -> Decision:
-        """Spend the buckets of ``route`` for ``caller`` (or only read them: ``spend=False``)."""
-        if spend:
-            refused = self.refuse_locally(caller, route)
-            if refused is not None:
-                return refused
-        return await self.submit(caller, route, spend=spend)
+    async def decide(self, caller: str, route: RouteBuckets) -> Decision:
+        """Spend the buckets of ``route`` for ``caller`` (reading its ``read_only`` ones)."""
+        refused = self.refuse_locally(caller, route)
+        if refused is not None:
+            return refused
+        return await self.submit(caller, route)
 
-    def submit(self, caller: str, route: RouteBuckets, *, spend: bool = True) -> asyncio.Future[Decision]:
+    def submit(self, caller: str, route: RouteBuckets) -> asyncio.Future[Decision]:
         """Queue the decision for this loop turn's batch; the future holds Redis's verdict.
 
         ``decide`` is this after ``refuse_locally``; the middleware calls the two itself
@@ -108,7 +114,7 @@ class Limiter:
         future: asyncio.Future[Decision] = loop.create_future()
         if not self._pending:
             loop.call_soon(self._flush)
-        self._pending.append((caller, route, spend, future))
+        self._pending.append((caller, route, future))
         return future
 
     async def close(self) -> None:
@@ -185,7 +191,8 @@ class Limiter:
                     # NOSCRIPT: the script did not run, so sending it again cannot spend twice (and a
                     # SCRIPT FLUSH may land again between the load and the resend).
                     self._metrics.redis_error("noscript")
-                    await self._redis.script_load(SCRIPT)
+                    await self._load_script()
+                    commands = [self._framer.evalsha(group) for group in groups]  # the SHA may have changed
                     for i, reply in zip(retry, await self._send([commands[i] for i in retry]), strict=True):
                         replies[i] = reply
         except (RedisError, OSError, TimeoutError) as exc:
@@ -202,6 +209,17 @@ class Limiter:
                 self._fail(group)
             else:
                 self._resolve(group, reply, sent)
+
+    async def _load_script(self) -> None:
+        """Load the script; a Redis before 7 refuses the allow-oom flag line, and gets the plain script from then on."""
+        try:
+            await self._redis.script_load(self._script)
+        except ResponseError:
+            if self._script == SCRIPT:
+                raise
+            self._script = SCRIPT
+            self._framer = BatchFramer(SCRIPT_SHA)
+            await self._redis.script_load(SCRIPT)
 
     async def _send(self, commands: list[bytes]) -> list[Any]:
         """One round trip; error replies come back in place (a connection failure raises).
@@ -257,7 +275,7 @@ class Limiter:
             self._fail(group)
 
     def _fail(self, group: list[_Call]) -> None:
-        for _, route, _, future in group:
+        for _, route, future in group:
             if future.done():  # answered already (at the deadline)
                 continue
             outcome = Outcome.FAIL_CLOSED if route.fail_closed else Outcome.FAIL_OPEN
@@ -269,7 +287,7 @@ class Limiter:
         refusals = self._refusals
         count = self._metrics.count
         stride = REPLY_PER_BUCKET
-        for caller, route, spend, future in group:
+        for caller, route, future in group:
             admitted = reply[at] == 1
             first = at + 1
             at = first + stride * len(route.buckets)
@@ -287,7 +305,7 @@ class Limiter:
                 for i, bucket in enumerate(route.buckets):
                     base = first + stride * i
                     if bucket.shadow:
-                        shadow_short = shadow_short or reply[base + OK] != 1
+                        shadow_short = shadow_short or (i >= route.read_only and reply[base + OK] != 1)
                     elif reply[base + RETRY_IN_US] != 0:
                         if entries is None:
                             if len(refusals) >= _REFUSAL_CACHE_MAX:
@@ -303,6 +321,5 @@ class Limiter:
             else:
                 outcome = Outcome.ALLOWED
             if not future.done():  # else answered at the deadline: Redis's reply only updates the refusals
-                if spend:
-                    count(outcome, route.plan)
-                future.set_result(Decision(route, outcome, route.buckets, reply, first))
+                count(outcome, route.plan)
+                future.set_result(Decision(route, outcome, route.buckets, reply, first, route.read_only))

@@ -1,7 +1,12 @@
 """Rate-limit policies: the TOML file of ``RATE_LIMITS_FILE`` (or built-in defaults) as frozen objects.
 
 A plan maps route keys (``"*"`` or ``"METHOD /path/template"``) to buckets; a request
-spends the buckets of ``"*"`` plus those of its own route. Everything a request needs is
+spends the buckets of ``"*"`` plus those of its own route. ``GET /v1/rate-limit``
+(``STATUS_ROUTE``) is the exception for a plan of API keys: it reports the ``"*"`` buckets
+without spending them and spends only its own (the anonymous section spends them as
+everywhere: callers without a key get no report). Every plan of API keys pays an enqueue
+bucket on ``POST /v1/jobs`` (each job costs Redis memory for a day): a plan that lists
+none gets ``DEFAULT_ENQUEUE_BUCKET``. Everything a request needs is
 resolved once here (the merged bucket tuple and its ``RateLimit-Policy`` header), so the
 per-request work is one dictionary look-up.
 """
@@ -20,16 +25,27 @@ from typing import Any
 from service.ratelimit.headers import policy_header
 from service.settings import SettingsError
 
-__all__ = ["DEFAULT_POLICIES_TOML", "Bucket", "Plan", "Policies", "PolicyError", "RouteBuckets", "load_policies"]
+__all__ = [
+    "DEFAULT_POLICIES_TOML",
+    "STATUS_ROUTE",
+    "Bucket",
+    "Plan",
+    "Policies",
+    "PolicyError",
+    "RouteBuckets",
+    "load_policies",
+]
 
 UNITS_PER_TOKEN_PER_Q = 1_000_000  # one microsecond of refill is a whole number of units
 _MAX_UNITS = 2**53  # Lua numbers are doubles: integers are exact up to here
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _ROUTE = re.compile(r"(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS) /\S*")
 _FIELDS = frozenset({"name", "capacity", "per_second", "cost", "shadow", "on_redis_error"})
+ENQUEUE_ROUTE = "POST /v1/jobs"
 ANONYMOUS = "anonymous"
 DEFAULT_PLAN = "default"
 ALL_ROUTES = "*"
+STATUS_ROUTE = "GET /v1/rate-limit"  # reads the caller's "*" buckets; spends only its own
 
 DEFAULT_POLICIES_TOML = """
 # A request spends the buckets of "*" and, if present, those of its own route.
@@ -39,13 +55,19 @@ DEFAULT_POLICIES_TOML = """
   { name = "sustained", capacity = 600, per_second = 10 },
 ]
 "POST /v1/jobs" = [{ name = "enqueue", capacity = 5, per_second = 1, cost = 1 }]
+"GET /v1/rate-limit" = [{ name = "status", capacity = 10, per_second = 1 }]
 
 [plans.pro]
 "*" = [{ name = "burst", capacity = 200, per_second = 100 }]
+"GET /v1/rate-limit" = [{ name = "status", capacity = 10, per_second = 1 }]
 
 [anonymous]          # callers without a valid API key, keyed by client address
 "*" = [{ name = "address", capacity = 10, per_second = 1 }]
 """
+
+
+# (name, capacity, per_second) of the enqueue bucket of a plan that lists none (the default plan's own).
+DEFAULT_ENQUEUE_BUCKET = ("enqueue", 5, 1)
 
 
 class PolicyError(ValueError):
@@ -88,13 +110,16 @@ class Bucket:
 class RouteBuckets:
     """What one (plan, route) spends: the merged buckets and their policy header, built once.
 
+    The first ``read_only`` buckets are only read: reported, never spent, never refusing.
+
     Compared and hashed by identity (``eq=False``): the limiter's framing caches are keyed by
     route, and hashing every field (fractions included) per request would cost more than it saves.
     """
 
     plan: str
     buckets: tuple[Bucket, ...]
-    enforced: tuple[Bucket, ...]  # the buckets that can refuse (not shadow)
+    read_only: int  # how many of the leading buckets are only read
+    enforced: tuple[Bucket, ...]  # the buckets that can refuse (spent, not shadow)
     policy_header: str
     fail_closed: bool  # Redis could not answer: refuse (503) rather than admit
 
@@ -152,10 +177,13 @@ def parse_policies(document: Mapping[str, Any], source: str = "<policies>") -> P
     if ANONYMOUS not in document:
         raise PolicyError("anonymous: missing; callers without a valid key are limited by address with it")
     plans = {name: _plan(f"plans.{name}", name, body) for name, body in plans_doc.items()}
-    return Policies(plans=plans, anonymous=_plan(ANONYMOUS, ANONYMOUS, document[ANONYMOUS]), source=source)
+    anonymous = _plan(ANONYMOUS, ANONYMOUS, document[ANONYMOUS], of_api_keys=False)
+    return Policies(plans=plans, anonymous=anonymous, source=source)
 
 
-def _plan(where: str, name: str, body: Any) -> Plan:
+def _plan(where: str, name: str, body: Any, *, of_api_keys: bool = True) -> Plan:
+    """A plan; ``of_api_keys`` (not the anonymous section) reads its ``"*"`` buckets on ``STATUS_ROUTE`` and
+    pays an enqueue bucket."""
     if not _NAME.fullmatch(name):
         raise PolicyError(f"{where}: plan names are 1 to 64 letters, digits, '-', '_' or '.'")
     if not isinstance(body, dict):
@@ -177,15 +205,25 @@ def _plan(where: str, name: str, body: Any) -> Plan:
             seen.add(bucket.name)
             buckets.append(bucket)
         per_route[route] = tuple(buckets)
-    common = per_route[ALL_ROUTES]
-    routes = {route: _route_buckets(name, common + own) for route, own in per_route.items() if route != ALL_ROUTES}
+    if of_api_keys and ENQUEUE_ROUTE not in per_route:
+        bucket_name, capacity, per_second = DEFAULT_ENQUEUE_BUCKET
+        if bucket_name in seen:
+            raise PolicyError(
+                f"{where}, route '{ENQUEUE_ROUTE}': missing, and its default bucket's name {bucket_name!r} is "
+                "taken; give the route its own bucket"
+            )
+        per_route[ENQUEUE_ROUTE] = (Bucket(bucket_name, capacity, Fraction(per_second)),)
+    common = per_route.pop(ALL_ROUTES)
+    routes = {route: _route_buckets(name, common + own) for route, own in per_route.items()}
+    if of_api_keys:  # with or without buckets of its own
+        routes[STATUS_ROUTE] = _route_buckets(name, common + per_route.get(STATUS_ROUTE, ()), read_only=len(common))
     return Plan(name=name, routes=routes, everywhere=_route_buckets(name, common))
 
 
-def _route_buckets(plan: str, buckets: tuple[Bucket, ...]) -> RouteBuckets:
-    enforced = tuple(b for b in buckets if not b.shadow)
-    header = policy_header((b.name, b.capacity, b.window_s) for b in enforced)
-    return RouteBuckets(plan, buckets, enforced, header, any(b.fail_closed for b in enforced))
+def _route_buckets(plan: str, buckets: tuple[Bucket, ...], read_only: int = 0) -> RouteBuckets:
+    enforced = tuple(b for b in buckets[read_only:] if not b.shadow)
+    header = policy_header((b.name, b.capacity, b.window_s) for b in buckets if not b.shadow)
+    return RouteBuckets(plan, buckets, read_only, enforced, header, any(b.fail_closed for b in enforced))
 
 
 def _bucket(where: str, index: int, item: Any) -> Bucket:

@@ -19,6 +19,8 @@ from typing import Final
 from service.ratelimit.policy import Bucket, RouteBuckets
 
 __all__ = [
+    "ALLOW_OOM_SCRIPT",
+    "ALLOW_OOM_SCRIPT_SHA",
     "FULL_IN_US",
     "NOW_FROM_REDIS",
     "OK",
@@ -36,6 +38,11 @@ __all__ = [
 
 SCRIPT: Final = resources.files("service.ratelimit").joinpath("token_bucket.lua").read_text(encoding="utf-8")
 SCRIPT_SHA: Final = hashlib.sha1(SCRIPT.encode()).hexdigest()
+# Redis >= 7 runs a script flagged so even at maxmemory with noeviction, when every other
+# write is refused: a bucket key is a few bytes and expires, and a limiter that cannot
+# decide would admit everyone. Redis 6.2 cannot read the flag line (the limiter falls back).
+ALLOW_OOM_SCRIPT: Final = "#!lua flags=allow-oom\n" + SCRIPT
+ALLOW_OOM_SCRIPT_SHA: Final = hashlib.sha1(ALLOW_OOM_SCRIPT.encode()).hexdigest()
 
 # ARGV[1]: the time in microseconds, or this to use Redis TIME. Only tests pass a time
 # (the seam that lets a model and the script share a clock); the limiter always uses TIME.
@@ -61,19 +68,22 @@ def _bucket_args(bucket: Bucket) -> tuple[bytes, ...]:
     return tuple(b"%d" % n for n in (bucket.capacity_units, bucket.refill_units_per_us, bucket.cost_units, enforced))
 
 
-def _decision_args(spend: bool, buckets: Sequence[Bucket]) -> list[bytes]:
-    """One decision's arguments: spend (1) or only read (0), the number of buckets, then each bucket's."""
-    args = [b"1" if spend else b"0", b"%d" % len(buckets)]
+def _decision_args(buckets: Sequence[Bucket], read_only: int) -> list[bytes]:
+    """One decision's arguments: how many leading buckets it only reads, the number of buckets, then each bucket's."""
+    args = [b"%d" % read_only, b"%d" % len(buckets)]
     for bucket in buckets:
         args += _bucket_args(bucket)
     return args
 
 
-def argv(decisions: Sequence[tuple[bool, Sequence[Bucket]]], now_us: int | None = None) -> list[bytes]:
-    """The whole ARGV of one call deciding ``decisions`` (spend, buckets); ``now_us`` replaces Redis TIME."""
+def argv(decisions: Sequence[tuple[Sequence[Bucket], int]], now_us: int | None = None) -> list[bytes]:
+    """The whole ARGV of one call deciding ``decisions`` (buckets, how many leading ones are only read).
+
+    ``now_us`` replaces Redis ``TIME``.
+    """
     args = [NOW_FROM_REDIS if now_us is None else b"%d" % now_us, b"%d" % len(decisions)]
-    for spend, buckets in decisions:
-        args += _decision_args(spend, buckets)
+    for buckets, read_only in decisions:
+        args += _decision_args(buckets, read_only)
     return args
 
 
@@ -87,7 +97,6 @@ def resp_bulk(value: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(value), value)
 
 
-_EVALSHA = resp_bulk(b"EVALSHA") + resp_bulk(SCRIPT_SHA.encode())
 _NOW_FROM_REDIS = resp_bulk(NOW_FROM_REDIS)
 
 
@@ -98,34 +107,34 @@ def _framed(args: list[bytes]) -> bytes:
 class BatchFramer:
     """Frames a batch of decisions as one ``EVALSHA`` command, ready for ``send_packed_command``.
 
-    Keeps, per route, its arguments for spending and for reading, and per (caller, route)
-    the caller's bucket keys, all already framed; a batch is one ``join`` of those pieces.
+    Keeps, per route, its arguments, and per (caller, route) the caller's bucket keys, all
+    already framed; a batch is one ``join`` of those pieces.
     """
 
-    def __init__(self) -> None:
-        self._routes: dict[RouteBuckets, tuple[bytes, bytes]] = {}  # route -> (spend args, read args)
-        # (caller, route) -> (keys, number of keys, spend args, read args)
-        self._callers: dict[tuple[str, RouteBuckets], tuple[bytes, int, bytes, bytes]] = {}
+    def __init__(self, script_sha: str = SCRIPT_SHA) -> None:
+        self._evalsha = resp_bulk(b"EVALSHA") + resp_bulk(script_sha.encode())
+        self._routes: dict[RouteBuckets, bytes] = {}
+        self._callers: dict[tuple[str, RouteBuckets], tuple[bytes, int, bytes]] = {}  # -> keys, key count, args
 
-    def evalsha(self, decisions: Sequence[tuple[str, RouteBuckets, bool, object]]) -> bytes:
-        """One ``EVALSHA`` deciding each (caller, route, spend, _) in order; every key must share one hash slot."""
+    def evalsha(self, decisions: Sequence[tuple[str, RouteBuckets, object]]) -> bytes:
+        """One ``EVALSHA`` deciding each (caller, route, _) in order; every key must share one hash slot."""
         callers = self._callers
         keys_wire = []
         args_wire = []
         key_count = 0
-        for caller, route, spend, _ in decisions:
+        for caller, route, _ in decisions:
             wire = callers.get((caller, route))
             if wire is None:
                 wire = self._caller_wire(caller, route)
-            keys, count, spend_args, read_args = wire
+            keys, count, args = wire
             keys_wire.append(keys)
-            args_wire.append(spend_args if spend else read_args)
+            args_wire.append(args)
             key_count += count
         arg_count = 2 + 2 * len(decisions) + _ARGS_PER_BUCKET * key_count
         return b"".join(
             [
                 b"*%d\r\n" % (3 + key_count + arg_count),
-                _EVALSHA,
+                self._evalsha,
                 resp_bulk(b"%d" % key_count),
                 *keys_wire,
                 _NOW_FROM_REDIS,
@@ -134,15 +143,12 @@ class BatchFramer:
             ]
         )
 
-    def _caller_wire(self, caller: str, route: RouteBuckets) -> tuple[bytes, int, bytes, bytes]:
+    def _caller_wire(self, caller: str, route: RouteBuckets) -> tuple[bytes, int, bytes]:
         args = self._routes.get(route)
         if args is None:
-            args = self._routes[route] = (
-                _framed(_decision_args(True, route.buckets)),
-                _framed(_decision_args(False, route.buckets)),
-            )
+            args = self._routes[route] = _framed(_decision_args(route.buckets, route.read_only))
         if len(self._callers) >= _CALLER_CACHE_MAX:
             self._callers.clear()
         keys = _framed([bucket_key(caller, bucket.name).encode() for bucket in route.buckets])
-        wire = self._callers[caller, route] = (keys, len(route.buckets), *args)
+        wire = self._callers[caller, route] = (keys, len(route.buckets), args)
         return wire
