@@ -17,7 +17,6 @@ a job and what its heartbeat says.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 
@@ -28,6 +27,7 @@ from jobs import heartbeat
 from jobs.outage import Outage
 from jobs.redis_keys import ABORT_KEY, IN_PROGRESS_PREFIX
 from jobs.scripts import load_script
+from service.cancel import cancel_and_wait
 from service.logging import get_logger
 
 __all__ = ["LeaseKeeper"]
@@ -76,9 +76,7 @@ class LeaseKeeper:
     async def stop(self) -> None:
         """Stop keeping; leases of jobs still running then run out by themselves."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     async def _keep(self) -> None:
         next_beat = time.monotonic() + self._beat_every_s

@@ -65,6 +65,7 @@ from jobs.serialization import deserialize, serialize
 from jobs.tasks import TASKS
 from jobs.wakeups import WakeUps
 from service.backoff import Backoff
+from service.cancel import cancel_and_wait
 from service.logging import get_logger
 from service.redis import connection_pool
 from service.settings import Settings
@@ -402,11 +403,8 @@ class Worker(ArqWorker):
                 await self._wake_ups.interrupt()
             except (RedisError, OSError):
                 self.main_task.cancel()  # Redis cannot take the interruption: the blocking pop cannot end by itself
-            _, pending = await asyncio.wait([self.main_task], timeout=self.settings.redis_timeout_s)
-            if pending:  # Redis does not answer: cancel the blocking pop instead
-                self.main_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.main_task
+            await asyncio.wait([self.main_task], timeout=self.settings.redis_timeout_s)
+            await cancel_and_wait(self.main_task)  # Redis does not answer: end the blocking pop
         running = {job_id: task for job_id, task in self.tasks.items() if not task.done()}
         if running:
             log.info("worker stopping; waiting for running jobs", jobs=len(running), grace_s=grace_s)
