@@ -63,9 +63,11 @@ class Finisher:
         self._recording: set[asyncio.Task[Any]] = set()
         self._give_up_at: float | None = None
 
-    def let_go(self, job_id: str) -> None:
-        """The job's lease is no longer this worker's: its run will record nothing."""
-        self.held.pop(job_id, None)
+    def let_go(self, job_id: str, lease: str | None = None) -> None:
+        """The job's lease (``lease``, when given: only that one) is no longer this worker's: nothing
+        will be recorded under it."""
+        if lease is None or self.held.get(job_id) == lease:
+            self.held.pop(job_id, None)
 
     def give_up_at(self, deadline: float) -> None:
         """From now on (stopping), a finish that cannot reach Redis gives up at ``deadline`` (monotonic)."""

@@ -262,23 +262,26 @@ class Worker(ArqWorker):
                 *self._finisher.held,  # not a job this worker let go (a lost lease): it may be claimable again
             ],
         )
+        lease = f"{now_ms}:{self.worker_id}"  # the value of the claimed jobs' leases, as claim.lua wrote it
         for i in range(1, len(reply), 3):
-            job_id = reply[i].decode()
-            self._finisher.held[job_id] = f"{now_ms}:{self.worker_id}"  # the lease's value, as claim.lua wrote it
-            await self._start(job_id, int(reply[i + 1]), reply[i + 2].decode())
+            await self._start(reply[i].decode(), int(reply[i + 1]), reply[i + 2].decode(), lease)
         return int(reply[0])
 
-    async def _start(self, job_id: str, score: int, tenant: str) -> None:
+    async def _start(self, job_id: str, score: int, tenant: str, lease: str) -> None:
         await self.sem.acquire()  # never waits: the claim took no more jobs than free slots
         self.job_counter += 1
         self._job_tenants[job_id] = tenant
+        self._finisher.held[job_id] = lease
         task = self.loop.create_task(self.run_job(job_id, score))
-        task.add_done_callback(self._on_job_done)
+        task.add_done_callback(functools.partial(self._on_job_done, job_id, lease))
         self.tasks[job_id] = task
 
-    def _on_job_done(self, _: asyncio.Task[Any]) -> None:
+    def _on_job_done(self, job_id: str, lease: str, _: asyncio.Task[Any]) -> None:
         self._release_sem_dec_counter_on_complete()
         self._slot_free.set()
+        # A run that ended without recording (its bookkeeping failed: Redis dropped a call)
+        # gives its lease up: the lease runs out, and the job runs again.
+        self._finisher.let_go(job_id, lease)
 
     def _reap(self) -> None:
         for job_id, task in list(self.tasks.items()):

@@ -28,9 +28,11 @@ __all__ = ["Cluster", "Process"]
 POLICIES = """
 [plans.default]
 "*" = [{ name = "burst", capacity = 1000000, per_second = 100000 }]
+"POST /v1/jobs" = [{ name = "enqueue", capacity = 1000000, per_second = 100000 }]
 
 [plans.strict]
 "*" = [{ name = "burst", capacity = 1000000, per_second = 100000, on_redis_error = "closed" }]
+"GET /v1/rate-limit" = [{ name = "status", capacity = 1000000, per_second = 100000, on_redis_error = "closed" }]
 
 [anonymous]
 "*" = [{ name = "address", capacity = 1000000, per_second = 100000 }]

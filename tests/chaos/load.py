@@ -28,13 +28,15 @@ import aiohttp
 __all__ = ["Load", "ReadyProbe", "Sample"]
 
 CLIENT_TIMEOUT_S = 30.0  # a request still unanswered by then counts as hung
-MIX = ("anon", "read", "enqueue", "health", "anon", "read", "enqueue", "health", "anon", "strict")
+# An odd number of entries over the two web processes, so that each gets every kind.
+MIX = ("anon", "read", "enqueue", "health", "anon", "read", "enqueue", "health", "anon", "strict", "health")
 UNKNOWN_JOB = "0" * 32
 
 
 @dataclass(frozen=True)
 class Sample:
     kind: str
+    base: str  # the web process it went to
     sent_at: float  # monotonic
     latency_s: float
     status: int  # 0: no answer (connection refused or reset, or hung past CLIENT_TIMEOUT_S)
@@ -83,11 +85,12 @@ class Load:
                 answer = await _json(response)
                 status, retry_after = response.status, response.headers.get("Retry-After")
         except (aiohttp.ClientError, TimeoutError):
-            self.samples.append(Sample(kind, sent_at, time.monotonic() - sent_at, 0))
+            self.samples.append(Sample(kind, base, sent_at, time.monotonic() - sent_at, 0))
             return
         problem = (str(answer.get("type", "")).rsplit("/", 1)[-1] or None) if status >= 400 else None
         job_id = answer.get("id") if kind == "enqueue" and status == 202 else None
-        self.samples.append(Sample(kind, sent_at, time.monotonic() - sent_at, status, retry_after, problem, job_id))
+        latency_s = time.monotonic() - sent_at
+        self.samples.append(Sample(kind, base, sent_at, latency_s, status, retry_after, problem, job_id))
 
     def _request(self, kind: str) -> tuple[str, str, str | None, dict[str, Any] | None]:
         if kind == "anon":
