@@ -1,11 +1,9 @@
-"""Loopback TCP stand-ins for a sick network or server, for the tests that need one.
+"""A slow network to Redis, for the tests that need one (``tests.servers.SilentServer`` is a hung one).
 
 - ``DelayProxy``: a child process (``python -m tests.proxy``) that forwards to a real
   Redis, holding every chunk ``delay_s`` in each direction (a slow link) while it is slow;
   SIGUSR1 makes it slow, SIGUSR2 fast again. A process of its own: in the test's process
   it would compete for the interpreter with the load whose latency the test measures.
-- ``silent_listener``: accepts connections and never answers (a hung server or a
-  firewall that swallows traffic after the handshake); it counts what it accepted.
 """
 
 from __future__ import annotations
@@ -16,13 +14,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 from service.embedded_redis import die_with_parent
 from tests.conftest import PYTHON, ROOT, subprocess_env
 
-__all__ = ["DelayProxy", "SilentListener", "silent_listener"]
+__all__ = ["DelayProxy"]
 
 
 class DelayProxy:
@@ -103,41 +99,6 @@ async def _serve(target_port: int, delay_s: float, slow: bool) -> None:
     server = await asyncio.start_server(accept, "127.0.0.1", 0)
     print(server.sockets[0].getsockname()[1], flush=True)
     await server.serve_forever()
-
-
-@dataclass
-class SilentListener:
-    port: int
-    accepted: int = 0
-    received: bytearray = field(default_factory=bytearray)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-
-@contextlib.asynccontextmanager
-async def silent_listener() -> AsyncIterator[SilentListener]:
-    """A listener in this event loop that takes connections and bytes and never answers."""
-    writers: list[asyncio.StreamWriter] = []
-    listener = SilentListener(port=0)
-
-    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        listener.accepted += 1
-        writers.append(writer)
-        with contextlib.suppress(OSError):
-            while data := await reader.read(65536):
-                listener.received.extend(data)
-
-    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
-    listener.port = server.sockets[0].getsockname()[1]
-    try:
-        yield listener
-    finally:
-        for writer in writers:
-            writer.close()
-        server.close()
-        await server.wait_closed()
 
 
 if __name__ == "__main__":

@@ -16,12 +16,13 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import PYTHON, ROOT, subprocess_env
 from tests.processes import run_service
-from tests.servers import RedisServer, new_redis_server
+from tests.servers import RedisServer, free_port, new_redis_server
 
 REDIS_TIMEOUT_S = 2.0
 ALLOWED_S = REDIS_TIMEOUT_S + 1.0
@@ -139,5 +140,28 @@ def test_an_api_request_ends_in_time_with_a_503_and_the_logs_hold_no_recursion(s
     assert ready_s < 1.5 + 1.0  # the contract's 1.5 s, and slack for a loaded machine
     assert code == 0
     assert "RecursionError" not in output
+    assert "Traceback" not in output
+    assert PASSWORD not in output
+
+
+@pytest.mark.parametrize(
+    "command", [["-m", "jobs"], ["-m", "service", "dev"]], ids=["python -m jobs", "dev's in-process worker"]
+)
+def test_a_worker_that_redis_refuses_stops_with_exit_2_saying_why(
+    secured: RedisServer, command: list[str], tmp_path: Path
+) -> None:
+    url = f"redis://:not-{PASSWORD}@127.0.0.1:{secured.port}/0"
+    done = subprocess.run(
+        [PYTHON, *command],
+        cwd=tmp_path,  # dev keeps .dev-data here
+        env=subprocess_env(REDIS_URL=url, PORT=str(free_port()), LOG_FORMAT="console"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output  # a configuration error, not an outage to wait out
+    assert "refused the credentials" in output
     assert "Traceback" not in output
     assert PASSWORD not in output
