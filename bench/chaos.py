@@ -25,7 +25,7 @@ COLUMNS = [
     ("jobs acked", "jobs acknowledged"),
     ("jobs lost", "jobs lost"),
     ("completed twice", "jobs completed twice"),
-    ("limiter path over 50 ms + 100 ms", "limiter-path requests over deadline + margin"),
+    ("limiter path over 50 ms + 250 ms", "limiter-path requests over deadline + margin"),
     ("… and over /health's delay", "... and over the /health control's delay too"),
     ("limiter path p99 / max ms", None),
     ("/health max ms", "/health max latency ms"),
@@ -61,7 +61,8 @@ def table(rows: list[dict[str, Any]], machine: str, exit_code: int) -> str:
         f"{SCALE:g} x its `make test` length; two `serve` and two `python -m jobs` on a private redis-server "
         "(loopback), a steady 100 requests/s (limiter-only, fail-closed tenant, job reads, enqueues of "
         "`diagnostics.sleep`, `/health` as the control). The limiter deadline is 50 ms; a limiter-path request "
-        "may take 100 ms more, plus what a `/health` sent within 0.25 s of it took (the machine's own stalls). "
+        "may take 250 ms more, plus what a `/health` sent to the same web process within 0.25 s of it took "
+        "(the machine's own stalls). "
         f"pytest exit code: {exit_code}.",
         "",
         "| scenario | " + " | ".join(heading for heading, _ in COLUMNS) + " | also |",

@@ -116,7 +116,7 @@ class Finisher:
             )
         finally:
             self._recording.discard(task)
-            self.held.pop(job_id, None)
+            self.let_go(job_id, held)  # only this run's lease: a new claim of the job may hold another by now
         if recorded is None:
             log.warning("job result not recorded: redis unreachable while stopping; it runs again", job_id=job_id)
         elif not recorded:

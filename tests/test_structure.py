@@ -13,7 +13,9 @@ from pathlib import Path
 
 from tests.conftest import ROOT
 
-FOUNDATIONS = frozenset({"service", "service.settings", "service.redis", "service.logging", "service.backoff"})
+FOUNDATIONS = frozenset(
+    {"service", "service.settings", "service.redis", "service.logging", "service.backoff", "service.cancel"}
+)
 
 
 def _module_name(path: Path) -> str:
