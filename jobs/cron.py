@@ -25,7 +25,7 @@ from typing import Any
 
 from jobs.crontab import Crontab
 from jobs.redis_keys import CRON_JOB_PREFIX
-from jobs.registry import Registry, UnknownTask
+from jobs.registry import InvalidArguments, Registry, UnknownTask
 
 __all__ = ["SCHEDULE", "CronJob", "RunId", "Schedule", "UnknownCronJob"]
 
@@ -117,7 +117,7 @@ class Schedule:
         return self._jobs.get(name)
 
     def check(self, registry: Registry) -> None:
-        """``ValueError`` unless every job's task is in ``registry`` with at least 2 tries."""
+        """``ValueError`` unless every job's task is in ``registry`` with at least 2 tries and takes its arguments."""
         for job in self:
             try:
                 task = registry[job.task]
@@ -128,7 +128,10 @@ class Schedule:
                     f"cron job {job.name!r}: task {job.task!r} has max_tries={task.max_tries}; cron tasks need at "
                     "least 2, so that a run killed with its worker runs again"
                 )
-            task.load(job.args)  # InvalidArguments when the arguments do not fit the task
+            try:
+                task.load(job.args)
+            except InvalidArguments as exc:
+                raise ValueError(f"cron job {job.name!r}: arguments do not fit {job.task!r}: {exc.errors}") from None
 
 
 SCHEDULE = Schedule(

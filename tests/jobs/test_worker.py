@@ -21,7 +21,7 @@ async def test_cron_slots_run_on_time_while_the_worker_waits_for_wake_ups(redis:
     store = CronStore(redis, every_second)
     async with running_worker(settings, schedule=every_second):
         deadline = time.monotonic() + 10
-        while len((runs := (await store.status("tick"))[0].runs)) < 3:
+        while len(runs := (await store.status("tick"))[0].runs) < 3:
             assert time.monotonic() < deadline, runs
             await asyncio.sleep(0.05)
 
