@@ -27,7 +27,7 @@ from jobs.crontab import Crontab
 from jobs.redis_keys import CRON_JOB_PREFIX
 from jobs.registry import InvalidArguments, Registry, UnknownTask
 
-__all__ = ["SCHEDULE", "CronJob", "RunId", "Schedule", "UnknownCronJob"]
+__all__ = ["SCHEDULE", "CronJob", "RunId", "Schedule", "UnknownCronJob", "is_cron_run"]
 
 DEFAULT_GRACE_S = 3600.0
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
