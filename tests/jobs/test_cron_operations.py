@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from jobs.cron import CronJob, RunId, Schedule
 from jobs.crontab import Crontab
+from jobs.heartbeat import live_workers
 from jobs.redis_keys import QUEUE_KEY
 from jobs.worker import running_worker
 from service.app import create_app
@@ -154,7 +155,7 @@ async def test_scheduler_is_ready_only_while_a_worker_runs_cron(aiohttp_client: 
 
     assert await scheduler() == (False, {"workers": 0, "unscheduled": ["report", "nap"]})
     async with running_worker(jobs_settings(ENABLE_CRON="false"), schedule=SCHEDULE):
-        await asyncio.sleep(0.3)
+        await eventually(lambda: live_workers(redis))
         assert (await scheduler())[0] is False  # a worker, but none that runs cron
     async with running_worker(settings, schedule=SCHEDULE):
         details = await eventually(passing)
