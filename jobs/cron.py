@@ -7,9 +7,9 @@ the task's arguments, and a grace window. To add one, register its task in
 takes a try) and add a ``CronJob`` to ``SCHEDULE`` below.
 
 Every worker with ``ENABLE_CRON`` runs the schedule; none is special. Each cron job has
-exactly one pending run, an ordinary job in arq's queue whose id names its slot
-(``cron:<name>:<slot ms>``), so it gets the leases, hand-back, log line and wake-ups of every
-job, and N workers run each slot once. When a run ends, the same script call schedules the
+exactly one pending run, an ordinary job of the system tenant (``@system``) whose id names
+its slot (``cron:<name>:<slot ms>``), so it gets the leases, hand-back, log line and wake-ups
+of every job, and N workers run each slot once. When a run ends, the same script call schedules the
 next one (``jobs.cron_store``): runs never overlap, and slots that came due while a run
 was going coalesce into one run, due at once. A slot whose worker fleet was down runs once
 when a worker returns within the job's grace window after the latest slot (the run records
