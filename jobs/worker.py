@@ -11,8 +11,8 @@ What it changes in stock arq, and why (see ``FINDINGS.md``):
   lease. The job of a killed worker is free again when its lease runs out, whatever the
   tasks' timeouts.
 - **No polling**: an idle worker blocks on ``BLPOP jobs:wake`` (``jobs.wakeups``), which
-  every enqueue pushes to, until the next thing it knows of is due: a deferred job, the
-  end of another worker's lease, the next cron slot, or the fallback poll
+  every enqueue pushes to, until the next thing it knows of is due: a deferred job (a
+  cron job's next slot is one), the end of another worker's lease, or the fallback poll
   (``JOB_IDLE_POLL_S``, 30 s). When there are peers, a claim pushes a token too, so an
   idle peer wakes and watches the new leases run out.
 - **Heartbeats** are one key per worker with a TTL (``jobs.heartbeat``), not arq's one
@@ -21,6 +21,9 @@ What it changes in stock arq, and why (see ``FINDINGS.md``):
   ``JOB_GRACE_S``, then cancel the rest and hand them back: they are due at once for
   another worker and the interrupted try is not counted.
 - Jobs and results are JSON (``jobs.serialization``), never pickle.
+- **Cron** (``jobs.cron``) in place of arq's: with ``ENABLE_CRON`` the worker runs cron
+  runs (jobs named ``cron:...``) and records their ends (``jobs.cron_runner``); without it,
+  its claims pass them by.
 
 Every arq option comes from ``WorkerSettings``; what else this module relies on in arq is
 pinned by ``tests/jobs/test_arq_contract.py``.
@@ -30,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import secrets
@@ -38,19 +40,18 @@ import socket
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime
 from typing import Any
 
 from arq.connections import ArqRedis, log_redis_info
-from arq.cron import CronJob
-from arq.jobs import Deserializer, Job, Serializer
+from arq.jobs import Deserializer, Serializer
 from arq.utils import timestamp_ms, to_ms
 from arq.worker import Function
 from arq.worker import Worker as ArqWorker
-from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from jobs import heartbeat, redis_keys
+from jobs.cron import SCHEDULE, Schedule, is_cron_run
+from jobs.cron_runner import CronRunner, arq_functions
 from jobs.leases import LeaseKeeper
 from jobs.registry import Registry
 from jobs.scripts import load_script
@@ -68,8 +69,6 @@ log = get_logger(__name__)
 
 # Queue entries one claim examines at most (running jobs stay in arq's queue).
 CLAIM_SCAN_MAX = 1000
-# Wake this long before a cron slot: arq enqueues a slot that is less than 1 s away.
-CRON_LEAD_S = 0.5
 # The waits of the main loop while Redis cannot be reached: up to 0.2 s, 0.4 s, ... 5 s.
 RECONNECT_BACKOFF = Backoff(base_s=0.2, cap_s=5.0)
 
@@ -85,22 +84,23 @@ class WorkerSettings:
     functions: Sequence[Function]
     max_jobs: int
     keep_result: float
-    cron_jobs: Sequence[CronJob] = ()
     burst: bool = False
     queue_name: str = redis_keys.QUEUE_KEY
     job_serializer: Serializer = serialize
     job_deserializer: Deserializer = deserialize
     allow_abort_jobs: bool = True
-    # arq's cron window is 2 * max(poll_delay, 0.5) s; polling itself is replaced (see Worker).
-    poll_delay: float = 0.5
     # ``stop`` ends a worker (``python -m jobs`` calls it on SIGTERM and SIGINT) and hands its jobs back.
     handle_signals: bool = False
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, registry: Registry = TASKS, **options: Any) -> WorkerSettings:
-        """The options of a worker running ``registry``'s tasks; ``options`` set other fields (``burst``, ...)."""
+    def from_settings(
+        cls, settings: Settings, *, registry: Registry = TASKS, schedule: Schedule | None = None, **options: Any
+    ) -> WorkerSettings:
+        """The options of a worker running ``registry``'s tasks and, when given, the cron ``schedule``;
+        ``options`` set other fields (``burst``, ...)."""
+        cron = arq_functions(schedule, registry) if schedule is not None else []
         return cls(
-            functions=registry.arq_functions(keep_result_s=settings.job_retention_s),
+            functions=[*registry.arq_functions(keep_result_s=settings.job_retention_s), *cron],
             max_jobs=settings.worker_concurrency,
             keep_result=settings.job_retention_s,
             **options,
@@ -111,27 +111,12 @@ class WorkerSettings:
         return {field.name: getattr(self, field.name) for field in fields(self)}
 
 
-class _Pool(ArqRedis):
-    """The worker's Redis client. A job enqueued through arq's own ``enqueue_job`` (arq's cron schedule
-    does) joins the system tenant's ready set too: claims only look at ready sets."""
-
-    @functools.cached_property
-    def _adopt(self) -> AsyncScript:
-        return load_script(self, "adopt")
-
-    async def enqueue_job(self, function: str, *args: Any, **kwargs: Any) -> Job | None:
-        job = await super().enqueue_job(function, *args, **kwargs)
-        if job is not None:
-            tenant = redis_keys.SYSTEM_TENANT
-            await self._adopt(
-                keys=[redis_keys.QUEUE_KEY, redis_keys.ready_key(tenant), redis_keys.TENANTS_KEY],
-                args=[job.job_id, tenant],
-            )
-        return job
-
-
 class Worker(ArqWorker):
-    """arq's worker with leases, wake-ups, per-worker heartbeats and hand-back on stop."""
+    """arq's worker with leases, wake-ups, per-worker heartbeats, hand-back on stop, and cron.
+
+    ``schedule``: the cron schedule this worker runs (its ``worker_settings`` must hold its
+    functions), or None for a worker without cron.
+    """
 
     def __init__(
         self,
@@ -139,13 +124,15 @@ class Worker(ArqWorker):
         worker_settings: WorkerSettings,
         *,
         redis_pool: ArqRedis,
+        schedule: Schedule | None = None,
     ) -> None:
         super().__init__(redis_pool=redis_pool, **worker_settings.arq_options())
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+        self._cron = CronRunner(schedule, redis_pool, worker_id=self.worker_id) if schedule is not None else None
         # The tenant of each running job, from its claim (the task sees it as ``JobContext.tenant``).
         self._job_tenants: dict[str, str] = {}
-        self.ctx.update(settings=settings, worker_id=self.worker_id, tenants=self._job_tenants)
+        self.ctx.update(settings=settings, worker_id=self.worker_id, tenants=self._job_tenants, cron=self._cron)
         self._leases = LeaseKeeper(
             redis_pool,
             lease_s=settings.job_lease_s,
@@ -181,6 +168,8 @@ class Worker(ArqWorker):
         if self.on_startup:
             await self.on_startup(self.ctx)
         await self._leases.start()
+        if self._cron is not None:
+            await self._cron.start()
         failures = 0
         while not self._stopping:
             try:  # the wait too: a failover drops the blocking pop's connection as well
@@ -201,12 +190,11 @@ class Worker(ArqWorker):
                 await asyncio.sleep(delay_s)
 
     async def _iteration(self) -> int:
-        """Reap finished jobs, enqueue due cron slots, claim and start due jobs.
+        """Reap finished jobs, claim and start due jobs.
 
         Returns when something may next be claimable (epoch ms), or -1 when nothing is known.
         """
         self._reap()
-        await self.heart_beat()
         if not self.allow_pick_jobs or self.job_counter >= self.max_jobs:
             return -1
         reply = await self._claim_script(
@@ -219,6 +207,7 @@ class Worker(ArqWorker):
                 CLAIM_SCAN_MAX,
                 redis_keys.WAKE_TOKENS_MAX,
                 redis_keys.READY_PREFIX,
+                "" if self._cron is not None else redis_keys.SYSTEM_TENANT,
                 *self.tasks,
             ],
         )
@@ -247,10 +236,6 @@ class Worker(ArqWorker):
                 if not task.cancelled() and task.exception() is not None:
                     log.error("job bookkeeping failed", job_id=job_id, error=repr(task.exception()))
 
-    async def heart_beat(self) -> None:
-        """arq's per-iteration hook, kept for cron only: heartbeats are written by the keeper."""
-        await self.run_cron(datetime.now(tz=self.timezone), max(self.poll_delay_s, 0.5))
-
     # -- waiting ---------------------------------------------------------------------------
 
     def _seconds_to_wait(self, next_ms: int) -> float:
@@ -258,9 +243,6 @@ class Worker(ArqWorker):
         until = now + self.settings.job_idle_poll_s
         if next_ms >= 0:
             until = min(until, next_ms / 1000)
-        for cron_job in self.cron_jobs:
-            if cron_job.next_run is not None:
-                until = min(until, cron_job.next_run.timestamp() - CRON_LEAD_S)
         return max(until - now, 0.0)
 
     async def _wait_for_slot(self) -> None:
@@ -300,6 +282,7 @@ class Worker(ArqWorker):
             complete=self.jobs_complete,
             failed=self.jobs_failed,
             retried=self.jobs_retried,
+            cron=self._cron is not None,
         )
 
     # -- finishing -------------------------------------------------------------------------
@@ -316,7 +299,10 @@ class Worker(ArqWorker):
     ) -> None:
         """arq's ``finish_job`` as one script call (``finish.lua``), plus: a job handed back
         on stop gets its try back, and a job that goes back to the queue (retry or
-        hand-back) wakes a worker to schedule it."""
+        hand-back) wakes a worker to schedule it. A cron run that is over is recorded by cron."""
+        if finish and self._cron is not None and is_cron_run(job_id):
+            await self._cron.finish(job_id, result_data)
+            return
         keep_ms = "" if keep_result_forever or result_timeout_s is None else to_ms(result_timeout_s)
         tenant = self._job_tenants.get(job_id, redis_keys.SYSTEM_TENANT)
         await self._finish_script(
@@ -346,7 +332,8 @@ class Worker(ArqWorker):
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
         """arq's ``finish_failed_job`` (a job that expired, was aborted before it started, or ran out of
-        tries) through ``finish.lua`` too, so the job leaves its tenant's unfinished jobs."""
+        tries) through ``finish_job`` too, so the job leaves its tenant's unfinished jobs (a cron run is
+        recorded by cron)."""
         await self.finish_job(job_id, True, result_data, self.keep_result_s, self.keep_result_forever, None, None)
 
     # -- stopping --------------------------------------------------------------------------
@@ -375,6 +362,8 @@ class Worker(ArqWorker):
                 for task in pending:
                     task.cancel()
                 await asyncio.wait(pending, timeout=self.settings.redis_timeout_s)
+        if self._cron is not None:
+            await self._cron.stop()
         await self._leases.stop()
         await self.close()
         log.info(
@@ -401,13 +390,18 @@ class Worker(ArqWorker):
         self._pool = None
 
 
-def create_worker(settings: Settings, *, registry: Registry = TASKS, **options: Any) -> Worker:
+def create_worker(
+    settings: Settings, *, registry: Registry = TASKS, schedule: Schedule = SCHEDULE, **options: Any
+) -> Worker:
     """A worker on its own Redis pools, built from ``WorkerSettings`` (``options`` set its fields: ``burst``, ...).
 
-    Call it inside the event loop that will run the worker.
+    It runs the cron ``schedule`` with ``ENABLE_CRON``, unless in burst mode (a burst worker
+    stops when nothing is due, and a cron job always has a run to come). Call it inside the
+    event loop that will run the worker.
     """
-    worker_settings = WorkerSettings.from_settings(settings, registry=registry, **options)
-    pool = _Pool(
+    cron = schedule if settings.enable_cron and not options.get("burst") else None
+    worker_settings = WorkerSettings.from_settings(settings, registry=registry, schedule=cron, **options)
+    pool = ArqRedis(
         connection_pool(
             settings.require_redis(),
             max_connections=settings.worker_concurrency + 5,
@@ -419,13 +413,15 @@ def create_worker(settings: Settings, *, registry: Registry = TASKS, **options: 
         job_deserializer=worker_settings.job_deserializer,
         default_queue_name=worker_settings.queue_name,
     )
-    return Worker(settings, worker_settings, redis_pool=pool)
+    return Worker(settings, worker_settings, redis_pool=pool, schedule=cron)
 
 
 @contextlib.asynccontextmanager
-async def running_worker(settings: Settings, *, registry: Registry = TASKS, **options: Any) -> AsyncIterator[Worker]:
+async def running_worker(
+    settings: Settings, *, registry: Registry = TASKS, schedule: Schedule = SCHEDULE, **options: Any
+) -> AsyncIterator[Worker]:
     """A worker running in this event loop; leaving stops it gracefully (``JOB_GRACE_S``)."""
-    worker = create_worker(settings, registry=registry, **options)
+    worker = create_worker(settings, registry=registry, schedule=schedule, **options)
     await worker.start()
     try:
         yield worker
