@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from tests.conftest import PYTHON, ROOT, subprocess_env
 from tests.servers import free_port
@@ -20,6 +22,8 @@ from tests.servers import free_port
 class Child:
     process: subprocess.Popen[bytes]
     port: int
+    # A file, not a pipe: a pipe nobody reads fills up and stalls the child's logging. None: not captured.
+    output_file: IO[bytes] | None = None
 
     @property
     def base_url(self) -> str:
@@ -46,12 +50,18 @@ class Child:
             time.sleep(0.1)
         raise AssertionError(f"/health did not answer within {timeout_s} s")
 
+    def output(self) -> str:
+        """Everything the child has printed so far."""
+        assert self.output_file is not None, "this child's output is not captured"
+        self.output_file.seek(0)
+        return self.output_file.read().decode(errors="replace")
+
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 10.0) -> tuple[int, float, str]:
         """Send ``sig``; return the exit code, seconds it took, and everything it printed."""
         started = time.monotonic()
         self.process.send_signal(sig)
-        output, _ = self.process.communicate(timeout=timeout_s)
-        return self.process.returncode, time.monotonic() - started, output.decode(errors="replace")
+        self.process.wait(timeout=timeout_s)
+        return self.process.returncode, time.monotonic() - started, self.output()
 
 
 @contextlib.contextmanager
@@ -61,16 +71,17 @@ def run_service(*args: str, cwd: Path = ROOT, **env: str) -> Iterator[Child]:
     ``dev`` keeps its embedded Redis's data under its working folder: give it a temporary ``cwd``.
     """
     port = free_port()
-    process = subprocess.Popen(
-        [PYTHON, "-m", "service", *args],
-        cwd=cwd,
-        env=subprocess_env(PORT=str(port), HOST="127.0.0.1", **env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        yield Child(process, port)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+    with tempfile.TemporaryFile() as output:
+        process = subprocess.Popen(
+            [PYTHON, "-m", "service", *args],
+            cwd=cwd,
+            env=subprocess_env(PORT=str(port), HOST="127.0.0.1", **env),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield Child(process, port, output)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
