@@ -1,22 +1,30 @@
-"""``make bench``: every benchmark in one run; each appends its figures to bench/RESULTS.md."""
+"""``make bench``: every benchmark in one run; each appends its figures to bench/RESULTS.md.
+
+``python -m bench [limiter] [queue] [api]`` runs the ones named, in that order.
+"""
 
 from __future__ import annotations
 
 import sys
+import time
 
-from bench import limiter, queue
+from bench import api, limiter, queue
+
+BENCHMARKS = {"limiter": limiter.main, "queue": queue.main, "api": api.main}
 
 
 def main(argv: list[str]) -> int:
-    chosen = set(argv) or {"limiter", "queue"}
-    unknown = chosen - {"limiter", "queue"}
+    chosen = set(argv) or set(BENCHMARKS)
+    unknown = chosen - set(BENCHMARKS)
     if unknown:
-        print(f"unknown benchmark(s): {', '.join(sorted(unknown))}; choose from limiter, queue", file=sys.stderr)
+        names = ", ".join(BENCHMARKS)
+        print(f"unknown benchmark(s): {', '.join(sorted(unknown))}; choose from {names}", file=sys.stderr)
         return 2
-    if "limiter" in chosen:
-        limiter.main()
-    if "queue" in chosen:
-        queue.main()
+    for name, run in BENCHMARKS.items():
+        if name in chosen:
+            started = time.monotonic()
+            run()
+            print(f"{name} bench took {time.monotonic() - started:.0f} s", flush=True)
     return 0
 
 

@@ -100,5 +100,5 @@ def create_app(
     readiness.setup(app)
     internal.setup(app)
     ratelimit.setup(app)
-    openapi.setup(app)
+    openapi.setup(app, unions={"Enqueue": jobs_api.enqueue_body(registry)})
     return app

@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from jobs.heartbeat import live_workers
 from jobs.worker import running_worker
 from service.doctor import Finding, diagnose
 from service.settings import Settings
 from tests.conftest import PYTHON, ROOT, make_settings, subprocess_env
 from tests.servers import new_redis_server, redis_url
+from tests.waiting import until
 
 
 def _by_check(findings: list[Finding]) -> dict[str, Finding]:
@@ -104,7 +106,7 @@ async def test_redis_that_keeps_nothing_on_disk_is_a_persistence_problem() -> No
 async def test_live_worker_is_reported(redis: Redis) -> None:
     settings = make_settings(RATE_LIMIT_ENABLED="false")
     async with running_worker(settings):
-        await asyncio.sleep(0.5)  # the worker writes its first beat as its main loop starts
+        await until(lambda: live_workers(redis), "the worker's first heartbeat")
         found = _by_check(await diagnose(settings))
     assert found["workers"].status == "ok"
     assert found["workers"].detail.startswith("1 live")

@@ -116,7 +116,8 @@ def test_no_process_output_holds_a_key_token_password_or_webhook_secret(tmp_path
             "WEBHOOK_SECRET": WEBHOOK_SECRET,
             "WEBHOOK_ALLOWED_HOSTS": f"127.0.0.1:{receiver}",
         }
-        with run_service("dev", cwd=tmp_path, **env) as child:
+        log = tmp_path / "dev.log"
+        with run_service("dev", cwd=tmp_path, log=log, **env) as child:
             child.wait_healthy(timeout_s=60)
             bearer = {"Authorization": f"Bearer {key}"}
             assert request(child, "GET", "/v1/jobs", bearer) == 200
@@ -151,8 +152,9 @@ def test_no_process_output_holds_a_key_token_password_or_webhook_secret(tmp_path
             server.kill()  # Redis goes away under the web process, its listener and the worker
             wait_until(lambda: request(child, "GET", "/v1/jobs", {"X-API-Key": other}) == 503)
             server.restart()
-            wait_until(lambda: "listening for key revocations again" in child.output())
-            code, _, output = child.stop()
+            wait_until(lambda: "listening for key revocations again" in log.read_text())
+            code, _, _ = child.stop()
+        output = log.read_text()
         assert code == 0, output
         outputs.append(output)
         wrong = f"redis://:{WRONG_PASSWORD}@127.0.0.1:{server.port}/0"

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from aiohttp import web
-from aiohttp_apigami import docs
 
 from service.app_keys import METRICS, SETTINGS
 from service.auth import require_internal
+from service.openapi import Access, Answer, operation
 
 
-@docs(
+@operation(
+    operation_id="getMetrics",
     tags=["operations"],
     summary="Prometheus metrics (open from loopback, else Bearer $METRICS_TOKEN)",
-    responses={200: {"description": "Prometheus text format"}},
+    access=Access.METRICS,
+    answers=[Answer(200, "The Prometheus text format, version 0.0.4.", {"type": "string"}, media_type="text/plain")],
 )
 async def get_metrics(request: web.Request) -> web.Response:
     require_internal(request, request.app[SETTINGS].metrics_token)

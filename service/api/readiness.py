@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
-from aiohttp_apigami import docs, response_schema
 from marshmallow import Schema, fields
 
 from jobs.heartbeat import live_workers
 from service.app_keys import DATABASE, READINESS, REDIS, SETTINGS
 from service.database import database_ctx
+from service.openapi import Access, Answer, operation
 from service.readiness import CHECK_TIMEOUT_S, Check, SharedResult, run_checks
 from service.settings import SERVICE_NAME, Settings
 
@@ -78,9 +78,16 @@ async def _readiness(app: web.Application, checks: dict[str, Check]) -> dict[str
     }
 
 
-@docs(tags=["operations"], summary="Readiness: every included component passes (200) or not (503)")
-@response_schema(ReadySchema, 200)
-@response_schema(ReadySchema, 503)
+@operation(
+    operation_id="getReady",
+    tags=["operations"],
+    summary="Readiness: every included component passes (200) or not (503)",
+    access=Access.PUBLIC,
+    answers=[
+        Answer(200, "Every included component passes.", ReadySchema, headers={"Cache-Control": True}),
+        Answer(503, "Some component fails: `components` says which.", ReadySchema, headers={"Cache-Control": True}),
+    ],
+)
 async def get_ready(request: web.Request) -> web.Response:
     body = await request.app[READINESS].get()
     return web.json_response(body, status=200 if body["ready"] else 503, headers={"Cache-Control": "no-store"})
