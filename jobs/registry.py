@@ -20,17 +20,21 @@ from arq.worker import Function, Retry, func
 from marshmallow import Schema, ValidationError
 from redis.asyncio import Redis
 
+from jobs.redis_keys import SYSTEM_TENANT
+from jobs.serialization import to_json
 from service.backoff import Backoff
 from service.logging import bind_context, get_logger
 from service.settings import Settings
 
 __all__ = [
     "ArgumentCheck",
+    "EnqueueContext",
     "InvalidArguments",
     "JobContext",
     "JobTimeout",
     "PermanentError",
     "Registry",
+    "ResultTooLarge",
     "RetryLater",
     "Task",
     "UnknownTask",
@@ -58,6 +62,10 @@ class JobTimeout(Exception):
     """The task ran past its timeout."""
 
 
+class ResultTooLarge(PermanentError):
+    """The task's result is larger than ``JOB_RESULT_MAX_BYTES`` as JSON: it is not stored, the failure is."""
+
+
 class UnknownTask(LookupError):
     """No task has this name."""
 
@@ -76,6 +84,7 @@ class JobContext:
 
     job_id: str
     task: str
+    tenant: str
     try_number: int
     max_tries: int
     worker_id: str
@@ -83,8 +92,17 @@ class JobContext:
     redis: Redis
 
 
+@dataclass(frozen=True)
+class EnqueueContext:
+    """What an enqueue-time argument check may consult: the calling tenant, the deployment and its Redis."""
+
+    tenant: str
+    settings: Settings
+    redis: Redis
+
+
 # An asynchronous test of a task's loaded arguments beyond its schema; raises ``InvalidArguments``.
-ArgumentCheck = Callable[[dict[str, Any], Settings], Awaitable[None]]
+ArgumentCheck = Callable[[dict[str, Any], EnqueueContext], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -155,12 +173,12 @@ class Registry:
     def __iter__(self) -> Iterator[Task]:
         return iter(self._tasks.values())
 
-    async def validate(self, name: str, args: Mapping[str, Any], settings: Settings) -> Task:
+    async def validate(self, name: str, args: Mapping[str, Any], context: EnqueueContext) -> Task:
         """The task ``name`` if ``args`` suit it; ``UnknownTask`` or ``InvalidArguments`` otherwise."""
         task = self[name]
         loaded = task.load(args)
         if task.check is not None:
-            await task.check(loaded, settings)
+            await task.check(loaded, context)
         return task
 
     def arq_functions(self, *, keep_result_s: float) -> list[Function]:
@@ -177,11 +195,22 @@ class Registry:
         ]
 
 
+def _check_result(result: Any, limit: int) -> None:
+    """Fail the job, keeping its record small, when its result is not strict JSON or is too large to store."""
+    try:
+        size = len(to_json(result))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise PermanentError(f"the result is not JSON: {exc}") from None
+    if size > limit:
+        raise ResultTooLarge(f"the result is {size:,} bytes as JSON; the limit is {limit:,} (JOB_RESULT_MAX_BYTES)")
+
+
 def _runner(task: Task) -> Callable[..., Awaitable[Any]]:
     async def run(ctx: dict[str, Any], **args: Any) -> Any:
         job = JobContext(
             job_id=ctx["job_id"],
             task=task.name,
+            tenant=ctx["tenants"].get(ctx["job_id"], SYSTEM_TENANT),
             try_number=ctx["job_try"],
             max_tries=task.max_tries,
             worker_id=ctx["worker_id"],
@@ -213,6 +242,7 @@ def _runner(task: Task) -> Callable[..., Awaitable[Any]]:
             log.info("job will be retried", try_number=job.try_number, delay_s=round(delay_s, 3), error=str(error))
             raise Retry(defer=delay_s) from exc
         duration_ms = round((time.perf_counter() - started) * 1000, 2)
+        _check_result(result, job.settings.job_result_max_bytes)
         log.info("job complete", try_number=job.try_number, duration_ms=duration_ms)
         return result
 

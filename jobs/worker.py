@@ -2,6 +2,9 @@
 
 What it changes in stock arq, and why (see ``FINDINGS.md``):
 
+- **Fair claims**: tenants are served in turn (``claim.lua``, keys in ``jobs.redis_keys``),
+  not first-in first-out across tenants, so one tenant's backlog cannot hold another's
+  job back by more than about one job's run time.
 - **Claims** go through one Lua call (``claim.lua``) that gives each due job a short
   in-progress *lease* (``JOB_LEASE_S``, 10 s) instead of arq's "longest timeout + 10 s";
   the lease keeper (``jobs.leases``) renews the leases of running jobs every quarter
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -39,10 +43,11 @@ from typing import Any
 
 from arq.connections import ArqRedis, log_redis_info
 from arq.cron import CronJob
-from arq.jobs import Deserializer, Serializer
+from arq.jobs import Deserializer, Job, Serializer
 from arq.utils import timestamp_ms, to_ms
 from arq.worker import Function
 from arq.worker import Worker as ArqWorker
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from jobs import heartbeat, redis_keys
@@ -106,6 +111,25 @@ class WorkerSettings:
         return {field.name: getattr(self, field.name) for field in fields(self)}
 
 
+class _Pool(ArqRedis):
+    """The worker's Redis client. A job enqueued through arq's own ``enqueue_job`` (arq's cron schedule
+    does) joins the system tenant's ready set too: claims only look at ready sets."""
+
+    @functools.cached_property
+    def _adopt(self) -> AsyncScript:
+        return load_script(self, "adopt")
+
+    async def enqueue_job(self, function: str, *args: Any, **kwargs: Any) -> Job | None:
+        job = await super().enqueue_job(function, *args, **kwargs)
+        if job is not None:
+            tenant = redis_keys.SYSTEM_TENANT
+            await self._adopt(
+                keys=[redis_keys.QUEUE_KEY, redis_keys.ready_key(tenant), redis_keys.TENANTS_KEY],
+                args=[job.job_id, tenant],
+            )
+        return job
+
+
 class Worker(ArqWorker):
     """arq's worker with leases, wake-ups, per-worker heartbeats and hand-back on stop."""
 
@@ -119,7 +143,9 @@ class Worker(ArqWorker):
         super().__init__(redis_pool=redis_pool, **worker_settings.arq_options())
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
-        self.ctx.update(settings=settings, worker_id=self.worker_id)
+        # The tenant of each running job, from its claim (the task sees it as ``JobContext.tenant``).
+        self._job_tenants: dict[str, str] = {}
+        self.ctx.update(settings=settings, worker_id=self.worker_id, tenants=self._job_tenants)
         self._leases = LeaseKeeper(
             redis_pool,
             lease_s=settings.job_lease_s,
@@ -184,7 +210,7 @@ class Worker(ArqWorker):
         if not self.allow_pick_jobs or self.job_counter >= self.max_jobs:
             return -1
         reply = await self._claim_script(
-            keys=[self.queue_name, redis_keys.WAKE_KEY, redis_keys.WORKERS_KEY],
+            keys=[redis_keys.TENANTS_KEY, redis_keys.WAKE_KEY, redis_keys.WORKERS_KEY, self.queue_name],
             args=[
                 timestamp_ms(),
                 self.max_jobs - self.job_counter,
@@ -192,16 +218,18 @@ class Worker(ArqWorker):
                 redis_keys.IN_PROGRESS_PREFIX,
                 CLAIM_SCAN_MAX,
                 redis_keys.WAKE_TOKENS_MAX,
+                redis_keys.READY_PREFIX,
                 *self.tasks,
             ],
         )
-        for i in range(1, len(reply), 2):
-            await self._start(reply[i].decode(), int(reply[i + 1]))
+        for i in range(1, len(reply), 3):
+            await self._start(reply[i].decode(), int(reply[i + 1]), reply[i + 2].decode())
         return int(reply[0])
 
-    async def _start(self, job_id: str, score: int) -> None:
+    async def _start(self, job_id: str, score: int, tenant: str) -> None:
         await self.sem.acquire()  # never waits: the claim took no more jobs than free slots
         self.job_counter += 1
+        self._job_tenants[job_id] = tenant
         task = self.loop.create_task(self.run_job(job_id, score))
         task.add_done_callback(self._on_job_done)
         self.tasks[job_id] = task
@@ -214,6 +242,7 @@ class Worker(ArqWorker):
         for job_id, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[job_id]
+                del self._job_tenants[job_id]
                 self._handing_back.discard(job_id)
                 if not task.cancelled() and task.exception() is not None:
                     log.error("job bookkeeping failed", job_id=job_id, error=repr(task.exception()))
@@ -289,6 +318,7 @@ class Worker(ArqWorker):
         on stop gets its try back, and a job that goes back to the queue (retry or
         hand-back) wakes a worker to schedule it."""
         keep_ms = "" if keep_result_forever or result_timeout_s is None else to_ms(result_timeout_s)
+        tenant = self._job_tenants.get(job_id, redis_keys.SYSTEM_TENANT)
         await self._finish_script(
             keys=[
                 redis_keys.IN_PROGRESS_PREFIX + job_id,
@@ -298,6 +328,8 @@ class Worker(ArqWorker):
                 redis_keys.ABORT_KEY,
                 self.queue_name,
                 redis_keys.WAKE_KEY,
+                redis_keys.ready_key(tenant),
+                redis_keys.TENANTS_KEY,
             ],
             args=[
                 job_id,
@@ -308,8 +340,14 @@ class Worker(ArqWorker):
                 "" if keep_in_progress is None else to_ms(keep_in_progress),
                 "1" if job_id in self._handing_back else "0",
                 redis_keys.WAKE_TOKENS_MAX,
+                tenant,
             ],
         )
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        """arq's ``finish_failed_job`` (a job that expired, was aborted before it started, or ran out of
+        tries) through ``finish.lua`` too, so the job leaves its tenant's unfinished jobs."""
+        await self.finish_job(job_id, True, result_data, self.keep_result_s, self.keep_result_forever, None, None)
 
     # -- stopping --------------------------------------------------------------------------
 
@@ -369,7 +407,7 @@ def create_worker(settings: Settings, *, registry: Registry = TASKS, **options: 
     Call it inside the event loop that will run the worker.
     """
     worker_settings = WorkerSettings.from_settings(settings, registry=registry, **options)
-    pool = ArqRedis(
+    pool = _Pool(
         connection_pool(
             settings.require_redis(),
             max_connections=settings.worker_concurrency + 5,

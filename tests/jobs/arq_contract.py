@@ -81,6 +81,8 @@ WORKER_STATE: dict[str, type | tuple[type, ...]] = {
     "burst": bool,
     "timezone": tzinfo,
     "queue_name": str,
+    "keep_result_s": (int, float),
+    "keep_result_forever": bool,
     "main_task": type(None),
     "loop": asyncio.AbstractEventLoop,
     "_pool": ArqRedis,
@@ -91,7 +93,7 @@ WORKER_CALLS = {
     "run_cron": ["self", "n", "delay", "num_windows"],
     "_release_sem_dec_counter_on_complete": ["self"],
 }
-OVERRIDDEN = ("main", "heart_beat", "finish_job", "close")
+OVERRIDDEN = ("main", "heart_beat", "finish_job", "finish_failed_job", "close")
 
 
 def _state(name: str, kind: type | tuple[type, ...]) -> Pin:
@@ -306,6 +308,13 @@ def _arq_redis(worker: ArqWorker) -> Problem:
     return None if found == (serialize, deserialize, "q") else f"ArqRedis(...) keeps {found}"
 
 
+def _enqueue_job(worker: ArqWorker) -> Problem:
+    method = ArqRedis.enqueue_job
+    if not inspect.iscoroutinefunction(method) or _parameters(method)[:3] != ["self", "function", "args"]:
+        return f"is no longer enqueue_job(self, function, *args, ...): takes {_parameters(method)}"
+    return None
+
+
 def _log_redis_info(worker: ArqWorker) -> Problem:
     found = _parameters(arq.connections.log_redis_info)
     return None if found == ["redis", "log_func"] else f"takes {found}"
@@ -325,7 +334,7 @@ IMPORTED = {
     "arq.connections": ["ArqRedis", "log_redis_info"],
     "arq.constants": list(CONSTANTS),
     "arq.cron": ["CronJob"],
-    "arq.jobs": ["Deserializer", "Serializer", "deserialize_job", "deserialize_result", "serialize_job"],
+    "arq.jobs": ["Deserializer", "Job", "Serializer", "deserialize_job", "deserialize_result", "serialize_job"],
     "arq.typing": ["WorkerCoroutine"],
     "arq.utils": ["timestamp_ms", "to_ms"],
     "arq.worker": ["Function", "Retry", "Worker", "func"],
@@ -366,6 +375,7 @@ PINS = [
     Pin("arq.worker.func options", _func),
     Pin("arq.worker.Retry(defer=)", _retry),
     Pin("arq.connections.ArqRedis options", _arq_redis),
+    Pin("arq.connections.ArqRedis.enqueue_job (the worker's pool extends it)", _enqueue_job),
     Pin("arq.connections.log_redis_info", _log_redis_info),
     Pin("arq.cron.CronJob.next_run", _cron_next_run),
     Pin("arq.worker logger name", _worker_logger),
