@@ -1,7 +1,8 @@
 """No log line, of any process or command, holds an API key, a token, a Redis password or the webhook secret.
 
 One ``python -m service dev`` (web, worker and cron in one process, JSON logs) against a
-Redis with a password, with every secret configured, is driven down the paths that log:
+Redis with a password, with every secret configured (a tenant's webhook signing secret
+too), is driven down the paths that log:
 401s, parser errors that carry the key, internal routes with a wrong token, a signed
 webhook delivery, a revocation from the command line, Redis going away under it. The
 command line then runs against a wrong password. Everything every process printed is
@@ -62,11 +63,11 @@ def receiver() -> Iterator[int]:
         server.server_close()
 
 
-def cli(*args: str, redis_url: str) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, redis_url: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [PYTHON, "-m", "service", *args],
         cwd=ROOT,
-        env=subprocess_env(REDIS_URL=redis_url, LOG_FORMAT="json"),
+        env=subprocess_env(REDIS_URL=redis_url, LOG_FORMAT="json", **env),
         capture_output=True,
         text=True,
         timeout=60,
@@ -107,15 +108,14 @@ def test_no_process_output_holds_a_key_token_password_or_webhook_secret(tmp_path
         key = created.stdout.strip()  # its one intended appearance: printed once, alone, on standard output
         outputs.append(created.stderr)
         other = cli("keys", "create", "--tenant", "other", redis_url=url).stdout.strip()
+        webhooks = {"WEBHOOK_SECRET": WEBHOOK_SECRET, "WEBHOOK_ALLOWED_HOSTS": f"127.0.0.1:{receiver}"}
+        signing = cli("webhooks", "secret", "--tenant", "acme", redis_url=url, **webhooks)
+        tenant_secret = signing.stdout.strip()  # shown once, alone, on standard output
+        hosts = cli("webhooks", "hosts", "--tenant", "acme", f"127.0.0.1:{receiver}", redis_url=url, **webhooks)
+        outputs += [signing.stderr, hosts.stdout, hosts.stderr]
         Receiver.signatures.clear()
-        env = {
-            "REDIS_URL": url,
-            "LOG_FORMAT": "json",
-            "METRICS_TOKEN": METRICS_TOKEN,
-            "INTERNAL_TOKEN": INTERNAL_TOKEN,
-            "WEBHOOK_SECRET": WEBHOOK_SECRET,
-            "WEBHOOK_ALLOWED_HOSTS": f"127.0.0.1:{receiver}",
-        }
+        env = {"REDIS_URL": url, "LOG_FORMAT": "json", "METRICS_TOKEN": METRICS_TOKEN, "INTERNAL_TOKEN": INTERNAL_TOKEN}
+        env |= webhooks
         log = tmp_path / "dev.log"
         with run_service("dev", cwd=tmp_path, log=log, **env) as child:
             child.wait_healthy(timeout_s=60)
@@ -166,7 +166,8 @@ def test_no_process_output_holds_a_key_token_password_or_webhook_secret(tmp_path
         server.stop()
 
     everything = "\n".join(outputs)
-    for secret in (REDIS_PASSWORD, WRONG_PASSWORD, METRICS_TOKEN, INTERNAL_TOKEN, WEBHOOK_SECRET):
+    assert tenant_secret.startswith("whsec_")
+    for secret in (REDIS_PASSWORD, WRONG_PASSWORD, METRICS_TOKEN, INTERNAL_TOKEN, WEBHOOK_SECRET, tenant_secret):
         assert secret not in everything
     for api_key in (key, other):
         assert api_key[PREFIX_LEN:] not in everything
