@@ -23,7 +23,7 @@ from service.metrics import Metrics
 from service.middleware import request_context_middleware
 from service.ratelimit.middleware import limiter_ctx, v1_middleware
 from service.ratelimit.policy import load_policies
-from service.redis import redis_client
+from service.redis import cancel_until_done, redis_client
 from service.request_body import MAX_BODY_BYTES
 from service.settings import Settings
 
@@ -60,8 +60,7 @@ async def _key_revocations_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        listener.cancel()
-        await asyncio.gather(listener, return_exceptions=True)
+        await cancel_until_done(listener)
         await subscriber.aclose()
 
 
