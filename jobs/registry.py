@@ -20,6 +20,7 @@ from arq.worker import Function, Retry, func
 from marshmallow import Schema, ValidationError
 from redis.asyncio import Redis
 
+from jobs.metrics import JobMetrics, Outcome
 from service.backoff import Backoff
 from service.logging import bind_context, get_logger
 from service.settings import Settings
@@ -189,32 +190,52 @@ def _runner(task: Task) -> Callable[..., Awaitable[Any]]:
             redis=ctx["redis"],
         )
         bind_context(job_id=job.job_id, task=task.name)
-        try:
-            loaded = task.load(args)
-        except InvalidArguments as exc:
-            raise PermanentError(f"arguments no longer valid: {exc.errors}") from None
+        metrics: JobMetrics | None = ctx.get("job_metrics")
         started = time.perf_counter()
+        outcome: Outcome = "failed"
         try:
-            async with asyncio.timeout(task.timeout_s) as scope:
-                result = await task.run(job, **loaded)
-        except PermanentError:
+            result = await _attempt(task, job, args)
+            outcome = "complete"
+            return result
+        except Retry:
+            outcome = "retried"
             raise
-        except Exception as exc:
-            error: Exception = exc
-            if scope.expired():
-                error = JobTimeout(f"{task.name} did not finish within {task.timeout_s:g} s")
-            if job.try_number >= task.max_tries:
-                if error is exc:
-                    raise
-                raise error from exc
-            delay_s = task.backoff.delay_s(job.try_number)
-            if isinstance(exc, RetryLater) and exc.after_s is not None:
-                delay_s = exc.after_s
-            log.info("job will be retried", try_number=job.try_number, delay_s=round(delay_s, 3), error=str(error))
-            raise Retry(defer=delay_s) from exc
-        duration_ms = round((time.perf_counter() - started) * 1000, 2)
-        log.info("job complete", try_number=job.try_number, duration_ms=duration_ms)
-        return result
+        except asyncio.CancelledError:
+            outcome = metrics.cancelled_outcome(job.job_id) if metrics is not None else "retried"
+            raise
+        finally:
+            if metrics is not None:
+                metrics.record(task.name, outcome, time.perf_counter() - started)
 
     run.__qualname__ = task.name
     return run
+
+
+async def _attempt(task: Task, job: JobContext, args: dict[str, Any]) -> Any:
+    """One try of ``task``: its result, or ``Retry`` with the task's backoff, or the error that ends the job."""
+    try:
+        loaded = task.load(args)
+    except InvalidArguments as exc:
+        raise PermanentError(f"arguments no longer valid: {exc.errors}") from None
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(task.timeout_s) as scope:
+            result = await task.run(job, **loaded)
+    except PermanentError:
+        raise
+    except Exception as exc:
+        error: Exception = exc
+        if scope.expired():
+            error = JobTimeout(f"{task.name} did not finish within {task.timeout_s:g} s")
+        if job.try_number >= task.max_tries:
+            if error is exc:
+                raise
+            raise error from exc
+        delay_s = task.backoff.delay_s(job.try_number)
+        if isinstance(exc, RetryLater) and exc.after_s is not None:
+            delay_s = exc.after_s
+        log.info("job will be retried", try_number=job.try_number, delay_s=round(delay_s, 3), error=str(error))
+        raise Retry(defer=delay_s) from exc
+    duration_ms = round((time.perf_counter() - started) * 1000, 2)
+    log.info("job complete", try_number=job.try_number, duration_ms=duration_ms)
+    return result

@@ -47,6 +47,7 @@ from redis.exceptions import RedisError
 
 from jobs import heartbeat, redis_keys
 from jobs.leases import LeaseKeeper
+from jobs.metrics import JobMetrics, Outcome
 from jobs.registry import Registry
 from jobs.scripts import load_script
 from jobs.serialization import deserialize, serialize
@@ -54,6 +55,7 @@ from jobs.tasks import TASKS
 from jobs.wakeups import WakeUps
 from service.backoff import Backoff
 from service.logging import get_logger
+from service.metrics import Metrics
 from service.redis import connection_pool
 from service.settings import Settings
 
@@ -115,11 +117,13 @@ class Worker(ArqWorker):
         worker_settings: WorkerSettings,
         *,
         redis_pool: ArqRedis,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__(redis_pool=redis_pool, **worker_settings.arq_options())
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
-        self.ctx.update(settings=settings, worker_id=self.worker_id)
+        self.job_metrics = JobMetrics(self._cancelled_outcome)
+        self.ctx.update(settings=settings, worker_id=self.worker_id, job_metrics=self.job_metrics)
         self._leases = LeaseKeeper(
             redis_pool,
             lease_s=settings.job_lease_s,
@@ -135,6 +139,11 @@ class Worker(ArqWorker):
         self._started_at = time.time()
         self._claim_script = load_script(redis_pool, "claim")
         self._finish_script = load_script(redis_pool, "finish")
+        self._metrics = metrics
+        if metrics is not None:  # the process's /metrics shows this worker's runs and pools
+            metrics.registry.register(self.job_metrics)
+            metrics.pools.track("worker", redis_pool.connection_pool)
+            metrics.pools.track("worker-wake", self._wake_ups.pool)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -259,6 +268,11 @@ class Worker(ArqWorker):
             self.aborting_tasks.add(job_id)
             task.cancel()
 
+    def _cancelled_outcome(self, job_id: str) -> Outcome:
+        if job_id in self.aborting_tasks:
+            return "aborted"
+        return "handed_back" if job_id in self._handing_back else "retried"
+
     def _beat(self) -> heartbeat.Beat:
         return heartbeat.Beat(
             id=self.worker_id,
@@ -361,11 +375,18 @@ class Worker(ArqWorker):
         await self.pool.aclose(close_connection_pool=True)
         await self._wake_ups.close()
         self._pool = None
+        if self._metrics is not None:
+            self._metrics.registry.unregister(self.job_metrics)
+            self._metrics.pools.forget("worker")
+            self._metrics.pools.forget("worker-wake")
 
 
-def create_worker(settings: Settings, *, registry: Registry = TASKS, **options: Any) -> Worker:
+def create_worker(
+    settings: Settings, *, registry: Registry = TASKS, metrics: Metrics | None = None, **options: Any
+) -> Worker:
     """A worker on its own Redis pools, built from ``WorkerSettings`` (``options`` set its fields: ``burst``, ...).
 
+    With ``metrics`` (the process's registry) it reports its job runs and pools there.
     Call it inside the event loop that will run the worker.
     """
     worker_settings = WorkerSettings.from_settings(settings, registry=registry, **options)
@@ -381,13 +402,15 @@ def create_worker(settings: Settings, *, registry: Registry = TASKS, **options: 
         job_deserializer=worker_settings.job_deserializer,
         default_queue_name=worker_settings.queue_name,
     )
-    return Worker(settings, worker_settings, redis_pool=pool)
+    return Worker(settings, worker_settings, redis_pool=pool, metrics=metrics)
 
 
 @contextlib.asynccontextmanager
-async def running_worker(settings: Settings, *, registry: Registry = TASKS, **options: Any) -> AsyncIterator[Worker]:
+async def running_worker(
+    settings: Settings, *, registry: Registry = TASKS, metrics: Metrics | None = None, **options: Any
+) -> AsyncIterator[Worker]:
     """A worker running in this event loop; leaving stops it gracefully (``JOB_GRACE_S``)."""
-    worker = create_worker(settings, registry=registry, **options)
+    worker = create_worker(settings, registry=registry, metrics=metrics, **options)
     await worker.start()
     try:
         yield worker

@@ -32,10 +32,14 @@ def make_settings(**env: str) -> Settings:
 
 
 def subprocess_env(**overrides: str) -> Mapping[str, str]:
-    """The environment for a child ``python -m ...``: this one, minus service settings."""
+    """The environment for a child ``python -m ...``: this one, minus service settings.
+
+    The metrics port is off unless a test names one: children of parallel tests would all want 9091.
+    """
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "UPSTASH_REDIS_URL")}
     env["PYTHONPATH"] = str(ROOT)
     env["PYTHONUNBUFFERED"] = "1"
+    env["METRICS_PORT"] = "0"
     env.update(overrides)
     return env
 
