@@ -197,7 +197,7 @@ async def measure_keyspace_rates(job: JobContext) -> dict[str, Any]:
     window_s = sample["at"] - previous["at"] if previous else 0.0
     if (
         previous is None
-        or window_s < 1
+        or window_s <= 0
         or sample["expired"] < previous["expired"]
         or sample["evicted"] < previous["evicted"]
     ):
