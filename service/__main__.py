@@ -17,7 +17,7 @@ from service.access_log import AccessLogger
 from service.app import create_app
 from service.app_keys import METRICS
 from service.auth import ApiKeyStore
-from service.doctor import diagnose, render
+from service.doctor import diagnose, healthy, render
 from service.embedded_redis import EmbeddedRedisError, embedded_redis
 from service.logging import configure_logging, get_logger, redact_text
 from service.metrics import metrics_listener
@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "doctor":
             findings = asyncio.run(diagnose(settings))
             print(render(findings, args.json))
-            return 0 if all(f.status != "problem" for f in findings) else 1
+            return 0 if healthy(findings) else 1
         configure_logging(settings.log_format, secrets=settings.secrets)
         try:
             return asyncio.run(_keys(settings, args))
