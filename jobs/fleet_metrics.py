@@ -1,9 +1,10 @@
-"""Fleet-wide metrics read from Redis at scrape time: the queue, live workers, Redis ``INFO``, maintenance findings.
+"""Fleet-wide metrics read from Redis at scrape time: the queue, workers, cron, Redis ``INFO``, maintenance findings.
 
 Every process (web and worker) shows them, so a scraper of any machine sees the fleet; the
 values are the same on every process, so aggregate them with ``max``, not ``sum``. One
 read is one pipeline (``queue_depth.lua``, ``live_workers.lua``, ``INFO``, the findings
-hash), cached for ``CACHE_TTL_S``: scrapes of both ports, or several scrapers, within that
+hash) and, with cron on, the schedule's status (``CronStore.status``: two round trips),
+cached for ``CACHE_TTL_S``: scrapes of both ports, or several scrapers, within that
 time share one read, and concurrent scrapes wait for the same read. A scrape waits at most
 ``SCRAPE_WAIT_S`` for it; a sick Redis then gives the last known values and
 ``fleet_metrics_up 0``, never a hung scrape.
@@ -23,6 +24,9 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 
+from jobs.cron import Schedule
+from jobs.cron_store import OUTCOMES as CRON_OUTCOMES
+from jobs.cron_store import CronJobStatus, CronStore
 from jobs.maintenance import Finding
 from jobs.redis_keys import IN_PROGRESS_PREFIX, MAINTENANCE_FINDINGS_KEY, QUEUE_KEY, WORKERS_KEY, worker_key
 from jobs.scripts import load_script
@@ -59,13 +63,15 @@ class _Snapshot:
     workers_live: int | None = None
     info: dict[str, Any] = field(default_factory=dict)
     findings: dict[str, Finding] = field(default_factory=dict)
+    cron: list[CronJobStatus] = field(default_factory=list)
 
 
 class FleetMetrics(Collector):
-    """The fleet-wide families of one process, read through ``redis`` and cached."""
+    """The fleet-wide families of one process, read through ``redis`` and cached; ``schedule``: cron's too."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, schedule: Schedule | None = None) -> None:
         self._redis = redis
+        self._cron = CronStore(redis, schedule) if schedule is not None else None
         self._queue_depth = load_script(redis, "queue_depth")
         self._live_workers = load_script(redis, "live_workers")
         self._snapshot = _Snapshot()
@@ -97,6 +103,16 @@ class FleetMetrics(Collector):
                 await self._reading
 
     async def _read(self) -> None:
+        reads = [self._read_pipeline()]
+        if self._cron is not None:
+            reads.append(self._read_cron())
+        complete = await asyncio.gather(*reads)
+        self._complete = all(complete)
+        if any(complete):
+            self._read_at, self._read_at_s = time.monotonic(), time.time()
+
+    async def _read_pipeline(self) -> bool:
+        """Queue depth, live workers, ``INFO`` and the findings in one round trip; whether all answered."""
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 await self._queue_depth(
@@ -107,10 +123,8 @@ class FleetMetrics(Collector):
                 pipe.hgetall(MAINTENANCE_FINDINGS_KEY)
                 queue, workers, info, findings = await pipe.execute(raise_on_error=False)
         except Exception as exc:  # a sick Redis: the scrape shows what is known, and says so
-            self._complete = False
             log.warning("fleet metrics could not be read from redis", error=type(exc).__name__)
-            return
-        replies = (queue, workers, info, findings)
+            return False
         snapshot = self._snapshot
         if not isinstance(queue, Exception):
             snapshot.queue = (int(queue[0]), int(queue[1]), int(queue[2]))
@@ -120,8 +134,16 @@ class FleetMetrics(Collector):
             snapshot.info = info
         if not isinstance(findings, Exception):
             snapshot.findings = {check.decode(): Finding.from_json(raw) for check, raw in findings.items()}
-        self._complete = not any(isinstance(reply, Exception) for reply in replies)
-        self._read_at, self._read_at_s = time.monotonic(), time.time()
+        return not any(isinstance(reply, Exception) for reply in (queue, workers, info, findings))
+
+    async def _read_cron(self) -> bool:
+        assert self._cron is not None
+        try:
+            self._snapshot.cron = await self._cron.status(history=False)
+        except Exception as exc:  # as above
+            log.warning("cron metrics could not be read from redis", error=type(exc).__name__)
+            return False
+        return True
 
     def collect(self) -> Iterator[Metric]:
         snapshot = self._snapshot
@@ -149,7 +171,25 @@ class FleetMetrics(Collector):
             if name in snapshot.info:
                 metric.add_metric([], float(snapshot.info[name]))
             yield metric
+        yield from _cron_families(snapshot.cron)
         yield from _finding_families(snapshot.findings)
+
+
+def _cron_families(statuses: list[CronJobStatus]) -> Iterator[Metric]:
+    """Runs of each cron job by outcome, fleet-wide (``jobs.cron_store``), and its last success."""
+    runs = CounterMetricFamily(
+        "cron_runs", "Cron runs by job and outcome, fleet-wide, since Redis was last emptied", labels=["job", "outcome"]
+    )
+    last_success = GaugeMetricFamily(
+        "cron_last_success_timestamp_seconds", "Unix time the cron job's last successful run ended", labels=["job"]
+    )
+    for status in statuses:
+        for outcome in CRON_OUTCOMES:
+            runs.add_metric([status.name, outcome], status.runs_by_outcome.get(outcome, 0))
+        if status.last_success_ms is not None:
+            last_success.add_metric([status.name], status.last_success_ms / 1000)
+    yield runs
+    yield last_success
 
 
 # Gauges taken from one value of a finding: family, help, check, value.

@@ -42,7 +42,6 @@ from service.logging import get_logger
 __all__ = [
     "MEMORY_CRITICAL_RATIO",
     "MEMORY_WARNING_RATIO",
-    "SCHEDULE_S",
     "Finding",
     "register",
 ]
@@ -57,15 +56,6 @@ SLOWLOG_READ_MAX = 128
 SLOWEST_KEPT = 5
 COMMANDS_KEPT = 10
 _COMMAND_NAME = re.compile(r"[a-z][a-z0-9_.|-]{0,31}")
-
-# Default interval of each task on the cron schedule.
-SCHEDULE_S = {
-    "maintenance.memory": 60,
-    "maintenance.keyspace_rates": 60,
-    "maintenance.slowlog": 300,
-    "maintenance.persistence": 300,
-    "maintenance.cleanup": 600,
-}
 
 Status = Literal["ok", "warning", "unavailable"]
 
@@ -265,10 +255,10 @@ class _NoArgs(Schema):
 
 
 def register(registry: Registry) -> None:
-    """Add the maintenance tasks to ``registry``.
+    """Add the maintenance tasks to ``registry`` (``jobs.cron.SCHEDULE`` runs them).
 
-    One try each: the schedule runs them again soon, and a refused command is a finding,
-    not a failure worth retrying.
+    Two tries, as cron asks: a run killed with its worker runs again. A refused command is
+    a finding, not a failure, so only a lost connection uses the second try.
     """
     for name, run in (
         ("maintenance.memory", check_memory),
@@ -277,4 +267,4 @@ def register(registry: Registry) -> None:
         ("maintenance.cleanup", clean_up_bookkeeping),
         ("maintenance.persistence", check_persistence),
     ):
-        registry.add(Task(name, run, _NoArgs(), timeout_s=60.0, max_tries=1, backoff=Backoff()))
+        registry.add(Task(name, run, _NoArgs(), timeout_s=60.0, max_tries=2, backoff=Backoff(base_s=5.0, cap_s=30.0)))

@@ -20,6 +20,8 @@ from arq.constants import (
 
 __all__ = [
     "ABORT_KEY",
+    "CRON_JOB_PREFIX",
+    "CRON_KEY",
     "IDEMPOTENCY_PATTERN",
     "IDEMPOTENCY_TTL_S",
     "INDEX_PATTERN",
@@ -34,6 +36,7 @@ __all__ = [
     "WAKE_KEY",
     "WAKE_TOKENS_MAX",
     "WORKERS_KEY",
+    "cron_runs_key",
     "idempotency_key",
     "index_key",
     "worker_key",
@@ -66,6 +69,18 @@ MAINTENANCE_CURSORS_KEY = "jobs:maintenance:cursors"
 # SCAN patterns of the per-tenant keys below.
 INDEX_PATTERN = "jobs:index:*"
 IDEMPOTENCY_PATTERN = "jobs:idempotency:*"
+
+# Cron runs are jobs whose ids start with this (``jobs.cron.RunId``); no tenant's index holds them.
+CRON_JOB_PREFIX = "cron:"
+# One hash of every cron job's state: ``<name>`` the id of its current run (pending or running),
+# ``<name>:paused``, ``<name>:schedule`` (the text of the schedule in force), ``<name>:ok`` (the
+# end of its last successful run, ms), ``<name>:n:<outcome>`` (runs by outcome).
+CRON_KEY = "jobs:cron"
+
+
+def cron_runs_key(name: str) -> str:
+    """A cron job's last runs, newest first (JSON records)."""
+    return f"jobs:cron:runs:{name}"
 
 
 def worker_key(worker_id: str) -> str:

@@ -35,6 +35,8 @@ __all__ = [
     "RetryLater",
     "Task",
     "UnknownTask",
+    "arq_function",
+    "runner",
 ]
 
 log = get_logger(__name__)
@@ -166,19 +168,25 @@ class Registry:
 
     def arq_functions(self, *, keep_result_s: float) -> list[Function]:
         """Every task as an arq function, wrapped in its timeout and retry policy."""
-        return [
-            func(
-                cast(WorkerCoroutine, _runner(task)),
-                name=task.name,
-                timeout=task.timeout_s + _ARQ_TIMEOUT_MARGIN_S,
-                max_tries=task.max_tries,
-                keep_result=keep_result_s,
-            )
-            for task in self
-        ]
+        return [arq_function(task, keep_result_s=keep_result_s) for task in self]
 
 
-def _runner(task: Task) -> Callable[..., Awaitable[Any]]:
+def arq_function(
+    task: Task, *, keep_result_s: float, name: str | None = None, run: Callable[..., Awaitable[Any]] | None = None
+) -> Function:
+    """``task`` as an arq function: ``run`` (by default ``runner(task)``) under the task's timeout and tries."""
+    return func(
+        cast(WorkerCoroutine, run or runner(task)),
+        name=name or task.name,
+        timeout=task.timeout_s + _ARQ_TIMEOUT_MARGIN_S,
+        max_tries=task.max_tries,
+        keep_result=keep_result_s,
+    )
+
+
+def runner(task: Task) -> Callable[..., Awaitable[Any]]:
+    """The arq coroutine that runs ``task``: ``run(ctx, **args)`` with its timeout, retries and log line."""
+
     async def run(ctx: dict[str, Any], **args: Any) -> Any:
         job = JobContext(
             job_id=ctx["job_id"],

@@ -25,6 +25,8 @@ from typing import Any, Literal
 from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
+from jobs.cron import SCHEDULE
+from jobs.cron_store import CronStore
 from jobs.heartbeat import live_workers
 from jobs.maintenance import MEMORY_CRITICAL_RATIO, MEMORY_WARNING_RATIO
 from service.redis import connection_pool
@@ -235,6 +237,8 @@ async def _redis_checks(url: RedisURL, settings: Settings) -> list[Finding]:
                 findings.append(Finding(check.__name__.lstrip("_"), "skipped", f"not allowed here: {exc}"))
         if settings.enable_worker:
             findings.append(await _workers(client))
+            if settings.enable_cron:
+                findings.append(await _scheduler(client))
     finally:
         await client.aclose()
     return findings
@@ -250,6 +254,23 @@ async def _workers(client: Redis) -> Finding:
         )
     freshest = min(w["beat_age_s"] for w in workers)
     return _ok("workers", f"{len(workers)} live, last beat {freshest:.1f} s ago")
+
+
+async def _scheduler(client: Redis) -> Finding:
+    health = await CronStore(client, SCHEDULE).health()
+    if not health.workers:
+        return _problem(
+            "scheduler",
+            "no live worker runs the cron schedule: cron jobs will not run",
+            "start a worker with ENABLE_CRON on (python -m jobs), or set ENABLE_CRON=false",
+        )
+    if health.stalled:
+        return _problem(
+            "scheduler",
+            f"cron jobs with no pending run, or overdue past their grace: {', '.join(health.stalled)}",
+            "see python -m jobs cron list; restarting a worker schedules every job again",
+        )
+    return _ok("scheduler", f"{health.workers} worker(s) run cron, last beat {health.last_beat_age_s:.1f} s ago")
 
 
 _AUTH_ADVICE = (

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from jobs.cron_store import CronStore
 from jobs.queue import JobQueue
 from tests.conftest import make_settings
-from tests.jobs.test_processes import Proc, live_ids, start_worker
+from tests.jobs.cron_worker import SCHEDULES
+from tests.jobs.test_processes import Proc, live_ids, start_worker, worker_env
 from tests.processes import run_service
 from tests.prometheus import Samples, names, parse, value
 from tests.servers import RedisServer, free_port, new_redis_server
@@ -107,7 +109,9 @@ async def test_worker_process_serves_its_job_runs_and_the_fleet_on_the_metrics_p
 ) -> None:
     metrics_port = free_port()
     procs: list[Proc] = []
-    worker = start_worker(procs, tmp_path / "worker.log", REDIS_URL=private_redis.url, METRICS_PORT=str(metrics_port))
+    worker = start_worker(
+        procs, tmp_path / "worker.log", REDIS_URL=private_redis.url, METRICS_PORT=str(metrics_port), ENABLE_CRON="false"
+    )
     try:
         async with Redis.from_url(private_redis.url) as redis:
             await live_ids(redis, 1)  # its first heartbeat, before the first scrape caches the fleet
@@ -131,3 +135,29 @@ async def test_worker_process_serves_its_job_runs_and_the_fleet_on_the_metrics_p
     assert value(samples, "connection_pool_max_connections", pool="worker") == 15  # concurrency 10 + 5
     assert value(samples, "connection_pool_max_connections", pool="worker-wake") == 1
     assert value(samples, "fleet_metrics_up") == 1
+
+
+async def test_worker_process_shows_cron_runs_as_jobs_and_by_cron_outcome(
+    private_redis: RedisServer, tmp_path: Path
+) -> None:
+    metrics_port = free_port()
+    worker = Proc(
+        ["-m", "tests.jobs.cron_worker", "tick"],  # diagnostics.ping every second
+        tmp_path / "worker.log",
+        **worker_env(REDIS_URL=private_redis.url, METRICS_PORT=str(metrics_port)),
+    )
+    try:
+        async with Redis.from_url(private_redis.url) as redis:
+            store = CronStore(redis, SCHEDULES["tick"])
+            deadline = time.monotonic() + 20
+            while (await store.status(history=False))[0].runs_by_outcome["complete"] < 2:
+                assert time.monotonic() < deadline, worker.output()
+                await asyncio.sleep(0.1)
+        samples = scrape_port(metrics_port)
+    finally:
+        worker.stop()
+
+    assert value(samples, "cron_runs_total", job="tick", outcome="complete") >= 2
+    assert value(samples, "cron_runs_total", job="tick", outcome="failed") == 0
+    assert value(samples, "cron_last_success_timestamp_seconds", job="tick") > 0
+    assert value(samples, "job_runs_total", task="diagnostics.ping", outcome="complete") >= 2  # a cron run is a job

@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp_apigami import docs
 
 from jobs.fleet_metrics import FleetMetrics
-from service.app_keys import METRICS, REDIS, SETTINGS
+from service.app_keys import CRON_STORE, METRICS, REDIS, SETTINGS
 from service.auth import require_internal
 from service.metrics import CONTENT_TYPE
 
@@ -30,8 +30,8 @@ async def get_metrics(request: web.Request) -> web.Response:
 
 
 async def _fleet_metrics_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The fleet-wide families, read through the process's retrying client."""
-    fleet = FleetMetrics(app[REDIS])
+    """The fleet-wide families, read through the process's retrying client; cron's with ``ENABLE_CRON``."""
+    fleet = FleetMetrics(app[REDIS], app[CRON_STORE].schedule if app[SETTINGS].enable_cron else None)
     fleet.register(app[METRICS])
     try:
         yield

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from prometheus_client import CollectorRegistry, generate_latest
 
 from jobs.registry import Registry
@@ -11,17 +14,29 @@ from tests.jobs.support import Client, auth, enqueue, jobs_settings, wait_for
 from tests.prometheus import parse, value
 
 
+async def scraped(metrics: Metrics, name: str, timeout_s: float = 10.0, **labels: str) -> None:
+    """Wait until a scrape of ``metrics`` has the sample ``name{labels}``."""
+    deadline = time.monotonic() + timeout_s
+    while (name, frozenset(labels.items())) not in parse(await metrics.scrape()):
+        assert time.monotonic() < deadline, f"no {name}{labels} after {timeout_s} s"
+        await asyncio.sleep(0.05)
+
+
 async def test_runs_are_counted_by_task_and_outcome_with_their_durations(
     client: Client, api_key: str, test_tasks: Registry
 ) -> None:
     metrics = Metrics()
-    async with running_worker(jobs_settings(JOB_GRACE_S="0.2"), registry=test_tasks, metrics=metrics) as worker:
+    async with running_worker(
+        jobs_settings(JOB_GRACE_S="0.2", ENABLE_CRON="false"), registry=test_tasks, metrics=metrics
+    ) as worker:
         finished = [await enqueue(client, api_key, task) for task in ("diagnostics.ping", "test.fail", "test.flaky")]
         aborted = await enqueue(client, api_key, "diagnostics.sleep", {"seconds": 30})
         await wait_for(client, api_key, aborted, ("in_progress",))
         assert (await client.delete(f"/v1/jobs/{aborted}", headers=auth(api_key))).status == 202
-        for job_id in (*finished, aborted):
+        for job_id in finished:
             await wait_for(client, api_key, job_id)
+        # The API shows "aborted" at once; the worker cancels the run at its next lease renewal.
+        await scraped(metrics, "job_runs_total", task="diagnostics.sleep", outcome="aborted")
         handed_back = await enqueue(client, api_key, "diagnostics.sleep", {"seconds": 30})
         await wait_for(client, api_key, handed_back, ("in_progress",))
         while_running = parse(await metrics.scrape())

@@ -67,8 +67,8 @@ def redis_server() -> Iterator[Callable[..., str]]:
 
 
 async def run_task(url: str, task: str, timeout_s: float = 30.0) -> JobView:
-    """Enqueue ``task``, run it on a worker of its own and return the job once it has ended."""
-    settings = jobs_settings(REDIS_URL=url)
+    """Enqueue ``task``, run it on a worker of its own (no cron: only this run) and return the job once it has ended."""
+    settings = jobs_settings(REDIS_URL=url, ENABLE_CRON="false")
     async with Redis.from_url(url) as redis, running_worker(settings):
         queue = JobQueue(redis, settings)
         queued, _ = await queue.enqueue("ops", task, {})
