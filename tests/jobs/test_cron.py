@@ -183,13 +183,15 @@ async def test_a_killed_run_with_its_tries_spent_is_recorded_failed_and_the_sche
 
 async def test_cron_runs_are_no_tenants_jobs(client: Client, api_key: str, redis: Redis) -> None:
     await CronStore(redis, SCHEDULE).sync(full=True)
-    [run_id] = [member.decode() for member in await redis.zrange(QUEUE_KEY, 0, -1)]
+    run_ids = [member.decode() for member in await redis.zrange(QUEUE_KEY, 0, -1)]
 
+    assert len(run_ids) == len(SCHEDULE)
     listed = await client.get("/v1/jobs", headers=auth(api_key))
     assert (await listed.json())["jobs"] == []
-    assert (await client.get(f"/v1/jobs/{run_id}", headers=auth(api_key))).status == 404
-    assert (await client.delete(f"/v1/jobs/{run_id}", headers=auth(api_key))).status == 404
-    assert await redis.zscore(QUEUE_KEY, run_id) is not None
+    for run_id in run_ids:
+        assert (await client.get(f"/v1/jobs/{run_id}", headers=auth(api_key))).status == 404
+        assert (await client.delete(f"/v1/jobs/{run_id}", headers=auth(api_key))).status == 404
+        assert await redis.zscore(QUEUE_KEY, run_id) is not None
 
 
 async def test_a_worker_without_cron_runs_jobs_but_never_a_cron_run(client: Client, api_key: str, redis: Redis) -> None:
@@ -209,7 +211,14 @@ async def test_a_worker_without_cron_runs_jobs_but_never_a_cron_run(client: Clie
 
 def test_built_in_schedule_fits_the_built_in_tasks() -> None:
     SCHEDULE.check(TASKS)
-    assert [job.name for job in SCHEDULE] == ["cron-canary"]
+    assert [job.name for job in SCHEDULE] == [
+        "cron-canary",
+        "maintenance.memory",
+        "maintenance.keyspace_rates",
+        "maintenance.slowlog",
+        "maintenance.persistence",
+        "maintenance.cleanup",
+    ]
 
 
 @pytest.mark.parametrize(
