@@ -54,7 +54,6 @@ MEMORY_CRITICAL_RATIO = 0.95  # doctor's problem: with noeviction, writes are ab
 SNAPSHOT_MAX_AGE_S = 3600  # an RDB-only Redis with unsaved changes older than this loses them on a crash
 SLOWLOG_READ_MAX = 128
 SLOWEST_KEPT = 5
-COMMANDS_KEPT = 10
 _COMMAND_NAME = re.compile(r"[a-z][a-z0-9_.|-]{0,31}")
 
 Status = Literal["ok", "warning", "unavailable"]
@@ -165,7 +164,7 @@ async def digest_slowlog(job: JobContext) -> dict[str, Any]:
     values = {
         "entries": len(named),
         "slowest_us": slowest[0][1] if slowest else 0,
-        "by_command": dict(Counter(name for name, _, _ in named).most_common(COMMANDS_KEPT)),
+        "by_command": dict(Counter(name for name, _, _ in named)),  # bounded: Redis's command names
         "slowest": [{"command": name, "duration_us": us, "at": at} for name, us, at in slowest],
     }
     if named:
@@ -257,8 +256,10 @@ class _NoArgs(Schema):
 def register(registry: Registry) -> None:
     """Add the maintenance tasks to ``registry`` (``jobs.cron.SCHEDULE`` runs them).
 
-    Two tries, as cron asks: a run killed with its worker runs again. A refused command is
-    a finding, not a failure, so only a lost connection uses the second try.
+    Internal: tenants cannot enqueue them (their findings describe the whole Redis, and a
+    slow-log digest empties the log); the schedule and operators' run-now run them. Two
+    tries, as cron asks: a run killed with its worker runs again. A refused command is a
+    finding, not a failure, so only a lost connection uses the second try.
     """
     for name, run in (
         ("maintenance.memory", check_memory),
@@ -267,4 +268,5 @@ def register(registry: Registry) -> None:
         ("maintenance.cleanup", clean_up_bookkeeping),
         ("maintenance.persistence", check_persistence),
     ):
-        registry.add(Task(name, run, _NoArgs(), timeout_s=60.0, max_tries=2, backoff=Backoff(base_s=5.0, cap_s=30.0)))
+        backoff = Backoff(base_s=5.0, cap_s=30.0)
+        registry.add(Task(name, run, _NoArgs(), timeout_s=60.0, max_tries=2, backoff=backoff, internal=True))

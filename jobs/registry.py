@@ -96,7 +96,9 @@ class Task:
 
     ``check`` is an optional asynchronous test of arguments beyond the schema (a webhook's
     host, say); it raises ``InvalidArguments`` and runs at enqueue. What can change between
-    enqueue and run (DNS, say) the task checks again itself.
+    enqueue and run (DNS, say) the task checks again itself. An ``internal`` task (the
+    maintenance jobs) runs only from the cron schedule or an operator's run-now: to a tenant
+    it is unknown.
     """
 
     name: str
@@ -106,6 +108,7 @@ class Task:
     max_tries: int
     backoff: Backoff
     check: ArgumentCheck | None = None
+    internal: bool = False
 
     def load(self, args: Mapping[str, Any]) -> dict[str, Any]:
         try:
@@ -159,8 +162,11 @@ class Registry:
         return iter(self._tasks.values())
 
     async def validate(self, name: str, args: Mapping[str, Any], settings: Settings) -> Task:
-        """The task ``name`` if ``args`` suit it; ``UnknownTask`` or ``InvalidArguments`` otherwise."""
+        """The task ``name`` if a tenant may enqueue it with ``args``; ``UnknownTask`` (also for an
+        internal task) or ``InvalidArguments`` otherwise."""
         task = self[name]
+        if task.internal:
+            raise UnknownTask(name)
         loaded = task.load(args)
         if task.check is not None:
             await task.check(loaded, settings)

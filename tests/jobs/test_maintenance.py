@@ -17,15 +17,26 @@ import pytest
 from redis.asyncio import Redis
 
 from jobs import cleanup
+from jobs.cron import CronJob, Schedule
+from jobs.cron_store import CronRun, CronStore
+from jobs.crontab import Crontab
 from jobs.fleet_metrics import FleetMetrics
 from jobs.maintenance import check_memory, check_persistence, measure_keyspace_rates
-from jobs.queue import JobQueue, JobView
-from jobs.redis_keys import JOB_PREFIX, RESULT_PREFIX, WORKERS_KEY, idempotency_key, index_key, worker_key
+from jobs.queue import JobQueue
+from jobs.redis_keys import (
+    JOB_PREFIX,
+    MAINTENANCE_FINDINGS_KEY,
+    RESULT_PREFIX,
+    WORKERS_KEY,
+    idempotency_key,
+    index_key,
+    worker_key,
+)
 from jobs.registry import JobContext
 from jobs.worker import running_worker
 from service.logging import configure_logging
 from service.metrics import Metrics
-from tests.jobs.support import TERMINAL, jobs_settings
+from tests.jobs.support import Client, auth, jobs_settings
 from tests.prometheus import Samples, parse, value
 from tests.servers import RedisServer, new_redis_server
 
@@ -66,18 +77,23 @@ def redis_server() -> Iterator[Callable[..., str]]:
         server.stop()
 
 
-async def run_task(url: str, task: str, timeout_s: float = 30.0) -> JobView:
-    """Enqueue ``task``, run it on a worker of its own (no cron: only this run) and return the job once it has ended."""
-    settings = jobs_settings(REDIS_URL=url, ENABLE_CRON="false")
-    async with Redis.from_url(url) as redis, running_worker(settings):
-        queue = JobQueue(redis, settings)
-        queued, _ = await queue.enqueue("ops", task, {})
+async def run_task(url: str, task: str, timeout_s: float = 30.0) -> CronRun:
+    """Run ``task`` as an operator does (a cron run-now) on a worker of its own; the run once it has ended.
+
+    The worker's schedule holds only this task, yearly, so nothing but the run-now runs.
+    """
+    schedule = Schedule([CronJob(task, task, Crontab.parse("0 0 1 1 *"))])
+    async with Redis.from_url(url) as redis, running_worker(jobs_settings(REDIS_URL=url), schedule=schedule):
+        store = CronStore(redis, schedule)
         deadline = time.monotonic() + timeout_s
-        while (view := await queue.get("ops", queued.id)) is not None and view.status not in TERMINAL:
-            assert time.monotonic() < deadline, f"{task} still {view.status} after {timeout_s} s"
+        while (await store.status(task))[0].current_run is None:  # the worker has synced the schedule
+            assert time.monotonic() < deadline, f"{task} never scheduled"
             await asyncio.sleep(0.02)
-    assert view is not None
-    return view
+        run_id = await store.run_now(task)
+        while not (runs := [run for run in (await store.status(task))[0].runs if run.job_id == run_id]):
+            assert time.monotonic() < deadline, f"{task} did not finish within {timeout_s} s"
+            await asyncio.sleep(0.02)
+    return runs[0]
 
 
 async def fleet_samples(url: str) -> Samples:
@@ -118,7 +134,7 @@ async def test_memory_near_maxmemory_and_an_evicting_policy_are_warnings(
 
     job = await run_task(private_redis, "maintenance.memory")
 
-    assert job.status == "complete"
+    assert job.outcome == "complete"
     [memory] = findings_logged(logs, "memory")
     assert memory["level"] == "warning"
     assert memory["event"] == "redis memory above 80% of maxmemory"
@@ -140,7 +156,7 @@ async def test_memory_well_below_maxmemory_under_noeviction_is_ok(
     private_redis = redis_server("--maxmemory", "512mb", "--maxmemory-policy", "noeviction")
     job = await run_task(private_redis, "maintenance.memory")
 
-    assert job.status == "complete"
+    assert job.outcome == "complete"
     [memory] = findings_logged(logs, "memory")
     [eviction] = findings_logged(logs, "eviction")
     assert (memory["level"], eviction["level"]) == ("info", "info")
@@ -150,29 +166,40 @@ async def test_memory_well_below_maxmemory_under_noeviction_is_ok(
     assert value(samples, "redis_eviction_policy_safe") == 1
 
 
+# A Lua script that keeps Redis busy for 20 ms: a slow command whose argument is a secret.
+SLOW_SCRIPT = """
+local start = redis.call('TIME')
+repeat
+  local now = redis.call('TIME')
+until (now[1] - start[1]) * 1000000 + (now[2] - start[2]) > 20000
+return ARGV[1]
+"""
+
+
 async def test_slowlog_digest_counts_commands_by_name_never_keeps_arguments_and_empties_the_log(
     redis_server: Callable[..., str], logs: io.StringIO
 ) -> None:
-    private_redis = redis_server("--slowlog-log-slower-than", "0")  # every command is slow
+    private_redis = redis_server("--slowlog-log-slower-than", "10000")  # 10 ms, Redis's default
     async with Redis.from_url(private_redis) as redis:
         for _ in range(3):
-            await redis.setex("api-key", 60, SECRET)
+            assert await redis.eval(SLOW_SCRIPT, 0, SECRET) == SECRET.encode()
 
         job = await run_task(private_redis, "maintenance.slowlog")
         left = await redis.slowlog_get(1000)
+        findings = await redis.hgetall(MAINTENANCE_FINDINGS_KEY)
 
-    assert job.status == "complete"
+    assert job.outcome == "complete"
     [digest] = findings_logged(logs, "slowlog")
     assert digest["level"] == "warning"
     assert digest["event"] == "redis slow log has slow commands"
-    assert digest["by_command"]["setex"] == 3
-    assert digest["entries"] >= 3
+    assert digest["by_command"]["eval"] == 3
+    assert digest["slowest_us"] > 20_000
     assert all(set(entry) == {"command", "duration_us", "at"} for entry in digest["slowest"])
     samples = await fleet_samples(private_redis)
-    assert value(samples, "redis_slowlog_commands", command="setex") == 3
+    assert value(samples, "redis_slowlog_commands", command="eval") == 3
     assert value(samples, "redis_slowlog_entries") == digest["entries"]
     assert SECRET not in logs.getvalue()
-    assert SECRET not in json.dumps(job.result)
+    assert SECRET.encode() not in b"".join(findings.values())
     assert all(SECRET.encode() not in entry["command"] for entry in left)  # the digest emptied the log
 
 
@@ -192,7 +219,7 @@ async def test_keyspace_rates_are_per_minute_deltas_from_the_sample_another_work
 
     second = await run_task(private_redis, "maintenance.keyspace_rates")  # another worker, the same sample
 
-    assert (first.status, second.status) == ("complete", "complete")
+    assert (first.outcome, second.outcome) == ("complete", "complete")
     before, after = findings_logged(logs, "keyspace_rates")
     assert before["event"] == "redis keyspace rates known from the next sample"
     assert after["level"] == "warning"
@@ -210,7 +237,7 @@ async def test_persistence_with_aof_on_reports_both_writes_ok_and_the_snapshot_a
     private_redis = redis_server("--appendonly", "yes")
     job = await run_task(private_redis, "maintenance.persistence")
 
-    assert job.status == "complete"
+    assert job.outcome == "complete"
     [finding] = findings_logged(logs, "persistence")
     assert finding["level"] == "info"
     assert (finding["aof_enabled"], finding["aof_last_write_ok"], finding["rdb_last_write_ok"]) == (True, True, True)
@@ -228,7 +255,7 @@ async def test_persistence_with_nothing_on_disk_is_a_warning(
     private_redis = redis_server()
     job = await run_task(private_redis, "maintenance.persistence")  # new_redis_server: no AOF, no RDB
 
-    assert job.status == "complete"
+    assert job.outcome == "complete"
     [finding] = findings_logged(logs, "persistence")
     assert finding["level"] == "warning"
     assert finding["problems"] == ["neither AOF nor RDB is on: a restart loses every queued job"]
@@ -261,8 +288,8 @@ async def test_refused_commands_are_findings_and_the_jobs_still_complete(
     persistence = await run_task(url, "maintenance.persistence")
     samples = await fleet_samples(url)
 
-    assert (slowlog.status, slowlog.tries) == ("complete", 1)
-    assert persistence.status == "complete"
+    assert (slowlog.outcome, slowlog.tries, slowlog.error) == ("complete", 1, None)
+    assert persistence.outcome == "complete"
     [finding] = findings_logged(logs, "slowlog")
     assert finding["event"] == "not available on this Redis"
     assert finding["level"] == "info"
@@ -303,7 +330,7 @@ async def test_cleanup_removes_exactly_the_stale_entries_and_nothing_live(redis:
 
     job = await run_task(settings.require_redis().url, "maintenance.cleanup")
 
-    assert job.status == "complete"
+    assert job.outcome == "complete"
     assert await redis.zrange(index_key("acme"), 0, -1) == [b"finished-job", queued.id.encode()]
     assert await redis.exists(index_key("globex")) == 0
     assert await redis.exists(gone_forever, unreadable) == 0
@@ -344,3 +371,10 @@ async def test_cleanup_does_a_bounded_amount_per_run_and_the_next_run_goes_on(
     assert sum(run.index_entries_removed for run in runs) == 180
     assert max(run.index_entries_removed for run in runs) <= 50
     assert len(runs) > 4  # each run stopped at its bounds; the saved cursor carried the next one on
+
+
+async def test_tenants_cannot_enqueue_maintenance_tasks(client: Client, api_key: str) -> None:
+    response = await client.post("/v1/jobs", json={"task": "maintenance.slowlog", "args": {}}, headers=auth(api_key))
+
+    assert response.status == 422
+    assert (await response.json())["errors"] == {"task": ["unknown task"]}
