@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench install clean
+.PHONY: run test lint bench lock install clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -28,6 +28,16 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# requirements.lock: the image's exact dependencies, with hashes (and the setuptools that builds the
+# project), resolved on PyPI for this Python, which must be the Dockerfile's. Local pip settings
+# (mirrors, find-links, constraints) are ignored: the image installs from PyPI. Needs the network.
+# Existing pins are kept while they still fit pyproject.toml; `make lock LOCK_ARGS=--upgrade` moves them.
+lock: $(STAMP)
+	env -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null \
+	  $(BIN)/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe --all-build-deps \
+	  --index-url https://pypi.org/simple --no-emit-index-url $(LOCK_ARGS) \
+	  --output-file requirements.lock pyproject.toml
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from service.app import create_app
 from service.app_keys import API_KEYS
 from service.settings import Settings
-from tests.servers import missing_redis_server, redis_url, stop_all
+from tests.servers import SilentServer, missing_redis_server, redis_url, stop_all
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,3 +84,13 @@ async def client(
 async def api_key(client: TestClient[web.Request, web.Application]) -> str:
     """A valid key for tenant ``acme`` on the default plan."""
     return await client.app[API_KEYS].create("acme")
+
+
+@pytest.fixture
+async def silent_port() -> AsyncIterator[int]:
+    """A loopback port that accepts connections and never answers a byte (a hung Redis or database)."""
+    server = await SilentServer().start()
+    try:
+        yield server.port
+    finally:
+        await server.close()

@@ -8,6 +8,7 @@ not create (a named Redis database must be empty when the session starts).
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import glob
 import importlib.util
@@ -29,6 +30,7 @@ __all__ = [
     "HOW_TO_GET_ONE",
     "PostgresServer",
     "RedisServer",
+    "SilentServer",
     "database_url",
     "free_port",
     "missing_redis_server",
@@ -242,3 +244,42 @@ def stop_all() -> None:
 
 
 atexit.register(stop_all)  # a safety net: pytest_sessionfinish stops them first
+
+
+class SilentServer:
+    """A TCP listener on loopback that accepts connections and never answers: a hung dependency.
+
+    ``reply`` may answer some of what arrives (each chunk read gets ``reply(chunk)`` written
+    back), e.g. a connection's set-up but never the command after it. ``received`` holds
+    every byte that arrived.
+    """
+
+    def __init__(self, reply: Callable[[bytes], bytes] | None = None) -> None:
+        self._reply = reply
+        self.received = bytearray()
+        self._held: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._held.append(writer)
+        while data := await reader.read(65536):
+            self.received.extend(data)
+            if self._reply is not None and (answer := self._reply(data)):
+                writer.write(answer)
+
+    async def start(self) -> SilentServer:
+        self._server = await asyncio.start_server(self._hold, "127.0.0.1", 0)
+        return self
+
+    async def close(self) -> None:
+        for writer in self._held:
+            writer.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()

@@ -14,12 +14,14 @@ from typing import IO
 import pytest
 from redis.asyncio import Redis
 
+from jobs.heartbeat import live_workers
 from jobs.worker import running_worker
 from service.doctor import Finding, diagnose, security
 from service.settings import RedisURL, Settings
 from tests.conftest import PYTHON, ROOT, make_settings, subprocess_env
 from tests.processes import run_service
 from tests.servers import new_redis_server, redis_url
+from tests.waiting import until
 
 
 def _by_check(findings: list[Finding]) -> dict[str, Finding]:
@@ -120,7 +122,7 @@ async def test_redis_that_keeps_nothing_on_disk_is_a_persistence_problem() -> No
 async def test_live_worker_is_reported(redis: Redis) -> None:
     settings = make_settings(RATE_LIMIT_ENABLED="false")
     async with running_worker(settings):
-        await asyncio.sleep(0.5)  # the worker writes its first beat as its main loop starts
+        await until(lambda: live_workers(redis), "the worker's first heartbeat")
         found = _by_check(await diagnose(settings))
     assert found["workers"].status == "ok"
     assert found["workers"].detail.startswith("1 live")

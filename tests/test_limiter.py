@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from service.ratelimit.limiter import Limiter, Outcome
 from service.ratelimit.policy import parse_policies
-from tests.servers import redis_url
+from tests.servers import SilentServer, redis_url
 
 POLICIES = parse_policies(
     {
@@ -74,18 +74,9 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced_not_failed(
 
 
 async def test_a_call_that_may_have_run_is_never_sent_again() -> None:
-    received = bytearray()
-    held: list[asyncio.StreamWriter] = []
-
-    async def answer_hello_then_hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # Answer the connection set-up (CLIENT SETINFO), then take the script call and never reply.
-        held.append(writer)
-        while data := await reader.read(65536):
-            received.extend(data)
-            writer.write(b"+OK\r\n" * data.count(b"SETINFO"))
-
-    server = await asyncio.start_server(answer_hello_then_hang, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    # Answer the connection set-up (CLIENT SETINFO), then take the script call and never reply.
+    server = await SilentServer(reply=lambda data: b"+OK\r\n" * data.count(b"SETINFO")).start()
+    port = server.port
     client = Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_connect_timeout=1)
     limiter = Limiter(client, deadline_s=0.05)
     try:
@@ -94,10 +85,7 @@ async def test_a_call_that_may_have_run_is_never_sent_again() -> None:
     finally:
         await limiter.close()
         await client.aclose()
-        for writer in held:
-            writer.close()
-        server.close()
-        await server.wait_closed()
+        await server.close()
 
     assert decision.outcome == Outcome.FAIL_OPEN
-    assert received.count(b"EVALSHA") == 1
+    assert server.received.count(b"EVALSHA") == 1

@@ -8,10 +8,12 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+import structlog
 from aiohttp import web
 from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
+from service import logging as service_logging
 from service.app import create_app
 from service.logging import bind_context, configure_logging, get_logger
 from service.settings import Settings
@@ -21,15 +23,20 @@ SENTINEL = "sentinel-pw-4242"
 
 @pytest.fixture
 def captured() -> Iterator[io.StringIO]:
+    """Logging configured for the test into a string; everything it changes is put back afterwards."""
     stream = io.StringIO()
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
+    saved_structlog = structlog.get_config()
+    saved_secrets = service_logging._secrets
     configure_logging("json", secrets=[SENTINEL], stream=stream)
     try:
         yield stream
     finally:
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
+        structlog.configure(**saved_structlog)
+        service_logging._secrets = saved_secrets
 
 
 def test_json_lines_carry_fields_not_interpolated_text(captured: io.StringIO) -> None:

@@ -7,11 +7,7 @@ private ``redis-server`` that is stopped mid-test.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +18,7 @@ from pytest_aiohttp import AiohttpClient
 from service.app import create_app
 from service.app_keys import API_KEYS
 from tests.conftest import make_settings
-from tests.servers import free_port
+from tests.servers import new_redis_server
 
 DEADLINE_MS = 50
 MARGIN_S = 0.5  # far below the 5 s socket timeout a hung call would otherwise wait
@@ -36,68 +32,6 @@ OPEN = """
 CLOSED = OPEN.replace("per_second = 1 }", 'per_second = 1, on_redis_error = "closed" }').replace(
     "per_second = 10 }", 'per_second = 10, on_redis_error = "closed" }'
 )
-
-
-@pytest.fixture
-async def hung_redis() -> AsyncIterator[str]:
-    """A TCP listener that accepts connections and never answers a byte."""
-    held: list[asyncio.StreamWriter] = []
-
-    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
-        while await reader.read(65536):
-            pass
-
-    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        for writer in held:
-            writer.close()
-        server.close()
-        await server.wait_closed()
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A private redis-server on a free port, which the test may stop."""
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is needed for this test"
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "private redis-server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"redis://127.0.0.1:{port}/0", process
-    finally:
-        process.kill()
-        process.wait()
 
 
 async def client_for(
@@ -117,9 +51,9 @@ async def timed_get(client: TestClient[web.Request, web.Application], path: str,
 
 
 async def test_hung_redis_fails_open_within_the_deadline(
-    aiohttp_client: AiohttpClient, tmp_path: Path, hung_redis: str
+    aiohttp_client: AiohttpClient, tmp_path: Path, silent_port: int
 ) -> None:
-    client = await client_for(aiohttp_client, tmp_path, hung_redis, OPEN)
+    client = await client_for(aiohttp_client, tmp_path, f"redis://127.0.0.1:{silent_port}/0", OPEN)
 
     answers = await asyncio.gather(*(timed_get(client, "/v1/rate-limit") for _ in range(5)))
 
@@ -132,9 +66,9 @@ async def test_hung_redis_fails_open_within_the_deadline(
 
 
 async def test_hung_redis_fails_closed_with_503_problem(
-    aiohttp_client: AiohttpClient, tmp_path: Path, hung_redis: str
+    aiohttp_client: AiohttpClient, tmp_path: Path, silent_port: int
 ) -> None:
-    client = await client_for(aiohttp_client, tmp_path, hung_redis, CLOSED)
+    client = await client_for(aiohttp_client, tmp_path, f"redis://127.0.0.1:{silent_port}/0", CLOSED)
 
     started = time.monotonic()
     response = await client.get("/v1/rate-limit")
@@ -155,17 +89,15 @@ async def test_hung_redis_fails_closed_with_503_problem(
 async def test_stopped_redis_answers_at_once_open_or_closed(
     aiohttp_client: AiohttpClient,
     tmp_path: Path,
-    own_redis: tuple[str, subprocess.Popen[bytes]],
     policies: str,
     expected: int,
 ) -> None:
-    url, process = own_redis
-    client = await client_for(aiohttp_client, tmp_path, url, policies)
+    server = new_redis_server()
+    client = await client_for(aiohttp_client, tmp_path, server.url, policies)
     auth = {"X-API-Key": await client.app[API_KEYS].create("acme")}
     assert (await client.get("/v1/nothing", headers=auth)).status == 404  # limiter up, key cached
 
-    process.kill()
-    process.wait()
+    server.kill()
     answers = [await timed_get(client, "/v1/nothing", headers=auth) for _ in range(3)]
 
     assert [status for status, _ in answers] == [expected] * 3

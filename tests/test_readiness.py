@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
-import pytest
 from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
@@ -14,24 +12,6 @@ from jobs.worker import running_worker
 from service.app import create_app
 from tests.conftest import make_settings
 from tests.servers import database_url
-
-
-@pytest.fixture
-async def hanging_port() -> AsyncIterator[int]:
-    """A TCP port that accepts connections and never says a word."""
-    held: list[asyncio.StreamWriter] = []
-
-    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
-
-    server = await asyncio.start_server(hold, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        for writer in held:
-            writer.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_ready_with_redis_and_database_up(aiohttp_client: AiohttpClient, redis: Redis) -> None:
@@ -83,9 +63,9 @@ async def test_workers_component_follows_live_heartbeats(aiohttp_client: Aiohttp
 
 
 async def test_hung_database_gives_503_within_one_and_a_half_seconds(
-    aiohttp_client: AiohttpClient, redis: Redis, hanging_port: int
+    aiohttp_client: AiohttpClient, redis: Redis, silent_port: int
 ) -> None:
-    settings = make_settings(DATABASE_URL=f"postgresql://postgres@127.0.0.1:{hanging_port}/test", ENABLE_WORKER="false")
+    settings = make_settings(DATABASE_URL=f"postgresql://postgres@127.0.0.1:{silent_port}/test", ENABLE_WORKER="false")
     client = await aiohttp_client(create_app(settings))
     started = time.monotonic()
     response = await client.get("/ready")
@@ -99,9 +79,9 @@ async def test_hung_database_gives_503_within_one_and_a_half_seconds(
 
 
 async def test_hung_redis_gives_503_within_one_and_a_half_seconds(
-    aiohttp_client: AiohttpClient, hanging_port: int
+    aiohttp_client: AiohttpClient, silent_port: int
 ) -> None:
-    settings = make_settings(REDIS_URL=f"redis://127.0.0.1:{hanging_port}/0")
+    settings = make_settings(REDIS_URL=f"redis://127.0.0.1:{silent_port}/0")
     client = await aiohttp_client(create_app(settings))
     started = time.monotonic()
     response = await client.get("/ready")
@@ -114,8 +94,10 @@ async def test_hung_redis_gives_503_within_one_and_a_half_seconds(
 
 async def test_unknown_database_is_not_ready(aiohttp_client: AiohttpClient, redis: Redis) -> None:
     missing = database_url().rpartition("/")[0] + "/no_such_database_here"
-    settings = make_settings(DATABASE_URL=missing)
+    settings = make_settings(DATABASE_URL=missing, ENABLE_WORKER="false")  # no worker: only the database can fail
     client = await aiohttp_client(create_app(settings))
     response = await client.get("/ready")
     assert response.status == 503
+    body = await response.json()
+    assert body["components"] == {"redis": True, "database": False}
     assert (await response.json())["details"]["database"]["error"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import datetime
 from typing import Any
 
@@ -12,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
-from jobs.worker import Worker
+from jobs.worker import Worker, running_worker
 from service.app import create_app
 from service.app_keys import API_KEYS
 from tests.jobs.support import Attempts, Client, auth, enqueue, job, jobs_settings, wait_for
@@ -79,18 +80,33 @@ async def test_job_that_runs_past_its_timeout_fails_with_a_timeout_error(
     assert "0.3 s" in body["error"]["message"]
 
 
+async def test_jobs_and_results_are_stored_as_json_never_pickle(client: Client, api_key: str, redis: Redis) -> None:
+    job_id = await enqueue(client, api_key, "diagnostics.sleep", {"seconds": 0})
+    stored_job = await redis.get(f"arq:job:{job_id}")
+    assert stored_job is not None
+    assert json.loads(stored_job)["k"] == {"seconds": 0}  # a pickle would not parse
+
+    async with running_worker(jobs_settings()):
+        await wait_for(client, api_key, job_id)
+    stored_result = await redis.get(f"arq:result:{job_id}")
+    assert stored_result is not None
+    assert json.loads(stored_result)["r"]["slept_s"] == 0
+
+
 async def test_deleting_a_queued_job_aborts_it_and_it_never_runs(client: Client, api_key: str, worker: Worker) -> None:
-    job_id = await enqueue(client, api_key, "diagnostics.ping", defer_seconds=1)
+    job_id = await enqueue(client, api_key, "diagnostics.ping", defer_seconds=0.3)
     response = await client.delete(f"/v1/jobs/{job_id}", headers=auth(api_key))
     assert response.status == 202
     assert (await response.json())["status"] == "aborted"
 
-    await asyncio.sleep(1.3)  # past the time it would have run
+    # A job due just after the aborted one: once it is done, the worker has passed the aborted one's time.
+    later = await enqueue(client, api_key, "diagnostics.ping", defer_seconds=0.4)
+    assert (await wait_for(client, api_key, later))["status"] == "complete"
     body = await job(client, api_key, job_id)
     assert body["status"] == "aborted"
     assert body["error"]["type"] == "JobAborted"
     assert "started_at" not in body
-    assert worker.jobs_complete == 0
+    assert worker.jobs_complete == 1  # the later job only
 
 
 async def test_deleting_a_running_job_cancels_it(client: Client, api_key: str, worker: Worker) -> None:
