@@ -2,9 +2,9 @@
 
 Every process (web and worker) shows them, so a scraper of any machine sees the fleet; the
 values are the same on every process, so aggregate them with ``max``, not ``sum``. One
-read is one pipeline (``queue_depth.lua``, ``live_workers.lua``, ``INFO``, the findings
-hash) and, with cron on, the schedule's status (``CronStore.status``: two round trips),
-cached for ``CACHE_TTL_S``: scrapes of both ports, or several scrapers, within that
+read is two commands sent together: ``fleet_metrics.lua`` (queue depth, live workers, the
+maintenance findings, cron's state) and ``INFO``; Upstash bills each command, so a read
+is cached for ``CACHE_TTL_S``: scrapes of both ports, or several scrapers, within that
 time share one read, and concurrent scrapes wait for the same read. A scrape waits at most
 ``SCRAPE_WAIT_S`` for it; a sick Redis then gives the last known values and
 ``fleet_metrics_up 0``, never a hung scrape.
@@ -26,9 +26,15 @@ from redis.asyncio import Redis
 
 from jobs.cron import Schedule
 from jobs.cron_store import OUTCOMES as CRON_OUTCOMES
-from jobs.cron_store import CronJobStatus, CronStore
 from jobs.maintenance import Finding
-from jobs.redis_keys import IN_PROGRESS_PREFIX, MAINTENANCE_FINDINGS_KEY, QUEUE_KEY, WORKERS_KEY, worker_key
+from jobs.redis_keys import (
+    CRON_KEY,
+    IN_PROGRESS_PREFIX,
+    MAINTENANCE_FINDINGS_KEY,
+    QUEUE_KEY,
+    WORKERS_KEY,
+    worker_key,
+)
 from jobs.scripts import load_script
 from service.logging import get_logger
 from service.metrics import Metrics
@@ -55,6 +61,12 @@ _INFO_FAMILIES = {
 _QUEUE_STATES = ("queued", "deferred", "in_progress")
 
 
+@dataclass(frozen=True)
+class _CronCounts:
+    runs_by_outcome: dict[str, int]
+    last_success_ms: int | None
+
+
 @dataclass
 class _Snapshot:
     """What the last read found; a part whose reply failed stays as the read before had it."""
@@ -63,7 +75,7 @@ class _Snapshot:
     workers_live: int | None = None
     info: dict[str, Any] = field(default_factory=dict)
     findings: dict[str, Finding] = field(default_factory=dict)
-    cron: list[CronJobStatus] = field(default_factory=list)
+    cron: dict[str, _CronCounts] = field(default_factory=dict)
 
 
 class FleetMetrics(Collector):
@@ -71,9 +83,8 @@ class FleetMetrics(Collector):
 
     def __init__(self, redis: Redis, schedule: Schedule | None = None) -> None:
         self._redis = redis
-        self._cron = CronStore(redis, schedule) if schedule is not None else None
-        self._queue_depth = load_script(redis, "queue_depth")
-        self._live_workers = load_script(redis, "live_workers")
+        self._schedule = schedule
+        self._script = load_script(redis, "fleet_metrics")
         self._snapshot = _Snapshot()
         self._read_at = -CACHE_TTL_S  # monotonic time of the last answered read
         self._read_at_s = 0.0  # the same, as Unix time
@@ -103,47 +114,45 @@ class FleetMetrics(Collector):
                 await self._reading
 
     async def _read(self) -> None:
-        reads = [self._read_pipeline()]
-        if self._cron is not None:
-            reads.append(self._read_cron())
-        complete = await asyncio.gather(*reads)
-        self._complete = all(complete)
-        if any(complete):
+        replies: tuple[Any, Any] = await asyncio.gather(
+            self._script(
+                keys=[QUEUE_KEY, WORKERS_KEY, MAINTENANCE_FINDINGS_KEY, CRON_KEY],
+                args=[int(time.time() * 1000), IN_PROGRESS_PREFIX, _QUEUE_SCAN_MAX, worker_key("")],
+            ),
+            self._redis.info(),
+            return_exceptions=True,
+        )
+        jobs, info = replies
+        snapshot = self._snapshot
+        if isinstance(jobs, BaseException):
+            log.warning("fleet metrics could not be read from redis", error=type(jobs).__name__)
+        else:
+            queued, deferred, in_progress, workers, findings, cron = jobs
+            snapshot.queue = (int(queued), int(deferred), int(in_progress))
+            snapshot.workers_live = int(workers)
+            snapshot.findings = {
+                check.decode(): Finding.from_json(raw) for check, raw in zip(findings[::2], findings[1::2], strict=True)
+            }
+            snapshot.cron = self._cron_counts(dict(zip(cron[::2], cron[1::2], strict=True)))
+        if isinstance(info, BaseException):
+            log.warning("redis INFO could not be read for the metrics", error=type(info).__name__)
+        else:
+            snapshot.info = info
+        self._complete = not isinstance(jobs, BaseException) and not isinstance(info, BaseException)
+        if not isinstance(jobs, BaseException) or not isinstance(info, BaseException):
             self._read_at, self._read_at_s = time.monotonic(), time.time()
 
-    async def _read_pipeline(self) -> bool:
-        """Queue depth, live workers, ``INFO`` and the findings in one round trip; whether all answered."""
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                await self._queue_depth(
-                    keys=[QUEUE_KEY], args=[int(time.time() * 1000), IN_PROGRESS_PREFIX, _QUEUE_SCAN_MAX], client=pipe
-                )
-                await self._live_workers(keys=[WORKERS_KEY], args=[worker_key("")], client=pipe)
-                pipe.info()
-                pipe.hgetall(MAINTENANCE_FINDINGS_KEY)
-                queue, workers, info, findings = await pipe.execute(raise_on_error=False)
-        except Exception as exc:  # a sick Redis: the scrape shows what is known, and says so
-            log.warning("fleet metrics could not be read from redis", error=type(exc).__name__)
-            return False
-        snapshot = self._snapshot
-        if not isinstance(queue, Exception):
-            snapshot.queue = (int(queue[0]), int(queue[1]), int(queue[2]))
-        if not isinstance(workers, Exception):
-            snapshot.workers_live = len(workers)
-        if not isinstance(info, Exception):
-            snapshot.info = info
-        if not isinstance(findings, Exception):
-            snapshot.findings = {check.decode(): Finding.from_json(raw) for check, raw in findings.items()}
-        return not any(isinstance(reply, Exception) for reply in (queue, workers, info, findings))
-
-    async def _read_cron(self) -> bool:
-        assert self._cron is not None
-        try:
-            self._snapshot.cron = await self._cron.status(history=False)
-        except Exception as exc:  # as above
-            log.warning("cron metrics could not be read from redis", error=type(exc).__name__)
-            return False
-        return True
+    def _cron_counts(self, state: dict[bytes, bytes]) -> dict[str, _CronCounts]:
+        """Runs by outcome and the last success of each scheduled job, from ``jobs:cron``'s fields
+        ``<name>:n:<outcome>`` and ``<name>:ok`` (the layout ``jobs.redis_keys`` documents)."""
+        counts = {}
+        for job in self._schedule or ():
+            last_ok = state.get(f"{job.name}:ok".encode())
+            counts[job.name] = _CronCounts(
+                {outcome: int(state.get(f"{job.name}:n:{outcome}".encode(), 0)) for outcome in CRON_OUTCOMES},
+                int(last_ok) if last_ok else None,
+            )
+        return counts
 
     def collect(self) -> Iterator[Metric]:
         snapshot = self._snapshot
@@ -175,7 +184,7 @@ class FleetMetrics(Collector):
         yield from _finding_families(snapshot.findings)
 
 
-def _cron_families(statuses: list[CronJobStatus]) -> Iterator[Metric]:
+def _cron_families(counts: dict[str, _CronCounts]) -> Iterator[Metric]:
     """Runs of each cron job by outcome, fleet-wide (``jobs.cron_store``), and its last success."""
     runs = CounterMetricFamily(
         "cron_runs", "Cron runs by job and outcome, fleet-wide, since Redis was last emptied", labels=["job", "outcome"]
@@ -183,11 +192,11 @@ def _cron_families(statuses: list[CronJobStatus]) -> Iterator[Metric]:
     last_success = GaugeMetricFamily(
         "cron_last_success_timestamp_seconds", "Unix time the cron job's last successful run ended", labels=["job"]
     )
-    for status in statuses:
-        for outcome in CRON_OUTCOMES:
-            runs.add_metric([status.name, outcome], status.runs_by_outcome.get(outcome, 0))
-        if status.last_success_ms is not None:
-            last_success.add_metric([status.name], status.last_success_ms / 1000)
+    for name, job in counts.items():
+        for outcome, count in job.runs_by_outcome.items():
+            runs.add_metric([name, outcome], count)
+        if job.last_success_ms is not None:
+            last_success.add_metric([name], job.last_success_ms / 1000)
     yield runs
     yield last_success
 

@@ -36,10 +36,17 @@ def logs() -> Iterator[io.StringIO]:
         root.setLevel(saved_level)
 
 
-async def info_calls(redis: Redis) -> int:
-    """How many times Redis has answered INFO (this call is counted only by the next one)."""
+async def command_calls(redis: Redis) -> dict[str, int]:
+    """Calls of each command so far (a call of this is counted only by the next one)."""
     stats = await redis.info("commandstats")
-    return int(stats.get("cmdstat_info", {}).get("calls", 0))
+    return {name.removeprefix("cmdstat_"): int(stat["calls"]) for name, stat in stats.items()}
+
+
+def more(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    """The commands called between two ``command_calls``, without the first ``command_calls`` itself."""
+    added = {name: count - before.get(name, 0) for name, count in after.items() if count > before.get(name, 0)}
+    added["info"] -= 1
+    return {name: count for name, count in added.items() if count}
 
 
 async def test_pool_metrics_count_connections_in_use_and_idle() -> None:
@@ -66,7 +73,7 @@ async def test_pool_metrics_count_connections_in_use_and_idle() -> None:
     assert value(released, "connection_pool_max_connections", pool="web") == 7
 
 
-async def test_fleet_values_are_read_once_per_cache_ttl_however_many_scrapes(
+async def test_a_fleet_read_is_two_commands_shared_by_concurrent_scrapes_and_cached_for_its_ttl(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     server = new_redis_server()
@@ -76,19 +83,27 @@ async def test_fleet_values_are_read_once_per_cache_ttl_however_many_scrapes(
             metrics = Metrics()
             fleet = FleetMetrics(redis)
             fleet.register(metrics)
-            before = await info_calls(redis)
-            scrapes = await asyncio.gather(*(metrics.scrape() for _ in range(5)))  # concurrent: one read
-            scrapes += [await metrics.scrape() for _ in range(3)]  # within the TTL: cached
-            cached = await info_calls(redis) - before - 1  # minus the first info_calls itself
+            await metrics.scrape()  # loads the script
             monkeypatch.setattr(fleet_metrics, "CACHE_TTL_S", 0.0)
+            before = await command_calls(redis)
             await metrics.scrape()
-            uncached = await info_calls(redis) - before - 2 - cached
+            one_read = more(await command_calls(redis), before)
+            before = await command_calls(redis)
+            scrapes = await asyncio.gather(*(metrics.scrape() for _ in range(5)))
+            concurrent = more(await command_calls(redis), before)
+            monkeypatch.setattr(fleet_metrics, "CACHE_TTL_S", 10.0)
+            before = await command_calls(redis)
+            scrapes += [await metrics.scrape() for _ in range(3)]
+            within_ttl = more(await command_calls(redis), before)
             await fleet.close()
     finally:
         server.stop()
 
-    assert cached == 1
-    assert uncached == 1
+    # EVALSHA of fleet_metrics.lua and INFO; what the script itself reads is not a command of its own
+    assert {name: count for name, count in one_read.items() if name in ("evalsha", "info")} == {"evalsha": 1, "info": 1}
+    assert set(one_read) <= {"evalsha", "info", "zcount", "zrangebyscore", "exists", "smembers", "hgetall"}
+    assert concurrent == one_read  # five scrapes at once wait for the same read
+    assert within_ttl == {}  # a fresh read serves every scrape until the TTL runs out
     for text in scrapes:
         samples = parse(text)
         assert value(samples, "jobs_queue_depth", state="queued") == 1
