@@ -140,7 +140,7 @@ SCHEDULE = Schedule(
         # Its last success (GET /internal/cron) is the thing to alert on: stale means no cron.
         CronJob("cron-canary", "diagnostics.ping", Crontab.parse("*/10 * * * *"), grace_s=600),
         # The operations guide's maintenance (jobs/maintenance.py): findings to the log and /metrics.
-        # Every 5 to 15 minutes, not every minute: a run costs about 8 commands, and Upstash bills
+        # Every 5 to 15 minutes, not every minute: a run costs about 17 commands, and Upstash bills
         # each one (Prometheus reads Redis's INFO gauges at every scrape for prompt alerts anyway).
         # A missed slot is not worth catching up later than its next one: grace is the interval.
         CronJob("maintenance.memory", "maintenance.memory", Crontab.parse("*/5 * * * *"), grace_s=300),

@@ -130,9 +130,7 @@ class FleetMetrics(Collector):
             queued, deferred, in_progress, workers, findings, cron = jobs
             snapshot.queue = (int(queued), int(deferred), int(in_progress))
             snapshot.workers_live = int(workers)
-            snapshot.findings = {
-                check.decode(): Finding.from_json(raw) for check, raw in zip(findings[::2], findings[1::2], strict=True)
-            }
+            snapshot.findings = _findings(dict(zip(findings[::2], findings[1::2], strict=True)))
             snapshot.cron = self._cron_counts(dict(zip(cron[::2], cron[1::2], strict=True)))
         if isinstance(info, BaseException):
             log.warning("redis INFO could not be read for the metrics", error=type(info).__name__)
@@ -182,6 +180,17 @@ class FleetMetrics(Collector):
             yield metric
         yield from _cron_families(snapshot.cron)
         yield from _finding_families(snapshot.findings)
+
+
+def _findings(stored: dict[bytes, bytes]) -> dict[str, Finding]:
+    """The findings that can be read (one written by another version of the code may not be)."""
+    findings = {}
+    for check, raw in stored.items():
+        try:
+            findings[check.decode()] = Finding.from_json(raw)
+        except (TypeError, ValueError):
+            log.warning("unreadable maintenance finding", check=check.decode(errors="replace"))
+    return findings
 
 
 def _cron_families(counts: dict[str, _CronCounts]) -> Iterator[Metric]:
@@ -256,17 +265,18 @@ def _finding_families(findings: dict[str, Finding]) -> Iterator[Metric]:
     removed = GaugeMetricFamily("maintenance_cleanup_removed", "What the last cleanup removed", labels=["kind"])
     if "eviction" in usable:
         eviction.add_metric([], int(usable["eviction"].status == "ok"))
+    # .get throughout: a finding written by another version of the code must not break a scrape
     if "slowlog" in usable:
-        for command, count in sorted(usable["slowlog"].values["by_command"].items()):
+        for command, count in sorted(usable["slowlog"].values.get("by_command", {}).items()):
             commands.add_metric([command], count)
     if "persistence" in usable:
-        persistence = usable["persistence"]
-        writes.add_metric(["rdb"], int(persistence.values["rdb_last_write_ok"]))
-        if persistence.values["aof_enabled"]:
-            writes.add_metric(["aof"], int(persistence.values["aof_last_write_ok"]))
-        # the age when it was measured, plus the time since
-        snapshot_age.add_metric([], persistence.values["rdb_last_save_age_s"] + time.time() - persistence.at)
+        persistence = usable["persistence"].values
+        for kind in ("rdb", "aof") if persistence.get("aof_enabled") else ("rdb",):
+            if f"{kind}_last_write_ok" in persistence:
+                writes.add_metric([kind], int(persistence[f"{kind}_last_write_ok"]))
+        if "rdb_last_save_age_s" in persistence:  # the age when it was measured, plus the time since
+            snapshot_age.add_metric([], persistence["rdb_last_save_age_s"] + time.time() - usable["persistence"].at)
     if "cleanup" in usable:
         for kind in ("index_entries", "idempotency_records", "worker_ids"):
-            removed.add_metric([kind], usable["cleanup"].values[f"{kind}_removed"])
+            removed.add_metric([kind], usable["cleanup"].values.get(f"{kind}_removed", 0))
     yield from (eviction, commands, writes, snapshot_age, removed)

@@ -5,9 +5,11 @@ Every test starts on an empty database.
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from redis.asyncio import Redis
 
 from service.app import create_app
 from service.app_keys import API_KEYS
+from service.logging import configure_logging
 from service.settings import Settings
 from tests.servers import SilentServer, missing_redis_server, redis_url, stop_all
 
@@ -66,6 +69,20 @@ async def redis() -> AsyncIterator[Redis]:
     finally:
         await client.flushdb()
         await client.aclose()
+
+
+@pytest.fixture
+def logs() -> Iterator[io.StringIO]:
+    """Every log line of the test, in the production format (one JSON object a line)."""
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    configure_logging("json", stream=stream)
+    try:
+        yield stream
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from jobs.worker import running_worker
 from service.doctor import Finding, diagnose, security
 from service.settings import RedisURL, Settings
 from tests.conftest import PYTHON, ROOT, make_settings, subprocess_env
+from tests.jobs.test_maintenance import fill
 from tests.processes import run_service
 from tests.servers import new_redis_server, redis_url
 from tests.waiting import until
@@ -237,25 +238,13 @@ def test_short_password_warning_never_shows_the_password() -> None:
     assert "hunter2-pw" not in password.detail + password.advice
 
 
-async def fill_to(url: str, ratio: float) -> None:
-    """Write 1 KiB keys until used memory reaches ``ratio`` of maxmemory."""
-    async with Redis.from_url(url) as redis:
-        written = 0
-        while (info := await redis.info("memory"))["used_memory"] < ratio * info["maxmemory"]:
-            async with redis.pipeline(transaction=False) as pipe:
-                for i in range(written, written + 20):
-                    pipe.set(f"filler:{i}", b"x" * 1024)
-                await pipe.execute()
-            written += 20
-
-
 @pytest.mark.parametrize(
     ("ratio", "status", "exit_code"), [(0.85, "warning", 0), (0.96, "problem", 1)], ids=["warning", "problem"]
 )
 async def test_memory_warns_from_80_percent_and_is_a_problem_from_95(ratio: float, status: str, exit_code: int) -> None:
     server = new_redis_server("--appendonly", "yes", "--maxmemory", "4mb", "--maxmemory-policy", "noeviction")
     try:
-        await fill_to(server.url, ratio)
+        await fill(server.url, until_ratio=ratio)
         result = doctor("--json", REDIS_URL=server.url, ENABLE_WORKER="false", ENABLE_CRON="false")
     finally:
         server.stop()

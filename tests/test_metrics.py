@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
 import socket
-from collections.abc import Iterator
 
 import aiohttp
 import pytest
@@ -16,24 +14,10 @@ from redis.asyncio import Redis
 from jobs import fleet_metrics
 from jobs.fleet_metrics import FleetMetrics
 from jobs.queue import JobQueue
-from service.logging import configure_logging
 from service.metrics import Metrics, metrics_listener
 from tests.conftest import make_settings
 from tests.prometheus import parse, value
 from tests.servers import free_port, new_redis_server, redis_url
-
-
-@pytest.fixture
-def logs() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    configure_logging("json", stream=stream)
-    try:
-        yield stream
-    finally:
-        root.handlers[:] = saved_handlers
-        root.setLevel(saved_level)
 
 
 async def command_calls(redis: Redis) -> dict[str, int]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -34,7 +33,6 @@ from jobs.redis_keys import (
 )
 from jobs.registry import JobContext
 from jobs.worker import running_worker
-from service.logging import configure_logging
 from service.metrics import Metrics
 from tests.jobs.support import Client, auth, jobs_settings
 from tests.prometheus import Samples, parse, value
@@ -42,20 +40,6 @@ from tests.servers import RedisServer, new_redis_server
 
 SECRET = "slowlog-sentinel-value"
 ACL_PASSWORD = "a-long-enough-password-123"
-
-
-@pytest.fixture
-def logs() -> Iterator[io.StringIO]:
-    """Every log line of the test, as JSON."""
-    stream = io.StringIO()
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    configure_logging("json", stream=stream)
-    try:
-        yield stream
-    finally:
-        root.handlers[:] = saved_handlers
-        root.setLevel(saved_level)
 
 
 def findings_logged(logs: io.StringIO, check: str) -> list[dict[str, Any]]:
