@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import sys
 
-from bench import limiter, queue
+from bench import cron, limiter, queue
 
 
 def main(argv: list[str]) -> int:
-    chosen = set(argv) or {"limiter", "queue"}
-    unknown = chosen - {"limiter", "queue"}
+    chosen = set(argv) or {"limiter", "queue", "cron"}
+    unknown = chosen - {"limiter", "queue", "cron"}
     if unknown:
-        print(f"unknown benchmark(s): {', '.join(sorted(unknown))}; choose from limiter, queue", file=sys.stderr)
+        print(f"unknown benchmark(s): {', '.join(sorted(unknown))}; choose from limiter, queue, cron", file=sys.stderr)
         return 2
     if "limiter" in chosen:
         limiter.main()
     if "queue" in chosen:
         queue.main()
+    if "cron" in chosen:
+        cron.main()
     return 0
 
 

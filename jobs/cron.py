@@ -27,7 +27,7 @@ from jobs.crontab import Crontab
 from jobs.redis_keys import CRON_JOB_PREFIX
 from jobs.registry import InvalidArguments, Registry, UnknownTask
 
-__all__ = ["SCHEDULE", "CronJob", "RunId", "Schedule", "UnknownCronJob"]
+__all__ = ["SCHEDULE", "CronJob", "RunId", "Schedule", "UnknownCronJob", "is_cron_run"]
 
 DEFAULT_GRACE_S = 3600.0
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
@@ -138,15 +138,18 @@ SCHEDULE = Schedule(
     [
         # The canary: proves the cron path end to end (schedule -> queue -> worker -> history).
         # Its last success (GET /internal/cron) is the thing to alert on: stale means no cron.
-        CronJob("cron-canary", "diagnostics.ping", Crontab.parse("*/10 * * * *"), grace_s=600),
+        # A slot costs a fleet of 3 idle workers about 40 Redis commands (bench/cron.py): every 15 minutes
+        # adds ~0.015 commands/s per worker.
+        CronJob("cron-canary", "diagnostics.ping", Crontab.parse("*/15 * * * *"), grace_s=900),
         # The operations guide's maintenance (jobs/maintenance.py): findings to the log and /metrics.
-        # Every 5 to 15 minutes, not every minute: a run costs about 17 commands, and Upstash bills
-        # each one (Prometheus reads Redis's INFO gauges at every scrape for prompt alerts anyway).
-        # A missed slot is not worth catching up later than its next one: grace is the interval.
-        CronJob("maintenance.memory", "maintenance.memory", Crontab.parse("*/5 * * * *"), grace_s=300),
-        CronJob("maintenance.keyspace_rates", "maintenance.keyspace_rates", Crontab.parse("*/5 * * * *"), grace_s=300),
-        CronJob("maintenance.slowlog", "maintenance.slowlog", Crontab.parse("*/15 * * * *"), grace_s=900),
-        CronJob("maintenance.persistence", "maintenance.persistence", Crontab.parse("*/15 * * * *"), grace_s=900),
-        CronJob("maintenance.cleanup", "maintenance.cleanup", Crontab.parse("*/15 * * * *"), grace_s=900),
+        # On the canary's quarter hours, 11 runs an hour rather than a run a minute: each slot
+        # costs like the canary's, and Upstash bills every command. Prometheus reads memory and
+        # evictions from INFO at each scrape anyway, for prompt alerts. Grace is the interval: a
+        # missed check is not worth running later than its next slot.
+        CronJob("maintenance.memory", "maintenance.memory", Crontab.parse("*/15 * * * *"), grace_s=900),
+        CronJob("maintenance.keyspace_rates", "maintenance.keyspace_rates", Crontab.parse("*/15 * * * *"), grace_s=900),
+        CronJob("maintenance.slowlog", "maintenance.slowlog", Crontab.parse("0 * * * *"), grace_s=3600),
+        CronJob("maintenance.persistence", "maintenance.persistence", Crontab.parse("0 * * * *"), grace_s=3600),
+        CronJob("maintenance.cleanup", "maintenance.cleanup", Crontab.parse("0 * * * *"), grace_s=3600),
     ]
 )

@@ -75,7 +75,7 @@ class CronRunner:
     """One worker's part in running the schedule."""
 
     def __init__(self, schedule: Schedule, redis: Redis, *, worker_id: str) -> None:
-        self.store = CronStore(redis, schedule)
+        self._store = CronStore(redis, schedule)
         self._schedule = schedule
         self._worker_id = worker_id
         self._missed: set[str] = set()
@@ -133,7 +133,7 @@ class CronRunner:
             slots=slots,
             error=None if outcome in ("complete", "missed") else error,
         )
-        await self.store.finish(run, next_run_ms=job.when.next_after(started_ms) if job is not None else None)
+        await self._store.finish(run, next_run_ms=job.when.next_after(started_ms) if job is not None else None)
         if slots > 1:
             log.info("cron run stood for missed slots", cron=run_id.name, job_id=job_id, slots=slots, outcome=outcome)
 
@@ -151,7 +151,7 @@ class CronRunner:
         full, failures = True, 0
         while True:
             try:
-                created = await self.store.sync(full=full)
+                created = await self._store.sync(full=full)
             except (RedisError, OSError) as exc:
                 failures += 1
                 delay_s = SYNC_BACKOFF.delay_s(failures)

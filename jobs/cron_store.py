@@ -105,6 +105,7 @@ class CronJobStatus:
     task: str
     schedule: str
     grace_s: float
+    known: bool  # a worker has put it on the schedule (False: no worker of this release has started yet)
     paused: bool
     running: bool
     current_run: str | None  # the job id of its pending or running run
@@ -119,6 +120,7 @@ class CronJobStatus:
             "task": self.task,
             "schedule": self.schedule,
             "grace_s": self.grace_s,
+            "known": self.known,
             "paused": self.paused,
             "running": self.running,
             "current_run": self.current_run,
@@ -131,11 +133,16 @@ class CronJobStatus:
 
 @dataclass(frozen=True)
 class SchedulerHealth:
-    """Whether the schedule is being run: a worker with cron is live and no job is stalled."""
+    """Whether the schedule is being run: a worker with cron is live and no job is stalled.
+
+    A job no worker has scheduled yet (new in a release whose workers have not started) is
+    ``unknown``, not stalled: a deploy that checks readiness must not wait on itself.
+    """
 
     workers: int  # live workers that run the schedule
     last_beat_age_s: float | None  # of the freshest of them
-    stalled: tuple[str, ...]  # jobs (not paused) with no pending run, or one overdue past its grace
+    stalled: tuple[str, ...]  # known jobs, not paused, with no pending run or one overdue past its grace
+    unknown: tuple[str, ...]
 
     @property
     def ok(self) -> bool:
@@ -240,6 +247,7 @@ class CronStore:
                     task=job.task,
                     schedule=job.when.text,
                     grace_s=job.grace_s,
+                    known=f"{job.name}:schedule" in state,
                     paused=f"{job.name}:paused" in state,
                     running=running,
                     current_run=run_id if score is not None else None,
@@ -255,15 +263,18 @@ class CronStore:
         """The scheduler heartbeat: live workers with cron, and jobs that are not being run."""
         beats = [beat for beat in await live_workers(self.redis) if beat.get("cron")]
         now_ms = time.time() * 1000
+        statuses = await self.status(history=False)
         stalled = tuple(
             status.name
-            for status in await self.status(history=False)
-            if not status.paused
+            for status in statuses
+            if status.known
+            and not status.paused
             and not status.running
             and (status.next_run_ms is None or now_ms - status.next_run_ms > status.grace_s * 1000)
         )
+        unknown = tuple(status.name for status in statuses if not status.known)
         age = min((beat["beat_age_s"] for beat in beats), default=None)
-        return SchedulerHealth(workers=len(beats), last_beat_age_s=age, stalled=stalled)
+        return SchedulerHealth(workers=len(beats), last_beat_age_s=age, stalled=stalled, unknown=unknown)
 
     async def pause(self, name: str) -> CronJobStatus:
         """Remove the job's pending run and create no more until ``resume`` (a running run finishes)."""

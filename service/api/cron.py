@@ -52,6 +52,7 @@ class CronJobSchema(Schema):
     task = fields.String(required=True)
     schedule = fields.String(required=True, metadata={"description": "cron expression or arq-style fields, UTC"})
     grace_s = fields.Float(required=True)
+    known = fields.Boolean(required=True, metadata={"description": "false until a worker of this release schedules it"})
     paused = fields.Boolean(required=True)
     running = fields.Boolean(required=True)
     current_run = fields.String(allow_none=True, required=True, metadata={"description": "job id of its pending run"})

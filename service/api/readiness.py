@@ -44,6 +44,8 @@ async def check_scheduler(app: web.Application) -> tuple[bool, dict[str, Any]]:
         details["last_tick_age_s"] = health.last_beat_age_s
     if health.stalled:
         details["stalled"] = list(health.stalled)
+    if health.unknown:
+        details["unscheduled"] = list(health.unknown)  # new jobs no worker has started yet: not a failure
     return health.ok, details
 
 

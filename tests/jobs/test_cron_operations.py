@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from jobs.cron import CronJob, RunId, Schedule
 from jobs.crontab import Crontab
+from jobs.heartbeat import live_workers
 from jobs.redis_keys import QUEUE_KEY
 from jobs.worker import running_worker
 from service.app import create_app
@@ -152,15 +153,28 @@ async def test_scheduler_is_ready_only_while_a_worker_runs_cron(aiohttp_client: 
         passed, details = await scheduler()
         return details if passed else None
 
-    assert await scheduler() == (False, {"workers": 0, "stalled": ["report", "nap"]})
+    assert await scheduler() == (False, {"workers": 0, "unscheduled": ["report", "nap"]})
     async with running_worker(jobs_settings(ENABLE_CRON="false"), schedule=SCHEDULE):
-        await asyncio.sleep(0.3)
+        await eventually(lambda: live_workers(redis))
         assert (await scheduler())[0] is False  # a worker, but none that runs cron
     async with running_worker(settings, schedule=SCHEDULE):
         details = await eventually(passing)
         assert details["workers"] == 1
         assert details["last_tick_age_s"] < 5
     assert await scheduler() == (False, {"workers": 0})  # a worker that stops removes its beat at once
+
+
+async def test_scheduler_names_a_job_that_lost_its_pending_run(aiohttp_client: AiohttpClient, redis: Redis) -> None:
+    settings = jobs_settings()
+    client = await _client(aiohttp_client, settings)
+    async with running_worker(settings, schedule=SCHEDULE):
+        await eventually(lambda: redis.zcard(QUEUE_KEY))  # the worker has scheduled both jobs
+        await redis.delete(QUEUE_KEY)  # as a Redis that lost data would
+
+        body = await (await client.get("/ready")).json()
+
+    assert body["components"]["scheduler"] is False
+    assert body["details"]["scheduler"]["stalled"] == ["report", "nap"]
 
 
 async def test_doctor_reports_the_scheduler_heartbeat(redis: Redis) -> None:

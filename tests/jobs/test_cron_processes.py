@@ -11,10 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
+from jobs.cron import SCHEDULE
 from jobs.cron_store import CronJobStatus, CronRun, CronStore
 from jobs.heartbeat import live_workers
 from service.app import create_app
@@ -22,6 +24,7 @@ from tests.jobs.cron_worker import SCHEDULES
 from tests.jobs.support import jobs_settings
 from tests.jobs.test_cron import eventually
 from tests.jobs.test_processes import Proc, completions, live_ids, runner_of, worker_env
+from tests.servers import free_port
 
 HEARTBEAT_S = 1.0
 
@@ -135,3 +138,22 @@ async def test_ready_says_scheduler_false_within_the_heartbeat_window_once_no_wo
 
 async def _passed(check: Any) -> bool:
     return bool((await check())["passed"])
+
+
+async def test_dev_runs_the_cron_schedule_too(redis: Redis, fleet: list[Proc], tmp_path: Path) -> None:
+    port = free_port()
+    dev = Proc(["-m", "service", "dev"], tmp_path / "dev.log", **worker_env(), HOST="127.0.0.1", PORT=str(port))
+    fleet.append(dev)
+
+    async def ready() -> dict[str, Any] | None:
+        try:
+            async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/ready") as response:
+                body: dict[str, Any] = await response.json()
+        except aiohttp.ClientConnectionError:
+            return None
+        return body if body["ready"] else None
+
+    body = await eventually(ready, timeout_s=20)
+    assert body["components"]["scheduler"] is True
+    [canary] = await CronStore(redis, SCHEDULE).status()
+    assert canary.next_run_ms is not None  # the built-in job is on the schedule
