@@ -324,7 +324,7 @@ def _naive_limiter(mode: str, redis_url: str, folder: Path) -> list[Any]:
 
         redis = Redis.from_url(redis_url)
         roomy = parse_policies(tomllib.loads(POLICY_TOML)).plan("default").for_route(None).buckets
-        args = argv([(True, roomy)])
+        args = argv([(roomy, 0)])
         loaded = False
 
         @web.middleware

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from aiohttp import web
 
 from jobs.worker import running_worker
-from service.access_log import AccessLogger
+from service import http_server
 from service.app import create_app
 from service.app_keys import METRICS
 from service.auth import ApiKeyStore
@@ -45,8 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--tenant", required=True)
     create.add_argument("--plan", default="default")
     keys.add_parser("list", help="list keys (prefixes only)")
-    revoke = keys.add_parser("revoke", help="revoke the key with this prefix")
-    revoke.add_argument("prefix")
+    revoke = keys.add_parser("revoke", help="revoke a key, named by its prefix (as 'keys list' shows) or in full")
+    revoke.add_argument("key", metavar="PREFIX_OR_KEY")
     return parser
 
 
@@ -74,15 +74,7 @@ def _metrics_port(settings: Settings, host: str | None) -> Context:
 
 def _run_web(settings: Settings, extra_contexts: tuple[Context, ...] = ()) -> int:
     app = create_app(settings, extra_contexts=extra_contexts)
-    log.info("listening", host=settings.host, port=settings.port)
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout=settings.shutdown_timeout_s,
-        access_log_class=AccessLogger,
-        print=None,
-    )
+    http_server.serve(app, host=settings.host, port=settings.port, shutdown_timeout_s=settings.shutdown_timeout_s)
     log.info("stopped")
     return 0
 
@@ -137,7 +129,7 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"{info.prefix:<14} {info.tenant:<24} {info.plan:<12} {info.created_at}")
         else:
             try:
-                info = await store.revoke(args.prefix)
+                info = await store.revoke(args.key)
             except LookupError as exc:
                 return _fail(f"keys revoke: {exc}", 1)
             print(f"revoked {info.prefix} (tenant {info.tenant}, plan {info.plan})")

@@ -6,6 +6,7 @@ Each piece it wires lives in the module named after it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
@@ -17,17 +18,20 @@ from service import openapi
 from service.api import cron, health, internal, metrics, ratelimit, readiness
 from service.api import jobs as jobs_api
 from service.app_keys import API_KEYS, METRICS, POLICIES, REDIS, REDIS_ONCE, SETTINGS
-from service.auth import ApiKeyStore
+from service.auth import ApiKeyStore, follow_revocations
 from service.metrics import Metrics
 from service.middleware import request_context_middleware
 from service.ratelimit.middleware import limiter_ctx, v1_middleware
 from service.ratelimit.policy import load_policies
 from service.redis import redis_client
+from service.request_body import MAX_BODY_BYTES
 from service.settings import Settings
 
-__all__ = ["MAX_BODY_BYTES", "create_app"]
+__all__ = ["create_app"]
 
-MAX_BODY_BYTES = 1024 * 1024
+# How long a connection's unread request body is drained after its answer, so that the
+# client can read the answer before the connection closes (aiohttp's default is 10 s).
+LINGERING_S = 2.0
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -51,6 +55,18 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
         await client.aclose()
 
 
+async def _key_revocations_ctx(app: web.Application) -> AsyncIterator[None]:
+    """A revoked key is forgotten by this process at once (``follow_revocations``), on a connection of its own."""
+    subscriber = redis_client(app[SETTINGS], client_name="ottoai-web-revocations", retries=0)
+    listener = asyncio.get_running_loop().create_task(follow_revocations(subscriber, app[API_KEYS]))
+    try:
+        yield
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+        await subscriber.aclose()
+
+
 def create_app(
     settings: Settings,
     *,
@@ -69,10 +85,15 @@ def create_app(
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
         middlewares=[request_context_middleware, v1_middleware, openapi.validation_middleware],
+        # aiohttp (3.14) runs its keep-alive timer from the moment a connection opens and after
+        # each response, and closes a connection still waiting for a whole request when it
+        # fires: so it is also the deadline of a slow or half-sent request head.
+        handler_args={"keepalive_timeout": settings.http_idle_timeout_s, "lingering_time": LINGERING_S},
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_redis_ctx)
+    app.cleanup_ctx.append(_key_revocations_ctx)
     app[POLICIES] = load_policies(settings.rate_limits_file)  # validated even when off: no surprise on switching on
     if settings.rate_limit_enabled:
         app.cleanup_ctx.append(limiter_ctx)
@@ -85,5 +106,5 @@ def create_app(
     readiness.setup(app)
     internal.setup(app)
     ratelimit.setup(app)
-    openapi.setup(app)
+    openapi.setup(app, unions={"Enqueue": jobs_api.enqueue_body(registry)})
     return app

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from redis.asyncio import Redis
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from service.ratelimit.decision import Decision
     from service.ratelimit.limiter import Limiter
     from service.ratelimit.policy import Policies
-    from service.readiness import Check
+    from service.readiness import SharedResult
 
 SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", Redis)  # retries on connection errors: for reads and idempotent writes
@@ -27,7 +27,7 @@ REDIS_ONCE = web.AppKey("redis_once", Redis)  # no retries: for calls that must 
 API_KEYS: web.AppKey[ApiKeyStore] = web.AppKey("api_keys")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 DATABASE: web.AppKey[asyncpg.Pool] = web.AppKey("database")
-READINESS_CHECKS: web.AppKey[dict[str, Check]] = web.AppKey("readiness_checks")
+READINESS: web.AppKey[SharedResult[dict[str, Any]]] = web.AppKey("readiness")  # one /ready body, shared
 POLICIES: web.AppKey[Policies] = web.AppKey("rate_limit_policies")
 LIMITER: web.AppKey[Limiter] = web.AppKey("rate_limiter")
 JOB_QUEUE: web.AppKey[JobQueue] = web.AppKey("job_queue")

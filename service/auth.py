@@ -1,44 +1,63 @@
 """API keys, the caller of a request, and the loopback-or-token rule of internal routes.
 
-A key is shown once at creation; Redis keeps only its SHA-256 digest:
+A key (``otto_`` and 48 hex digits) is shown once at creation; Redis keeps only its SHA-256 digest:
 
 - ``apikey:<sha256 hex>``: hash ``tenant``, ``plan``, ``prefix``, ``created_at``
 - ``apikeys``: hash ``prefix`` → digest, for ``keys list`` and ``keys revoke``
+- ``apikeys:revoked``: the pub/sub channel on which a revocation announces the key's digest
 
 Look-ups are cached in the process for ``CACHE_TTL_S`` so that a busy API does not pay a
-Redis round trip per request; a revoked key therefore stops working within that time.
+Redis round trip per request. Every web process listens for revocations
+(``follow_revocations``) and forgets a revoked key at once; the expiry is the fallback
+for a revocation sent while a process was not listening.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
+import re
 import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 
 from aiohttp import web
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from service.backoff import Backoff
 from service.errors import Problem
+from service.logging import get_logger
 
 __all__ = [
     "ApiKeyStore",
     "Identity",
+    "address_caller",
     "client_address",
+    "follow_revocations",
     "key_required",
     "presented_key",
     "require_internal",
 ]
 
 KEY_PREFIX = "otto_"
+KEY_LEN = len(KEY_PREFIX) + 48
 PREFIX_LEN = len(KEY_PREFIX) + 8
 CACHE_TTL_S = 10.0
 NEGATIVE_CACHE_TTL_S = 2.0
+TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+PLAN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # as a policy file names its plans
+REVOCATIONS_CHANNEL = "apikeys:revoked"
 _CACHE_MAX = 10_000
 _INDEX = "apikeys"
+_RESUBSCRIBE_BACKOFF = Backoff(base_s=0.2, cap_s=5.0)
+_LISTEN_WAKE_S = 60.0  # how often an idle subscription wakes to let redis-py's health check run
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +81,14 @@ def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _validate_name(what: str, value: str) -> str:
-    if not value or len(value) > 64 or not all(c.isalnum() or c in "-_." for c in value):
-        raise ValueError(f"{what} must be 1 to 64 letters, digits, '-', '_' or '.', got {value!r}")
-    return value
+def _well_formed(key: str) -> bool:
+    """Whether ``key`` has the shape of a key this store makes (checked before hashing: it may be any header text)."""
+    return len(key) == KEY_LEN and key.startswith(KEY_PREFIX) and key.isascii()
+
+
+def shown(key_or_prefix: str) -> str:
+    """What of a key may be printed: at most its prefix (the part ``keys list`` shows)."""
+    return key_or_prefix if len(key_or_prefix) <= PREFIX_LEN else key_or_prefix[:PREFIX_LEN] + "..."
 
 
 class ApiKeyStore:
@@ -76,9 +99,18 @@ class ApiKeyStore:
         self._cache: dict[str, tuple[float, Identity | None]] = {}
 
     async def create(self, tenant: str, plan: str = "default") -> str:
-        """Store a new key for ``tenant`` on ``plan`` and return it (the only time it is seen)."""
-        _validate_name("tenant", tenant)
-        _validate_name("plan", plan)
+        """Store a new key for ``tenant`` on ``plan`` and return it (the only time it is seen).
+
+        Tenant names are ASCII, ``[a-z0-9][a-z0-9_-]{0,62}``: no look-alike letters, and
+        safe inside a Redis hash tag. ``ValueError`` names what is wrong.
+        """
+        if not TENANT_NAME.fullmatch(tenant):
+            raise ValueError(
+                f"tenant must be 1 to 63 lowercase ASCII letters, digits, '-' or '_', starting with a letter or"
+                f" digit, got {tenant!r}"
+            )
+        if not PLAN_NAME.fullmatch(plan):
+            raise ValueError(f"plan must be 1 to 64 ASCII letters, digits, '-', '_' or '.', got {plan!r}")
         while True:
             key = KEY_PREFIX + secrets.token_hex(24)
             prefix = key[:PREFIX_LEN]
@@ -95,7 +127,7 @@ class ApiKeyStore:
 
         Most requests end here, and a plain call costs less than a coroutine.
         """
-        if not key.startswith(KEY_PREFIX) or len(key) > 128:
+        if not _well_formed(key):
             return None
         cached = self._cache.get(_digest(key))
         if cached is None or cached[0] <= time.monotonic():
@@ -133,22 +165,36 @@ class ApiKeyStore:
             if f
         ]
 
-    async def revoke(self, prefix: str) -> KeyInfo:
-        """Revoke the one key whose prefix starts with ``prefix``; ``LookupError`` otherwise."""
+    async def revoke(self, key_or_prefix: str) -> KeyInfo:
+        """Revoke one key, named by the whole key or by (the start of) a prefix that only it has.
+
+        ``LookupError`` when none or several match; its message shows at most a prefix.
+        Every web process that listens (``follow_revocations``) forgets the key at once.
+        """
         index: dict[bytes, bytes] = await self._redis.hgetall(_INDEX)  # type: ignore[misc]
-        matches = [p for p in index if p.decode().startswith(prefix)] if prefix else []
+        if _well_formed(key_or_prefix):
+            digest = _digest(key_or_prefix)
+            matches = [prefix for prefix, found in index.items() if found.decode() == digest]
+        elif key_or_prefix.startswith(KEY_PREFIX) and len(key_or_prefix) <= PREFIX_LEN:
+            matches = [prefix for prefix in index if prefix.decode().startswith(key_or_prefix)]
+        else:
+            raise LookupError(
+                f"{shown(key_or_prefix)!r} is neither a whole key nor a key's prefix"
+                f" ({KEY_PREFIX} and up to {PREFIX_LEN - len(KEY_PREFIX)} characters, as 'keys list' shows)"
+            )
         if not matches:
-            raise LookupError(f"no key starts with {prefix!r}")
+            raise LookupError(f"no key starts with {shown(key_or_prefix)!r}")
         if len(matches) > 1:
-            raise LookupError(f"{len(matches)} keys start with {prefix!r}; give more of the prefix")
+            raise LookupError(f"{len(matches)} keys start with {shown(key_or_prefix)!r}; give more of the prefix")
         found = matches[0]
         digest = index[found].decode()
         fields = await self._redis.hgetall(f"apikey:{digest}")  # type: ignore[misc]
         async with self._redis.pipeline(transaction=True) as pipe:  # the key and its index entry go together
             pipe.delete(f"apikey:{digest}")
             pipe.hdel(_INDEX, found.decode())
+            pipe.publish(REVOCATIONS_CHANNEL, digest)
             await pipe.execute()
-        self._cache.pop(digest, None)
+        self.forget(digest)
         return KeyInfo(
             found.decode(),
             fields.get(b"tenant", b"?").decode(),
@@ -156,13 +202,52 @@ class ApiKeyStore:
             fields.get(b"created_at", b"?").decode(),
         )
 
+    def forget(self, digest: str) -> None:
+        """Drop the cached look-up of the key with this digest (it was revoked)."""
+        self._cache.pop(digest, None)
+
+    def forget_all(self) -> None:
+        """Drop every cached look-up (revocations may have been missed)."""
+        self._cache.clear()
+
+
+async def follow_revocations(redis: Redis, store: ApiKeyStore) -> None:
+    """Forget each key that any process revokes, as the revocation is announced; runs until cancelled.
+
+    A revocation announced while this process was not subscribed (Redis restarting, say)
+    is missed, so every (re)subscription starts by forgetting every cached look-up. A lost
+    connection is retried with backoff; cancelling ends it at once.
+    """
+    attempt = 0
+    while True:
+        try:
+            async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                await pubsub.subscribe(REVOCATIONS_CHANNEL)
+                store.forget_all()
+                if attempt:
+                    log.info("listening for key revocations again")
+                attempt = 0
+                while True:
+                    message = await pubsub.get_message(timeout=_LISTEN_WAKE_S)
+                    if message is not None and message["type"] == "message":
+                        store.forget(message["data"].decode())
+        except (RedisError, OSError) as exc:
+            attempt += 1
+            if attempt == 1:
+                log.warning("key revocations are not being received; retrying", error=f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(_RESUBSCRIBE_BACKOFF.delay_s(attempt))
+
 
 def presented_key(request: web.Request) -> str | None:
-    """The API key of the request, from ``Authorization: Bearer`` or ``X-API-Key``."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
+    """The API key of the request, from ``Authorization: Bearer`` or ``X-API-Key``; ``None`` when none is sent.
+
+    An ``Authorization`` header wins even when it is not a Bearer key: then the answer is
+    ``""``, which no key matches, so the request is refused rather than judged by ``X-API-Key``.
+    """
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, value = header.partition(" ")
+        return value.strip() if scheme.lower() == "bearer" else ""
     key = request.headers.get("X-API-Key", "").strip()
     return key or None
 
@@ -186,9 +271,26 @@ def client_address(request: web.Request, trust_proxy_headers: bool) -> str:
     return request.remote or "unknown"
 
 
+@lru_cache(maxsize=4096)
+def address_caller(address: str) -> str:
+    """The rate-limit caller of a request without a valid key: its IPv4 address, or its IPv6 /64.
+
+    One IPv6 client usually holds a whole /64 and can rotate through it at will.
+    """
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return f"ip:{address}"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return f"ip:{ip.ipv4_mapped}"
+        return f"ip:{ipaddress.IPv6Network((ip, 64), strict=False)}"
+    return f"ip:{ip}"
+
+
 def key_required(request: web.Request) -> Problem:
     """The 401 of a ``/v1/`` request without a valid key."""
-    detail = "API key is not valid" if presented_key(request) else "API key required"
+    detail = "API key is not valid" if presented_key(request) is not None else "API key required"
     return Problem(
         401,
         f"{detail}: send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",

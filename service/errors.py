@@ -4,7 +4,8 @@ Handlers and middlewares raise (``Problem`` or any aiohttp ``HTTPException``);
 ``error_response`` renders the body, called by the request middleware of ``service/middleware.py``
 (one layer for request id, metrics and errors: each middleware layer costs every request).
 Unexpected exceptions are logged with their traceback and answered with a bare 500 that
-reveals nothing of it.
+reveals nothing of it. A client that went away mid-request (``ClientDisconnected``) is
+logged at info and counted as 499, the status proxies use for it: it is not a server error.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from service.logging import get_logger
 
 __all__ = [
+    "CLIENT_CLOSED_REQUEST",
     "PROBLEM_CONTENT_TYPE",
     "PROBLEM_TYPE_BASE",
+    "ClientDisconnected",
     "Problem",
     "error_response",
     "problem_body",
@@ -31,6 +34,9 @@ __all__ = [
 
 PROBLEM_TYPE_BASE = "https://ottoai.dev/problems/"
 PROBLEM_CONTENT_TYPE = "application/problem+json; charset=utf-8"
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client left before the answer
+# Answers that leave (part of) a request body unread: the connection cannot carry another request.
+_CLOSING_STATUSES = frozenset({408, 413})
 
 log = get_logger(__name__)
 
@@ -39,7 +45,8 @@ class Problem(Exception):
     """An HTTP error with an RFC 9457 body.
 
     ``type_`` is a short slug (``quota-exceeded``) made absolute under ``PROBLEM_TYPE_BASE``;
-    ``extensions`` become extra members of the body.
+    ``extensions`` become extra members of the body. ``close_connection`` ends the connection
+    after the answer (by default for 408 and 413, which leave a body unread).
     """
 
     def __init__(
@@ -50,6 +57,7 @@ class Problem(Exception):
         type_: str | None = None,
         title: str | None = None,
         headers: Mapping[str, str] | None = None,
+        close_connection: bool | None = None,
         **extensions: Any,
     ) -> None:
         super().__init__(detail)
@@ -58,7 +66,12 @@ class Problem(Exception):
         self.type_ = type_
         self.title = title or _reason(status)
         self.headers = dict(headers or {})
+        self.close_connection = status in _CLOSING_STATUSES if close_connection is None else close_connection
         self.extensions = extensions
+
+
+class ClientDisconnected(Exception):
+    """The client closed its connection before its request was read: nobody is left to answer."""
 
 
 def _reason(status: int) -> str:
@@ -86,11 +99,14 @@ def problem_body(problem: Problem) -> bytes:
 
 def problem_response(problem: Problem) -> web.Response:
     """``problem`` as an ``application/problem+json`` response."""
-    return web.Response(
+    response = web.Response(
         status=problem.status,
         body=problem_body(problem),
         headers={**problem.headers, "Content-Type": PROBLEM_CONTENT_TYPE},
     )
+    if problem.close_connection:
+        response.force_close()
+    return response
 
 
 def _from_http_exception(exc: web.HTTPException) -> Problem:
@@ -140,6 +156,9 @@ def error_response(request: web.Request, exc: Exception) -> web.Response:
         if exc.status < 400:
             raise exc
         return problem_response(_from_http_exception(exc))
+    if isinstance(exc, ClientDisconnected):
+        log.info("client disconnected before its request was read", method=request.method, path=request.path)
+        return web.Response(status=CLIENT_CLOSED_REQUEST)  # never sent: it only names the outcome for logs and metrics
     if isinstance(exc, RedisConnectionError | RedisTimeoutError):
         log.warning("redis unavailable", method=request.method, path=request.path, error=str(exc))
         return problem_response(

@@ -1,10 +1,13 @@
-"""The request middleware: request id, the one problem+json error path, request metrics.
+"""The request middleware: request id, the one problem+json error path, request metrics, the body limit.
 
-One layer does all three because each middleware layer costs every request.
+One layer does all four because each middleware layer costs every request. A declared
+``Content-Length`` over the limit is refused here, before anything reads the body (a chunked
+body is held to the same limit by aiohttp as it is read).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import secrets
@@ -14,8 +17,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from service.app_keys import METRICS, REQUEST_ID
-from service.errors import error_response
+from service.errors import CLIENT_CLOSED_REQUEST, Problem, error_response
 from service.logging import bind_context
+from service.request_body import MAX_BODY_BYTES
 
 __all__ = ["request_context_middleware"]
 
@@ -34,9 +38,16 @@ def _route_of(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+def _too_large(length: int) -> Problem:
+    return Problem(413, f"the request body ({length} bytes declared) is larger than the 1 MiB limit")
+
+
 @web.middleware
 async def request_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give every request an id (the caller's ``X-Request-ID`` when sane), answer errors as problem+json, count it."""
+    """Give every request an id (the caller's ``X-Request-ID`` when sane), answer errors as problem+json, count it.
+
+    A request whose declared body is over the limit is answered 413 without being handled.
+    """
     supplied = request.headers.get("X-Request-ID")
     request_id = supplied if supplied and _REQUEST_ID_SHAPE.fullmatch(supplied) else _new_request_id()
     request[REQUEST_ID] = request_id
@@ -47,6 +58,9 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
     status = 500
     try:
         try:
+            length = request.content_length
+            if length is not None and length > MAX_BODY_BYTES:
+                raise _too_large(length)
             response = await handler(request)
         except Exception as exc:  # CancelledError is a BaseException: it passes
             response = error_response(request, exc)
@@ -54,6 +68,9 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
     except web.HTTPException as exc:  # a redirect or the like, which error_response raises again
         status = exc.status
         exc.headers["X-Request-ID"] = request_id
+        raise
+    except asyncio.CancelledError:  # the client left and aiohttp cancelled the handler: not a server error
+        status = CLIENT_CLOSED_REQUEST
         raise
     finally:
         request.app[METRICS].record_request(request.method, _route_of(request), status, time.perf_counter() - started)

@@ -288,6 +288,11 @@ class Settings:
     redis_timeout_s: float = _from("REDIS_TIMEOUT_S", _in_range(float, 0.05, 300.0), 5.0)
     rate_limit_deadline_ms: float = _from("RATE_LIMIT_DEADLINE_MS", _in_range(float, 1.0, 10_000.0), 50.0)
     shutdown_timeout_s: float = _from("SHUTDOWN_TIMEOUT_S", _in_range(float, 0.0, 300.0), 4.0)
+    # A connection that has not sent a whole request head this long after it opened (or after
+    # its last response) is closed, however slowly its bytes trickle in; idle ones too.
+    http_idle_timeout_s: float = _from("HTTP_IDLE_TIMEOUT_S", _in_range(float, 0.1, 3600.0), 5.0)
+    # A request body that has not fully arrived this long after the handler asks for it is a 408.
+    http_body_timeout_s: float = _from("HTTP_BODY_TIMEOUT_S", _in_range(float, 0.1, 300.0), 10.0)
     job_grace_s: float = _from("JOB_GRACE_S", _in_range(float, 0.0, 300.0), 3.0)
     job_lease_s: float = _from("JOB_LEASE_S", _in_range(float, 1.0, 300.0), 10.0)
     job_idle_poll_s: float = _from("JOB_IDLE_POLL_S", _in_range(float, 10.0, 3600.0), 30.0)

@@ -11,15 +11,17 @@ import os
 import sys
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
 from service.app import create_app
 from service.app_keys import API_KEYS
+from service.http_server import ServiceRunner
 from service.logging import configure_logging
 from service.settings import Settings
 from tests.servers import SilentServer, missing_redis_server, redis_url, stop_all
@@ -48,6 +50,13 @@ def subprocess_env(**overrides: str) -> Mapping[str, str]:
 
 
 PYTHON = sys.executable
+
+
+class ServiceTestServer(TestServer):
+    """aiohttp's test server, serving the app the way ``python -m service serve`` does (``ServiceRunner``)."""
+
+    async def _make_runner(self, **kwargs: Any) -> ServiceRunner:
+        return ServiceRunner(self.app, **kwargs)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -94,7 +103,8 @@ def settings() -> Settings:
 async def client(
     aiohttp_client: AiohttpClient, redis: Redis, settings: Settings
 ) -> TestClient[web.Request, web.Application]:
-    return await aiohttp_client(create_app(settings))
+    served: TestClient[web.Request, None] = await aiohttp_client(ServiceTestServer(create_app(settings)))
+    return cast("TestClient[web.Request, web.Application]", served)  # pytest-aiohttp types a server's app as None
 
 
 @pytest.fixture

@@ -33,41 +33,47 @@ class Child:
         except urllib.error.HTTPError as error:
             return int(error.code), bytes(error.read())
 
-    def wait_healthy(self, timeout_s: float = 30.0) -> None:
+    def wait_healthy(self, timeout_s: float = 30.0, path: str = "/health") -> None:
+        """Until ``path`` answers 200 (``/ready``: until the process's dependencies are up too)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"process exited early with {self.process.returncode}")
             try:
-                if self.get("/health")[0] == 200:
+                if self.get(path)[0] == 200:
                     return
             except OSError:
                 pass
             time.sleep(0.1)
-        raise AssertionError(f"/health did not answer within {timeout_s} s")
+        raise AssertionError(f"{path} did not answer 200 within {timeout_s} s")
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 10.0) -> tuple[int, float, str]:
         """Send ``sig``; return the exit code, seconds it took, and everything it printed."""
         started = time.monotonic()
         self.process.send_signal(sig)
         output, _ = self.process.communicate(timeout=timeout_s)
-        return self.process.returncode, time.monotonic() - started, output.decode(errors="replace")
+        text = output.decode(errors="replace") if output is not None else ""  # None when it went to a file
+        return self.process.returncode, time.monotonic() - started, text
 
 
 @contextlib.contextmanager
-def run_service(*args: str, cwd: Path = ROOT, **env: str) -> Iterator[Child]:
+def run_service(*args: str, cwd: Path = ROOT, log: Path | None = None, **env: str) -> Iterator[Child]:
     """``python -m service ARGS`` on a free port, stdout and stderr merged; killed if left running.
 
     ``dev`` keeps its embedded Redis's data under its working folder: give it a temporary ``cwd``.
+    The output goes to a pipe that ``Child.stop`` reads, or to the file ``log``: a child that
+    serves many requests fills a pipe nobody reads while it runs, and then stops answering.
     """
     port = free_port()
-    process = subprocess.Popen(
-        [PYTHON, "-m", "service", *args],
-        cwd=cwd,
-        env=subprocess_env(PORT=str(port), HOST="127.0.0.1", **env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    with contextlib.ExitStack() as files:
+        output = files.enter_context(log.open("wb")) if log is not None else subprocess.PIPE
+        process = subprocess.Popen(
+            [PYTHON, "-m", "service", *args],
+            cwd=cwd,
+            env=subprocess_env(PORT=str(port), HOST="127.0.0.1", **env),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     try:
         yield Child(process, port)
     finally:

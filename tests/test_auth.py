@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import web
@@ -13,7 +16,7 @@ from redis.asyncio import Redis
 from service import auth
 from service.app_keys import API_KEYS
 from tests.conftest import PYTHON, ROOT, subprocess_env
-from tests.servers import redis_url
+from tests.servers import new_redis_server, redis_url
 
 Client = TestClient[web.Request, web.Application]
 V1 = "/v1/rate-limit"
@@ -89,12 +92,80 @@ async def test_revoke_needs_an_unambiguous_prefix(redis: Redis) -> None:
         await store.revoke("otto_zzzz")
 
 
-async def test_tenant_and_plan_names_are_validated(redis: Redis) -> None:
+@pytest.mark.parametrize(
+    "tenant",
+    [
+        "",
+        "has spaces",
+        "\uff41\uff43\uff4d\uff45",
+        "\u0430cme",
+        "Acme",
+        "-acme",
+        "_acme",
+        "acme.corp",
+        "a" * 64,
+        "acme\n",
+    ],
+    ids=[
+        "empty",
+        "space",
+        "fullwidth",
+        "cyrillic-a",
+        "uppercase",
+        "leading-dash",
+        "leading-underscore",
+        "dot",
+        "64",
+        "newline",
+    ],
+)
+async def test_tenant_names_outside_lowercase_ascii_are_refused(redis: Redis, tenant: str) -> None:
+    with pytest.raises(ValueError, match="tenant must be"):
+        await auth.ApiKeyStore(redis).create(tenant)
+
+
+async def test_tenant_names_of_lowercase_ascii_letters_digits_dash_and_underscore_are_accepted(redis: Redis) -> None:
     store = auth.ApiKeyStore(redis)
-    with pytest.raises(ValueError, match="tenant"):
-        await store.create("has spaces")
-    with pytest.raises(ValueError, match="plan"):
-        await store.create("acme", "")
+    for tenant in ("acme", "a", "0", "acme-corp_2", "a" * 63):
+        key = await store.create(tenant)
+        assert (await store.lookup(key)) == auth.Identity(tenant, "default", key[: auth.PREFIX_LEN])
+
+
+async def test_plan_names_are_validated(redis: Redis) -> None:
+    with pytest.raises(ValueError, match="plan must be"):
+        await auth.ApiKeyStore(redis).create("acme", "")
+    with pytest.raises(ValueError, match="plan must be"):
+        await auth.ApiKeyStore(redis).create("acme", "\uff50\uff52\uff4f")
+
+
+async def test_authorization_header_that_is_not_a_bearer_key_is_401_even_with_a_valid_x_api_key(
+    client: Client, api_key: str
+) -> None:
+    for authorization in ("Basic dXNlcjpwYXNz", "Bearer", "Bearer ", api_key, "Token " + api_key):
+        response = await client.get(V1, headers={"Authorization": authorization, "X-API-Key": api_key})
+        assert response.status == 401, authorization
+        assert (await response.json())["detail"].startswith("API key is not valid")
+    accepted = await client.get(V1, headers={"Authorization": f"bearer  {api_key}", "X-API-Key": "otto_other"})
+    assert accepted.status == 200  # a valid Bearer key wins; the scheme is case-insensitive
+
+
+async def test_revoke_takes_the_whole_key_or_a_prefix(redis: Redis) -> None:
+    store = auth.ApiKeyStore(redis)
+    by_key, by_prefix = await store.create("a"), await store.create("b")
+
+    revoked = [await store.revoke(by_key), await store.revoke(by_prefix[: auth.PREFIX_LEN - 2])]
+
+    assert [info.prefix for info in revoked] == [by_key[: auth.PREFIX_LEN], by_prefix[: auth.PREFIX_LEN]]
+    assert [await store.lookup(key) for key in (by_key, by_prefix)] == [None, None]
+
+
+async def test_revoke_errors_show_at_most_a_prefix(redis: Redis) -> None:
+    store = auth.ApiKeyStore(redis)
+    unknown = "otto_" + "ab" * 24
+    for argument in (unknown, unknown[:-1], "not-a-key-" + "ab" * 24):
+        with pytest.raises(LookupError) as raised:
+            await store.revoke(argument)
+        assert argument[auth.PREFIX_LEN :] not in str(raised.value)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -133,9 +204,118 @@ async def test_keys_cli_creates_lists_and_revokes(client: Client) -> None:
 
 
 def test_keys_cli_with_bad_tenant_exits_2() -> None:
-    result = _cli("create", "--tenant", "bad tenant!")
-    assert result.returncode == 2
-    assert "tenant" in result.stderr
+    for tenant in ("bad tenant!", "\uff41\uff43\uff4d\uff45"):
+        result = _cli("create", "--tenant", tenant)
+        assert result.returncode == 2
+        assert "tenant must be" in result.stderr
+
+
+async def test_keys_cli_revokes_by_whole_key_and_never_prints_it(client: Client) -> None:
+    key = await client.app[API_KEYS].create("acme")
+
+    revoked = _cli("revoke", key)
+    again = _cli("revoke", key)
+
+    assert revoked.returncode == 0, revoked.stderr
+    assert again.returncode == 1
+    assert "no key starts with" in again.stderr
+    for result in (revoked, again):
+        assert key not in result.stdout + result.stderr
+        assert key[auth.PREFIX_LEN :] not in result.stdout + result.stderr
+    assert (await client.get(V1, headers={"X-API-Key": key})).status == 401
+
+
+Listen = Callable[[str, auth.ApiKeyStore], Awaitable[asyncio.Task[None]]]
+
+
+@pytest.fixture
+async def listening() -> AsyncIterator[Listen]:
+    """Start ``follow_revocations`` for a store on a client of its own; wait until it is subscribed; stop it."""
+    started: list[tuple[asyncio.Task[None], Redis]] = []
+
+    async def start(url: str, store: auth.ApiKeyStore) -> asyncio.Task[None]:
+        subscriber = Redis.from_url(url)
+        task = asyncio.create_task(auth.follow_revocations(subscriber, store))
+        started.append((task, subscriber))
+        await wait_for_subscribers(subscriber, 1)
+        return task
+
+    yield start
+    for task, subscriber in started:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await subscriber.aclose()
+
+
+async def wait_for_subscribers(redis: Redis, count: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            [(_, subscribers)] = await redis.pubsub_numsub(auth.REVOCATIONS_CHANNEL)
+            if subscribers >= count:
+                return
+        except ConnectionError:
+            pass  # the server is coming back
+        assert time.monotonic() < deadline, f"fewer than {count} revocation subscribers after {timeout_s} s"
+        await asyncio.sleep(0.02)
+
+
+async def forgotten_within(store: auth.ApiKeyStore, key: str, timeout_s: float) -> bool:
+    """Whether the store's cached look-up of ``key`` goes within ``timeout_s`` (it would otherwise last 10 s)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            store.cached(key)
+        except KeyError:
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+async def test_a_revocation_reaches_a_listening_store_at_once(redis: Redis, listening: Listen) -> None:
+    reader, writer = auth.ApiKeyStore(redis), auth.ApiKeyStore(redis)
+    await listening(redis_url(), reader)
+    key = await writer.create("acme")
+    assert await reader.lookup(key) is not None  # cached for 10 s from now
+
+    await writer.revoke(key)
+
+    assert await forgotten_within(reader, key, 1.0)
+    assert await reader.lookup(key) is None
+
+
+async def test_revocations_are_received_again_after_redis_restarts(listening: Listen) -> None:
+    server = new_redis_server()
+    client = Redis.from_url(server.url)
+    try:
+        reader, writer = auth.ApiKeyStore(client), auth.ApiKeyStore(client)
+        await listening(server.url, reader)
+        server.restart()
+        await wait_for_subscribers(client, 1)
+        key = await writer.create("acme")
+        assert await reader.lookup(key) is not None
+
+        await writer.revoke(key)
+
+        assert await forgotten_within(reader, key, 1.0)
+    finally:
+        await client.aclose()
+        server.stop()
+
+
+async def test_a_listener_on_a_hung_redis_does_not_hold_up_cancellation(listening: Listen) -> None:
+    server = new_redis_server()
+    client = Redis.from_url(server.url)
+    try:
+        task = await listening(server.url, auth.ApiKeyStore(client))
+        server.pause()
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=5.0)
+        assert done == {task}
+    finally:
+        server.resume()
+        await client.aclose()
+        server.stop()
 
 
 async def test_internal_routes_are_open_from_loopback_only(client: Client) -> None:

@@ -64,6 +64,20 @@ def test_passwords_are_hidden_in_every_kind_of_record(captured: io.StringIO) -> 
     assert "default:***@fly-redis.upstash.io" in output
 
 
+def test_api_keys_are_hidden_in_every_kind_of_record_but_their_prefix(captured: io.StringIO) -> None:
+    key = "otto_" + "0123456789abcdef" * 3
+    get_logger("t").warning("looked up", key=key, nested={"headers": [f"Bearer {key}"]})
+    logging.getLogger("aiohttp.server").error("Invalid header value char:\n\n  %r", f"X-API-Key: {key}\x01".encode())
+    try:
+        raise ValueError(f"unknown key {key[:5]}{key[5:].upper()}")
+    except ValueError:
+        get_logger("t").exception("lookup failed")
+    output = captured.getvalue()
+    assert key[5:] not in output.lower()
+    assert key[13:] not in output.lower()  # nothing past the prefix, in any case
+    assert "otto_01234567***" in output
+
+
 async def test_request_log_lines_carry_their_own_request_id_and_nothing_of_earlier_requests(
     captured: io.StringIO, aiohttp_client: AiohttpClient, redis: Redis, settings: Settings
 ) -> None:

@@ -33,7 +33,7 @@ def test_dev_without_redis_url_runs_an_embedded_redis(tmp_path: Path) -> None:
     with run_service("dev", cwd=tmp_path, LOG_FORMAT="console") as child:
         child.wait_healthy(timeout_s=60)
         # An unknown key is looked up in Redis: 401, not 503, proves the embedded Redis answers.
-        status, _ = child.get("/v1/rate-limit", headers={"X-API-Key": "otto_0123456789abcdef0123"})
+        status, _ = child.get("/v1/rate-limit", headers={"X-API-Key": "otto_" + "0123456789abcdef" * 3})
         assert status == 401
         code, _, output = child.stop()
     assert code == 0, output
@@ -59,7 +59,7 @@ def test_no_output_contains_the_redis_password() -> None:
     with run_service("serve", REDIS_URL=f"redis://:{sentinel}@127.0.0.1:1/0", REDIS_TIMEOUT_S="0.5") as child:
         child.wait_healthy()
         statuses = [
-            child.get("/v1/rate-limit", headers={"X-API-Key": "otto_0123456789abcdef0123"})[0],
+            child.get("/v1/rate-limit", headers={"X-API-Key": "otto_" + "0123456789abcdef" * 3})[0],
             child.get("/v1/rate-limit")[0],
             child.get("/metrics")[0],
         ]

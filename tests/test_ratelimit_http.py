@@ -34,6 +34,10 @@ POLICIES = """
 [plans.fast]
 "*" = [{ name = "burst", capacity = 1, per_second = 20 }]
 
+[plans.watching]
+"*" = [{ name = "burst", capacity = 2, per_second = 0.01 }]
+"GET /v1/rate-limit" = [{ name = "status", capacity = 3, per_second = 0.01 }]
+
 [plans.watched]
 "*" = [
   { name = "burst", capacity = 100, per_second = 1 },
@@ -167,6 +171,56 @@ async def test_rate_limit_endpoint_reads_the_buckets_without_spending(make_clien
     burst, _ = readings[2]["buckets"]
     assert burst.pop("reset_s") <= 0.1  # refilling all along: reading spent nothing
     assert burst == {"name": "burst", "capacity": 20, "per_second": 10.0, "remaining": 19, "shadow": False}
+
+
+async def test_rate_limit_endpoint_spends_only_its_own_bucket_and_reports_empty_common_ones(
+    make_client: MakeClient,
+) -> None:
+    client = await make_client()
+    auth = await key_for(client, "eager", "watching")
+    spent = [(await client.get("/v1/nothing", headers=auth)).status for _ in range(3)]
+
+    readings = [await client.get("/v1/rate-limit", headers=auth) for _ in range(4)]
+
+    assert spent == [404, 404, 429]  # the common burst bucket is empty
+    assert [r.status for r in readings] == [200, 200, 200, 429]  # the status bucket holds 3
+    body = await readings[0].json()
+    assert [(b["name"], b["remaining"]) for b in body["buckets"]] == [("burst", 0), ("status", 2)]
+    refused = await readings[3].json()
+    assert refused["violated-policies"] == ["status"]  # the empty burst bucket refuses nothing here
+    assert sf_list(readings[3].headers["RateLimit"]) == {"status": {"r": 0, "t": 300}}
+
+
+async def test_built_in_plans_give_the_rate_limit_endpoint_a_small_bucket_of_its_own(
+    client: Client, api_key: str
+) -> None:
+    auth = {"X-API-Key": api_key}
+    statuses = [(await client.get("/v1/rate-limit", headers=auth)).status for _ in range(11)]
+
+    elsewhere = await client.get("/v1/jobs", headers=auth)
+
+    assert statuses == [200] * 10 + [429]
+    assert elsewhere.status == 200  # reading the status spent none of the common buckets
+    assert sf_list(elsewhere.headers["RateLimit"])["burst"]["r"] == 19
+
+
+async def test_anonymous_ipv6_callers_share_a_bucket_per_64_bit_prefix(make_client: MakeClient) -> None:
+    client = await make_client(TRUST_PROXY_HEADERS="true")
+
+    def from_address(address: str) -> dict[str, str]:
+        return {"Fly-Client-IP": address}
+
+    one_prefix = [
+        (await client.get("/v1/nothing", headers=from_address(f"2001:db8:1:2::{n:x}"))).status for n in range(1, 4)
+    ]
+    next_prefix = await client.get("/v1/nothing", headers=from_address("2001:db8:1:3::1"))
+    mapped = [(await client.get("/v1/nothing", headers=from_address(a))).status for a in ("::ffff:203.0.113.7",) * 2]
+    ipv4 = await client.get("/v1/nothing", headers=from_address("203.0.113.7"))
+
+    assert one_prefix == [401, 401, 429]  # three addresses of one /64: one caller
+    assert next_prefix.status == 401  # the next /64 is another caller
+    assert mapped == [401, 401]
+    assert ipv4.status == 429  # an IPv4-mapped IPv6 address is its IPv4 address
 
 
 async def test_a_plan_without_a_section_uses_default(make_client: MakeClient) -> None:

@@ -38,6 +38,17 @@ def test_built_in_defaults_are_the_contract_example() -> None:
     assert policies.anonymous.for_route(None).policy_header == '"address";q=10;w=10'
 
 
+def test_rate_limit_endpoint_reads_the_common_buckets_and_spends_its_own() -> None:
+    policies = load_policies(None)
+    for plan in ("default", "pro"):
+        status = policies.plan(plan).for_route("GET /v1/rate-limit")
+        common = policies.plan(plan).for_route(None).buckets
+        assert status.buckets[: status.read_only] == common
+        assert [b.name for b in status.enforced] == ["status"]
+    anonymous = policies.anonymous.for_route("GET /v1/rate-limit")
+    assert anonymous.read_only == 0  # callers without a key spend their address bucket everywhere
+
+
 def test_a_file_sets_fractions_costs_shadows_and_failure_modes(tmp_path: Path) -> None:
     policies = load_policies(write(tmp_path, GOOD))
     jobs = policies.plan("default").for_route("POST /v1/jobs")

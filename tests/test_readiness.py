@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
+import pytest
+from aiohttp import web
 from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
 from jobs.worker import running_worker
+from service.api import readiness as readiness_api
+from service.api.readiness import check_redis
 from service.app import create_app
 from tests.conftest import make_settings
 from tests.servers import database_url
@@ -58,8 +63,14 @@ async def test_workers_component_follows_live_heartbeats(aiohttp_client: Aiohttp
         (worker,) = (await heartbeat.json())["workers"]
         assert {"id", "host", "beat_age_s", "running", "complete", "failed", "retried"} <= set(worker)
 
-    after = await client.get("/ready")
-    assert after.status == 503  # a cleanly stopped worker removes its own heartbeat
+    # A cleanly stopped worker removes its own heartbeat; /ready sees it once its shared answer is renewed.
+    for _ in range(100):
+        after = await client.get("/ready")
+        if after.status == 503:
+            break
+        await asyncio.sleep(0.05)
+    assert after.status == 503
+    assert (await after.json())["details"]["workers"] == {"alive": 0}
 
 
 async def test_hung_database_gives_503_within_one_and_a_half_seconds(
@@ -101,3 +112,31 @@ async def test_unknown_database_is_not_ready(aiohttp_client: AiohttpClient, redi
     body = await response.json()
     assert body["components"] == {"redis": True, "database": False}
     assert (await response.json())["details"]["database"]["error"]
+
+
+async def test_a_flood_of_ready_costs_one_run_of_the_checks_a_second(
+    aiohttp_client: AiohttpClient, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = 0
+
+    async def counted_check_redis(app: web.Application) -> tuple[bool, dict[str, Any]]:
+        nonlocal runs
+        runs += 1
+        return await check_redis(app)
+
+    monkeypatch.setattr(readiness_api, "check_redis", counted_check_redis)
+    client = await aiohttp_client(create_app(make_settings(ENABLE_WORKER="false")))
+
+    flood = await asyncio.gather(*(client.get("/ready") for _ in range(50)))
+    bodies = [await response.json() for response in flood]
+
+    assert [response.status for response in flood] == [200] * 50
+    assert all(body == bodies[0] for body in bodies)  # one run's answer, duration and timestamp included
+    assert runs == 1
+    for _ in range(100):  # the answer is renewed about a second later
+        renewed = await (await client.get("/ready")).json()
+        if renewed != bodies[0]:
+            break
+        await asyncio.sleep(0.05)
+    assert renewed != bodies[0]
+    assert runs == 2

@@ -64,16 +64,16 @@ class Reading:
 def run_script(
     redis: Redis,
     now_us: int | None,
-    decisions: list[tuple[bool, list[tuple[Bucket, int]]]],
+    decisions: list[tuple[int, list[tuple[Bucket, int]]]],
     ttls_ms: dict[str, int] | None = None,
 ) -> list[tuple[bool, list[Reading]]]:
-    """One script call; each decision is (spend, [(bucket, cost)]); readings in tokens.
+    """One script call; each decision is (how many leading buckets it only reads, [(bucket, cost)]); readings in tokens.
 
     With ``ttls_ms``, the keys' expiries are read and removed in the same transaction
     (so that real time cannot expire what the driven clock still counts as partly empty).
     """
     keys = [key_of(bucket) for _, items in decisions for bucket, _ in items]
-    wire = argv([(spend, [replace(b, cost=cost) for b, cost in items]) for spend, items in decisions], now_us)
+    wire = argv([([replace(b, cost=cost) for b, cost in items], read_only) for read_only, items in decisions], now_us)
     args = [arg.decode() for arg in wire]
     if ttls_ms is None:
         flat = cast(list[int], redis.evalsha(SCRIPT_SHA, len(keys), *keys, *args))
@@ -135,12 +135,14 @@ class ModelBucket:
 
 
 def model_decide(
-    models: dict[str, ModelBucket], now_us: int, spend: bool, items: list[tuple[Bucket, int]]
+    models: dict[str, ModelBucket], now_us: int, read_only: int, items: list[tuple[Bucket, int]]
 ) -> tuple[bool, list[Reading]]:
+    """The first ``read_only`` buckets are reported only: they neither spend nor refuse."""
     oks = [models[b.name].tokens_at(now_us) >= cost and cost <= b.capacity for b, cost in items]
-    admitted = all(ok for ok, (b, _) in zip(oks, items, strict=True) if not b.shadow)
-    if spend and admitted:
-        for ok, (bucket, cost) in zip(oks, items, strict=True):
+    spent = [(ok, bucket, cost) for ok, (bucket, cost) in list(zip(oks, items, strict=True))[read_only:]]
+    admitted = all(ok for ok, bucket, _ in spent if not bucket.shadow)
+    if admitted:
+        for ok, bucket, cost in spent:
             if ok:
                 models[bucket.name].spend(now_us, cost)
     return admitted, [models[b.name].reading(now_us, ok, cost) for ok, (b, cost) in zip(oks, items, strict=True)]
@@ -172,7 +174,8 @@ steps = st.lists(
         st.one_of(st.integers(-3_000_000, 0), st.integers(0, 200_000), st.integers(0, 20_000_000)),  # clock step
         st.lists(
             st.tuples(
-                st.booleans(), st.lists(st.one_of(st.integers(1, 4), st.integers(1, 60)), min_size=3, max_size=3)
+                st.integers(0, 3),  # leading buckets only read: 0 spends all, 3 (or more) reads all
+                st.lists(st.one_of(st.integers(1, 4), st.integers(1, 60)), min_size=3, max_size=3),
             ),
             min_size=1,
             max_size=3,
@@ -186,15 +189,15 @@ steps = st.lists(
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(policy=buckets(), script=steps)
 def test_script_matches_exact_token_bucket_model(
-    sync_redis: Redis, policy: list[Bucket], script: list[tuple[int, list[tuple[bool, list[int]]]]]
+    sync_redis: Redis, policy: list[Bucket], script: list[tuple[int, list[tuple[int, list[int]]]]]
 ) -> None:
     sync_redis.delete(*[key_of(b) for b in policy])
     models = {b.name: ModelBucket(b) for b in policy}
     now = START_US
     for step_us, decisions in script:
         now += step_us
-        calls = [(spend, [(b, costs[i]) for i, b in enumerate(policy)]) for spend, costs in decisions]
-        expected = [model_decide(models, now, spend, items) for spend, items in calls]
+        calls = [(read_only, [(b, costs[i]) for i, b in enumerate(policy)]) for read_only, costs in decisions]
+        expected = [model_decide(models, now, read_only, items) for read_only, items in calls]
         ttls_ms: dict[str, int] = {}
         assert run_script(sync_redis, now, calls, ttls_ms) == expected
         for bucket in policy:
@@ -212,10 +215,10 @@ def test_cost_above_capacity_is_refused_and_changes_nothing(sync_redis: Redis) -
     small = Bucket("small", capacity=5, per_second=Fraction(1))
     large = Bucket("large", capacity=100, per_second=Fraction(1))
     sync_redis.delete(key_of(small), key_of(large))
-    run_script(sync_redis, START_US, [(True, [(small, 2), (large, 10)])])
+    run_script(sync_redis, START_US, [(0, [(small, 2), (large, 10)])])
     before = [sync_redis.get(key_of(b)) for b in (small, large)]
 
-    [(admitted, readings)] = run_script(sync_redis, START_US, [(True, [(small, 6), (large, 1)])])
+    [(admitted, readings)] = run_script(sync_redis, START_US, [(0, [(small, 6), (large, 1)])])
 
     assert not admitted
     assert readings[0].retry_in_us == -1
@@ -226,9 +229,9 @@ def test_one_refused_bucket_means_no_bucket_spends(sync_redis: Redis) -> None:
     roomy = Bucket("roomy", capacity=10, per_second=Fraction(1))
     tight = Bucket("tight", capacity=1, per_second=Fraction(1, 1000))
     sync_redis.delete(key_of(roomy), key_of(tight))
-    run_script(sync_redis, START_US, [(True, [(roomy, 1), (tight, 1)])])
+    run_script(sync_redis, START_US, [(0, [(roomy, 1), (tight, 1)])])
 
-    [(admitted, readings)] = run_script(sync_redis, START_US, [(True, [(roomy, 1), (tight, 1)])])
+    [(admitted, readings)] = run_script(sync_redis, START_US, [(0, [(roomy, 1), (tight, 1)])])
 
     assert not admitted
     assert readings[0].tokens == 9  # the roomy bucket paid only for the first request
@@ -237,10 +240,10 @@ def test_one_refused_bucket_means_no_bucket_spends(sync_redis: Redis) -> None:
 def test_clock_stepping_back_refills_nothing(sync_redis: Redis) -> None:
     bucket = Bucket("clock", capacity=10, per_second=Fraction(1))
     sync_redis.delete(key_of(bucket))
-    run_script(sync_redis, START_US, [(True, [(bucket, 10)])])
-    run_script(sync_redis, START_US - 5_000_000, [(True, [(bucket, 1)])])  # back 5 s: nothing to spend
+    run_script(sync_redis, START_US, [(0, [(bucket, 10)])])
+    run_script(sync_redis, START_US - 5_000_000, [(0, [(bucket, 1)])])  # back 5 s: nothing to spend
 
-    [(_, [back_then_forward])] = run_script(sync_redis, START_US + 2_000_000, [(False, [(bucket, 1)])])
+    [(_, [back_then_forward])] = run_script(sync_redis, START_US + 2_000_000, [(1, [(bucket, 1)])])
 
     assert back_then_forward.tokens == 2  # two seconds after the last real spend, not seven
 
@@ -248,7 +251,20 @@ def test_clock_stepping_back_refills_nothing(sync_redis: Redis) -> None:
 def test_redis_time_is_used_without_the_test_clock(sync_redis: Redis) -> None:
     bucket = Bucket("live", capacity=3, per_second=Fraction(1, 100))
     sync_redis.delete(key_of(bucket))
-    results = run_script(sync_redis, None, [(True, [(bucket, 1)])] * 4)
+    results = run_script(sync_redis, None, [(0, [(bucket, 1)])] * 4)
     assert [admitted for admitted, _ in results] == [True, True, True, False]
     ttl_ms: int = sync_redis.pttl(key_of(bucket))  # type: ignore[assignment]
     assert 0 < ttl_ms <= 300_000
+
+
+def test_read_only_buckets_are_reported_but_neither_spend_nor_refuse(sync_redis: Redis) -> None:
+    common = Bucket("common", capacity=2, per_second=Fraction(1, 1000))
+    own = Bucket("own", capacity=3, per_second=Fraction(1, 1000))
+    sync_redis.delete(key_of(common), key_of(own))
+    run_script(sync_redis, START_US, [(0, [(common, 2)])])  # the common bucket is empty now
+
+    readings = run_script(sync_redis, START_US, [(1, [(common, 1), (own, 1)])] * 4)
+
+    assert [admitted for admitted, _ in readings] == [True, True, True, False]  # own's three tokens, then refused
+    assert [r[0].tokens for _, r in readings] == [0, 0, 0, 0]  # read, never spent
+    assert [r[1].tokens for _, r in readings] == [2, 1, 0, 0]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from aiohttp import web
-from aiohttp_apigami import docs, response_schema
 from marshmallow import Schema, fields
 
 from service import __version__
+from service.openapi import Access, Answer, operation
 from service.settings import SERVICE_NAME
 
 
@@ -16,8 +16,13 @@ class HealthSchema(Schema):
     version = fields.String(required=True)
 
 
-@docs(tags=["operations"], summary="Liveness: the process answers; no dependency is touched")
-@response_schema(HealthSchema, 200)
+@operation(
+    operation_id="getHealth",
+    tags=["operations"],
+    summary="Liveness: the process answers; no dependency is touched",
+    access=Access.PUBLIC,
+    answers=[Answer(200, "The process is up.", HealthSchema)],
+)
 async def get_health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "service": SERVICE_NAME, "version": __version__})
 

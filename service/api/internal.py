@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from aiohttp import web
-from aiohttp_apigami import docs, response_schema
 from marshmallow import Schema, fields
 
 from jobs.heartbeat import live_workers
 from service.app_keys import REDIS, SETTINGS
 from service.auth import require_internal
+from service.openapi import Access, Answer, operation
 
 
 class WorkerSchema(Schema):
@@ -30,8 +30,14 @@ class WorkersSchema(Schema):
     workers = fields.List(fields.Nested(WorkerSchema), required=True)
 
 
-@docs(tags=["operations"], summary="Live workers and their job counters (loopback, or Bearer $INTERNAL_TOKEN)")
-@response_schema(WorkersSchema, 200)
+@operation(
+    operation_id="getWorkerHeartbeats",
+    tags=["operations"],
+    summary="Live workers and their job counters (loopback, or Bearer $INTERNAL_TOKEN)",
+    access=Access.INTERNAL,
+    answers=[Answer(200, "The workers whose heartbeat is live.", WorkersSchema)],
+    problems={503: "Redis cannot answer now; retry after `Retry-After`."},
+)
 async def get_worker_heartbeat(request: web.Request) -> web.Response:
     require_internal(request, request.app[SETTINGS].internal_token)
     return web.json_response({"workers": await live_workers(request.app[REDIS])})

@@ -3,27 +3,54 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
-from typing import Any
+import re
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, cast
 
 from aiohttp import web
-from aiohttp_apigami import docs, request_schema, response_schema
-from marshmallow import Schema, fields, validate
+from aiohttp_apigami import request_schema
+from marshmallow import EXCLUDE, Schema, fields, validate
 
 from jobs.queue import MAX_DEFER_S, STATUSES, IdempotencyConflict, JobQueue, JobView
-from jobs.registry import InvalidArguments, Registry, UnknownTask
+from jobs.registry import InvalidArguments, Registry, Task, UnknownTask
 from service.app_keys import IDENTITY, JOB_QUEUE, REDIS_ONCE, SETTINGS
 from service.errors import Problem
+from service.openapi import Access, Answer, TaggedUnion, operation
 
-__all__ = ["setup"]
+__all__ = ["enqueue_body", "setup"]
 
-IDEMPOTENCY_KEY_MAX = 255
+# 1 to 255 printable ASCII characters. HTTP drops spaces at either end of a header value,
+# so a key cannot begin or end with one: the server would see another key.
+IDEMPOTENCY_KEY_PATTERN = r"^[!-~](?:[ -~]{0,253}[!-~])?$"
+CURSOR_MAX = 200
+
+
+class JsonNumber(fields.Float):
+    """A number as JSON writes it: marshmallow's ``Float`` would also take ``"5"`` and ``true``."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> float | None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
 
 
 class EnqueueSchema(Schema):
     task = fields.String(required=True, metadata={"example": "diagnostics.ping"})
     args = fields.Dict(keys=fields.String(), load_default=dict, metadata={"example": {}})
-    defer_seconds = fields.Float(load_default=0.0, validate=validate.Range(min=0, max=MAX_DEFER_S))
+    defer_seconds = JsonNumber(load_default=0.0, validate=validate.Range(min=0, max=MAX_DEFER_S))
+
+
+class EnqueueHeadersSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE  # every header but this one is someone else's business
+
+    idempotency_key = fields.String(
+        data_key="Idempotency-Key",
+        validate=validate.Regexp(
+            IDEMPOTENCY_KEY_PATTERN, error="must be 1 to 255 printable ASCII characters, without spaces at either end"
+        ),
+        metadata={"description": "A retry with the same key and body returns the same job for 24 h."},
+    )
 
 
 class ErrorSchema(Schema):
@@ -39,19 +66,48 @@ class JobSchema(Schema):
     enqueued_at = fields.String(required=True, metadata={"format": "date-time"})
     started_at = fields.String(metadata={"format": "date-time"})
     finished_at = fields.String(metadata={"format": "date-time"})
-    result = fields.Raw()
+    result = fields.Raw(allow_none=True)  # what the task returned: any JSON, null included
     error = fields.Nested(ErrorSchema)
 
 
 class ListQuerySchema(Schema):
     status = fields.String(validate=validate.OneOf(STATUSES))
     limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
-    cursor = fields.String(validate=validate.Length(min=1, max=200))
+    cursor = fields.String(
+        validate=[validate.Length(min=1, max=CURSOR_MAX), validate.Regexp(r"^[A-Za-z0-9_-]+$")],
+        metadata={"description": "The `next_cursor` of the previous page: opaque, only one this API handed out."},
+    )
 
 
 class JobListSchema(Schema):
     jobs = fields.List(fields.Nested(JobSchema), required=True)
-    next_cursor = fields.String(allow_none=True, required=True)
+    next_cursor = fields.String(
+        allow_none=True, required=True, metadata={"description": "null on the last page; else the next page's cursor"}
+    )
+
+
+def _enqueue_variant(task: Task) -> type[Schema]:
+    """``EnqueueSchema`` narrowed to one task, for the document: its name and its arguments' schema."""
+    words = re.split(r"[^A-Za-z0-9]+", task.name)
+    name = "Enqueue" + "".join(word[:1].upper() + word[1:] for word in words) + "Schema"
+    args_required = any(field.required for field in task.schema.fields.values())
+    narrowed = {
+        "task": fields.String(required=True, validate=validate.OneOf([task.name])),
+        "args": fields.Nested(task.schema, required=args_required),
+        "Meta": type("Meta", (), {"register": False}),  # one per app: not for marshmallow's registry by name
+    }
+    return cast(type[Schema], type(name, (EnqueueSchema,), narrowed))
+
+
+def enqueue_body(registry: Registry) -> TaggedUnion:
+    """The body of ``POST /v1/jobs`` for the tasks of ``registry``: the arguments' shape depends on the task."""
+    return TaggedUnion("task", {task.name: _enqueue_variant(task) for task in registry})
+
+
+_JOB_LINKS = {
+    "getJob": {"operationId": "getJob", "parameters": {"job_id": "$response.body#/id"}},
+    "abortJob": {"operationId": "abortJob", "parameters": {"job_id": "$response.body#/id"}},
+}
 
 
 def _tenant(request: web.Request) -> str:
@@ -68,21 +124,8 @@ def _not_found(job_id: str) -> Problem:
     return Problem(404, f"no job {job_id!r}", type_="not-found")
 
 
-def _idempotency_key(request: web.Request) -> str | None:
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        return None
-    if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX or not key.isprintable() or not key.isascii():
-        raise Problem(
-            422,
-            f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters",
-            type_="validation-error",
-            errors={"Idempotency-Key": ["not a valid key"]},
-        )
-    return key
-
-
-@docs(
+@operation(
+    operation_id="enqueueJob",
     tags=["jobs"],
     summary="Enqueue a background job",
     description=(
@@ -90,22 +133,34 @@ def _idempotency_key(request: web.Request) -> str | None:
         "and its `Location`. With an `Idempotency-Key` header, a retry with the same body returns the same job "
         "for 24 h; the same key with another body is 409."
     ),
-    parameters=[{"in": "header", "name": "Idempotency-Key", "schema": {"type": "string"}, "required": False}],
-    responses={
-        202: {"description": "accepted"},
-        409: {"description": "Idempotency-Key reused with another body"},
-        422: {"description": "unknown task or bad arguments"},
-        503: {"description": "background jobs are disabled in this deployment"},
+    access=Access.API_KEY,
+    request_body="Enqueue",
+    answers=[
+        Answer(
+            202,
+            "Accepted: the job, queued (or deferred).",
+            JobSchema,
+            headers={"Location": True, "Idempotent-Replayed": False},
+            links=_JOB_LINKS,
+        )
+    ],
+    problems={
+        400: "The body is not JSON.",
+        408: "The body did not arrive in time.",
+        409: "The `Idempotency-Key` was used with another body.",
+        413: "The body is larger than 1 MiB.",
+        415: "The body is not JSON in UTF-8, or has a content coding other than gzip or deflate.",
+        422: "An unknown task, arguments that do not fit it, or a malformed `Idempotency-Key`.",
+        503: "Background jobs are disabled in this deployment, or Redis cannot answer now.",
     },
-    security=[{"bearer": []}, {"apiKey": []}],
 )
 @request_schema(EnqueueSchema)
-@response_schema(JobSchema, 202)
+@request_schema(EnqueueHeadersSchema, location="headers", put_into="headers")
 async def post_job(request: web.Request) -> web.Response:
     if not request.app[SETTINGS].enable_worker:
         raise Problem(503, "background jobs are disabled in this deployment (ENABLE_WORKER=false)", type_="disabled")
     body: dict[str, Any] = request["data"]
-    key = _idempotency_key(request)
+    key: str | None = request["headers"].get("idempotency_key")
     try:
         view, created = await request.app[JOB_QUEUE].enqueue(
             _tenant(request), body["task"], body["args"], defer_s=body["defer_seconds"], idempotency=key
@@ -126,13 +181,14 @@ async def post_job(request: web.Request) -> web.Response:
     return _job_response(view, 202, **headers)
 
 
-@docs(
+@operation(
+    operation_id="getJob",
     tags=["jobs"],
     summary="A job of the caller's tenant",
-    responses={404: {"description": "no such job for this tenant"}},
-    security=[{"bearer": []}, {"apiKey": []}],
+    access=Access.API_KEY,
+    answers=[Answer(200, "The job.", JobSchema, links={"abortJob": _JOB_LINKS["abortJob"]})],
+    problems={404: "No such job for this tenant (another tenant's job is not found either)."},
 )
-@response_schema(JobSchema, 200)
 async def get_job(request: web.Request) -> web.Response:
     job_id = request.match_info["job_id"]
     view = await request.app[JOB_QUEUE].get(_tenant(request), job_id)
@@ -141,18 +197,18 @@ async def get_job(request: web.Request) -> web.Response:
     return _job_response(view)
 
 
-@docs(
+@operation(
+    operation_id="abortJob",
     tags=["jobs"],
     summary="Abort a queued or running job",
-    description="A job that has not started is aborted at once; a running one is cancelled by its worker shortly.",
-    responses={
-        202: {"description": "abort accepted"},
-        404: {"description": "no such job for this tenant"},
-        409: {"description": "the job has already finished"},
-    },
-    security=[{"bearer": []}, {"apiKey": []}],
+    description=(
+        "A job that has not started is aborted at once; a running one is cancelled by its worker shortly. "
+        "The job stays readable (status `aborted`) for as long as finished jobs are kept."
+    ),
+    access=Access.API_KEY,
+    answers=[Answer(202, "Abort accepted: the job as it is now.", JobSchema)],
+    problems={404: "No such job for this tenant.", 409: "The job has already finished."},
 )
-@response_schema(JobSchema, 202)
 async def delete_job(request: web.Request) -> web.Response:
     job_id = request.match_info["job_id"]
     tenant = _tenant(request)
@@ -168,14 +224,16 @@ async def delete_job(request: web.Request) -> web.Response:
     return _job_response(view, 202)
 
 
-@docs(
+@operation(
+    operation_id="listJobs",
     tags=["jobs"],
     summary="The caller's jobs, newest first",
     description="`next_cursor` is null on the last page; pass it as `cursor` to get the next one.",
-    security=[{"bearer": []}, {"apiKey": []}],
+    access=Access.API_KEY,
+    answers=[Answer(200, "A page of jobs.", JobListSchema)],
+    problems={422: "A query parameter out of range, or a `cursor` this API did not hand out."},
 )
 @request_schema(ListQuerySchema, location="querystring")
-@response_schema(JobListSchema, 200)
 async def list_jobs(request: web.Request) -> web.Response:
     query: dict[str, Any] = request["data"]
     try:

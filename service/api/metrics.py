@@ -10,18 +10,20 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from aiohttp_apigami import docs
 
 from jobs.fleet_metrics import FleetMetrics
 from service.app_keys import CRON_STORE, METRICS, REDIS, SETTINGS
 from service.auth import require_internal
 from service.metrics import CONTENT_TYPE
+from service.openapi import Access, Answer, operation
 
 
-@docs(
+@operation(
+    operation_id="getMetrics",
     tags=["operations"],
     summary="Prometheus metrics (open from loopback, else Bearer $METRICS_TOKEN)",
-    responses={200: {"description": "Prometheus text format"}},
+    access=Access.METRICS,
+    answers=[Answer(200, "The Prometheus text format, version 0.0.4.", {"type": "string"}, media_type="text/plain")],
 )
 async def get_metrics(request: web.Request) -> web.Response:
     require_internal(request, request.app[SETTINGS].metrics_token)

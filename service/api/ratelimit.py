@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from aiohttp import web
-from aiohttp_apigami import docs, response_schema
 from marshmallow import Schema, fields
 
 from service.app_keys import IDENTITY, POLICIES, RATE_LIMIT
 from service.errors import Problem
+from service.openapi import Access, Answer, operation
 from service.ratelimit.decision import Outcome
 
 
@@ -28,17 +28,14 @@ class RateLimitSchema(Schema):
     buckets = fields.List(fields.Nested(BucketSchema), required=True)
 
 
-@docs(
+@operation(
+    operation_id="getRateLimit",
     tags=["rate limits"],
     summary="The caller's rate-limit buckets, read without spending a token",
-    security=[{"bearer": []}, {"apiKey": []}],
-    responses={
-        401: {"description": "no valid API key (limited by client address: 429 when guessing)"},
-        429: {"description": "the caller's address is over its limit (requests without a valid key)"},
-        503: {"description": "Redis did not answer within the limiter's deadline"},
-    },
+    access=Access.API_KEY,
+    answers=[Answer(200, "The buckets of the caller's plan (none when rate limiting is off).", RateLimitSchema)],
+    problems={503: "Redis did not answer within the limiter's deadline, or cannot answer now."},
 )
-@response_schema(RateLimitSchema, 200)
 async def get_rate_limit(request: web.Request) -> web.Response:
     identity = request[IDENTITY]
     assert identity is not None  # v1_middleware let the request through

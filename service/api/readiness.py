@@ -2,23 +2,27 @@
 
 The components are Redis, the workers (when this deployment runs them), the cron scheduler
 (when it runs cron too) and PostgreSQL (when ``DATABASE_URL`` is set);
-``service/readiness.py`` runs their checks under a deadline.
+``service/readiness.py`` runs their checks under a deadline. One run's answer serves every
+``/ready`` of this process for ``FRESH_S``.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
-from aiohttp_apigami import docs, response_schema
 from marshmallow import Schema, fields
 
 from jobs.heartbeat import live_workers
-from service.app_keys import CRON_STORE, DATABASE, READINESS_CHECKS, REDIS, SETTINGS
+from service.app_keys import CRON_STORE, DATABASE, READINESS, REDIS, SETTINGS
 from service.database import database_ctx
-from service.readiness import CHECK_TIMEOUT_S, Check, run_checks
+from service.openapi import Access, Answer, operation
+from service.readiness import CHECK_TIMEOUT_S, Check, SharedResult, run_checks
 from service.settings import SERVICE_NAME, Settings
+
+FRESH_S = 1.0  # how long one run of the checks answers every /ready of this process
 
 
 async def check_redis(app: web.Application) -> tuple[bool, dict[str, Any]]:
@@ -76,22 +80,33 @@ class ReadySchema(Schema):
     service = fields.String(required=True)
 
 
-@docs(tags=["operations"], summary="Readiness: every included component passes (200) or not (503)")
-@response_schema(ReadySchema, 200)
-@response_schema(ReadySchema, 503)
-async def get_ready(request: web.Request) -> web.Response:
+async def _readiness(app: web.Application, checks: dict[str, Check]) -> dict[str, Any]:
+    """One run of every check, as the body of ``/ready``."""
     started = time.perf_counter()
-    results = await run_checks(request.app, request.app[READINESS_CHECKS])
-    ready = all(passed for _, passed, _ in results)
-    body = {
-        "ready": ready,
+    results = await run_checks(app, checks)
+    return {
+        "ready": all(passed for _, passed, _ in results),
         "components": {name: passed for name, passed, _ in results},
         "details": {name: details for name, _, details in results},
         "timestamp": int(time.time()),
         "duration_ms": round((time.perf_counter() - started) * 1000, 2),
         "service": SERVICE_NAME,
     }
-    return web.json_response(body, status=200 if ready else 503, headers={"Cache-Control": "no-store"})
+
+
+@operation(
+    operation_id="getReady",
+    tags=["operations"],
+    summary="Readiness: every included component passes (200) or not (503)",
+    access=Access.PUBLIC,
+    answers=[
+        Answer(200, "Every included component passes.", ReadySchema, headers={"Cache-Control": True}),
+        Answer(503, "Some component fails: `components` says which.", ReadySchema, headers={"Cache-Control": True}),
+    ],
+)
+async def get_ready(request: web.Request) -> web.Response:
+    body = await request.app[READINESS].get()
+    return web.json_response(body, status=200 if body["ready"] else 503, headers={"Cache-Control": "no-store"})
 
 
 def setup(app: web.Application) -> None:
@@ -99,5 +114,13 @@ def setup(app: web.Application) -> None:
     checks = included_checks(app[SETTINGS])
     if "database" in checks:
         app.cleanup_ctx.append(database_ctx)
-    app[READINESS_CHECKS] = checks
+
+    async def shared_ctx(app: web.Application) -> AsyncIterator[None]:
+        readiness = app[READINESS] = SharedResult(lambda: _readiness(app, checks), fresh_s=FRESH_S)
+        try:
+            yield
+        finally:
+            await readiness.close()
+
+    app.cleanup_ctx.append(shared_ctx)
     app.router.add_get("/ready", get_ready, allow_head=False)

@@ -58,7 +58,7 @@ class Decision:
     admitted request needs one header line, not an object per bucket.
     """
 
-    __slots__ = ("_at", "_buckets", "_reply", "outcome", "route")
+    __slots__ = ("_at", "_buckets", "_read_only", "_reply", "outcome", "route")
 
     def __init__(
         self,
@@ -67,12 +67,14 @@ class Decision:
         buckets: tuple[Bucket, ...] = (),
         reply: Sequence[int] = (),
         at: int = 0,
+        read_only: int = 0,
     ) -> None:
         self.route = route
         self.outcome = outcome  # an Outcome
         self._buckets = buckets  # empty when Redis did not answer
         self._reply = reply
         self._at = at  # where the first bucket's numbers start in ``reply``
+        self._read_only = read_only  # how many of the leading buckets were only read (they cannot refuse)
 
     @property
     def states(self) -> tuple[BucketState, ...]:
@@ -89,8 +91,10 @@ class Decision:
     @property
     def retry_after_us(self) -> int:
         """Microseconds until every enforced bucket can pay again."""
-        reply, at, wait = self._reply, self._at, 0
-        for bucket in self._buckets:
+        reply, wait = self._reply, 0
+        read_only = self._read_only
+        at = self._at + REPLY_PER_BUCKET * read_only
+        for bucket in self._buckets[read_only:]:
             if not bucket.shadow:
                 retry = reply[at + RETRY_IN_US]
                 wait = max(wait, retry if retry >= 0 else reply[at + FULL_IN_US])
@@ -101,10 +105,11 @@ class Decision:
         """``RateLimit`` of the bucket closest to empty (of the violated ones when refused), if known."""
         limited = self.outcome is Outcome.LIMITED
         reply, at = self._reply, self._at
+        spent_from = at + REPLY_PER_BUCKET * self._read_only  # read-only buckets never count as violated
         closest: Bucket | None = None
         closest_remaining = closest_full_in_us = 0
         for bucket in self._buckets:
-            if not bucket.shadow and not (limited and reply[at + OK] == 1):
+            if not bucket.shadow and not (limited and (at < spent_from or reply[at + OK] == 1)):
                 remaining = reply[at + REMAINING_UNITS] // bucket.units_per_token
                 full_in_us = reply[at + FULL_IN_US]
                 if closest is None or _closer(remaining, full_in_us, closest_remaining, closest_full_in_us):
@@ -113,13 +118,15 @@ class Decision:
         return None if closest is None else ratelimit_header(closest.name, closest_remaining, closest_full_in_us)
 
     def refusal(self) -> tuple[tuple[str, ...], dict[str, str]]:
-        """What a 429 needs, in one pass over the buckets: the violated names and every header."""
-        reply, at = self._reply, self._at
+        """What a 429 needs, in one pass over the buckets that can refuse: the violated names and every header."""
+        reply = self._reply
+        read_only = self._read_only
+        at = self._at + REPLY_PER_BUCKET * read_only
         violated = []
         wait = 0
         closest: Bucket | None = None
         closest_remaining = closest_full_in_us = 0
-        for bucket in self._buckets:
+        for bucket in self._buckets[read_only:]:
             if not bucket.shadow:
                 retry = reply[at + RETRY_IN_US]
                 full_in_us = reply[at + FULL_IN_US]

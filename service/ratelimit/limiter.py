@@ -49,9 +49,9 @@ _WARN_EVERY_S = 1.0
 log = get_logger(__name__)
 
 
-# A decision waiting for its batch: caller, route, spend (False: only read), and its future.
+# A decision waiting for its batch: caller, route, and its future.
 # A plain tuple: one is made per request, and a class's __init__ would cost more than the rest.
-_Call = tuple[str, RouteBuckets, bool, "asyncio.Future[Decision]"]
+_Call = tuple[str, RouteBuckets, "asyncio.Future[Decision]"]
 
 
 class Limiter:
@@ -86,15 +86,14 @@ class Limiter:
     def metrics(self) -> LimiterMetrics:
         return self._metrics
 
-    async def decide(self, caller: str, route: RouteBuckets, *, spend: bool = True) -> Decision:
-        """Spend the buckets of ``route`` for ``caller`` (or only read them: ``spend=False``)."""
-        if spend:
-            refused = self.refuse_locally(caller, route)
-            if refused is not None:
-                return refused
-        return await self.submit(caller, route, spend=spend)
+    async def decide(self, caller: str, route: RouteBuckets) -> Decision:
+        """Spend the buckets of ``route`` for ``caller`` (reading its ``read_only`` ones)."""
+        refused = self.refuse_locally(caller, route)
+        if refused is not None:
+            return refused
+        return await self.submit(caller, route)
 
-    def submit(self, caller: str, route: RouteBuckets, *, spend: bool = True) -> asyncio.Future[Decision]:
+    def submit(self, caller: str, route: RouteBuckets) -> asyncio.Future[Decision]:
         """Queue the decision for this loop turn's batch; the future holds Redis's verdict.
 
         ``decide`` is this after ``refuse_locally``; the middleware calls the two itself
@@ -104,7 +103,7 @@ class Limiter:
         future: asyncio.Future[Decision] = loop.create_future()
         if not self._pending:
             loop.call_soon(self._flush)
-        self._pending.append((caller, route, spend, future))
+        self._pending.append((caller, route, future))
         return future
 
     async def close(self) -> None:
@@ -235,7 +234,7 @@ class Limiter:
             log.warning(event, **fields)
 
     def _fail(self, group: list[_Call]) -> None:
-        for _, route, _, future in group:
+        for _, route, future in group:
             outcome = Outcome.FAIL_CLOSED if route.fail_closed else Outcome.FAIL_OPEN
             self._metrics.count(outcome, route.plan)
             if not future.done():
@@ -246,7 +245,7 @@ class Limiter:
         refusals = self._refusals
         count = self._metrics.count
         stride = REPLY_PER_BUCKET
-        for caller, route, spend, future in group:
+        for caller, route, future in group:
             admitted = reply[at] == 1
             first = at + 1
             at = first + stride * len(route.buckets)
@@ -264,7 +263,7 @@ class Limiter:
                 for i, bucket in enumerate(route.buckets):
                     base = first + stride * i
                     if bucket.shadow:
-                        shadow_short = shadow_short or reply[base + OK] != 1
+                        shadow_short = shadow_short or (i >= route.read_only and reply[base + OK] != 1)
                     elif reply[base + RETRY_IN_US] != 0:
                         if entries is None:
                             if len(refusals) >= _REFUSAL_CACHE_MAX:
@@ -279,7 +278,6 @@ class Limiter:
                 outcome = Outcome.SHADOW_LIMITED
             else:
                 outcome = Outcome.ALLOWED
-            if spend:
-                count(outcome, route.plan)
+            count(outcome, route.plan)
             if not future.done():
-                future.set_result(Decision(route, outcome, route.buckets, reply, first))
+                future.set_result(Decision(route, outcome, route.buckets, reply, first, route.read_only))

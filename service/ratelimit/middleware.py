@@ -4,26 +4,26 @@ One layer rather than three (key look-up, limiter, key required): each aiohttp
 middleware layer costs a coroutine and a call per request. The order is the contract's:
 a request without a valid key is limited by client address before it gets its 401, so
 guessing keys is throttled; with ``RATE_LIMIT_ENABLED=false`` it gets its 401 at once.
-``GET /v1/rate-limit`` only reads the caller's buckets.
+Which buckets a request spends, and which it only reads (``GET /v1/rate-limit``), is the
+policy's to say (``service/ratelimit/policy.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from functools import lru_cache
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from service.app_keys import API_KEYS, IDENTITY, LIMITER, METRICS, POLICIES, RATE_LIMIT, REDIS_ONCE, SETTINGS
-from service.auth import client_address, key_required, presented_key
+from service.auth import address_caller, client_address, key_required, presented_key
 from service.errors import PROBLEM_CONTENT_TYPE, Problem, problem_body
 from service.ratelimit.decision import Decision, Outcome
 from service.ratelimit.limiter import Limiter
 
-__all__ = ["READ_ONLY_ROUTE", "limiter_ctx", "v1_middleware"]
-
-READ_ONLY_ROUTE = "GET /v1/rate-limit"
+__all__ = ["limiter_ctx", "v1_middleware"]
 
 
 @web.middleware
@@ -52,15 +52,13 @@ async def v1_middleware(request: web.Request, handler: Handler) -> web.StreamRes
         caller = identity.tenant
         plan = policies.plan(identity.plan)
     else:
-        caller = "ip:" + client_address(request, app[SETTINGS].trust_proxy_headers)
+        caller = address_caller(client_address(request, app[SETTINGS].trust_proxy_headers))
         plan = policies.anonymous
     resource = request.match_info.route.resource
-    route_key = f"{request.method} {resource.canonical}" if resource is not None else None
-    route = plan.for_route(route_key)
-    spend = identity is None or route_key != READ_ONLY_ROUTE
-    decision = limiter.refuse_locally(caller, route) if spend else None
+    route = plan.for_route(f"{request.method} {resource.canonical}" if resource is not None else None)
+    decision = limiter.refuse_locally(caller, route)
     if decision is None:
-        decision = await limiter.submit(caller, route, spend=spend)
+        decision = await limiter.submit(caller, route)
 
     outcome = decision.outcome
     if outcome is Outcome.LIMITED:
@@ -103,6 +101,7 @@ def _quota_exceeded(decision: Decision) -> web.Response:
 
 @lru_cache(maxsize=1024)
 def _quota_exceeded_body(violated: tuple[str, ...], retry_after: str) -> bytes:
+    members: dict[str, Any] = {"violated-policies": list(violated)}
     return problem_body(
         Problem(
             429,
@@ -110,7 +109,7 @@ def _quota_exceeded_body(violated: tuple[str, ...], retry_after: str) -> bytes:
             type_="quota-exceeded",
             title="Too Many Requests",
             headers=None,  # they vary with each request; the caller adds them
-            **{"violated-policies": list(violated)},
+            **members,
         )
     )
 

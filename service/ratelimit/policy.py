@@ -1,7 +1,10 @@
 """Rate-limit policies: the TOML file of ``RATE_LIMITS_FILE`` (or built-in defaults) as frozen objects.
 
 A plan maps route keys (``"*"`` or ``"METHOD /path/template"``) to buckets; a request
-spends the buckets of ``"*"`` plus those of its own route. Everything a request needs is
+spends the buckets of ``"*"`` plus those of its own route. ``GET /v1/rate-limit``
+(``STATUS_ROUTE``) is the exception for a plan of API keys: it reports the ``"*"`` buckets
+without spending them and spends only its own (the anonymous section spends them as
+everywhere: callers without a key get no report). Everything a request needs is
 resolved once here (the merged bucket tuple and its ``RateLimit-Policy`` header), so the
 per-request work is one dictionary look-up.
 """
@@ -20,7 +23,16 @@ from typing import Any
 from service.ratelimit.headers import policy_header
 from service.settings import SettingsError
 
-__all__ = ["DEFAULT_POLICIES_TOML", "Bucket", "Plan", "Policies", "PolicyError", "RouteBuckets", "load_policies"]
+__all__ = [
+    "DEFAULT_POLICIES_TOML",
+    "STATUS_ROUTE",
+    "Bucket",
+    "Plan",
+    "Policies",
+    "PolicyError",
+    "RouteBuckets",
+    "load_policies",
+]
 
 UNITS_PER_TOKEN_PER_Q = 1_000_000  # one microsecond of refill is a whole number of units
 _MAX_UNITS = 2**53  # Lua numbers are doubles: integers are exact up to here
@@ -30,6 +42,7 @@ _FIELDS = frozenset({"name", "capacity", "per_second", "cost", "shadow", "on_red
 ANONYMOUS = "anonymous"
 DEFAULT_PLAN = "default"
 ALL_ROUTES = "*"
+STATUS_ROUTE = "GET /v1/rate-limit"  # reads the caller's "*" buckets; spends only its own
 
 DEFAULT_POLICIES_TOML = """
 # A request spends the buckets of "*" and, if present, those of its own route.
@@ -39,9 +52,11 @@ DEFAULT_POLICIES_TOML = """
   { name = "sustained", capacity = 600, per_second = 10 },
 ]
 "POST /v1/jobs" = [{ name = "enqueue", capacity = 5, per_second = 1, cost = 1 }]
+"GET /v1/rate-limit" = [{ name = "status", capacity = 10, per_second = 1 }]
 
 [plans.pro]
 "*" = [{ name = "burst", capacity = 200, per_second = 100 }]
+"GET /v1/rate-limit" = [{ name = "status", capacity = 10, per_second = 1 }]
 
 [anonymous]          # callers without a valid API key, keyed by client address
 "*" = [{ name = "address", capacity = 10, per_second = 1 }]
@@ -88,13 +103,16 @@ class Bucket:
 class RouteBuckets:
     """What one (plan, route) spends: the merged buckets and their policy header, built once.
 
+    The first ``read_only`` buckets are only read: reported, never spent, never refusing.
+
     Compared and hashed by identity (``eq=False``): the limiter's framing caches are keyed by
     route, and hashing every field (fractions included) per request would cost more than it saves.
     """
 
     plan: str
     buckets: tuple[Bucket, ...]
-    enforced: tuple[Bucket, ...]  # the buckets that can refuse (not shadow)
+    read_only: int  # how many of the leading buckets are only read
+    enforced: tuple[Bucket, ...]  # the buckets that can refuse (spent, not shadow)
     policy_header: str
     fail_closed: bool  # Redis could not answer: refuse (503) rather than admit
 
@@ -152,10 +170,11 @@ def parse_policies(document: Mapping[str, Any], source: str = "<policies>") -> P
     if ANONYMOUS not in document:
         raise PolicyError("anonymous: missing; callers without a valid key are limited by address with it")
     plans = {name: _plan(f"plans.{name}", name, body) for name, body in plans_doc.items()}
-    return Policies(plans=plans, anonymous=_plan(ANONYMOUS, ANONYMOUS, document[ANONYMOUS]), source=source)
+    anonymous = _plan(ANONYMOUS, ANONYMOUS, document[ANONYMOUS], reads_on_status=False)
+    return Policies(plans=plans, anonymous=anonymous, source=source)
 
 
-def _plan(where: str, name: str, body: Any) -> Plan:
+def _plan(where: str, name: str, body: Any, *, reads_on_status: bool = True) -> Plan:
     if not _NAME.fullmatch(name):
         raise PolicyError(f"{where}: plan names are 1 to 64 letters, digits, '-', '_' or '.'")
     if not isinstance(body, dict):
@@ -177,15 +196,17 @@ def _plan(where: str, name: str, body: Any) -> Plan:
             seen.add(bucket.name)
             buckets.append(bucket)
         per_route[route] = tuple(buckets)
-    common = per_route[ALL_ROUTES]
-    routes = {route: _route_buckets(name, common + own) for route, own in per_route.items() if route != ALL_ROUTES}
+    common = per_route.pop(ALL_ROUTES)
+    routes = {route: _route_buckets(name, common + own) for route, own in per_route.items()}
+    if reads_on_status:  # with or without buckets of its own
+        routes[STATUS_ROUTE] = _route_buckets(name, common + per_route.get(STATUS_ROUTE, ()), read_only=len(common))
     return Plan(name=name, routes=routes, everywhere=_route_buckets(name, common))
 
 
-def _route_buckets(plan: str, buckets: tuple[Bucket, ...]) -> RouteBuckets:
-    enforced = tuple(b for b in buckets if not b.shadow)
-    header = policy_header((b.name, b.capacity, b.window_s) for b in enforced)
-    return RouteBuckets(plan, buckets, enforced, header, any(b.fail_closed for b in enforced))
+def _route_buckets(plan: str, buckets: tuple[Bucket, ...], read_only: int = 0) -> RouteBuckets:
+    enforced = tuple(b for b in buckets[read_only:] if not b.shadow)
+    header = policy_header((b.name, b.capacity, b.window_s) for b in buckets if not b.shadow)
+    return RouteBuckets(plan, buckets, read_only, enforced, header, any(b.fail_closed for b in enforced))
 
 
 def _bucket(where: str, index: int, item: Any) -> Bucket:

@@ -61,19 +61,22 @@ def _bucket_args(bucket: Bucket) -> tuple[bytes, ...]:
     return tuple(b"%d" % n for n in (bucket.capacity_units, bucket.refill_units_per_us, bucket.cost_units, enforced))
 
 
-def _decision_args(spend: bool, buckets: Sequence[Bucket]) -> list[bytes]:
-    """One decision's arguments: spend (1) or only read (0), the number of buckets, then each bucket's."""
-    args = [b"1" if spend else b"0", b"%d" % len(buckets)]
+def _decision_args(buckets: Sequence[Bucket], read_only: int) -> list[bytes]:
+    """One decision's arguments: how many leading buckets it only reads, the number of buckets, then each bucket's."""
+    args = [b"%d" % read_only, b"%d" % len(buckets)]
     for bucket in buckets:
         args += _bucket_args(bucket)
     return args
 
 
-def argv(decisions: Sequence[tuple[bool, Sequence[Bucket]]], now_us: int | None = None) -> list[bytes]:
-    """The whole ARGV of one call deciding ``decisions`` (spend, buckets); ``now_us`` replaces Redis TIME."""
+def argv(decisions: Sequence[tuple[Sequence[Bucket], int]], now_us: int | None = None) -> list[bytes]:
+    """The whole ARGV of one call deciding ``decisions`` (buckets, how many leading ones are only read).
+
+    ``now_us`` replaces Redis ``TIME``.
+    """
     args = [NOW_FROM_REDIS if now_us is None else b"%d" % now_us, b"%d" % len(decisions)]
-    for spend, buckets in decisions:
-        args += _decision_args(spend, buckets)
+    for buckets, read_only in decisions:
+        args += _decision_args(buckets, read_only)
     return args
 
 
@@ -98,28 +101,27 @@ def _framed(args: list[bytes]) -> bytes:
 class BatchFramer:
     """Frames a batch of decisions as one ``EVALSHA`` command, ready for ``send_packed_command``.
 
-    Keeps, per route, its arguments for spending and for reading, and per (caller, route)
-    the caller's bucket keys, all already framed; a batch is one ``join`` of those pieces.
+    Keeps, per route, its arguments, and per (caller, route) the caller's bucket keys, all
+    already framed; a batch is one ``join`` of those pieces.
     """
 
     def __init__(self) -> None:
-        self._routes: dict[RouteBuckets, tuple[bytes, bytes]] = {}  # route -> (spend args, read args)
-        # (caller, route) -> (keys, number of keys, spend args, read args)
-        self._callers: dict[tuple[str, RouteBuckets], tuple[bytes, int, bytes, bytes]] = {}
+        self._routes: dict[RouteBuckets, bytes] = {}
+        self._callers: dict[tuple[str, RouteBuckets], tuple[bytes, int, bytes]] = {}  # -> keys, key count, args
 
-    def evalsha(self, decisions: Sequence[tuple[str, RouteBuckets, bool, object]]) -> bytes:
-        """One ``EVALSHA`` deciding each (caller, route, spend, _) in order; every key must share one hash slot."""
+    def evalsha(self, decisions: Sequence[tuple[str, RouteBuckets, object]]) -> bytes:
+        """One ``EVALSHA`` deciding each (caller, route, _) in order; every key must share one hash slot."""
         callers = self._callers
         keys_wire = []
         args_wire = []
         key_count = 0
-        for caller, route, spend, _ in decisions:
+        for caller, route, _ in decisions:
             wire = callers.get((caller, route))
             if wire is None:
                 wire = self._caller_wire(caller, route)
-            keys, count, spend_args, read_args = wire
+            keys, count, args = wire
             keys_wire.append(keys)
-            args_wire.append(spend_args if spend else read_args)
+            args_wire.append(args)
             key_count += count
         arg_count = 2 + 2 * len(decisions) + _ARGS_PER_BUCKET * key_count
         return b"".join(
@@ -134,15 +136,12 @@ class BatchFramer:
             ]
         )
 
-    def _caller_wire(self, caller: str, route: RouteBuckets) -> tuple[bytes, int, bytes, bytes]:
+    def _caller_wire(self, caller: str, route: RouteBuckets) -> tuple[bytes, int, bytes]:
         args = self._routes.get(route)
         if args is None:
-            args = self._routes[route] = (
-                _framed(_decision_args(True, route.buckets)),
-                _framed(_decision_args(False, route.buckets)),
-            )
+            args = self._routes[route] = _framed(_decision_args(route.buckets, route.read_only))
         if len(self._callers) >= _CALLER_CACHE_MAX:
             self._callers.clear()
         keys = _framed([bucket_key(caller, bucket.name).encode() for bucket in route.buckets])
-        wire = self._callers[caller, route] = (keys, len(route.buckets), *args)
+        wire = self._callers[caller, route] = (keys, len(route.buckets), args)
         return wire

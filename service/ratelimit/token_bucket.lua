@@ -8,7 +8,8 @@ fraction; then one microsecond refills exactly p units. policy.py converts; scri
 KEYS   every bucket key of every decision, in order (all in one hash slot: rl:{caller}:name)
 ARGV   [1] now in microseconds, or "" to use Redis TIME (the test seam: tests drive a clock)
        [2] number of decisions D
-       then per decision: spend (1 spend, 0 read only), number of buckets B,
+       then per decision: R, the number of its leading buckets that are only read (0: spend
+         them all, B: read them all), the number of buckets B,
          then per bucket: capacity_units, refill_units_per_us, cost_units, enforced (1, or 0 for shadow)
 Stored per key: the string "<tokens_units> <last_us>"; a missing key is a full bucket.
 The key expires (PX) when the bucket would be full again, so idle callers cost no memory.
@@ -17,6 +18,7 @@ Returns a flat array, per decision: admitted (1/0), then per bucket:
   ok (1 when the bucket holds cost), remaining_units, full_in_us (until full again),
   retry_in_us (until it holds cost again: 0 when ok, -1 never: cost above capacity).
 A refused decision changes nothing. A shadow bucket never refuses; it spends when it can.
+A read-only bucket (one of a decision's first R) is reported but neither spends nor refuses.
 A clock that steps back refills nothing: the stored time never moves backwards.
 ]]
 
@@ -63,7 +65,7 @@ local function load(key, capacity, rate)
 end
 
 for _ = 1, tonumber(ARGV[2]) do
-  local spend = ARGV[argi] == "1"
+  local read_only = tonumber(ARGV[argi])
   local count = tonumber(ARGV[argi + 1])
   argi = argi + 2
   local buckets = {}
@@ -77,16 +79,17 @@ for _ = 1, tonumber(ARGV[2]) do
     local s = load(KEYS[keyi], capacity, rate)
     keyi = keyi + 1
     local ok = s.tokens >= cost and cost <= capacity
-    if enforced and not ok then
+    local spends = i > read_only
+    if spends and enforced and not ok then
       admitted = false
     end
-    buckets[i] = { s = s, cost = cost, ok = ok }
+    buckets[i] = { s = s, cost = cost, ok = ok, spends = spends }
   end
   out[#out + 1] = admitted and 1 or 0
   for i = 1, count do
     local b = buckets[i]
     local s = b.s
-    if spend and admitted and b.ok then
+    if b.spends and admitted and b.ok then
       s.tokens = s.tokens - b.cost
       s.dirty = true
     end
