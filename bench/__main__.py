@@ -1,24 +1,30 @@
-"""``make bench``: every benchmark in one run; each appends its figures to bench/RESULTS.md."""
+"""``make bench``: every benchmark in one run; each appends its figures to bench/RESULTS.md.
+
+``python -m bench [limiter] [queue] [cron] [api]`` runs the ones named, in that order.
+"""
 
 from __future__ import annotations
 
 import sys
+import time
 
-from bench import cron, limiter, queue
+from bench import api, cron, limiter, queue
+
+BENCHMARKS = {"limiter": limiter.main, "queue": queue.main, "cron": cron.main, "api": api.main}
 
 
 def main(argv: list[str]) -> int:
-    chosen = set(argv) or {"limiter", "queue", "cron"}
-    unknown = chosen - {"limiter", "queue", "cron"}
+    chosen = set(argv) or set(BENCHMARKS)
+    unknown = chosen - set(BENCHMARKS)
     if unknown:
-        print(f"unknown benchmark(s): {', '.join(sorted(unknown))}; choose from limiter, queue, cron", file=sys.stderr)
+        names = ", ".join(BENCHMARKS)
+        print(f"unknown benchmark(s): {', '.join(sorted(unknown))}; choose from {names}", file=sys.stderr)
         return 2
-    if "limiter" in chosen:
-        limiter.main()
-    if "queue" in chosen:
-        queue.main()
-    if "cron" in chosen:
-        cron.main()
+    for name, run in BENCHMARKS.items():
+        if name in chosen:
+            started = time.monotonic()
+            run()
+            print(f"{name} bench took {time.monotonic() - started:.0f} s", flush=True)
     return 0
 
 

@@ -1,9 +1,11 @@
 """A small HTTP/1.1 keep-alive load generator, used when ``wrk`` is not installed.
 
-Each connection sends one GET, reads the whole answer (``Content-Length`` framing), and
-sends the next, like ``wrk``. Run it in its own process so it does not share a core's
-event loop with the server: ``python -m bench.http_load HOST PORT PATH KEYS_FILE SECONDS CONNECTIONS``
-prints one JSON line (requests, seconds, p50_us, p99_us, non_2xx).
+Each connection sends one request, reads the whole answer (``Content-Length`` framing),
+and sends the next, like ``wrk``. Run it in its own process so it does not share a core's
+event loop with the server:
+``python -m bench.http_load HOST PORT TARGETS_FILE SECONDS CONNECTIONS METHOD BODY`` prints one
+JSON line (requests, seconds, p50_us, p99_us, non_2xx, socket_errors). The targets file is
+``bench.harness``'s: ``PATH<TAB>API-KEY`` a line; ``BODY`` may be empty.
 """
 
 from __future__ import annotations
@@ -75,11 +77,20 @@ class _Connection(asyncio.Protocol):
             self.closed.set_result(None)
 
 
-async def run(host: str, port: int, path: str, keys: list[str], seconds: float, connections: int) -> dict[str, float]:
-    """Load ``http://host:port/path`` for ``seconds``, rotating ``X-API-Key`` over ``keys``."""
-    requests = [
-        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nX-API-Key: {key}\r\n\r\n".encode() for key in keys or [""]
-    ]
+def _request(host: str, port: int, method: str, path: str, key: str, body: str) -> bytes:
+    head = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}"]
+    if key:
+        head.append(f"X-API-Key: {key}")
+    if body:
+        head += ["Content-Type: application/json", f"Content-Length: {len(body.encode())}"]
+    return ("\r\n".join(head) + "\r\n\r\n" + body).encode()
+
+
+async def run(
+    host: str, port: int, targets: list[tuple[str, str]], seconds: float, connections: int, method: str, body: str
+) -> dict[str, float]:
+    """Load ``host:port`` for ``seconds``, rotating over ``targets`` (path, API key)."""
+    requests = [_request(host, port, method, path, key, body) for path, key in targets]
     stats = _Stats()
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
@@ -98,10 +109,11 @@ async def run(host: str, port: int, path: str, keys: list[str], seconds: float, 
         "p50_us": latencies[len(latencies) // 2] * 1e6,
         "p99_us": latencies[int(len(latencies) * 0.99)] * 1e6,
         "non_2xx": float(stats.non_2xx),
+        "socket_errors": 0.0,
     }
 
 
 if __name__ == "__main__":
-    host, port, path, keys_file, seconds, connections = sys.argv[1:7]
-    keys = [line for line in Path(keys_file).read_text().splitlines() if line] if keys_file != "-" else []
-    print(json.dumps(asyncio.run(run(host, int(port), path, keys, float(seconds), int(connections)))))
+    host, port, targets_file, seconds, connections, method, body = sys.argv[1:8]
+    targets = [line.partition("\t")[::2] for line in Path(targets_file).read_text().splitlines() if line]
+    print(json.dumps(asyncio.run(run(host, int(port), targets, float(seconds), int(connections), method, body))))

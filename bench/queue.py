@@ -16,10 +16,16 @@ Measured:
    (as the results record them), so start-up is not counted;
 2. enqueue → start latency, p50 and p99, for jobs sent one at a time (each waits for the
    previous to finish, then a random 5-50 ms), from the times arq records in the result;
-3. idle Redis commands per second per worker: ``INFO commandstats`` deltas over 60 s of
-   an idle worker (both contenders at once, each on its own server);
-4. Redis commands per job in the throughput run: at enqueue, and by the worker (its
-   commands during the run over ``N``; the benchmark's own INFO and polling are left out);
+3. idle Redis commands per second per worker, server-side and client-sent: ``INFO
+   commandstats`` deltas and a ``MONITOR`` tap over 60 s of an idle worker (both
+   contenders at once, each on its own server);
+4. Redis commands per job, counted two ways (``bench.redis_stats``): server-side, every
+   command Redis ran, those its Lua scripts ran included (``INFO commandstats`` deltas over
+   the throughput run); and client-sent, a script call counting once, as a metered Redis
+   such as Upstash bills (a ``MONITOR`` tap, which marks a script's commands ``[0 lua]``,
+   over a counting pass of ``COUNT_JOBS`` more jobs, because MONITOR would slow the timed
+   run). At enqueue, and by the worker (its commands from its start until the queue is
+   empty, over the jobs); the benchmark's own INFO, polling and connection set-up are left out;
 5. ours only, default settings: a worker is SIGKILLed while running a job, a second
    worker is up; the time from the kill until the job starts again, and until it is
    complete. (Stock arq re-runs it only when ``arq:in-progress:<id>`` expires: the
@@ -35,17 +41,14 @@ import asyncio
 import contextlib
 import logging.config
 import os
-import platform
 import random
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,19 +58,24 @@ from arq.logs import default_log_config
 from arq.worker import Worker, func
 from redis.asyncio import Redis
 
+from bench import harness
+from bench.redis_stats import OWN_COMMANDS, Monitor, Window, command_calls, delta, per
 from jobs.heartbeat import live_workers
 from jobs.queue import JobQueue
 from jobs.redis_keys import IN_PROGRESS_PREFIX, QUEUE_KEY, RESULT_PREFIX
 from jobs.serialization import deserialize
 from service.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "RESULTS.md"
 THROUGHPUT_JOBS = 5000
+COUNT_JOBS = 1000
 LATENCY_JOBS = {"ours": 200, "stock": 60}
+# The job running when its worker is killed: longer than a second worker takes to start on a
+# busy machine (the kill waits for it), so that it is still running when the kill comes.
+KILL_JOB_S = 5
 IDLE_WINDOW_S = 60.0
-# Commands the benchmark itself sends, or that only connection set-up sends.
-NOT_COUNTED = {"info", "config", "client", "hello", "select", "flushdb", "ping", "zcard", "mget", "get"}
+# Commands the benchmark itself sends (zcard: waiting for the queue to empty), or that
+# only connection set-up sends. The workers' GETs count: arq's reads each job with one.
+NOT_COUNTED = OWN_COMMANDS | {"config", "client", "hello", "select", "flushdb", "ping", "zcard"}
 
 
 # -- the stock worker (run as `python -m bench.queue stock-worker URL`) ---------------------
@@ -92,24 +100,12 @@ def run_stock_worker(url: str) -> None:
 
 @contextlib.contextmanager
 def private_redis() -> Iterator[str]:
-    """A throw-away redis-server on a free loopback port; yields its URL."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("bench.queue needs redis-server on PATH (apt-get install redis-server)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(200):
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.1):
-                break
-            time.sleep(0.02)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    """A throw-away redis-server on a free loopback port, no persistence; yields its URL."""
+    with (
+        tempfile.TemporaryDirectory(prefix="ottoai-bench-queue-") as tmp,
+        harness.private_redis(Path(tmp), tcp=True) as url,
+    ):
+        yield url
 
 
 def start_worker(kind: str, url: str) -> subprocess.Popen[bytes]:
@@ -122,29 +118,23 @@ def start_worker(kind: str, url: str) -> subprocess.Popen[bytes]:
     base = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "UPSTASH_REDIS_URL")}
     return subprocess.Popen(
         command,
-        cwd=ROOT,
-        env={**base, "PYTHONPATH": str(ROOT), **env},
+        cwd=harness.ROOT,
+        env={**base, "PYTHONPATH": str(harness.ROOT), **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
 
 
 def stop_worker(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    harness.stop(process, timeout_s=15)  # a worker may take its grace period
 
 
-async def command_calls(redis: Redis) -> dict[str, int]:
-    stats = await redis.info("commandstats")
-    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+async def calls_by_command(redis: Redis) -> dict[str, int]:
+    return command_calls(await redis.info("commandstats"))
 
 
-def counted(before: dict[str, int], after: dict[str, int], ignore: set[str] = NOT_COUNTED) -> int:
-    return sum(calls - before.get(name, 0) for name, calls in after.items() if name not in ignore)
+def counted(before: dict[str, int], after: dict[str, int], ignore: frozenset[str] = NOT_COUNTED) -> int:
+    return sum(delta(before, after, ignore).values())
 
 
 @dataclass
@@ -181,18 +171,18 @@ def contender(kind: str, url: str) -> Contender:
 
 async def throughput(c: Contender) -> dict[str, float]:
     await c.redis.flushdb()
-    before = await command_calls(c.redis)
+    before = await calls_by_command(c.redis)
     ids = []
     for _ in range(THROUGHPUT_JOBS // 100):
         ids += await asyncio.gather(*(c.enqueue() for _ in range(100)))
-    enqueued = await command_calls(c.redis)
+    enqueued = await calls_by_command(c.redis)
     worker = start_worker(c.kind, c.url)
     try:
         deadline = time.monotonic() + 120
         while await c.redis.zcard(QUEUE_KEY) > 0:
             assert time.monotonic() < deadline, f"{c.kind}: jobs left after 120 s"
             await asyncio.sleep(0.05)
-        drained = await command_calls(c.redis)
+        drained = await calls_by_command(c.redis)
     finally:
         stop_worker(worker)
     starts, ends = [], []
@@ -233,18 +223,51 @@ async def latency(c: Contender) -> dict[str, float]:
     return {"p50_ms": statistics.median(samples), "p99_ms": cuts[98], "samples": len(samples)}
 
 
-async def idle(c: Contender) -> float:
+async def idle(c: Contender) -> dict[str, float]:
     await c.redis.flushdb()
     worker = start_worker(c.kind, c.url)
     try:
         await asyncio.sleep(5.0)  # start-up is not idle
-        before = await command_calls(c.redis)
-        await asyncio.sleep(IDLE_WINDOW_S)
-        after = await command_calls(c.redis)
+        before = await calls_by_command(c.redis)
+        with Monitor(c.url) as monitor:  # an idle worker sends too little for the tap to slow it
+            await asyncio.sleep(IDLE_WINDOW_S)
+            window = monitor.mark()
+        after = await calls_by_command(c.redis)
     finally:
         stop_worker(worker)
     # Everything the worker sends counts here, whatever the command.
-    return counted(before, after, ignore={"info"}) / IDLE_WINDOW_S
+    return {
+        "idle_commands_per_s": counted(before, after, ignore=OWN_COMMANDS) / IDLE_WINDOW_S,
+        "idle_client_commands_per_s": window.client_total / IDLE_WINDOW_S,
+    }
+
+
+async def command_sources(c: Contender) -> dict[str, Any]:
+    """Commands per job as clients send them, and as Redis runs them: ``COUNT_JOBS`` jobs under a MONITOR tap."""
+    await c.redis.flushdb()
+    with Monitor(c.url) as monitor:
+        for _ in range(COUNT_JOBS // 100):
+            await asyncio.gather(*(c.enqueue() for _ in range(100)))
+        enqueue = monitor.mark().without(NOT_COUNTED)
+        worker = start_worker(c.kind, c.url)
+        try:
+            await _until(lambda: _empty(c.redis), timeout_s=120)
+            work = monitor.mark().without(NOT_COUNTED)
+        finally:
+            stop_worker(worker)
+    return {
+        "enqueue_client_per_job": enqueue.client_total / COUNT_JOBS,
+        "enqueue_monitored_per_job": enqueue.server_total / COUNT_JOBS,
+        "worker_client_per_job": work.client_total / COUNT_JOBS,
+        "worker_monitored_per_job": work.server_total / COUNT_JOBS,
+        "enqueue_window": enqueue,
+        "worker_window": work,
+    }
+
+
+async def _empty(redis: Redis) -> bool:
+    left: int = await redis.zcard(QUEUE_KEY)
+    return left == 0
 
 
 async def _until(check: Callable[[], Awaitable[Any]], timeout_s: float = 30.0) -> None:
@@ -269,7 +292,7 @@ async def kill_recovery(url: str) -> dict[str, float]:
         await _until(lambda: _live(c.redis, 1))
         # The first worker is alone: it takes the job.
         sleeper, _ = await JobQueue(c.redis, Settings.from_env({"REDIS_URL": url})).enqueue(
-            "bench", "diagnostics.sleep", {"seconds": 1}
+            "bench", "diagnostics.sleep", {"seconds": KILL_JOB_S}
         )
         await _until(lambda: c.redis.exists(IN_PROGRESS_PREFIX + sleeper.id))
         second = start_worker("ours", url)
@@ -277,6 +300,8 @@ async def kill_recovery(url: str) -> dict[str, float]:
         first.kill()
         killed_ms = time.time() * 1000
         result = deserialize_result(await _result(c.redis, sleeper.id), deserializer=c.deserializer)
+        if result.job_try < 2:
+            raise RuntimeError(f"the {KILL_JOB_S} s job ended before its worker was killed: raise KILL_JOB_S")
     finally:
         for process in (first, second):
             if process is not None:
@@ -289,59 +314,58 @@ async def kill_recovery(url: str) -> dict[str, float]:
     }
 
 
-async def measure() -> tuple[dict[str, dict[str, float]], str]:
-    figures: dict[str, dict[str, float]] = {"ours": {}, "stock": {}}
+async def measure() -> tuple[dict[str, dict[str, Any]], str]:
+    """Every figure of both contenders, and the machine line (taken before the run)."""
+    figures: dict[str, dict[str, Any]] = {"ours": {}, "stock": {}}
     with private_redis() as url_a, private_redis() as url_b:
         pairs = {"ours": contender("ours", url_a), "stock": contender("stock", url_b)}
-        version = (await pairs["ours"].redis.info("server"))["redis_version"]
+        machine = harness.machine((await pairs["ours"].redis.info("server"))["redis_version"])
         for kind, c in pairs.items():
             print(f"queue bench: {kind} throughput ...", flush=True)
             figures[kind].update(await throughput(c))
             print(f"queue bench: {kind} latency ...", flush=True)
             figures[kind].update(await latency(c))
+            print(f"queue bench: {kind} commands by source, {COUNT_JOBS:,} jobs under MONITOR ...", flush=True)
+            figures[kind].update(await command_sources(c))
         print(f"queue bench: idle, both at once, {IDLE_WINDOW_S:g} s ...", flush=True)
         idle_ours, idle_stock = await asyncio.gather(idle(pairs["ours"]), idle(pairs["stock"]))
-        figures["ours"]["idle_commands_per_s"] = idle_ours
-        figures["stock"]["idle_commands_per_s"] = idle_stock
+        figures["ours"].update(idle_ours)
+        figures["stock"].update(idle_stock)
         print("queue bench: SIGKILL recovery (ours, default 10 s lease) ...", flush=True)
         figures["ours"].update(await kill_recovery(url_a))
         for c in pairs.values():
             await c.redis.aclose()
-    return figures, version
+    return figures, machine
 
 
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    return platform.processor() or "unknown CPU"
-
-
-def report(figures: dict[str, dict[str, float]], redis_version: str) -> str:
+def report(figures: dict[str, dict[str, Any]], machine: str) -> str:
     ours, stock = figures["ours"], figures["stock"]
     rows = [
         ("no-op jobs/s, one worker process", "jobs_per_s", "{:,.0f}", "x"),
         ("enqueue → start p50 (ms), one at a time", "p50_ms", "{:,.1f}", "/"),
         ("enqueue → start p99 (ms), one at a time", "p99_ms", "{:,.1f}", "/"),
-        ("idle Redis commands/s per worker", "idle_commands_per_s", "{:.3f}", "/"),
-        ("Redis commands per job: enqueue", "enqueue_commands_per_job", "{:.1f}", ""),
-        ("Redis commands per job: worker", "worker_commands_per_job", "{:.1f}", ""),
-        ("SIGKILL mid-job → job runs again (s)", "kill_to_restart_s", "{:.1f}", "-"),
-        ("SIGKILL mid-job → job complete (s)", "kill_to_complete_s", "{:.1f}", "-"),
+        ("idle Redis commands/s per worker, server-side", "idle_commands_per_s", "{:.3f}", "/"),
+        ("idle Redis commands/s per worker, client-sent", "idle_client_commands_per_s", "{:.3f}", "/"),
+        ("Redis commands per job: enqueue, server-side", "enqueue_commands_per_job", "{:.1f}", ""),
+        ("Redis commands per job: enqueue, client-sent", "enqueue_client_per_job", "{:.1f}", ""),
+        ("Redis commands per job: worker, server-side", "worker_commands_per_job", "{:.1f}", ""),
+        ("Redis commands per job: worker, client-sent", "worker_client_per_job", "{:.1f}", ""),
+        (f"SIGKILL mid-job ({KILL_JOB_S} s job) → job runs again (s)", "kill_to_restart_s", "{:.1f}", "-"),
+        (f"SIGKILL mid-job ({KILL_JOB_S} s job) → job complete (s)", "kill_to_complete_s", "{:.1f}", "-"),
     ]
-    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        f"## Queue, {when}",
+        f"## Queue, {harness.now_utc()}",
         "",
-        f"Machine: {_cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"Redis {redis_version}. One worker process per contender, each on a private redis-server (TCP loopback, "
+        f"Machine: {machine}. One worker process per contender, each on a private redis-server (TCP loopback, "
         f"no persistence). Stock arq: `arq.worker.Worker` defaults (pickle, 0.5 s poll, max_jobs 10). Ours: "
         f"`python -m jobs` with default settings, cron off. Throughput: {THROUGHPUT_JOBS:,} jobs enqueued first. "
         f"Latency: "
         f"{LATENCY_JOBS['ours']} (ours) / {LATENCY_JOBS['stock']} (stock) jobs one at a time, from the times arq "
-        f"records (1 ms resolution). Idle: "
-        f"INFO commandstats delta over {IDLE_WINDOW_S:g} s.",
+        f"records (1 ms resolution). Idle: INFO commandstats delta and a MONITOR tap over {IDLE_WINDOW_S:g} s. "
+        "Commands per job: server-side is every command Redis ran, those its Lua scripts ran included (INFO "
+        "commandstats over the throughput run); client-sent counts a script call once, as a metered Redis bills "
+        f"(a MONITOR tap, which marks a script's commands `[0 lua]`, over a separate pass of {COUNT_JOBS:,} jobs); "
+        "the benchmark's own commands and connection set-up are left out.",
         "",
         "| measure | ours | stock arq | ours vs stock |",
         "|---|---|---|---|",
@@ -356,18 +380,24 @@ def report(figures: dict[str, dict[str, float]], redis_version: str) -> str:
         elif compare == "/" and ours[key]:
             ratio = f"{stock[key] / ours[key]:.1f} x less"
         lines.append(f"| {label} | {fmt.format(ours[key])} | {fmt.format(stock[key])} | {ratio} |")
+    lines += ["", "Commands per job by name in the MONITOR pass (its server-side totals beside the table's):", ""]
+    for kind, name in (("ours", "ours"), ("stock", "stock arq")):
+        f = figures[kind]
+        for phase in ("enqueue", "worker"):
+            window: Window = f[f"{phase}_window"]
+            lines.append(
+                f"- {name}, {phase}: client-sent {per(window.client, COUNT_JOBS, top=10)}; run by scripts "
+                f"{per(window.script, COUNT_JOBS, top=10)} (server-side {f[f'{phase}_monitored_per_job']:.1f} a job)."
+            )
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     """Run the queue benchmark, print its table and append it to bench/RESULTS.md."""
-    figures, version = asyncio.run(measure())
-    section = report(figures, version)
+    figures, machine = asyncio.run(measure())
+    section = report(figures, machine)
     print(section)
-    if not RESULTS.exists():
-        RESULTS.write_text("# Benchmark results\n\nFigures are from one machine; compare ratios within one run.\n")
-    with RESULTS.open("a") as out:
-        out.write("\n" + section)
+    harness.append_results(section)
 
 
 if __name__ == "__main__":
