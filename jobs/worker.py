@@ -40,7 +40,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from arq.connections import ArqRedis, log_redis_info
-from arq.jobs import Deserializer, Serializer
+from arq.jobs import Deserializer, Serializer, deserialize_result
 from arq.utils import timestamp_ms, to_ms
 from arq.worker import Function
 from arq.worker import Worker as ArqWorker
@@ -53,7 +53,7 @@ from jobs.leases import LeaseKeeper
 from jobs.metrics import JobMetrics, Outcome
 from jobs.registry import Registry
 from jobs.scripts import load_script
-from jobs.serialization import deserialize, serialize
+from jobs.serialization import ABORTED, deserialize, serialize
 from jobs.tasks import TASKS
 from jobs.wakeups import WakeUps
 from service.backoff import Backoff
@@ -333,10 +333,15 @@ class Worker(ArqWorker):
         )
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
-        """arq's end of a job that could not start (expired, unknown function, tries spent); cron records its runs'."""
+        """arq's end of a job that could not start (expired, unknown function, tries spent, aborted
+        before start); cron records its runs', the job metrics count the others."""
         if self._cron is not None and is_cron_run(job_id):
             await self._cron.finish(job_id, result_data)
             return
+        if result_data is not None:
+            ended = deserialize_result(result_data, deserializer=deserialize)
+            aborted = isinstance(ended.result, dict) and ended.result.get("type") == ABORTED
+            self.job_metrics.record(ended.function, "aborted" if aborted else "failed")
         await super().finish_failed_job(job_id, result_data)
 
     # -- stopping --------------------------------------------------------------------------
