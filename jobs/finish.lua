@@ -9,6 +9,8 @@
 -- KEYS[5]  arq:abort
 -- KEYS[6]  arq:queue
 -- KEYS[7]  jobs:wake
+-- KEYS[8]  jobs:ready:<tenant>   the tenant's unfinished jobs
+-- KEYS[9]  jobs:tenants
 -- ARGV[1]  job id
 -- ARGV[2]  "1" when the job is finished (result or failure), "0" when it goes back to the queue
 -- ARGV[3]  the serialized result, or "" for none
@@ -17,6 +19,7 @@
 -- ARGV[6]  ms to keep the in-progress key (arq's cron jobs), or "" to delete it
 -- ARGV[7]  "1" when the job is handed back on stop: its interrupted try is not counted
 -- ARGV[8]  wake-up tokens kept at most
+-- ARGV[9]  the job's tenant
 -- Returns 1.
 
 if ARGV[6] ~= '' then
@@ -36,9 +39,14 @@ if ARGV[2] == '1' then
   redis.call('DEL', KEYS[3], KEYS[4])
   redis.call('ZREM', KEYS[5], ARGV[1])
   redis.call('ZREM', KEYS[6], ARGV[1])
+  redis.call('ZREM', KEYS[8], ARGV[1])
+  if redis.call('EXISTS', KEYS[8]) == 0 then
+    redis.call('ZREM', KEYS[9], ARGV[9])
+  end
 else
   if ARGV[5] ~= '' then
     redis.call('ZINCRBY', KEYS[6], ARGV[5], ARGV[1])
+    redis.call('ZINCRBY', KEYS[8], ARGV[5], ARGV[1])
   end
   if ARGV[7] == '1' then
     redis.call('DECR', KEYS[3])

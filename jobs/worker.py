@@ -2,6 +2,9 @@
 
 What it changes in stock arq, and why (see ``FINDINGS.md``):
 
+- **Fair claims**: tenants are served in turn (``claim.lua``, keys in ``jobs.redis_keys``),
+  not first-in first-out across tenants, so one tenant's backlog cannot hold another's
+  job back by more than about one job's run time.
 - **Claims** go through one Lua call (``claim.lua``) that gives each due job a short
   in-progress *lease* (``JOB_LEASE_S``, 10 s) instead of arq's "longest timeout + 10 s";
   the lease keeper (``jobs.leases``) renews the leases of running jobs every quarter
@@ -130,8 +133,16 @@ class Worker(ArqWorker):
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self._cron = CronRunner(schedule, redis_pool, worker_id=self.worker_id) if schedule is not None else None
+        # The tenant of each running job, from its claim (the task sees it as ``JobContext.tenant``).
+        self._job_tenants: dict[str, str] = {}
         self.job_metrics = JobMetrics(self._cancelled_outcome)
-        self.ctx.update(settings=settings, worker_id=self.worker_id, cron=self._cron, job_metrics=self.job_metrics)
+        self.ctx.update(
+            settings=settings,
+            worker_id=self.worker_id,
+            tenants=self._job_tenants,
+            cron=self._cron,
+            job_metrics=self.job_metrics,
+        )
         self._leases = LeaseKeeper(
             redis_pool,
             lease_s=settings.job_lease_s,
@@ -202,7 +213,7 @@ class Worker(ArqWorker):
         if not self.allow_pick_jobs or self.job_counter >= self.max_jobs:
             return -1
         reply = await self._claim_script(
-            keys=[self.queue_name, redis_keys.WAKE_KEY, redis_keys.WORKERS_KEY],
+            keys=[redis_keys.TENANTS_KEY, redis_keys.WAKE_KEY, redis_keys.WORKERS_KEY, self.queue_name],
             args=[
                 timestamp_ms(),
                 self.max_jobs - self.job_counter,
@@ -210,17 +221,19 @@ class Worker(ArqWorker):
                 redis_keys.IN_PROGRESS_PREFIX,
                 CLAIM_SCAN_MAX,
                 redis_keys.WAKE_TOKENS_MAX,
-                "" if self._cron is not None else redis_keys.CRON_JOB_PREFIX,
+                redis_keys.READY_PREFIX,
+                "" if self._cron is not None else redis_keys.SYSTEM_TENANT,
                 *self.tasks,
             ],
         )
-        for i in range(1, len(reply), 2):
-            await self._start(reply[i].decode(), int(reply[i + 1]))
+        for i in range(1, len(reply), 3):
+            await self._start(reply[i].decode(), int(reply[i + 1]), reply[i + 2].decode())
         return int(reply[0])
 
-    async def _start(self, job_id: str, score: int) -> None:
+    async def _start(self, job_id: str, score: int, tenant: str) -> None:
         await self.sem.acquire()  # never waits: the claim took no more jobs than free slots
         self.job_counter += 1
+        self._job_tenants[job_id] = tenant
         task = self.loop.create_task(self.run_job(job_id, score))
         task.add_done_callback(self._on_job_done)
         self.tasks[job_id] = task
@@ -233,6 +246,7 @@ class Worker(ArqWorker):
         for job_id, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[job_id]
+                del self._job_tenants[job_id]
                 self._handing_back.discard(job_id)
                 if not task.cancelled() and task.exception() is not None:
                     log.error("job bookkeeping failed", job_id=job_id, error=repr(task.exception()))
@@ -310,6 +324,7 @@ class Worker(ArqWorker):
             await self._cron.finish(job_id, result_data)
             return
         keep_ms = "" if keep_result_forever or result_timeout_s is None else to_ms(result_timeout_s)
+        tenant = self._job_tenants.get(job_id, redis_keys.SYSTEM_TENANT)
         await self._finish_script(
             keys=[
                 redis_keys.IN_PROGRESS_PREFIX + job_id,
@@ -319,6 +334,8 @@ class Worker(ArqWorker):
                 redis_keys.ABORT_KEY,
                 self.queue_name,
                 redis_keys.WAKE_KEY,
+                redis_keys.ready_key(tenant),
+                redis_keys.TENANTS_KEY,
             ],
             args=[
                 job_id,
@@ -329,20 +346,19 @@ class Worker(ArqWorker):
                 "" if keep_in_progress is None else to_ms(keep_in_progress),
                 "1" if job_id in self._handing_back else "0",
                 redis_keys.WAKE_TOKENS_MAX,
+                tenant,
             ],
         )
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
-        """arq's end of a job that could not start (expired, unknown function, tries spent, aborted
-        before start); cron records its runs', the job metrics count the others."""
-        if self._cron is not None and is_cron_run(job_id):
-            await self._cron.finish(job_id, result_data)
-            return
-        if result_data is not None:
+        """arq's ``finish_failed_job`` (a job that expired, was aborted before it started, or ran out of
+        tries) through ``finish_job`` too, so the job leaves its tenant's unfinished jobs (a cron run is
+        recorded by cron); the job metrics count it as a run that never started."""
+        if result_data is not None and not is_cron_run(job_id):
             ended = deserialize_result(result_data, deserializer=deserialize)
             aborted = isinstance(ended.result, dict) and ended.result.get("type") == ABORTED
             self.job_metrics.record(ended.function, "aborted" if aborted else "failed")
-        await super().finish_failed_job(job_id, result_data)
+        await self.finish_job(job_id, True, result_data, self.keep_result_s, self.keep_result_forever, None, None)
 
     # -- stopping --------------------------------------------------------------------------
 
