@@ -17,9 +17,11 @@ from redis.exceptions import RedisError
 
 from jobs import cron_cli
 from jobs.cron import SCHEDULE, Schedule
+from jobs.fleet_metrics import FleetMetrics
 from jobs.heartbeat import live_workers
 from jobs.worker import running_worker
 from service.logging import configure_logging, get_logger, redact_text
+from service.metrics import Metrics, metrics_listener
 from service.redis import redis_client
 from service.settings import Settings, SettingsError
 
@@ -52,11 +54,16 @@ async def _run(settings: Settings, schedule: Schedule) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with running_worker(settings, schedule=schedule) as worker:
+    metrics = Metrics()
+    async with running_worker(settings, schedule=schedule, metrics=metrics) as worker:
         assert worker.main_task is not None
-        stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait([stopping, worker.main_task], return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
+        fleet = FleetMetrics(worker.pool, schedule if settings.enable_cron else None)
+        fleet.register(metrics)
+        async with metrics_listener(metrics, settings.metrics_port):
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([stopping, worker.main_task], return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+        await fleet.close()
         if worker.main_task.done() and not worker.main_task.cancelled():
             error = worker.main_task.exception()
             if error is not None:

@@ -12,13 +12,14 @@ from typing import Any
 
 from marshmallow import Schema, fields, validate
 
-from jobs import webhook
+from jobs import maintenance, webhook
 from jobs.registry import JobContext, Registry
 from service.backoff import Backoff
 
 __all__ = ["TASKS"]
 
 TASKS = Registry()
+maintenance.register(TASKS)  # the operations guide's maintenance jobs (jobs/maintenance.py)
 
 
 class PingArgs(Schema):

@@ -43,7 +43,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from arq.connections import ArqRedis, log_redis_info
-from arq.jobs import Deserializer, Serializer
+from arq.jobs import Deserializer, Serializer, deserialize_result
 from arq.utils import timestamp_ms, to_ms
 from arq.worker import Function
 from arq.worker import Worker as ArqWorker
@@ -53,13 +53,15 @@ from jobs import heartbeat, redis_keys
 from jobs.cron import SCHEDULE, Schedule, is_cron_run
 from jobs.cron_runner import CronRunner, arq_functions
 from jobs.leases import LeaseKeeper
+from jobs.metrics import JobMetrics, Outcome
 from jobs.registry import Registry
 from jobs.scripts import load_script
-from jobs.serialization import deserialize, serialize
+from jobs.serialization import ABORTED, deserialize, serialize
 from jobs.tasks import TASKS
 from jobs.wakeups import WakeUps
 from service.backoff import Backoff
 from service.logging import get_logger
+from service.metrics import Metrics
 from service.redis import connection_pool
 from service.settings import Settings
 
@@ -125,6 +127,7 @@ class Worker(ArqWorker):
         *,
         redis_pool: ArqRedis,
         schedule: Schedule | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__(redis_pool=redis_pool, **worker_settings.arq_options())
         self.settings = settings
@@ -132,7 +135,14 @@ class Worker(ArqWorker):
         self._cron = CronRunner(schedule, redis_pool, worker_id=self.worker_id) if schedule is not None else None
         # The tenant of each running job, from its claim (the task sees it as ``JobContext.tenant``).
         self._job_tenants: dict[str, str] = {}
-        self.ctx.update(settings=settings, worker_id=self.worker_id, tenants=self._job_tenants, cron=self._cron)
+        self.job_metrics = JobMetrics(self._cancelled_outcome)
+        self.ctx.update(
+            settings=settings,
+            worker_id=self.worker_id,
+            tenants=self._job_tenants,
+            cron=self._cron,
+            job_metrics=self.job_metrics,
+        )
         self._leases = LeaseKeeper(
             redis_pool,
             lease_s=settings.job_lease_s,
@@ -148,6 +158,11 @@ class Worker(ArqWorker):
         self._started_at = time.time()
         self._claim_script = load_script(redis_pool, "claim")
         self._finish_script = load_script(redis_pool, "finish")
+        self._metrics = metrics
+        if metrics is not None:  # the process's /metrics shows this worker's runs and pools
+            metrics.registry.register(self.job_metrics)
+            metrics.pools.track("worker", redis_pool.connection_pool)
+            metrics.pools.track("worker-wake", self._wake_ups.pool)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -270,6 +285,11 @@ class Worker(ArqWorker):
             self.aborting_tasks.add(job_id)
             task.cancel()
 
+    def _cancelled_outcome(self, job_id: str) -> Outcome:
+        if job_id in self.aborting_tasks:
+            return "aborted"
+        return "handed_back" if job_id in self._handing_back else "retried"
+
     def _beat(self) -> heartbeat.Beat:
         return heartbeat.Beat(
             id=self.worker_id,
@@ -333,7 +353,11 @@ class Worker(ArqWorker):
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
         """arq's ``finish_failed_job`` (a job that expired, was aborted before it started, or ran out of
         tries) through ``finish_job`` too, so the job leaves its tenant's unfinished jobs (a cron run is
-        recorded by cron)."""
+        recorded by cron); the job metrics count it as a run that never started."""
+        if result_data is not None and not is_cron_run(job_id):
+            ended = deserialize_result(result_data, deserializer=deserialize)
+            aborted = isinstance(ended.result, dict) and ended.result.get("type") == ABORTED
+            self.job_metrics.record(ended.function, "aborted" if aborted else "failed")
         await self.finish_job(job_id, True, result_data, self.keep_result_s, self.keep_result_forever, None, None)
 
     # -- stopping --------------------------------------------------------------------------
@@ -388,15 +412,25 @@ class Worker(ArqWorker):
         await self.pool.aclose(close_connection_pool=True)
         await self._wake_ups.close()
         self._pool = None
+        if self._metrics is not None:
+            self._metrics.registry.unregister(self.job_metrics)
+            self._metrics.pools.forget("worker")
+            self._metrics.pools.forget("worker-wake")
 
 
 def create_worker(
-    settings: Settings, *, registry: Registry = TASKS, schedule: Schedule = SCHEDULE, **options: Any
+    settings: Settings,
+    *,
+    registry: Registry = TASKS,
+    schedule: Schedule = SCHEDULE,
+    metrics: Metrics | None = None,
+    **options: Any,
 ) -> Worker:
     """A worker on its own Redis pools, built from ``WorkerSettings`` (``options`` set its fields: ``burst``, ...).
 
     It runs the cron ``schedule`` with ``ENABLE_CRON``, unless in burst mode (a burst worker
-    stops when nothing is due, and a cron job always has a run to come). Call it inside the
+    stops when nothing is due, and a cron job always has a run to come). With ``metrics``
+    (the process's registry) it reports its job runs and pools there. Call it inside the
     event loop that will run the worker.
     """
     cron = schedule if settings.enable_cron and not options.get("burst") else None
@@ -413,15 +447,20 @@ def create_worker(
         job_deserializer=worker_settings.job_deserializer,
         default_queue_name=worker_settings.queue_name,
     )
-    return Worker(settings, worker_settings, redis_pool=pool, schedule=cron)
+    return Worker(settings, worker_settings, redis_pool=pool, schedule=cron, metrics=metrics)
 
 
 @contextlib.asynccontextmanager
 async def running_worker(
-    settings: Settings, *, registry: Registry = TASKS, schedule: Schedule = SCHEDULE, **options: Any
+    settings: Settings,
+    *,
+    registry: Registry = TASKS,
+    schedule: Schedule = SCHEDULE,
+    metrics: Metrics | None = None,
+    **options: Any,
 ) -> AsyncIterator[Worker]:
     """A worker running in this event loop; leaving stops it gracefully (``JOB_GRACE_S``)."""
-    worker = create_worker(settings, registry=registry, schedule=schedule, **options)
+    worker = create_worker(settings, registry=registry, schedule=schedule, metrics=metrics, **options)
     await worker.start()
     try:
         yield worker

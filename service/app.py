@@ -46,6 +46,8 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     app[REDIS] = client
     app[REDIS_ONCE] = once
     app[API_KEYS] = ApiKeyStore(client)
+    app[METRICS].pools.track("web", client.connection_pool)
+    app[METRICS].pools.track("web-once", once.connection_pool)
     try:
         yield
     finally:

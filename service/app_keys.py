@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from service.ratelimit.decision import Decision
     from service.ratelimit.limiter import Limiter
     from service.ratelimit.policy import Policies
-    from service.readiness import SharedResult
+    from service.shared_result import SharedResult
 
 SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", Redis)  # retries on connection errors: for reads and idempotent writes
