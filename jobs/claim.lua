@@ -19,8 +19,10 @@
 -- ARGV[6]  wake-up tokens kept at most
 -- ARGV[7]  ready-set key prefix (jobs:ready:); a tenant's set holds its unfinished jobs by
 --          due time, running ones included (their leases tell them apart)
--- ARGV[8]  the claiming worker's id
--- ARGV[9..] ids of the jobs whose lease this worker holds (skipped without a look at their lease)
+-- ARGV[8]  a tenant this worker passes by ("@system", the cron runs, on a worker without
+--          cron), or ""
+-- ARGV[9]  the claiming worker's id
+-- ARGV[10..] ids of the jobs whose lease this worker holds (skipped without a look at their lease)
 -- Returns {next_ms, id1, score1, tenant1, id2, score2, tenant2, ...}: the claimed jobs, and
 -- the earliest time (ms) something may become claimable: the next due job, or the end of
 -- another worker's lease (a worker killed mid-job leaves a lease that runs out). next_ms is
@@ -37,10 +39,10 @@ local lease = ARGV[3]
 local lease_prefix = ARGV[4]
 local scan_max = tonumber(ARGV[5])
 local ready_prefix = ARGV[7]
-local holder = ARGV[1] .. ':' .. ARGV[8]
+local holder = ARGV[1] .. ':' .. ARGV[9]
 local chunk = 32
 local mine = {}
-for i = 9, #ARGV do
+for i = 10, #ARGV do
   mine[ARGV[i]] = true
 end
 
@@ -100,17 +102,30 @@ local function take(tenant)
   return nil
 end
 
+-- The earliest unfinished job is not due (running jobs keep their past due time): nothing
+-- to claim and no lease to watch. An idle worker's claim is this one command, even while
+-- a deferred job (such as a cron job's next slot) waits.
+local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+if #first == 0 then
+  return {-1}
+end
+if tonumber(first[2]) > now then
+  return {tonumber(first[2])}
+end
+
 local listed = redis.call('ZRANGE', KEYS[1], 0, scan_max - 1, 'WITHSCORES')
 if #listed == 0 then
-  return {-1}  -- no tenant has an unfinished job: nothing is pending (one command when idle)
+  return {-1}  -- no tenant has an unfinished job: nothing is pending
 end
 local active = {}
 for i = 1, #listed, 2 do
-  active[#active + 1] = listed[i]
+  if listed[i] ~= ARGV[8] then
+    active[#active + 1] = listed[i]
+  end
 end
 -- The new place of each tenant looked at: behind every tenant, in the order looked at.
 local turn = tonumber(listed[#listed])
-if #active == scan_max then
+if #listed == 2 * scan_max then
   turn = tonumber(redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2])
 end
 local places = {}

@@ -122,17 +122,23 @@ class Finisher:
         elif not recorded:
             log.warning("job result not recorded: its lease ran out meanwhile; it runs again elsewhere", job_id=job_id)
             await self._look_again()
-        elif finish and result_data:
-            result = deserialize_result(result_data, deserializer=self._deserializer)
-            if result.success:
-                duration_ms = (result.finish_time - result.start_time).total_seconds() * 1000
-                log.info(
-                    "job complete",
-                    job_id=job_id,
-                    task=result.function,
-                    try_number=result.job_try,
-                    duration_ms=round(duration_ms, 2),
-                )
+        elif finish:
+            self.log_if_complete(job_id, result_data)
+
+    def log_if_complete(self, job_id: str, result_data: bytes | None) -> None:
+        """Log ``job complete`` for a recorded run that succeeded (once it is recorded: never twice)."""
+        if not result_data:
+            return
+        result = deserialize_result(result_data, deserializer=self._deserializer)
+        if result.success:
+            duration_ms = (result.finish_time - result.start_time).total_seconds() * 1000
+            log.info(
+                "job complete",
+                job_id=job_id,
+                task=result.function,
+                try_number=result.job_try,
+                duration_ms=round(duration_ms, 2),
+            )
 
     async def _run_script(self, job_id: str, tenant: str, args: list[Any]) -> bool | None:
         """``finish.lua``'s answer (recorded or not), or ``None`` when a stopping worker gave up on Redis."""

@@ -27,8 +27,8 @@ from jobs import heartbeat
 from jobs.outage import Outage
 from jobs.redis_keys import ABORT_KEY, IN_PROGRESS_PREFIX
 from jobs.scripts import load_script
-from service.cancel import cancel_and_wait
 from service.logging import get_logger
+from service.redis import cancel_until_done
 
 __all__ = ["LeaseKeeper"]
 
@@ -68,6 +68,10 @@ class LeaseKeeper:
         self._renew_script = load_script(redis, "renew")
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def started(self) -> bool:
+        return self._task is not None
+
     async def start(self) -> None:
         """Write the first heartbeat (the worker is visible at once), then keep in the background."""
         await heartbeat.write(self._redis, self._beat())
@@ -76,7 +80,7 @@ class LeaseKeeper:
     async def stop(self) -> None:
         """Stop keeping; leases of jobs still running then run out by themselves."""
         if self._task is not None:
-            await cancel_and_wait(self._task)
+            await cancel_until_done(self._task)
 
     async def _keep(self) -> None:
         next_beat = time.monotonic() + self._beat_every_s

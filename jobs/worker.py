@@ -11,8 +11,8 @@ What it changes in stock arq, and why (see ``FINDINGS.md``):
   lease. The job of a killed worker is free again when its lease runs out, whatever the
   tasks' timeouts.
 - **No polling**: an idle worker blocks on ``BLPOP jobs:wake`` (``jobs.wakeups``), which
-  every enqueue pushes to, until the next thing it knows of is due: a deferred job, the
-  end of another worker's lease, the next cron slot, or the fallback poll
+  every enqueue pushes to, until the next thing it knows of is due: a deferred job (a
+  cron job's next slot is one), the end of another worker's lease, or the fallback poll
   (``JOB_IDLE_POLL_S``, 30 s). When there are peers, a claim pushes a token too, so an
   idle peer wakes and watches the new leases run out.
 - **Heartbeats** are one key per worker with a TTL (``jobs.heartbeat``), not arq's one
@@ -26,6 +26,9 @@ What it changes in stock arq, and why (see ``FINDINGS.md``):
   claim's token (``jobs.finishing``): one whose lease ran out meanwhile runs again
   elsewhere. Only refused credentials (a configuration error) end the main loop.
 - Jobs and results are JSON (``jobs.serialization``), never pickle.
+- **Cron** (``jobs.cron``) in place of arq's: with ``ENABLE_CRON`` the worker runs cron
+  runs (jobs named ``cron:...``) and records their ends (``jobs.cron_runner``); without it,
+  its claims pass them by.
 
 Every arq option comes from ``WorkerSettings``; what else this module relies on in arq is
 pinned by ``tests/jobs/test_arq_contract.py``.
@@ -43,31 +46,31 @@ import socket
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime
 from typing import Any
 
 from arq.connections import ArqRedis, log_redis_info
-from arq.cron import CronJob
-from arq.jobs import Deserializer, Job, Serializer
+from arq.jobs import Deserializer, Serializer, deserialize_result
 from arq.utils import timestamp_ms, to_ms
 from arq.worker import Function
 from arq.worker import Worker as ArqWorker
-from redis.commands.core import AsyncScript
 from redis.exceptions import AuthenticationError, RedisError
 
 from jobs import heartbeat, redis_keys
+from jobs.cron import SCHEDULE, Schedule, is_cron_run
+from jobs.cron_runner import CronRunner, arq_functions
 from jobs.finishing import Finisher
 from jobs.leases import LeaseKeeper
+from jobs.metrics import JobMetrics, Outcome
 from jobs.outage import Outage
 from jobs.registry import Registry
 from jobs.scripts import load_script
-from jobs.serialization import deserialize, serialize
+from jobs.serialization import ABORTED, deserialize, serialize
 from jobs.tasks import TASKS
 from jobs.wakeups import WakeUps
 from service.backoff import Backoff
-from service.cancel import cancel_and_wait
 from service.logging import get_logger
-from service.redis import connection_pool
+from service.metrics import Metrics
+from service.redis import cancel_until_done, connection_pool
 from service.settings import Settings
 
 __all__ = ["Worker", "WorkerSettings", "create_worker", "running_worker"]
@@ -76,8 +79,6 @@ log = get_logger(__name__)
 
 # Queue entries one claim examines at most (running jobs stay in arq's queue).
 CLAIM_SCAN_MAX = 1000
-# Wake this long before a cron slot: arq enqueues a slot that is less than 1 s away.
-CRON_LEAD_S = 0.5
 # The waits while Redis cannot be reached: up to 0.2 s, 0.4 s, ... 2 s (a worker is back
 # within 2 s of Redis; a fleet's failed connects are cheap).
 RECONNECT_BACKOFF = Backoff(base_s=0.2, cap_s=2.0)
@@ -94,22 +95,23 @@ class WorkerSettings:
     functions: Sequence[Function]
     max_jobs: int
     keep_result: float
-    cron_jobs: Sequence[CronJob] = ()
     burst: bool = False
     queue_name: str = redis_keys.QUEUE_KEY
     job_serializer: Serializer = serialize
     job_deserializer: Deserializer = deserialize
     allow_abort_jobs: bool = True
-    # arq's cron window is 2 * max(poll_delay, 0.5) s; polling itself is replaced (see Worker).
-    poll_delay: float = 0.5
     # ``stop`` ends a worker (``python -m jobs`` calls it on SIGTERM and SIGINT) and hands its jobs back.
     handle_signals: bool = False
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, registry: Registry = TASKS, **options: Any) -> WorkerSettings:
-        """The options of a worker running ``registry``'s tasks; ``options`` set other fields (``burst``, ...)."""
+    def from_settings(
+        cls, settings: Settings, *, registry: Registry = TASKS, schedule: Schedule | None = None, **options: Any
+    ) -> WorkerSettings:
+        """The options of a worker running ``registry``'s tasks and, when given, the cron ``schedule``;
+        ``options`` set other fields (``burst``, ...)."""
+        cron = arq_functions(schedule, registry) if schedule is not None else []
         return cls(
-            functions=registry.arq_functions(keep_result_s=settings.job_retention_s),
+            functions=[*registry.arq_functions(keep_result_s=settings.job_retention_s), *cron],
             max_jobs=settings.worker_concurrency,
             keep_result=settings.job_retention_s,
             **options,
@@ -120,27 +122,12 @@ class WorkerSettings:
         return {field.name: getattr(self, field.name) for field in fields(self)}
 
 
-class _Pool(ArqRedis):
-    """The worker's Redis client. A job enqueued through arq's own ``enqueue_job`` (arq's cron schedule
-    does) joins the system tenant's ready set too: claims only look at ready sets."""
-
-    @functools.cached_property
-    def _adopt(self) -> AsyncScript:
-        return load_script(self, "adopt")
-
-    async def enqueue_job(self, function: str, *args: Any, **kwargs: Any) -> Job | None:
-        job = await super().enqueue_job(function, *args, **kwargs)
-        if job is not None:
-            tenant = redis_keys.SYSTEM_TENANT
-            await self._adopt(
-                keys=[redis_keys.QUEUE_KEY, redis_keys.ready_key(tenant), redis_keys.TENANTS_KEY],
-                args=[job.job_id, tenant],
-            )
-        return job
-
-
 class Worker(ArqWorker):
-    """arq's worker with leases, wake-ups, per-worker heartbeats and hand-back on stop."""
+    """arq's worker with leases, wake-ups, per-worker heartbeats, hand-back on stop, and cron.
+
+    ``schedule``: the cron schedule this worker runs (its ``worker_settings`` must hold its
+    functions), or None for a worker without cron.
+    """
 
     def __init__(
         self,
@@ -148,14 +135,28 @@ class Worker(ArqWorker):
         worker_settings: WorkerSettings,
         *,
         redis_pool: ArqRedis,
+        schedule: Schedule | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__(redis_pool=redis_pool, **worker_settings.arq_options())
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+        self._outage = Outage(self.worker_id)
+        self._cron = (
+            CronRunner(schedule, redis_pool, worker_id=self.worker_id, outage=self._outage)
+            if schedule is not None
+            else None
+        )
         # The tenant of each running job, from its claim (the task sees it as ``JobContext.tenant``).
         self._job_tenants: dict[str, str] = {}
-        self.ctx.update(settings=settings, worker_id=self.worker_id, tenants=self._job_tenants)
-        self._outage = Outage(self.worker_id)
+        self.job_metrics = JobMetrics(self._cancelled_outcome)
+        self.ctx.update(
+            settings=settings,
+            worker_id=self.worker_id,
+            tenants=self._job_tenants,
+            cron=self._cron,
+            job_metrics=self.job_metrics,
+        )
         self._finisher = Finisher(
             redis_pool,
             queue_name=self.queue_name,
@@ -180,6 +181,11 @@ class Worker(ArqWorker):
         self._wake_ups = WakeUps(settings, worker_id=self.worker_id, redis=redis_pool)
         self._started_at = time.time()
         self._claim_script = load_script(redis_pool, "claim")
+        self._metrics = metrics
+        if metrics is not None:  # the process's /metrics shows this worker's runs and pools
+            metrics.registry.register(self.job_metrics)
+            metrics.pools.track("worker", redis_pool.connection_pool)
+            metrics.pools.track("worker-wake", self._wake_ups.pool)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -231,7 +237,10 @@ class Worker(ArqWorker):
         self.ctx["redis"] = self.pool
         if self.on_startup:
             await self.on_startup(self.ctx)
-        await self._leases.start()
+        if not self._leases.started:
+            await self._leases.start()
+        if self._cron is not None:
+            await self._cron.start()
 
     async def _pause(self, delay_s: float) -> None:
         """Wait ``delay_s`` before trying Redis again, or less if ``stop`` is called."""
@@ -239,12 +248,11 @@ class Worker(ArqWorker):
             await asyncio.wait_for(self._stop_requested.wait(), delay_s)
 
     async def _iteration(self) -> int:
-        """Reap finished jobs, enqueue due cron slots, claim and start due jobs.
+        """Reap finished jobs, claim and start due jobs.
 
         Returns when something may next be claimable (epoch ms), or -1 when nothing is known.
         """
         self._reap()
-        await self.heart_beat()
         if not self.allow_pick_jobs or self.job_counter >= self.max_jobs:
             return -1
         now_ms = timestamp_ms()
@@ -258,6 +266,7 @@ class Worker(ArqWorker):
                 CLAIM_SCAN_MAX,
                 redis_keys.WAKE_TOKENS_MAX,
                 redis_keys.READY_PREFIX,
+                "" if self._cron is not None else redis_keys.SYSTEM_TENANT,
                 self.worker_id,
                 *self._finisher.held,  # not a job this worker let go (a lost lease): it may be claimable again
             ],
@@ -292,10 +301,6 @@ class Worker(ArqWorker):
                 if not task.cancelled() and task.exception() is not None:
                     log.error("job bookkeeping failed", job_id=job_id, error=repr(task.exception()))
 
-    async def heart_beat(self) -> None:
-        """arq's per-iteration hook, kept for cron only: heartbeats are written by the keeper."""
-        await self.run_cron(datetime.now(tz=self.timezone), max(self.poll_delay_s, 0.5))
-
     # -- waiting ---------------------------------------------------------------------------
 
     def _seconds_to_wait(self, next_ms: int) -> float:
@@ -303,9 +308,6 @@ class Worker(ArqWorker):
         until = now + self.settings.job_idle_poll_s
         if next_ms >= 0:
             until = min(until, next_ms / 1000)
-        for cron_job in self.cron_jobs:
-            if cron_job.next_run is not None:
-                until = min(until, cron_job.next_run.timestamp() - CRON_LEAD_S)
         return max(until - now, 0.0)
 
     async def _wait_for_slot(self) -> None:
@@ -340,6 +342,11 @@ class Worker(ArqWorker):
             self.aborting_tasks.add(job_id)
             task.cancel()
 
+    def _cancelled_outcome(self, job_id: str) -> Outcome:
+        if job_id in self.aborting_tasks:
+            return "aborted"
+        return "handed_back" if job_id in self._finisher.handing_back else "retried"
+
     def _beat(self) -> heartbeat.Beat:
         return heartbeat.Beat(
             id=self.worker_id,
@@ -352,6 +359,7 @@ class Worker(ArqWorker):
             complete=self.jobs_complete,
             failed=self.jobs_failed,
             retried=self.jobs_retried,
+            cron=self._cron is not None,
         )
 
     # -- finishing -------------------------------------------------------------------------
@@ -368,7 +376,12 @@ class Worker(ArqWorker):
     ) -> None:
         """arq's ``finish_job`` as one script call (``finish.lua``), plus: nothing is recorded
         unless the lease is still this worker's, a job handed back on stop gets its try back,
-        and a job that goes back to the queue (retry or hand-back) wakes a worker to schedule it."""
+        and a job that goes back to the queue (retry or hand-back) wakes a worker to schedule
+        it. A cron run that is over is recorded by cron."""
+        if finish and self._cron is not None and is_cron_run(job_id):
+            await self._cron.finish(job_id, result_data)
+            self._finisher.log_if_complete(job_id, result_data)
+            return
         keep_ms = "" if keep_result_forever or result_timeout_s is None else to_ms(result_timeout_s)
         await self._finisher.record(
             job_id,
@@ -382,7 +395,12 @@ class Worker(ArqWorker):
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
         """arq's ``finish_failed_job`` (a job that expired, was aborted before it started, or ran out of
-        tries) through ``finish.lua`` too, so the job leaves its tenant's unfinished jobs (under the lease)."""
+        tries) through ``finish_job`` too, so the job leaves its tenant's unfinished jobs (a cron run is
+        recorded by cron); the job metrics count it as a run that never started."""
+        if result_data is not None and not is_cron_run(job_id):
+            ended = deserialize_result(result_data, deserializer=deserialize)
+            aborted = isinstance(ended.result, dict) and ended.result.get("type") == ABORTED
+            self.job_metrics.record(ended.function, "aborted" if aborted else "failed")
         await self.finish_job(job_id, True, result_data, self.keep_result_s, self.keep_result_forever, None, None)
 
     async def _look_again(self) -> None:
@@ -407,7 +425,7 @@ class Worker(ArqWorker):
             except (RedisError, OSError):
                 self.main_task.cancel()  # Redis cannot take the interruption: the blocking pop cannot end by itself
             await asyncio.wait([self.main_task], timeout=self.settings.redis_timeout_s)
-            await cancel_and_wait(self.main_task)  # Redis does not answer: end the blocking pop
+            await cancel_until_done(self.main_task)  # Redis does not answer: end the blocking pop
         running = {job_id: task for job_id, task in self.tasks.items() if not task.done()}
         if running:
             log.info("worker stopping; waiting for running jobs", jobs=len(running), grace_s=grace_s)
@@ -420,6 +438,8 @@ class Worker(ArqWorker):
                     task.cancel()
                 await asyncio.wait(pending, timeout=self.settings.redis_timeout_s)
         await self._finisher.wait(timeout_s=self.settings.redis_timeout_s + grace_s)
+        if self._cron is not None:
+            await self._cron.stop()
         await self._leases.stop()
         await self.close()
         log.info(
@@ -444,15 +464,30 @@ class Worker(ArqWorker):
         await self.pool.aclose(close_connection_pool=True)
         await self._wake_ups.close()
         self._pool = None
+        if self._metrics is not None:
+            self._metrics.registry.unregister(self.job_metrics)
+            self._metrics.pools.forget("worker")
+            self._metrics.pools.forget("worker-wake")
 
 
-def create_worker(settings: Settings, *, registry: Registry = TASKS, **options: Any) -> Worker:
+def create_worker(
+    settings: Settings,
+    *,
+    registry: Registry = TASKS,
+    schedule: Schedule = SCHEDULE,
+    metrics: Metrics | None = None,
+    **options: Any,
+) -> Worker:
     """A worker on its own Redis pools, built from ``WorkerSettings`` (``options`` set its fields: ``burst``, ...).
 
-    Call it inside the event loop that will run the worker.
+    It runs the cron ``schedule`` with ``ENABLE_CRON``, unless in burst mode (a burst worker
+    stops when nothing is due, and a cron job always has a run to come). With ``metrics``
+    (the process's registry) it reports its job runs and pools there. Call it inside the
+    event loop that will run the worker.
     """
-    worker_settings = WorkerSettings.from_settings(settings, registry=registry, **options)
-    pool = _Pool(
+    cron = schedule if settings.enable_cron and not options.get("burst") else None
+    worker_settings = WorkerSettings.from_settings(settings, registry=registry, schedule=cron, **options)
+    pool = ArqRedis(
         connection_pool(
             settings.require_redis(),
             max_connections=settings.worker_concurrency + 5,
@@ -464,13 +499,20 @@ def create_worker(settings: Settings, *, registry: Registry = TASKS, **options: 
         job_deserializer=worker_settings.job_deserializer,
         default_queue_name=worker_settings.queue_name,
     )
-    return Worker(settings, worker_settings, redis_pool=pool)
+    return Worker(settings, worker_settings, redis_pool=pool, schedule=cron, metrics=metrics)
 
 
 @contextlib.asynccontextmanager
-async def running_worker(settings: Settings, *, registry: Registry = TASKS, **options: Any) -> AsyncIterator[Worker]:
+async def running_worker(
+    settings: Settings,
+    *,
+    registry: Registry = TASKS,
+    schedule: Schedule = SCHEDULE,
+    metrics: Metrics | None = None,
+    **options: Any,
+) -> AsyncIterator[Worker]:
     """A worker running in this event loop; leaving stops it gracefully (``JOB_GRACE_S``)."""
-    worker = create_worker(settings, registry=registry, **options)
+    worker = create_worker(settings, registry=registry, schedule=schedule, metrics=metrics, **options)
     await worker.start()
     try:
         yield worker

@@ -10,8 +10,9 @@ import asyncio
 import errno
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
+from aiohttp import web
 from redis.exceptions import AuthenticationError, RedisError
 
 from jobs import webhook_tenants
@@ -20,11 +21,13 @@ from jobs.serialization import iso_from_ms
 from jobs.webhook_tenants import ROTATION_OVERLAP_S
 from service import http_server
 from service.app import create_app
+from service.app_keys import METRICS
 from service.auth import ApiKeyStore, validate_tenant
 from service.dev import DEV_HOST, Context, DevRun
-from service.doctor import diagnose, render
+from service.doctor import diagnose, healthy, render
 from service.embedded_redis import DEV_DATA_DIR, EmbeddedRedisError, embedded_redis
 from service.logging import configure_logging, get_logger, redact_text
+from service.metrics import metrics_listener
 from service.redis import describe, redis_client
 from service.settings import Settings, SettingsError, host_list
 
@@ -84,6 +87,16 @@ def _log_start(settings: Settings, command: str) -> None:
     log.info("starting", command=command, redis=settings.redis.redacted if settings.redis else None)
 
 
+def _metrics_port(settings: Settings, host: str | None) -> Context:
+    """``METRICS_PORT``: the process's metrics without a token, for a scraper on the private network."""
+
+    async def metrics_port_ctx(app: web.Application) -> AsyncIterator[None]:
+        async with metrics_listener(app[METRICS], settings.metrics_port, host=host):
+            yield
+
+    return metrics_port_ctx
+
+
 def _listening_socket(command: str, host: str, port: int) -> socket.socket:
     """A socket bound to ``host:port`` and listening, for the HTTP server to serve on.
 
@@ -130,7 +143,7 @@ def serve(settings: Settings) -> int:
     settings.require_redis()
     sock = _listening_socket("serve", settings.host, settings.port)
     _log_start(settings, "serve")
-    return _run_web(settings, sock)
+    return _run_web(settings, sock, (_metrics_port(settings, None),))
 
 
 def dev(settings: Settings) -> int:
@@ -148,11 +161,12 @@ def dev(settings: Settings) -> int:
 
 
 def _dev_web(settings: Settings, sock: socket.socket, base_url: str, embedded: str | None = None) -> int:
+    """``dev``'s app: its metrics port (on loopback: a laptop), its key and in-process worker (``DevRun``)."""
     _log_start(settings, "dev")
     if embedded is not None:
         log.info("embedded redis started", url=embedded, data=str(DEV_DATA_DIR))
     run = DevRun(settings, base_url)
-    code = _run_web(settings, sock, run.contexts())
+    code = _run_web(settings, sock, (_metrics_port(settings, DEV_HOST), *run.contexts()))
     if run.worker_failure is not None:
         return 2 if isinstance(run.worker_failure, AuthenticationError) else 1
     return code
@@ -235,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "doctor":
             findings = asyncio.run(diagnose(settings))
             print(render(findings, args.json))
-            return 0 if all(f.status != "problem" for f in findings) else 1
+            return 0 if healthy(findings) else 1
         configure_logging(settings.log_format, secrets=settings.secrets)
         command = _keys if args.command == "keys" else _webhooks
         try:

@@ -11,19 +11,19 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from jobs.cron import SCHEDULE, Schedule
 from jobs.registry import Registry
 from jobs.tasks import TASKS
 from service import openapi
-from service.api import health, internal, metrics, ratelimit, readiness
+from service.api import cron, health, internal, metrics, ratelimit, readiness
 from service.api import jobs as jobs_api
 from service.app_keys import API_KEYS, METRICS, POLICIES, REDIS, REDIS_ONCE, SETTINGS
 from service.auth import ApiKeyStore, follow_revocations
-from service.cancel import cancel_and_wait
 from service.metrics import Metrics
 from service.middleware import request_context_middleware
 from service.ratelimit.middleware import limiter_ctx, v1_middleware
 from service.ratelimit.policy import load_policies
-from service.redis import redis_client
+from service.redis import cancel_until_done, redis_client
 from service.request_body import MAX_BODY_BYTES
 from service.settings import Settings
 
@@ -46,6 +46,8 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     app[REDIS] = client
     app[REDIS_ONCE] = once
     app[API_KEYS] = ApiKeyStore(client)
+    app[METRICS].pools.track("web", client.connection_pool)
+    app[METRICS].pools.track("web-once", once.connection_pool)
     try:
         yield
     finally:
@@ -60,7 +62,7 @@ async def _key_revocations_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await cancel_and_wait(listener)
+        await cancel_until_done(listener)
         await subscriber.aclose()
 
 
@@ -68,12 +70,14 @@ def create_app(
     settings: Settings,
     *,
     registry: Registry = TASKS,
+    schedule: Schedule = SCHEDULE,
     extra_contexts: tuple[Callable[[web.Application], AsyncIterator[None]], ...] = (),
 ) -> web.Application:
     """Build the web application for ``settings``.
 
     Redis connections and other resources open in ``cleanup_ctx`` when the app starts and
-    close when it stops. ``registry`` holds the tasks the jobs API accepts. ``extra_contexts``
+    close when it stops. ``registry`` holds the tasks the jobs API accepts, ``schedule`` the
+    cron jobs that ``/internal/cron`` and readiness know. ``extra_contexts``
     run after the built-in ones (``dev`` adds the in-process worker this way).
     """
     settings.require_redis()
@@ -93,6 +97,7 @@ def create_app(
     if settings.rate_limit_enabled:
         app.cleanup_ctx.append(limiter_ctx)
     jobs_api.setup(app, registry)
+    cron.setup(app, schedule)
     app.cleanup_ctx.extend(extra_contexts)
 
     health.setup(app)

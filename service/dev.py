@@ -22,7 +22,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from jobs.worker import running_worker
-from service.app_keys import API_KEYS
+from service.app_keys import API_KEYS, METRICS
 from service.auth import ApiKeyStore
 from service.logging import get_logger
 from service.redis import describe
@@ -105,7 +105,7 @@ class DevRun:
         yield
 
     async def _worker_ctx(self, app: web.Application) -> AsyncIterator[None]:
-        async with running_worker(self.settings) as worker:
+        async with running_worker(self.settings, metrics=app[METRICS]) as worker:
             assert worker.main_task is not None
             worker.main_task.add_done_callback(self._on_worker_end)
             yield

@@ -34,7 +34,15 @@ from redis.exceptions import AuthenticationError, ConnectionError, RedisError, T
 from service.backoff import Backoff
 from service.settings import RedisURL, Settings
 
-__all__ = ["IDLE_CONNECTION_MAX_S", "Pool", "RedisBackoff", "connection_pool", "describe", "redis_client"]
+__all__ = [
+    "IDLE_CONNECTION_MAX_S",
+    "Pool",
+    "RedisBackoff",
+    "cancel_until_done",
+    "connection_pool",
+    "describe",
+    "redis_client",
+]
 
 # A pooled connection idle longer than this is closed before reuse (the old health check's interval).
 IDLE_CONNECTION_MAX_S = 30.0
@@ -159,3 +167,16 @@ def describe(exc: BaseException, url: RedisURL) -> str:
     if isinstance(exc, RedisError | OSError):
         return f"cannot use Redis at {where}: {detail}"
     return f"Redis at {where}: {type(exc).__name__}: {detail}"
+
+
+async def cancel_until_done(task: asyncio.Task[None], *, every_s: float = 0.1) -> None:
+    """Cancel ``task`` and wait for it to end, cancelling again while it does not.
+
+    Once is not always enough for a task inside redis-py: taking a connection from a pool
+    checks it with ``can_read_destructive()`` under a zero timeout, and on Python 3.11 a
+    cancellation that lands there is turned into that timeout and swallowed (the task then
+    waits on, ``cancelling()`` but never cancelled).
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=every_s)

@@ -15,8 +15,7 @@ import asyncio
 import gzip
 import io
 import json
-import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +23,11 @@ import pytest
 from aiohttp import web
 from redis.asyncio import Redis
 
+from jobs import webhook_tenants
 from service.app import create_app
 from service.app_keys import API_KEYS, METRICS
 from service.auth import PREFIX_LEN
 from service.http_server import ServiceRunner
-from service.logging import configure_logging
 from tests.conftest import make_settings
 
 ROOMY_POLICIES = """
@@ -95,23 +94,16 @@ class Served:
 
 
 @pytest.fixture
-def captured_logs() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    configure_logging("json", stream=stream)
-    try:
-        yield stream
-    finally:
-        root.handlers[:] = saved_handlers
-        root.setLevel(saved_level)
-
-
-@pytest.fixture
-async def served(redis: Redis, tmp_path: Path, captured_logs: io.StringIO) -> AsyncIterator[Served]:
+async def served(redis: Redis, tmp_path: Path, logs: io.StringIO) -> AsyncIterator[Served]:
     policies = tmp_path / "policies.toml"
     policies.write_text(ROOMY_POLICIES)
-    settings = make_settings(RATE_LIMITS_FILE=str(policies), HTTP_IDLE_TIMEOUT_S="1", HTTP_BODY_TIMEOUT_S="1")
+    settings = make_settings(
+        RATE_LIMITS_FILE=str(policies),
+        HTTP_IDLE_TIMEOUT_S="1",
+        HTTP_BODY_TIMEOUT_S="1",
+        WEBHOOK_SECRET="hostile-corpus-secret",
+        WEBHOOK_ALLOWED_HOSTS="hooks.example",
+    )
     app = create_app(settings)
     runner = ServiceRunner(app)  # as serve runs it: a request is not cancelled when its client leaves
     await runner.setup()
@@ -119,7 +111,9 @@ async def served(redis: Redis, tmp_path: Path, captured_logs: io.StringIO) -> As
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         key = await app[API_KEYS].create("acme")
-        yield Served(runner.addresses[0][1], key, app, captured_logs)
+        await webhook_tenants.rotate_secret(redis, "acme", "hostile-corpus-secret")  # so webhook URLs are checked
+        await webhook_tenants.set_receivers(redis, "acme", ("hooks.example",))
+        yield Served(runner.addresses[0][1], key, app, logs)  # conftest's logs: every line, as JSON
     finally:
         await runner.cleanup()
 
@@ -213,6 +207,11 @@ CASES = [
     Case("args-as-list", post_job(job(args=[1])), 422),
     Case("unknown-field", post_job(job(priority=1)), 422),
     Case("unknown-task", post_job(b'{"task":"no.such.task"}'), 422),
+    Case(
+        "webhook-url-port-99999",
+        post_job(b'{"task":"webhook.deliver","args":{"url":"http://hooks.example:99999/","payload":{}}}'),
+        422,
+    ),
     Case("body-null", post_job(b"null"), 422),
     Case("body-array", post_job(b"[]"), 422),
     Case("body-empty", post_job(b""), 422),
@@ -435,7 +434,7 @@ async def test_a_client_leaving_mid_body_is_logged_at_info_and_counted_as_499(se
         if any(line["event"] == "client disconnected before its request was read" for line in served.log_lines()):
             break
         await asyncio.sleep(0.02)
-    metrics = served.app[METRICS].render().decode()
+    metrics = (await served.app[METRICS].scrape()).decode()
     assert 'http_requests_total{method="POST",route="/v1/jobs",status="499"} 1.0' in metrics
     assert 'status="500"' not in metrics
     [left] = [line for line in served.log_lines() if line["event"] == "client disconnected before its request was read"]
