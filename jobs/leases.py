@@ -106,8 +106,11 @@ class LeaseKeeper:
         """Extend the leases still this worker's by a whole lease; report lost ones; abort those flagged."""
         pairs = [item for job_id, value in leases.items() for item in (job_id, value)]
         reply = await self._renew_script(keys=[ABORT_KEY], args=[self.lease_ms, IN_PROGRESS_PREFIX, *pairs])
-        for i, job_id in enumerate(leases):
+        still = self._leases()  # a job that was recorded meanwhile gave its lease up: not lost
+        for i, (job_id, value) in enumerate(leases.items()):
             kept, aborted = reply[2 * i], reply[2 * i + 1]
+            if still.get(job_id) != value:
+                continue
             if not kept:
                 log.warning("job lease was lost; stopping it here, it runs again where it is claimed", job_id=job_id)
                 self._lost(job_id)
