@@ -8,9 +8,9 @@ from __future__ import annotations
 import sys
 import time
 
-from bench import api, limiter, queue
+from bench import api, cron, limiter, queue
 
-BENCHMARKS = {"limiter": limiter.main, "queue": queue.main, "api": api.main}
+BENCHMARKS = {"limiter": limiter.main, "queue": queue.main, "cron": cron.main, "api": api.main}
 
 
 def main(argv: list[str]) -> int:

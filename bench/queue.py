@@ -4,7 +4,8 @@ Each contender is one worker *process* on a private ``redis-server`` (TCP on loo
 no persistence), so that ``INFO commandstats`` counts nothing but the contender and the
 benchmark itself:
 
-- ours: ``python -m jobs`` with default settings (JSON, leases, wake-ups; JSON logs);
+- ours: ``python -m jobs`` with default settings (JSON, leases, wake-ups; JSON logs), cron
+  off (``bench/cron.py`` measures cron);
 - stock: ``arq.worker.Worker`` with arq's defaults (pickle, 0.5 s poll, 10 jobs at a
   time) and arq's own INFO logging, one no-op function.
 
@@ -110,7 +111,7 @@ def private_redis() -> Iterator[str]:
 def start_worker(kind: str, url: str) -> subprocess.Popen[bytes]:
     if kind == "ours":
         command = [sys.executable, "-m", "jobs"]
-        env = {"REDIS_URL": url, "LOG_FORMAT": "json"}
+        env = {"REDIS_URL": url, "LOG_FORMAT": "json", "ENABLE_CRON": "false"}  # the queue alone (bench.cron: cron)
     else:
         command = [sys.executable, "-m", "bench.queue", "stock-worker", url]
         env = {}
@@ -357,7 +358,8 @@ def report(figures: dict[str, dict[str, Any]], machine: str) -> str:
         "",
         f"Machine: {machine}. One worker process per contender, each on a private redis-server (TCP loopback, "
         f"no persistence). Stock arq: `arq.worker.Worker` defaults (pickle, 0.5 s poll, max_jobs 10). Ours: "
-        f"`python -m jobs` with default settings. Throughput: {THROUGHPUT_JOBS:,} jobs enqueued first. Latency: "
+        f"`python -m jobs` with default settings, cron off. Throughput: {THROUGHPUT_JOBS:,} jobs enqueued first. "
+        f"Latency: "
         f"{LATENCY_JOBS['ours']} (ours) / {LATENCY_JOBS['stock']} (stock) jobs one at a time, from the times arq "
         f"records (1 ms resolution). Idle: INFO commandstats delta and a MONITOR tap over {IDLE_WINDOW_S:g} s. "
         "Commands per job: server-side is every command Redis ran, those its Lua scripts ran included (INFO "

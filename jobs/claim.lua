@@ -10,7 +10,9 @@
 -- ARGV[4]  in-progress key prefix (arq:in-progress:)
 -- ARGV[5]  at most this many queue entries are examined
 -- ARGV[6]  wake-up tokens kept at most
--- ARGV[7..] ids of the jobs this worker is running (skipped without a look at their lease)
+-- ARGV[7]  ids starting with this are passed by: neither taken nor waited for ("cron:" for a
+--          worker without cron), or ""
+-- ARGV[8..] ids of the jobs this worker is running (skipped without a look at their lease)
 -- Returns {next_ms, id1, score1, id2, score2, ...}: the claimed jobs, and the earliest time
 -- (ms) something may become claimable: the next due job, or the end of another worker's
 -- lease (a worker killed mid-job leaves a lease that runs out). next_ms is -1 when nothing
@@ -25,8 +27,9 @@ local lease = ARGV[3]
 local prefix = ARGV[4]
 local scan_max = tonumber(ARGV[5])
 local chunk = 50
+local skip = ARGV[7]
 local mine = {}
-for i = 7, #ARGV do
+for i = 8, #ARGV do
   mine[ARGV[i]] = true
 end
 local leased = {}
@@ -48,17 +51,18 @@ while not done and offset < scan_max do
   for i = 1, #entries, 2 do
     local id = entries[i]
     local score = tonumber(entries[i + 1])
-    if score > now then
+    local passed = skip ~= '' and string.sub(id, 1, #skip) == skip
+    if score > now and not passed then
       sooner(score)
       done = true
       break
     end
-    if count >= capacity then
+    if count >= capacity and not passed then
       sooner(now)
       done = true
       break
     end
-    if not mine[id] then
+    if not mine[id] and not passed then
       local key = prefix .. id
       if redis.call('SET', key, ARGV[1], 'NX', 'PX', lease) then
         count = count + 1

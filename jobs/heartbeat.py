@@ -1,11 +1,12 @@
 """Per-worker heartbeats: one key per worker with a TTL, and a reader of the live ones.
 
-``jobs:worker:<id>`` holds the worker's id, host, pid, start time, last beat and job
-counters as JSON and expires ``HEARTBEAT_TTL_FACTOR`` beats after the last one, so a
-killed worker drops out by itself. ``jobs:workers`` is the set of ids, so that readers
-never scan the keyspace; the reader forgets ids whose key has expired, and a worker whose
-key had expired (a long stall) adds itself again with its next beat. A worker that stops
-cleanly deletes only its own key. A beat is one command (two when it re-registers).
+``jobs:worker:<id>`` holds the worker's id, host, pid, start time, last beat, job
+counters and whether it runs the cron schedule, as JSON, and expires
+``HEARTBEAT_TTL_FACTOR`` beats after the last one, so a killed worker drops out by itself.
+``jobs:workers`` is the set of ids, so that readers never scan the keyspace; the reader
+forgets ids whose key has expired, and a worker whose key had expired (a long stall) adds
+itself again with its next beat. A worker that stops cleanly deletes only its own key. A
+beat is one command (two when it re-registers).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Beat:
     complete: int
     failed: int
     retried: int
+    cron: bool = False  # it runs the cron schedule: the scheduler heartbeat is any such worker's beat
 
 
 async def write(redis: Redis, beat: Beat) -> None:

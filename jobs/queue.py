@@ -37,6 +37,7 @@ from redis.asyncio import Redis
 
 from jobs.redis_keys import (
     ABORT_KEY,
+    IDEMPOTENCY_TTL_S,
     IN_PROGRESS_PREFIX,
     JOB_PREFIX,
     QUEUE_KEY,
@@ -60,7 +61,6 @@ STATUSES: tuple[Status, ...] = ("queued", "deferred", "in_progress", "complete",
 AbortOutcome = Literal["aborted", "running", "finished", "missing"]
 
 MAX_DEFER_S = 86_400
-IDEMPOTENCY_TTL_S = 86_400
 _LIST_BATCH = 100
 _LIST_SCAN_MAX = 1_000
 

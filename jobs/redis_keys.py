@@ -20,14 +20,23 @@ from arq.constants import (
 
 __all__ = [
     "ABORT_KEY",
+    "CRON_JOB_PREFIX",
+    "CRON_KEY",
+    "IDEMPOTENCY_PATTERN",
+    "IDEMPOTENCY_TTL_S",
+    "INDEX_PATTERN",
     "IN_PROGRESS_PREFIX",
     "JOB_PREFIX",
+    "MAINTENANCE_CURSORS_KEY",
+    "MAINTENANCE_FINDINGS_KEY",
+    "MAINTENANCE_STATS_SAMPLE_KEY",
     "QUEUE_KEY",
     "RESULT_PREFIX",
     "RETRY_PREFIX",
     "WAKE_KEY",
     "WAKE_TOKENS_MAX",
     "WORKERS_KEY",
+    "cron_runs_key",
     "idempotency_key",
     "index_key",
     "worker_key",
@@ -50,6 +59,30 @@ WAKE_TOKENS_MAX = 8
 WORKERS_KEY = "jobs:workers"
 
 
+# The maintenance jobs' last finding per check (a hash: check -> JSON), read by every
+# process's /metrics; the previous INFO stats sample, from which any worker computes rates;
+# and where each bounded cleanup pass left off (a hash: what -> SCAN cursor).
+MAINTENANCE_FINDINGS_KEY = "jobs:maintenance:findings"
+MAINTENANCE_STATS_SAMPLE_KEY = "jobs:maintenance:stats-sample"
+MAINTENANCE_CURSORS_KEY = "jobs:maintenance:cursors"
+
+# SCAN patterns of the per-tenant keys below.
+INDEX_PATTERN = "jobs:index:*"
+IDEMPOTENCY_PATTERN = "jobs:idempotency:*"
+
+# Cron runs are jobs whose ids start with this (``jobs.cron.RunId``); no tenant's index holds them.
+CRON_JOB_PREFIX = "cron:"
+# One hash of every cron job's state: ``<name>`` the id of its current run (pending or running),
+# ``<name>:paused``, ``<name>:schedule`` (the text of the schedule in force), ``<name>:ok`` (the
+# end of its last successful run, ms), ``<name>:n:<outcome>`` (runs by outcome).
+CRON_KEY = "jobs:cron"
+
+
+def cron_runs_key(name: str) -> str:
+    """A cron job's last runs, newest first (JSON records)."""
+    return f"jobs:cron:runs:{name}"
+
+
 def worker_key(worker_id: str) -> str:
     return f"jobs:worker:{worker_id}"
 
@@ -57,6 +90,10 @@ def worker_key(worker_id: str) -> str:
 def index_key(tenant: str) -> str:
     """A tenant's jobs, scored by enqueue time in µs (the only way jobs are listed)."""
     return f"jobs:index:{tenant}"
+
+
+# An idempotency record lives this long (s); the cleanup gives one back its TTL if it lost it.
+IDEMPOTENCY_TTL_S = 86_400
 
 
 def idempotency_key(tenant: str, key: str) -> str:

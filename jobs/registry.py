@@ -20,6 +20,7 @@ from arq.worker import Function, Retry, func
 from marshmallow import Schema, ValidationError
 from redis.asyncio import Redis
 
+from jobs.metrics import JobMetrics, Outcome
 from service.backoff import Backoff
 from service.logging import bind_context, get_logger
 from service.settings import Settings
@@ -34,6 +35,8 @@ __all__ = [
     "RetryLater",
     "Task",
     "UnknownTask",
+    "arq_function",
+    "runner",
 ]
 
 log = get_logger(__name__)
@@ -93,7 +96,9 @@ class Task:
 
     ``check`` is an optional asynchronous test of arguments beyond the schema (a webhook's
     host, say); it raises ``InvalidArguments`` and runs at enqueue. What can change between
-    enqueue and run (DNS, say) the task checks again itself.
+    enqueue and run (DNS, say) the task checks again itself. An ``internal`` task (the
+    maintenance jobs) runs only from the cron schedule or an operator's run-now: to a tenant
+    it is unknown.
     """
 
     name: str
@@ -103,6 +108,7 @@ class Task:
     max_tries: int
     backoff: Backoff
     check: ArgumentCheck | None = None
+    internal: bool = False
 
     def load(self, args: Mapping[str, Any]) -> dict[str, Any]:
         try:
@@ -156,8 +162,11 @@ class Registry:
         return iter(self._tasks.values())
 
     async def validate(self, name: str, args: Mapping[str, Any], settings: Settings) -> Task:
-        """The task ``name`` if ``args`` suit it; ``UnknownTask`` or ``InvalidArguments`` otherwise."""
+        """The task ``name`` if a tenant may enqueue it with ``args``; ``UnknownTask`` (also for an
+        internal task) or ``InvalidArguments`` otherwise."""
         task = self[name]
+        if task.internal:
+            raise UnknownTask(name)
         loaded = task.load(args)
         if task.check is not None:
             await task.check(loaded, settings)
@@ -165,19 +174,25 @@ class Registry:
 
     def arq_functions(self, *, keep_result_s: float) -> list[Function]:
         """Every task as an arq function, wrapped in its timeout and retry policy."""
-        return [
-            func(
-                cast(WorkerCoroutine, _runner(task)),
-                name=task.name,
-                timeout=task.timeout_s + _ARQ_TIMEOUT_MARGIN_S,
-                max_tries=task.max_tries,
-                keep_result=keep_result_s,
-            )
-            for task in self
-        ]
+        return [arq_function(task, keep_result_s=keep_result_s) for task in self]
 
 
-def _runner(task: Task) -> Callable[..., Awaitable[Any]]:
+def arq_function(
+    task: Task, *, keep_result_s: float, name: str | None = None, run: Callable[..., Awaitable[Any]] | None = None
+) -> Function:
+    """``task`` as an arq function: ``run`` (by default ``runner(task)``) under the task's timeout and tries."""
+    return func(
+        cast(WorkerCoroutine, run or runner(task)),
+        name=name or task.name,
+        timeout=task.timeout_s + _ARQ_TIMEOUT_MARGIN_S,
+        max_tries=task.max_tries,
+        keep_result=keep_result_s,
+    )
+
+
+def runner(task: Task) -> Callable[..., Awaitable[Any]]:
+    """The arq coroutine that runs ``task``: ``run(ctx, **args)`` with its timeout, retries and log line."""
+
     async def run(ctx: dict[str, Any], **args: Any) -> Any:
         job = JobContext(
             job_id=ctx["job_id"],
@@ -189,32 +204,52 @@ def _runner(task: Task) -> Callable[..., Awaitable[Any]]:
             redis=ctx["redis"],
         )
         bind_context(job_id=job.job_id, task=task.name)
-        try:
-            loaded = task.load(args)
-        except InvalidArguments as exc:
-            raise PermanentError(f"arguments no longer valid: {exc.errors}") from None
+        metrics: JobMetrics | None = ctx.get("job_metrics")
         started = time.perf_counter()
+        outcome: Outcome = "failed"
         try:
-            async with asyncio.timeout(task.timeout_s) as scope:
-                result = await task.run(job, **loaded)
-        except PermanentError:
+            result = await _attempt(task, job, args)
+            outcome = "complete"
+            return result
+        except Retry:
+            outcome = "retried"
             raise
-        except Exception as exc:
-            error: Exception = exc
-            if scope.expired():
-                error = JobTimeout(f"{task.name} did not finish within {task.timeout_s:g} s")
-            if job.try_number >= task.max_tries:
-                if error is exc:
-                    raise
-                raise error from exc
-            delay_s = task.backoff.delay_s(job.try_number)
-            if isinstance(exc, RetryLater) and exc.after_s is not None:
-                delay_s = exc.after_s
-            log.info("job will be retried", try_number=job.try_number, delay_s=round(delay_s, 3), error=str(error))
-            raise Retry(defer=delay_s) from exc
-        duration_ms = round((time.perf_counter() - started) * 1000, 2)
-        log.info("job complete", try_number=job.try_number, duration_ms=duration_ms)
-        return result
+        except asyncio.CancelledError:
+            outcome = metrics.cancelled_outcome(job.job_id) if metrics is not None else "retried"
+            raise
+        finally:
+            if metrics is not None:
+                metrics.record(task.name, outcome, time.perf_counter() - started)
 
     run.__qualname__ = task.name
     return run
+
+
+async def _attempt(task: Task, job: JobContext, args: dict[str, Any]) -> Any:
+    """One try of ``task``: its result, or ``Retry`` with the task's backoff, or the error that ends the job."""
+    try:
+        loaded = task.load(args)
+    except InvalidArguments as exc:
+        raise PermanentError(f"arguments no longer valid: {exc.errors}") from None
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(task.timeout_s) as scope:
+            result = await task.run(job, **loaded)
+    except PermanentError:
+        raise
+    except Exception as exc:
+        error: Exception = exc
+        if scope.expired():
+            error = JobTimeout(f"{task.name} did not finish within {task.timeout_s:g} s")
+        if job.try_number >= task.max_tries:
+            if error is exc:
+                raise
+            raise error from exc
+        delay_s = task.backoff.delay_s(job.try_number)
+        if isinstance(exc, RetryLater) and exc.after_s is not None:
+            delay_s = exc.after_s
+        log.info("job will be retried", try_number=job.try_number, delay_s=round(delay_s, 3), error=str(error))
+        raise Retry(defer=delay_s) from exc
+    duration_ms = round((time.perf_counter() - started) * 1000, 2)
+    log.info("job complete", try_number=job.try_number, duration_ms=duration_ms)
+    return result

@@ -12,20 +12,22 @@ from typing import Any
 
 from marshmallow import Schema, fields, validate
 
-from jobs import webhook
+from jobs import maintenance, webhook
 from jobs.registry import JobContext, PermanentError, Registry
 from service.backoff import Backoff
 
 __all__ = ["TASKS"]
 
 TASKS = Registry()
+maintenance.register(TASKS)  # the operations guide's maintenance jobs (jobs/maintenance.py)
 
 
 class PingArgs(Schema):
     pass
 
 
-@TASKS.task("diagnostics.ping", schema=PingArgs(), timeout_s=5.0, max_tries=1)
+# Two tries: a ping killed with its worker is sent again (the cron canary, jobs/cron.py, relies on it).
+@TASKS.task("diagnostics.ping", schema=PingArgs(), timeout_s=5.0, max_tries=2)
 async def ping(job: JobContext) -> dict[str, Any]:
     """Prove the path API → Redis → worker end to end."""
     return {"pong": True, "worker": job.worker_id}

@@ -8,7 +8,7 @@ own, until a token comes or the next thing it knows of is due.
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 
 from jobs.redis_keys import WAKE_KEY
 from service.redis import connection_pool
@@ -37,6 +37,11 @@ class WakeUps:
                 socket_timeout_s=settings.job_idle_poll_s + settings.redis_timeout_s,
             )
         )
+
+    @property
+    def pool(self) -> ConnectionPool:
+        """The blocking pop's own pool (one connection), for the process's pool metrics."""
+        return self._blocking.connection_pool
 
     async def wait(self, timeout_s: float) -> None:
         """Block until a token is pushed (an enqueue, a peer, ``interrupt``) or ``timeout_s`` passes."""

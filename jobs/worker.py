@@ -8,8 +8,8 @@ What it changes in stock arq, and why (see ``FINDINGS.md``):
   lease. The job of a killed worker is free again when its lease runs out, whatever the
   tasks' timeouts.
 - **No polling**: an idle worker blocks on ``BLPOP jobs:wake`` (``jobs.wakeups``), which
-  every enqueue pushes to, until the next thing it knows of is due: a deferred job, the
-  end of another worker's lease, the next cron slot, or the fallback poll
+  every enqueue pushes to, until the next thing it knows of is due: a deferred job (a
+  cron job's next slot is one), the end of another worker's lease, or the fallback poll
   (``JOB_IDLE_POLL_S``, 30 s). When there are peers, a claim pushes a token too, so an
   idle peer wakes and watches the new leases run out.
 - **Heartbeats** are one key per worker with a TTL (``jobs.heartbeat``), not arq's one
@@ -18,6 +18,9 @@ What it changes in stock arq, and why (see ``FINDINGS.md``):
   ``JOB_GRACE_S``, then cancel the rest and hand them back: they are due at once for
   another worker and the interrupted try is not counted.
 - Jobs and results are JSON (``jobs.serialization``), never pickle.
+- **Cron** (``jobs.cron``) in place of arq's: with ``ENABLE_CRON`` the worker runs cron
+  runs (jobs named ``cron:...``) and records their ends (``jobs.cron_runner``); without it,
+  its claims pass them by.
 
 Every arq option comes from ``WorkerSettings``; what else this module relies on in arq is
 pinned by ``tests/jobs/test_arq_contract.py``.
@@ -34,11 +37,9 @@ import socket
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime
 from typing import Any
 
 from arq.connections import ArqRedis, log_redis_info
-from arq.cron import CronJob
 from arq.jobs import Deserializer, Serializer
 from arq.utils import timestamp_ms, to_ms
 from arq.worker import Function
@@ -46,7 +47,10 @@ from arq.worker import Worker as ArqWorker
 from redis.exceptions import RedisError
 
 from jobs import heartbeat, redis_keys
+from jobs.cron import SCHEDULE, Schedule, is_cron_run
+from jobs.cron_runner import CronRunner, arq_functions
 from jobs.leases import LeaseKeeper
+from jobs.metrics import JobMetrics, Outcome
 from jobs.registry import Registry
 from jobs.scripts import load_script
 from jobs.serialization import deserialize, serialize
@@ -54,6 +58,7 @@ from jobs.tasks import TASKS
 from jobs.wakeups import WakeUps
 from service.backoff import Backoff
 from service.logging import get_logger
+from service.metrics import Metrics
 from service.redis import connection_pool
 from service.settings import Settings
 
@@ -63,8 +68,6 @@ log = get_logger(__name__)
 
 # Queue entries one claim examines at most (running jobs stay in arq's queue).
 CLAIM_SCAN_MAX = 1000
-# Wake this long before a cron slot: arq enqueues a slot that is less than 1 s away.
-CRON_LEAD_S = 0.5
 # The waits of the main loop while Redis cannot be reached: up to 0.2 s, 0.4 s, ... 5 s.
 RECONNECT_BACKOFF = Backoff(base_s=0.2, cap_s=5.0)
 
@@ -80,22 +83,23 @@ class WorkerSettings:
     functions: Sequence[Function]
     max_jobs: int
     keep_result: float
-    cron_jobs: Sequence[CronJob] = ()
     burst: bool = False
     queue_name: str = redis_keys.QUEUE_KEY
     job_serializer: Serializer = serialize
     job_deserializer: Deserializer = deserialize
     allow_abort_jobs: bool = True
-    # arq's cron window is 2 * max(poll_delay, 0.5) s; polling itself is replaced (see Worker).
-    poll_delay: float = 0.5
     # ``stop`` ends a worker (``python -m jobs`` calls it on SIGTERM and SIGINT) and hands its jobs back.
     handle_signals: bool = False
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, registry: Registry = TASKS, **options: Any) -> WorkerSettings:
-        """The options of a worker running ``registry``'s tasks; ``options`` set other fields (``burst``, ...)."""
+    def from_settings(
+        cls, settings: Settings, *, registry: Registry = TASKS, schedule: Schedule | None = None, **options: Any
+    ) -> WorkerSettings:
+        """The options of a worker running ``registry``'s tasks and, when given, the cron ``schedule``;
+        ``options`` set other fields (``burst``, ...)."""
+        cron = arq_functions(schedule, registry) if schedule is not None else []
         return cls(
-            functions=registry.arq_functions(keep_result_s=settings.job_retention_s),
+            functions=[*registry.arq_functions(keep_result_s=settings.job_retention_s), *cron],
             max_jobs=settings.worker_concurrency,
             keep_result=settings.job_retention_s,
             **options,
@@ -107,7 +111,11 @@ class WorkerSettings:
 
 
 class Worker(ArqWorker):
-    """arq's worker with leases, wake-ups, per-worker heartbeats and hand-back on stop."""
+    """arq's worker with leases, wake-ups, per-worker heartbeats, hand-back on stop, and cron.
+
+    ``schedule``: the cron schedule this worker runs (its ``worker_settings`` must hold its
+    functions), or None for a worker without cron.
+    """
 
     def __init__(
         self,
@@ -115,11 +123,15 @@ class Worker(ArqWorker):
         worker_settings: WorkerSettings,
         *,
         redis_pool: ArqRedis,
+        schedule: Schedule | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__(redis_pool=redis_pool, **worker_settings.arq_options())
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
-        self.ctx.update(settings=settings, worker_id=self.worker_id)
+        self._cron = CronRunner(schedule, redis_pool, worker_id=self.worker_id) if schedule is not None else None
+        self.job_metrics = JobMetrics(self._cancelled_outcome)
+        self.ctx.update(settings=settings, worker_id=self.worker_id, cron=self._cron, job_metrics=self.job_metrics)
         self._leases = LeaseKeeper(
             redis_pool,
             lease_s=settings.job_lease_s,
@@ -135,6 +147,11 @@ class Worker(ArqWorker):
         self._started_at = time.time()
         self._claim_script = load_script(redis_pool, "claim")
         self._finish_script = load_script(redis_pool, "finish")
+        self._metrics = metrics
+        if metrics is not None:  # the process's /metrics shows this worker's runs and pools
+            metrics.registry.register(self.job_metrics)
+            metrics.pools.track("worker", redis_pool.connection_pool)
+            metrics.pools.track("worker-wake", self._wake_ups.pool)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -155,6 +172,8 @@ class Worker(ArqWorker):
         if self.on_startup:
             await self.on_startup(self.ctx)
         await self._leases.start()
+        if self._cron is not None:
+            await self._cron.start()
         failures = 0
         while not self._stopping:
             try:  # the wait too: a failover drops the blocking pop's connection as well
@@ -175,12 +194,11 @@ class Worker(ArqWorker):
                 await asyncio.sleep(delay_s)
 
     async def _iteration(self) -> int:
-        """Reap finished jobs, enqueue due cron slots, claim and start due jobs.
+        """Reap finished jobs, claim and start due jobs.
 
         Returns when something may next be claimable (epoch ms), or -1 when nothing is known.
         """
         self._reap()
-        await self.heart_beat()
         if not self.allow_pick_jobs or self.job_counter >= self.max_jobs:
             return -1
         reply = await self._claim_script(
@@ -192,6 +210,7 @@ class Worker(ArqWorker):
                 redis_keys.IN_PROGRESS_PREFIX,
                 CLAIM_SCAN_MAX,
                 redis_keys.WAKE_TOKENS_MAX,
+                "" if self._cron is not None else redis_keys.CRON_JOB_PREFIX,
                 *self.tasks,
             ],
         )
@@ -218,10 +237,6 @@ class Worker(ArqWorker):
                 if not task.cancelled() and task.exception() is not None:
                     log.error("job bookkeeping failed", job_id=job_id, error=repr(task.exception()))
 
-    async def heart_beat(self) -> None:
-        """arq's per-iteration hook, kept for cron only: heartbeats are written by the keeper."""
-        await self.run_cron(datetime.now(tz=self.timezone), max(self.poll_delay_s, 0.5))
-
     # -- waiting ---------------------------------------------------------------------------
 
     def _seconds_to_wait(self, next_ms: int) -> float:
@@ -229,9 +244,6 @@ class Worker(ArqWorker):
         until = now + self.settings.job_idle_poll_s
         if next_ms >= 0:
             until = min(until, next_ms / 1000)
-        for cron_job in self.cron_jobs:
-            if cron_job.next_run is not None:
-                until = min(until, cron_job.next_run.timestamp() - CRON_LEAD_S)
         return max(until - now, 0.0)
 
     async def _wait_for_slot(self) -> None:
@@ -259,6 +271,11 @@ class Worker(ArqWorker):
             self.aborting_tasks.add(job_id)
             task.cancel()
 
+    def _cancelled_outcome(self, job_id: str) -> Outcome:
+        if job_id in self.aborting_tasks:
+            return "aborted"
+        return "handed_back" if job_id in self._handing_back else "retried"
+
     def _beat(self) -> heartbeat.Beat:
         return heartbeat.Beat(
             id=self.worker_id,
@@ -271,6 +288,7 @@ class Worker(ArqWorker):
             complete=self.jobs_complete,
             failed=self.jobs_failed,
             retried=self.jobs_retried,
+            cron=self._cron is not None,
         )
 
     # -- finishing -------------------------------------------------------------------------
@@ -287,7 +305,10 @@ class Worker(ArqWorker):
     ) -> None:
         """arq's ``finish_job`` as one script call (``finish.lua``), plus: a job handed back
         on stop gets its try back, and a job that goes back to the queue (retry or
-        hand-back) wakes a worker to schedule it."""
+        hand-back) wakes a worker to schedule it. A cron run that is over is recorded by cron."""
+        if finish and self._cron is not None and is_cron_run(job_id):
+            await self._cron.finish(job_id, result_data)
+            return
         keep_ms = "" if keep_result_forever or result_timeout_s is None else to_ms(result_timeout_s)
         await self._finish_script(
             keys=[
@@ -310,6 +331,13 @@ class Worker(ArqWorker):
                 redis_keys.WAKE_TOKENS_MAX,
             ],
         )
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        """arq's end of a job that could not start (expired, unknown function, tries spent); cron records its runs'."""
+        if self._cron is not None and is_cron_run(job_id):
+            await self._cron.finish(job_id, result_data)
+            return
+        await super().finish_failed_job(job_id, result_data)
 
     # -- stopping --------------------------------------------------------------------------
 
@@ -337,6 +365,8 @@ class Worker(ArqWorker):
                 for task in pending:
                     task.cancel()
                 await asyncio.wait(pending, timeout=self.settings.redis_timeout_s)
+        if self._cron is not None:
+            await self._cron.stop()
         await self._leases.stop()
         await self.close()
         log.info(
@@ -361,14 +391,29 @@ class Worker(ArqWorker):
         await self.pool.aclose(close_connection_pool=True)
         await self._wake_ups.close()
         self._pool = None
+        if self._metrics is not None:
+            self._metrics.registry.unregister(self.job_metrics)
+            self._metrics.pools.forget("worker")
+            self._metrics.pools.forget("worker-wake")
 
 
-def create_worker(settings: Settings, *, registry: Registry = TASKS, **options: Any) -> Worker:
+def create_worker(
+    settings: Settings,
+    *,
+    registry: Registry = TASKS,
+    schedule: Schedule = SCHEDULE,
+    metrics: Metrics | None = None,
+    **options: Any,
+) -> Worker:
     """A worker on its own Redis pools, built from ``WorkerSettings`` (``options`` set its fields: ``burst``, ...).
 
-    Call it inside the event loop that will run the worker.
+    It runs the cron ``schedule`` with ``ENABLE_CRON``, unless in burst mode (a burst worker
+    stops when nothing is due, and a cron job always has a run to come). With ``metrics``
+    (the process's registry) it reports its job runs and pools there. Call it inside the
+    event loop that will run the worker.
     """
-    worker_settings = WorkerSettings.from_settings(settings, registry=registry, **options)
+    cron = schedule if settings.enable_cron and not options.get("burst") else None
+    worker_settings = WorkerSettings.from_settings(settings, registry=registry, schedule=cron, **options)
     pool = ArqRedis(
         connection_pool(
             settings.require_redis(),
@@ -381,13 +426,20 @@ def create_worker(settings: Settings, *, registry: Registry = TASKS, **options: 
         job_deserializer=worker_settings.job_deserializer,
         default_queue_name=worker_settings.queue_name,
     )
-    return Worker(settings, worker_settings, redis_pool=pool)
+    return Worker(settings, worker_settings, redis_pool=pool, schedule=cron, metrics=metrics)
 
 
 @contextlib.asynccontextmanager
-async def running_worker(settings: Settings, *, registry: Registry = TASKS, **options: Any) -> AsyncIterator[Worker]:
+async def running_worker(
+    settings: Settings,
+    *,
+    registry: Registry = TASKS,
+    schedule: Schedule = SCHEDULE,
+    metrics: Metrics | None = None,
+    **options: Any,
+) -> AsyncIterator[Worker]:
     """A worker running in this event loop; leaving stops it gracefully (``JOB_GRACE_S``)."""
-    worker = create_worker(settings, registry=registry, **options)
+    worker = create_worker(settings, registry=registry, schedule=schedule, metrics=metrics, **options)
     await worker.start()
     try:
         yield worker

@@ -15,10 +15,12 @@ from aiohttp import web
 from jobs.worker import running_worker
 from service import http_server
 from service.app import create_app
+from service.app_keys import METRICS
 from service.auth import ApiKeyStore
-from service.doctor import diagnose, render
+from service.doctor import diagnose, healthy, render
 from service.embedded_redis import EmbeddedRedisError, embedded_redis
 from service.logging import configure_logging, get_logger, redact_text
+from service.metrics import metrics_listener
 from service.redis import redis_client
 from service.settings import Settings, SettingsError
 
@@ -60,6 +62,16 @@ def _log_start(settings: Settings, command: str) -> None:
     log.info("starting", command=command, redis=settings.redis.redacted if settings.redis else None)
 
 
+def _metrics_port(settings: Settings, host: str | None) -> Context:
+    """``METRICS_PORT``: the process's metrics without a token, for a scraper on the private network."""
+
+    async def metrics_port_ctx(app: web.Application) -> AsyncIterator[None]:
+        async with metrics_listener(app[METRICS], settings.metrics_port, host=host):
+            yield
+
+    return metrics_port_ctx
+
+
 def _run_web(settings: Settings, extra_contexts: tuple[Context, ...] = ()) -> int:
     app = create_app(settings, extra_contexts=extra_contexts)
     http_server.serve(app, host=settings.host, port=settings.port, shutdown_timeout_s=settings.shutdown_timeout_s)
@@ -68,21 +80,22 @@ def _run_web(settings: Settings, extra_contexts: tuple[Context, ...] = ()) -> in
 
 
 def _dev_contexts(settings: Settings) -> tuple[Context, ...]:
-    """The in-process worker of ``dev`` (stopped gracefully when the app shuts down)."""
+    """``dev``'s metrics port (on loopback: a laptop) and in-process worker (stopped gracefully at shutdown)."""
+    metrics_port = _metrics_port(settings, "127.0.0.1")
     if not settings.enable_worker:
-        return ()
+        return (metrics_port,)
 
     async def worker_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with running_worker(settings):
+        async with running_worker(settings, metrics=app[METRICS]):
             yield
 
-    return (worker_ctx,)
+    return (metrics_port, worker_ctx)
 
 
 def serve(settings: Settings) -> int:
     settings.require_redis()
     _log_start(settings, "serve")
-    return _run_web(settings)
+    return _run_web(settings, (_metrics_port(settings, None),))
 
 
 def dev(settings: Settings) -> int:
@@ -137,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "doctor":
             findings = asyncio.run(diagnose(settings))
             print(render(findings, args.json))
-            return 0 if all(f.status != "problem" for f in findings) else 1
+            return 0 if healthy(findings) else 1
         configure_logging(settings.log_format, secrets=settings.secrets)
         try:
             return asyncio.run(_keys(settings, args))

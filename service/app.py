@@ -11,10 +11,11 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from jobs.cron import SCHEDULE, Schedule
 from jobs.registry import Registry
 from jobs.tasks import TASKS
 from service import openapi
-from service.api import health, internal, metrics, ratelimit, readiness
+from service.api import cron, health, internal, metrics, ratelimit, readiness
 from service.api import jobs as jobs_api
 from service.app_keys import API_KEYS, METRICS, POLICIES, REDIS, REDIS_ONCE, SETTINGS
 from service.auth import ApiKeyStore, follow_revocations
@@ -45,6 +46,8 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     app[REDIS] = client
     app[REDIS_ONCE] = once
     app[API_KEYS] = ApiKeyStore(client)
+    app[METRICS].pools.track("web", client.connection_pool)
+    app[METRICS].pools.track("web-once", once.connection_pool)
     try:
         yield
     finally:
@@ -68,12 +71,14 @@ def create_app(
     settings: Settings,
     *,
     registry: Registry = TASKS,
+    schedule: Schedule = SCHEDULE,
     extra_contexts: tuple[Callable[[web.Application], AsyncIterator[None]], ...] = (),
 ) -> web.Application:
     """Build the web application for ``settings``.
 
     Redis connections and other resources open in ``cleanup_ctx`` when the app starts and
-    close when it stops. ``registry`` holds the tasks the jobs API accepts. ``extra_contexts``
+    close when it stops. ``registry`` holds the tasks the jobs API accepts, ``schedule`` the
+    cron jobs that ``/internal/cron`` and readiness know. ``extra_contexts``
     run after the built-in ones (``dev`` adds the in-process worker this way).
     """
     settings.require_redis()
@@ -93,6 +98,7 @@ def create_app(
     if settings.rate_limit_enabled:
         app.cleanup_ctx.append(limiter_ctx)
     jobs_api.setup(app, registry)
+    cron.setup(app, schedule)
     app.cleanup_ctx.extend(extra_contexts)
 
     health.setup(app)

@@ -12,6 +12,7 @@ from service.settings import Settings
 if TYPE_CHECKING:
     import asyncpg
 
+    from jobs.cron_store import CronStore
     from jobs.queue import JobQueue
     from service.auth import ApiKeyStore, Identity
     from service.metrics import Metrics
@@ -30,6 +31,7 @@ READINESS: web.AppKey[SharedResult[dict[str, Any]]] = web.AppKey("readiness")  #
 POLICIES: web.AppKey[Policies] = web.AppKey("rate_limit_policies")
 LIMITER: web.AppKey[Limiter] = web.AppKey("rate_limiter")
 JOB_QUEUE: web.AppKey[JobQueue] = web.AppKey("job_queue")
+CRON_STORE: web.AppKey[CronStore] = web.AppKey("cron_store")
 
 REQUEST_ID = web.RequestKey("request_id", str)
 IDENTITY: web.RequestKey[Identity | None] = web.RequestKey("identity")

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 from aiohttp import web
 
-from service.app_keys import DATABASE, SETTINGS
+from service.app_keys import DATABASE, METRICS, SETTINGS
 from service.readiness import CHECK_TIMEOUT_S
 
 __all__ = ["database_ctx"]
@@ -19,7 +19,11 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     url = app[SETTINGS].database_url
     assert url is not None
     pool = asyncpg.create_pool(url, min_size=0, max_size=1, timeout=CHECK_TIMEOUT_S, command_timeout=CHECK_TIMEOUT_S)
-    app[DATABASE] = await pool
+    app[DATABASE] = connected = await pool
+    app[METRICS].pools.track(
+        "database",
+        lambda: (connected.get_size() - connected.get_idle_size(), connected.get_idle_size(), connected.get_max_size()),
+    )
     try:
         yield
     finally:

@@ -3,11 +3,16 @@
 Each check says what it found and, when something is wrong, what to do. The network
 checks go from the bottom up (DNS, TCP, TLS, AUTH) so that the first failure names the
 real cause; checks that need a working connection are skipped after one fails.
+
+A finding is ``ok``, a ``problem`` (something fails now: exit code 1), a ``warning``
+(it works, but the guide advises against it: the security advice, memory nearing its
+limit; exit code 0) or ``skipped``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import socket
 import ssl
@@ -20,16 +25,20 @@ from typing import Any, Literal
 from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
+from jobs.cron import SCHEDULE
+from jobs.cron_store import CronStore
 from jobs.heartbeat import live_workers
+from jobs.maintenance import MEMORY_CRITICAL_RATIO, MEMORY_WARNING_RATIO
 from service.redis import connection_pool
 from service.settings import RedisURL, Settings
 
-__all__ = ["Finding", "diagnose", "render"]
+__all__ = ["Finding", "diagnose", "healthy", "render", "security"]
 
-Status = Literal["ok", "problem", "skipped"]
+Status = Literal["ok", "warning", "problem", "skipped"]
 STEP_TIMEOUT_S = 3.0
 SLOW_PING_MS = 25.0
 OLDEST_GOOD_VERSION = (6, 2)
+MIN_PASSWORD_LENGTH = 16
 
 
 @dataclass(frozen=True)
@@ -52,21 +61,80 @@ def _problem(check: str, detail: str, advice: str) -> Finding:
     return Finding(check, "problem", detail, advice)
 
 
-async def _dns(url: RedisURL) -> Finding:
+def _warning(check: str, detail: str, advice: str) -> Finding:
+    return Finding(check, "warning", detail, advice)
+
+
+async def _dns(url: RedisURL) -> tuple[Finding, list[str]]:
+    """The DNS finding, and the addresses the host resolves to."""
     assert url.host is not None
     assert url.port is not None
     loop = asyncio.get_running_loop()
     try:
         infos = await asyncio.wait_for(loop.getaddrinfo(url.host, url.port, type=socket.SOCK_STREAM), STEP_TIMEOUT_S)
     except (TimeoutError, OSError) as exc:
-        return _problem(
+        finding = _problem(
             "dns",
             f"{url.host} does not resolve ({_why(exc)})",
             "check the host name; Fly's private names (*.internal, Fly Redis) resolve only inside Fly's network, "
             "use the public rediss:// URL from elsewhere",
         )
+        return finding, []
     addresses = sorted({str(info[4][0]) for info in infos})
-    return _ok("dns", f"{url.host} → {', '.join(addresses)}")
+    return _ok("dns", f"{url.host} → {', '.join(addresses)}"), addresses
+
+
+def _local(url: RedisURL, addresses: list[str]) -> str | None:
+    """What makes the connection local (a unix socket, loopback), or ``None`` when it crosses a network."""
+    if url.scheme == "unix":
+        return "unix socket"
+    if addresses and all(ipaddress.ip_address(address.split("%")[0]).is_loopback for address in addresses):
+        return "loopback"
+    return None
+
+
+def security(url: RedisURL, addresses: list[str]) -> list[Finding]:
+    """The guide's security advice as warnings: a password, a strong one, and TLS to a public address.
+
+    A unix socket or loopback (``make run``'s embedded Redis) crosses no network: nothing to warn of.
+    """
+    local = _local(url, addresses)
+    if local is not None:
+        return [_ok("password", f"{local}: no network to guard"), _ok("encryption", f"{local}: no network to guard")]
+    findings = []
+    if not url.password:
+        findings.append(
+            _warning(
+                "password",
+                "no password in the URL: whoever reaches this Redis can read and change every key",
+                "set a password (requirepass, or an ACL user) and put it in the URL; Fly Redis and Upstash have one",
+            )
+        )
+    elif len(url.password) < MIN_PASSWORD_LENGTH:
+        findings.append(
+            _warning(
+                "password",
+                f"the password is shorter than {MIN_PASSWORD_LENGTH} characters",
+                "use a long random one (openssl rand -hex 24) and rotate it now and then",
+            )
+        )
+    else:
+        findings.append(_ok("password", f"set, at least {MIN_PASSWORD_LENGTH} characters"))
+    public = [address for address in addresses if ipaddress.ip_address(address.split("%")[0]).is_global]
+    if url.tls:
+        findings.append(_ok("encryption", "TLS (rediss://)"))
+    elif public:
+        findings.append(
+            _warning(
+                "encryption",
+                f"plain redis:// to a public address ({', '.join(public)}): password and data cross the internet "
+                "unencrypted",
+                "use rediss:// (Upstash's public endpoint), or a private address (Fly's private network)",
+            )
+        )
+    else:
+        findings.append(_ok("encryption", "plain redis:// on a private network"))
+    return findings
 
 
 async def _tcp(url: RedisURL) -> Finding:
@@ -169,6 +237,8 @@ async def _redis_checks(url: RedisURL, settings: Settings) -> list[Finding]:
                 findings.append(Finding(check.__name__.lstrip("_"), "skipped", f"not allowed here: {exc}"))
         if settings.enable_worker:
             findings.append(await _workers(client))
+            if settings.enable_cron:
+                findings.append(await _scheduler(client))
     finally:
         await client.aclose()
     return findings
@@ -184,6 +254,23 @@ async def _workers(client: Redis) -> Finding:
         )
     freshest = min(w["beat_age_s"] for w in workers)
     return _ok("workers", f"{len(workers)} live, last beat {freshest:.1f} s ago")
+
+
+async def _scheduler(client: Redis) -> Finding:
+    health = await CronStore(client, SCHEDULE).health()
+    if not health.workers:
+        return _problem(
+            "scheduler",
+            "no live worker runs the cron schedule: cron jobs will not run",
+            "start a worker with ENABLE_CRON on (python -m jobs), or set ENABLE_CRON=false",
+        )
+    if health.stalled:
+        return _problem(
+            "scheduler",
+            f"cron jobs with no pending run, or overdue past their grace: {', '.join(health.stalled)}",
+            "see python -m jobs cron list; restarting a worker schedules every job again",
+        )
+    return _ok("scheduler", f"{health.workers} worker(s) run cron, last beat {health.last_beat_age_s:.1f} s ago")
 
 
 _AUTH_ADVICE = (
@@ -209,14 +296,18 @@ async def _lua(client: Redis) -> Finding:
 
 
 async def _memory(client: Redis) -> Finding:
+    """A warning from 80 % of maxmemory (where the maintenance job warns too), a problem from 95 %."""
     info = await client.info("memory")
     used, limit = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
     if limit == 0:
         return _ok("memory", f"{used / 2**20:.1f} MiB used, no maxmemory set")
     share = used / limit
     detail = f"{used / 2**20:.1f} MiB of {limit / 2**20:.1f} MiB ({share:.0%})"
-    if share >= 0.8:
-        return _problem("memory", detail, "raise maxmemory or the plan, and check what grows (redis-cli --bigkeys)")
+    advice = "raise maxmemory or the plan, and check what grows (redis-cli --bigkeys)"
+    if share >= MEMORY_CRITICAL_RATIO:
+        return _problem("memory", f"{detail}: writes will soon be refused (or keys evicted)", advice)
+    if share >= MEMORY_WARNING_RATIO:
+        return _warning("memory", f"{detail}: nearing the limit", advice)
     return _ok("memory", detail)
 
 
@@ -256,7 +347,15 @@ async def diagnose(settings: Settings) -> list[Finding]:
     findings = [_ok("config", f"{url.variable} = {url.redacted}")]
     for warning in settings.warnings:
         findings.append(_problem("config", warning, "unset the variable you don't mean to use"))
-    steps: list[Callable[[RedisURL], Awaitable[Finding]]] = [_tcp, _tls] if url.scheme == "unix" else [_dns, _tcp, _tls]
+    addresses: list[str] = []
+    if url.scheme != "unix":
+        finding, addresses = await _dns(url)
+        findings.append(finding)
+        if finding.status == "problem":
+            findings.append(Finding("redis", "skipped", "needs a working connection"))
+            return findings
+    findings.extend(security(url, addresses))
+    steps: list[Callable[[RedisURL], Awaitable[Finding]]] = [_tcp, _tls]
     for step in steps:
         finding = await step(url)
         findings.append(finding)
@@ -267,15 +366,27 @@ async def diagnose(settings: Settings) -> list[Finding]:
     return findings
 
 
+def healthy(findings: list[Finding]) -> bool:
+    """No problem found (warnings do not count: exit code 0)."""
+    return all(f.status != "problem" for f in findings)
+
+
 def render(findings: list[Finding], as_json: bool) -> str:
-    healthy = all(f.status != "problem" for f in findings)
+    warnings = sum(f.status == "warning" for f in findings)
     if as_json:
-        document: dict[str, Any] = {"healthy": healthy, "checks": [asdict(f) for f in findings]}
+        document: dict[str, Any] = {
+            "healthy": healthy(findings),
+            "warnings": warnings,
+            "checks": [asdict(f) for f in findings],
+        }
         return json.dumps(document, indent=2)
     lines = []
     for finding in findings:
         lines.append(f"{finding.status:<8} {finding.check:<12} {finding.detail}")
         if finding.advice:
             lines.append(f"{'':<8} {'':<12} → {finding.advice}")
-    lines.append("healthy" if healthy else f"{sum(f.status == 'problem' for f in findings)} problem(s) found")
+    if not healthy(findings):
+        lines.append(f"{sum(f.status == 'problem' for f in findings)} problem(s) found")
+    else:
+        lines.append(f"healthy, {warnings} warning(s)" if warnings else "healthy")
     return "\n".join(lines)

@@ -280,6 +280,8 @@ class Settings:
     trust_proxy_headers: bool = _from("TRUST_PROXY_HEADERS", _bool, False)
     rate_limits_file: Path | None = _from("RATE_LIMITS_FILE", _existing_file, None)
     metrics_token: str | None = _from("METRICS_TOKEN", _secret, None, secret=True)
+    # The second listener, for Fly's scraper on the private network (no token); 0 turns it off.
+    metrics_port: int = _from("METRICS_PORT", _in_range(int, 0, 65535), 9091)
     internal_token: str | None = _from("INTERNAL_TOKEN", _secret, None, secret=True)
     log_format: LogFormat = _from("LOG_FORMAT", _log_format, "json")
     redis_max_connections: int = _from("REDIS_MAX_CONNECTIONS", _in_range(int, 1, 10_000), 50)

@@ -5,9 +5,11 @@ Every test starts on an empty database.
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -20,6 +22,7 @@ from redis.asyncio import Redis
 from service.app import create_app
 from service.app_keys import API_KEYS
 from service.http_server import ServiceRunner
+from service.logging import configure_logging
 from service.settings import Settings
 from tests.servers import SilentServer, missing_redis_server, redis_url, stop_all
 
@@ -34,10 +37,14 @@ def make_settings(**env: str) -> Settings:
 
 
 def subprocess_env(**overrides: str) -> Mapping[str, str]:
-    """The environment for a child ``python -m ...``: this one, minus service settings."""
+    """The environment for a child ``python -m ...``: this one, minus service settings.
+
+    The metrics port is off unless a test names one: children of parallel tests would all want 9091.
+    """
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "UPSTASH_REDIS_URL")}
     env["PYTHONPATH"] = str(ROOT)
     env["PYTHONUNBUFFERED"] = "1"
+    env["METRICS_PORT"] = "0"
     env.update(overrides)
     return env
 
@@ -71,6 +78,20 @@ async def redis() -> AsyncIterator[Redis]:
     finally:
         await client.flushdb()
         await client.aclose()
+
+
+@pytest.fixture
+def logs() -> Iterator[io.StringIO]:
+    """Every log line of the test, in the production format (one JSON object a line)."""
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    configure_logging("json", stream=stream)
+    try:
+        yield stream
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
 
 
 @pytest.fixture

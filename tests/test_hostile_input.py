@@ -435,7 +435,7 @@ async def test_a_client_leaving_mid_body_is_logged_at_info_and_counted_as_499(se
         if any(line["event"] == "client disconnected before its request was read" for line in served.log_lines()):
             break
         await asyncio.sleep(0.02)
-    metrics = served.app[METRICS].render().decode()
+    metrics = (await served.app[METRICS].scrape()).decode()
     assert 'http_requests_total{method="POST",route="/v1/jobs",status="499"} 1.0' in metrics
     assert 'status="500"' not in metrics
     [left] = [line for line in served.log_lines() if line["event"] == "client disconnected before its request was read"]

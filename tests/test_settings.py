@@ -44,6 +44,8 @@ REDIS = {"REDIS_URL": "redis://127.0.0.1:6379/0"}
         ({}, "trust_proxy_headers", False),
         ({"METRICS_TOKEN": "metrics-token-1"}, "metrics_token", "metrics-token-1"),
         ({"INTERNAL_TOKEN": "internal-token-1"}, "internal_token", "internal-token-1"),
+        ({"METRICS_PORT": "9100"}, "metrics_port", 9100),
+        ({"METRICS_PORT": "0"}, "metrics_port", 0),
         ({}, "log_format", "json"),
         ({"LOG_FORMAT": "Console"}, "log_format", "console"),
         ({"REDIS_MAX_CONNECTIONS": "10"}, "redis_max_connections", 10),
@@ -109,6 +111,7 @@ WHOLE_NUMBER_ERRORS = [
     ("JOB_RETENTION_S", "0059", "must be from 60 to 2592000, got 59"),
     ("JOB_RETENTION_S", "1.5", "must be a whole number, got '1.5'"),
     ("WORKER_CONCURRENCY", "1001", "must be from 1 to 1000, got 1001"),
+    ("METRICS_PORT", "65536", "must be from 0 to 65535, got 65536"),
 ]
 DECIMAL_ERRORS = [  # bounds in short form, the value as written
     ("REDIS_TIMEOUT_S", "0.01", "must be from 0.05 to 300, got 0.01"),
@@ -141,6 +144,7 @@ DEFAULTS: dict[str, tuple[str, object]] = {
     "TRUST_PROXY_HEADERS": ("trust_proxy_headers", False),
     "RATE_LIMITS_FILE": ("rate_limits_file", None),
     "METRICS_TOKEN": ("metrics_token", None),
+    "METRICS_PORT": ("metrics_port", 9091),
     "INTERNAL_TOKEN": ("internal_token", None),
     "LOG_FORMAT": ("log_format", "json"),
     "REDIS_MAX_CONNECTIONS": ("redis_max_connections", 50),

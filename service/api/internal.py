@@ -23,6 +23,7 @@ class WorkerSchema(Schema):
     complete = fields.Integer(required=True)
     failed = fields.Integer(required=True)
     retried = fields.Integer(required=True)
+    cron = fields.Boolean(required=True, metadata={"description": "it runs the cron schedule"})
 
 
 class WorkersSchema(Schema):

@@ -1,11 +1,20 @@
-"""``GET /metrics``: the Prometheus text of this process (loopback, or Bearer $METRICS_TOKEN)."""
+"""``GET /metrics``: the Prometheus text of this process (loopback, or Bearer $METRICS_TOKEN).
+
+The same text is served without a token on ``METRICS_PORT`` (``service.metrics.metrics_listener``,
+started by ``serve`` and ``dev``). Besides the web process's own families it shows the
+fleet-wide ones read from Redis (``jobs.fleet_metrics``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
-from service.app_keys import METRICS, SETTINGS
+from jobs.fleet_metrics import FleetMetrics
+from service.app_keys import CRON_STORE, METRICS, REDIS, SETTINGS
 from service.auth import require_internal
+from service.metrics import CONTENT_TYPE
 from service.openapi import Access, Answer, operation
 
 
@@ -18,9 +27,20 @@ from service.openapi import Access, Answer, operation
 )
 async def get_metrics(request: web.Request) -> web.Response:
     require_internal(request, request.app[SETTINGS].metrics_token)
-    body = request.app[METRICS].render()
-    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    body = await request.app[METRICS].scrape()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def _fleet_metrics_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The fleet-wide families, read through the process's retrying client; cron's with ``ENABLE_CRON``."""
+    fleet = FleetMetrics(app[REDIS], app[CRON_STORE].schedule if app[SETTINGS].enable_cron else None)
+    fleet.register(app[METRICS])
+    try:
+        yield
+    finally:
+        await fleet.close()
 
 
 def setup(app: web.Application) -> None:
+    app.cleanup_ctx.append(_fleet_metrics_ctx)
     app.router.add_get("/metrics", get_metrics, allow_head=False)

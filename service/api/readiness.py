@@ -1,8 +1,9 @@
 """``GET /ready``: every included component passes (200) or not (503), with details of each.
 
-The components are Redis, the workers (when this deployment runs them) and PostgreSQL (when
-``DATABASE_URL`` is set); ``service/readiness.py`` runs their checks under a deadline. One
-run's answer serves every ``/ready`` of this process for ``FRESH_S``.
+The components are Redis, the workers (when this deployment runs them), the cron scheduler
+(when it runs cron too) and PostgreSQL (when ``DATABASE_URL`` is set);
+``service/readiness.py`` runs their checks under a deadline. One run's answer serves every
+``/ready`` of this process for ``FRESH_S``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from aiohttp import web
 from marshmallow import Schema, fields
 
 from jobs.heartbeat import live_workers
-from service.app_keys import DATABASE, READINESS, REDIS, SETTINGS
+from service.app_keys import CRON_STORE, DATABASE, READINESS, REDIS, SETTINGS
 from service.database import database_ctx
 from service.openapi import Access, Answer, operation
 from service.readiness import CHECK_TIMEOUT_S, Check, SharedResult, run_checks
@@ -39,6 +40,19 @@ async def check_workers(app: web.Application) -> tuple[bool, dict[str, Any]]:
     return bool(workers), details
 
 
+async def check_scheduler(app: web.Application) -> tuple[bool, dict[str, Any]]:
+    """A worker that runs cron has beaten within its heartbeat window, and no cron job is stalled."""
+    health = await app[CRON_STORE].health()
+    details: dict[str, Any] = {"workers": health.workers}
+    if health.last_beat_age_s is not None:
+        details["last_tick_age_s"] = health.last_beat_age_s
+    if health.stalled:
+        details["stalled"] = list(health.stalled)
+    if health.unknown:
+        details["unscheduled"] = list(health.unknown)  # new jobs no worker has started yet: not a failure
+    return health.ok, details
+
+
 async def check_database(app: web.Application) -> tuple[bool, dict[str, Any]]:
     started = time.perf_counter()
     value = await app[DATABASE].fetchval("SELECT 1", timeout=CHECK_TIMEOUT_S)
@@ -50,6 +64,8 @@ def included_checks(settings: Settings) -> dict[str, Check]:
     checks: dict[str, Check] = {"redis": check_redis}
     if settings.enable_worker:
         checks["workers"] = check_workers
+        if settings.enable_cron:  # cron runs on the workers
+            checks["scheduler"] = check_scheduler
     if settings.database_url:
         checks["database"] = check_database
     return checks

@@ -17,7 +17,7 @@ import json
 import textwrap
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime
 from typing import Any
 
 import arq.connections
@@ -75,11 +75,8 @@ WORKER_STATE: dict[str, type | tuple[type, ...]] = {
     "ctx": dict,
     "on_startup": object,
     "on_shutdown": object,
-    "cron_jobs": list,
     "functions": dict,
-    "poll_delay_s": (int, float),
     "burst": bool,
-    "timezone": tzinfo,
     "queue_name": str,
     "main_task": type(None),
     "loop": asyncio.AbstractEventLoop,
@@ -88,10 +85,9 @@ WORKER_STATE: dict[str, type | tuple[type, ...]] = {
 # Methods the subclass calls without overriding them, with their parameters.
 WORKER_CALLS = {
     "run_job": ["self", "job_id", "score"],
-    "run_cron": ["self", "n", "delay", "num_windows"],
     "_release_sem_dec_counter_on_complete": ["self"],
 }
-OVERRIDDEN = ("main", "heart_beat", "finish_job", "close")
+OVERRIDDEN = ("main", "finish_job", "finish_failed_job", "close")
 
 
 def _state(name: str, kind: type | tuple[type, ...]) -> Pin:
@@ -228,7 +224,7 @@ def _reach() -> tuple[set[str], set[str]]:
 def _record_health_never_runs(worker: ArqWorker) -> Problem:
     methods, _ = _reach()
     if "record_health" in methods:
-        return "is reachable: it would write arq's shared health-check key (heart_beat must stay overridden)"
+        return "is reachable: it would write arq's shared health-check key (arq's heart_beat must never be called)"
     return None
 
 
@@ -311,11 +307,6 @@ def _log_redis_info(worker: ArqWorker) -> Problem:
     return None if found == ["redis", "log_func"] else f"takes {found}"
 
 
-def _cron_next_run(worker: ArqWorker) -> Problem:
-    names = {field.name for field in fields(importlib.import_module("arq.cron").CronJob)}
-    return None if "next_run" in names else "CronJob has no next_run (the worker wakes for the next slot)"
-
-
 def _worker_logger(worker: ArqWorker) -> Problem:
     return None if arq.worker.logger.name == "arq.worker" else "arq.worker logs under another name"
 
@@ -324,7 +315,6 @@ def _worker_logger(worker: ArqWorker) -> Problem:
 IMPORTED = {
     "arq.connections": ["ArqRedis", "log_redis_info"],
     "arq.constants": list(CONSTANTS),
-    "arq.cron": ["CronJob"],
     "arq.jobs": ["Deserializer", "Serializer", "deserialize_job", "deserialize_result", "serialize_job"],
     "arq.typing": ["WorkerCoroutine"],
     "arq.utils": ["timestamp_ms", "to_ms"],
@@ -367,7 +357,6 @@ PINS = [
     Pin("arq.worker.Retry(defer=)", _retry),
     Pin("arq.connections.ArqRedis options", _arq_redis),
     Pin("arq.connections.log_redis_info", _log_redis_info),
-    Pin("arq.cron.CronJob.next_run", _cron_next_run),
     Pin("arq.worker logger name", _worker_logger),
     *(_imported(module, name) for module, names in IMPORTED.items() for name in names),
 ]

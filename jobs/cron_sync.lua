@@ -1,0 +1,98 @@
+-- Give every cron job of a worker's schedule its one pending run, atomically: workers that
+-- start together create one run per job, not one each.
+--
+-- KEYS[1]  jobs:cron        hash of every cron job's state (see jobs/redis_keys.py)
+-- KEYS[2]  arq:queue
+-- KEYS[3]  jobs:wake        list idle workers block on
+-- ARGV[1]  "full" when a worker starts: besides creating missing runs, replace the pending run
+--          of a job whose schedule text changed, and forget jobs that left the schedule;
+--          "heal" (now and then): only create missing runs (so a worker of an older release,
+--          still running during a deploy, never undoes what a newer one did)
+-- ARGV[2]  arq:job: prefix
+-- ARGV[3]  arq:in-progress: prefix
+-- ARGV[4]  jobs:cron:runs: prefix
+-- ARGV[5]  wake-up tokens kept at most
+-- ARGV[6..] five per cron job: name, schedule text, and the id, payload and due time (ms)
+--          of the run to create when it has none
+-- Returns the names of the jobs given a new pending run.
+--
+-- A steady-state "heal" costs HMGET and ZMSCORE, whatever the number of jobs.
+
+local state, queue = KEYS[1], KEYS[2]
+local full = ARGV[1] == 'full'
+local job_prefix, lease_prefix, runs_prefix = ARGV[2], ARGV[3], ARGV[4]
+
+local jobs, fields = {}, {}
+for i = 6, #ARGV, 5 do
+  local name = ARGV[i]
+  jobs[#jobs + 1] = {name = name, schedule = ARGV[i + 1], id = ARGV[i + 2], payload = ARGV[i + 3], due = ARGV[i + 4]}
+  fields[#fields + 1] = name
+  fields[#fields + 1] = name .. ':paused'
+  fields[#fields + 1] = name .. ':schedule'
+end
+
+local function running(id)
+  return redis.call('EXISTS', lease_prefix .. id) == 1
+end
+
+local function drop(id)
+  redis.call('ZREM', queue, id)
+  redis.call('DEL', job_prefix .. id)
+end
+
+local created = {}
+if #jobs > 0 then
+  local values = redis.call('HMGET', state, unpack(fields))
+  local current = {}
+  for k = 1, #jobs do
+    current[k] = values[3 * k - 2] or ''  -- '' is never a member
+  end
+  local scores = redis.call('ZMSCORE', queue, unpack(current))
+  for k, job in ipairs(jobs) do
+    local id, paused, schedule = values[3 * k - 2], values[3 * k - 1], values[3 * k]
+    if not paused then
+      local pending = id and scores[k]
+      if pending and full and schedule ~= job.schedule and string.sub(id, -7) ~= ':manual' and not running(id) then
+        drop(id)
+        pending = false
+      elseif id and not pending then
+        redis.call('DEL', job_prefix .. id)  -- its queue entry is gone: a run that can never start
+      end
+      if not pending then
+        redis.call('SET', job_prefix .. job.id, job.payload)
+        redis.call('ZADD', queue, job.due, job.id)
+        redis.call('HSET', state, job.name, job.id)
+        created[#created + 1] = job.name
+      end
+    end
+    if full and schedule ~= job.schedule then
+      redis.call('HSET', state, job.name .. ':schedule', job.schedule)
+    end
+  end
+end
+
+if full then
+  local known = {}
+  for _, job in ipairs(jobs) do
+    known[job.name] = true
+  end
+  for _, field in ipairs(redis.call('HKEYS', state)) do
+    local name = string.match(field, '^[^:]+')
+    if not known[name] then
+      if field == name then
+        local id = redis.call('HGET', state, name)
+        if not running(id) then
+          drop(id)
+        end
+      end
+      redis.call('HDEL', state, field)
+      redis.call('DEL', runs_prefix .. name)
+    end
+  end
+end
+
+if #created > 0 then
+  redis.call('LPUSH', KEYS[3], '1')
+  redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[5]) - 1)
+end
+return created

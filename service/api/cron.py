@@ -1,0 +1,152 @@
+"""``/internal/cron``: the cron schedule for operators (loopback, or Bearer $INTERNAL_TOKEN).
+
+Each job's schedule, next run, pause state and last runs; run a job now; pause and resume
+it. Plain JSON APIs: the same as ``python -m jobs cron ...``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from aiohttp_apigami import docs, response_schema
+from marshmallow import Schema, fields, validate
+
+from jobs.cron import Schedule
+from jobs.cron_store import OUTCOMES, CronJobRunning, CronStore
+from service.app_keys import CRON_STORE, REDIS_ONCE, SETTINGS
+from service.auth import require_internal
+from service.errors import Problem
+
+__all__ = ["setup"]
+
+_NAME_PARAMETER = {"in": "path", "name": "name", "required": True, "schema": {"type": "string"}}
+_NOT_FOUND = {404: {"description": "no cron job has this name"}}
+
+
+class RunErrorSchema(Schema):
+    type = fields.String(required=True)
+    message = fields.String(required=True)
+
+
+class CronRunSchema(Schema):
+    job_id = fields.String(required=True)
+    slot = fields.String(required=True, metadata={"format": "date-time", "description": "the slot it ran for"})
+    trigger = fields.String(required=True, validate=validate.OneOf(["schedule", "manual"]))
+    started_at = fields.String(required=True, metadata={"format": "date-time"})
+    finished_at = fields.String(required=True, metadata={"format": "date-time"})
+    duration_s = fields.Float(required=True)
+    outcome = fields.String(required=True, validate=validate.OneOf(OUTCOMES))
+    worker = fields.String(required=True)
+    tries = fields.Integer(required=True)
+    slots = fields.Integer(
+        required=True,
+        metadata={"description": "scheduled slots it stands for: 1, more when missed slots coalesced, 0 for a run-now"},
+    )
+    error = fields.Nested(RunErrorSchema, allow_none=True, required=True)
+
+
+class CronJobSchema(Schema):
+    name = fields.String(required=True)
+    task = fields.String(required=True)
+    schedule = fields.String(required=True, metadata={"description": "cron expression or arq-style fields, UTC"})
+    grace_s = fields.Float(required=True)
+    known = fields.Boolean(required=True, metadata={"description": "false until a worker of this release schedules it"})
+    paused = fields.Boolean(required=True)
+    running = fields.Boolean(required=True)
+    current_run = fields.String(allow_none=True, required=True, metadata={"description": "job id of its pending run"})
+    next_run_at = fields.String(allow_none=True, required=True, metadata={"format": "date-time"})
+    last_success_at = fields.String(allow_none=True, required=True, metadata={"format": "date-time"})
+    runs_by_outcome = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+    runs = fields.List(
+        fields.Nested(CronRunSchema), required=True, metadata={"description": "the last 20, newest first"}
+    )
+
+
+class CronJobsSchema(Schema):
+    jobs = fields.List(fields.Nested(CronJobSchema), required=True)
+
+
+class CronRunQueuedSchema(Schema):
+    name = fields.String(required=True)
+    job_id = fields.String(required=True)
+
+
+def _store(request: web.Request) -> CronStore:
+    require_internal(request, request.app[SETTINGS].internal_token)
+    return request.app[CRON_STORE]
+
+
+def _name(request: web.Request) -> str:
+    name = request.match_info["name"]
+    if request.app[CRON_STORE].schedule.get(name) is None:
+        raise Problem(404, f"no cron job named {name!r}", type_="not-found")
+    return name
+
+
+@docs(tags=["operations"], summary="The cron schedule: each job's next run, pause state and last runs")
+@response_schema(CronJobsSchema, 200)
+async def get_cron(request: web.Request) -> web.Response:
+    statuses = await _store(request).status()
+    return web.json_response({"jobs": [status.to_json() for status in statuses]}, headers={"Cache-Control": "no-store"})
+
+
+@docs(
+    tags=["operations"],
+    summary="Run a cron job now",
+    description=(
+        "The run takes the place of the job's pending run (the schedule goes on after it); a paused job runs "
+        "once and stays paused. 409 while a run of the job is in progress."
+    ),
+    parameters=[_NAME_PARAMETER],
+    responses={202: {"description": "queued"}, 409: {"description": "a run is in progress"}, **_NOT_FOUND},
+)
+@response_schema(CronRunQueuedSchema, 202)
+async def post_run(request: web.Request) -> web.Response:
+    store = _store(request)
+    name = _name(request)
+    try:
+        job_id = await store.run_now(name)
+    except CronJobRunning as exc:
+        raise Problem(409, str(exc), type_="cron-job-running") from None
+    return web.json_response({"name": name, "job_id": job_id}, status=202)
+
+
+@docs(
+    tags=["operations"],
+    summary="Pause a cron job: its pending run is removed (a running one finishes)",
+    parameters=[_NAME_PARAMETER],
+    responses=_NOT_FOUND,
+)
+@response_schema(CronJobSchema, 200)
+async def post_pause(request: web.Request) -> web.Response:
+    store = _store(request)
+    return web.json_response((await store.pause(_name(request))).to_json())
+
+
+@docs(
+    tags=["operations"],
+    summary="Resume a paused cron job at its next slot",
+    parameters=[_NAME_PARAMETER],
+    responses=_NOT_FOUND,
+)
+@response_schema(CronJobSchema, 200)
+async def post_resume(request: web.Request) -> web.Response:
+    store = _store(request)
+    return web.json_response((await store.resume(_name(request))).to_json())
+
+
+async def _store_ctx(app: web.Application, *, schedule: Schedule) -> AsyncIterator[None]:
+    """The store on the no-retry client: a run-now must never be sent twice."""
+    app[CRON_STORE] = CronStore(app[REDIS_ONCE], schedule)
+    yield
+
+
+def setup(app: web.Application, schedule: Schedule) -> None:
+    """The cron routes, for ``schedule``."""
+    app.cleanup_ctx.append(functools.partial(_store_ctx, schedule=schedule))
+    app.router.add_get("/internal/cron", get_cron, allow_head=False)
+    app.router.add_post("/internal/cron/{name}/run", post_run)
+    app.router.add_post("/internal/cron/{name}/pause", post_pause)
+    app.router.add_post("/internal/cron/{name}/resume", post_resume)
