@@ -96,15 +96,27 @@ class FleetMetrics(Collector):
         metrics.registry.register(self)
         metrics.add_refresher(self.refresh)
 
-    async def refresh(self) -> None:
-        """Read Redis unless the cached values are fresh; wait at most ``SCRAPE_WAIT_S`` for it."""
-        if time.monotonic() - self._read_at < CACHE_TTL_S:
+    async def refresh(self, max_age_s: float = CACHE_TTL_S) -> None:
+        """Read Redis unless the cached values are younger than ``max_age_s`` (the dashboard asks for
+        fresher ones than a scrape); wait at most ``SCRAPE_WAIT_S`` for it."""
+        if time.monotonic() - self._read_at < max_age_s:
             return
         if self._reading is None or self._reading.done():
             self._reading = asyncio.get_running_loop().create_task(self._read())
         _, pending = await asyncio.wait({self._reading}, timeout=SCRAPE_WAIT_S)
         if pending:
             self._complete = False  # the read goes on; its answer serves the next scrape
+
+    @property
+    def queue_depth(self) -> dict[str, int] | None:
+        """Jobs queued, deferred and in progress at the last read (None before one answered)."""
+        queue = self._snapshot.queue
+        return None if queue is None else dict(zip(_QUEUE_STATES, queue, strict=True))
+
+    @property
+    def redis_info(self) -> dict[str, Any]:
+        """Redis's ``INFO`` at the last read (empty before one answered)."""
+        return self._snapshot.info
 
     async def close(self) -> None:
         """Stop a read still under way (the process is stopping)."""
