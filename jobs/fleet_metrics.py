@@ -4,8 +4,8 @@ Every process (web and worker) shows them, so a scraper of any machine sees the 
 values are the same on every process, so aggregate them with ``max``, not ``sum``. One
 read is two commands sent together: ``fleet_metrics.lua`` (queue depth, live workers, the
 maintenance findings, cron's state) and ``INFO``; Upstash bills each command, so a read
-is cached for ``CACHE_TTL_S``: scrapes of both ports, or several scrapers, within that
-time share one read, and concurrent scrapes wait for the same read. A scrape waits at most
+is shared for ``CACHE_TTL_S`` (``SharedResult``): scrapes of both ports, or several
+scrapers, within that time share one read, and concurrent scrapes wait for the same read. A scrape waits at most
 ``SCRAPE_WAIT_S`` for it; a sick Redis then gives the last known values and
 ``fleet_metrics_up 0``, never a hung scrape.
 """
@@ -13,7 +13,6 @@ time share one read, and concurrent scrapes wait for the same read. A scrape wai
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from jobs.redis_keys import (
 from jobs.scripts import load_script
 from service.logging import get_logger
 from service.metrics import Metrics
+from service.shared_result import SharedResult
 
 __all__ = ["CACHE_TTL_S", "SCRAPE_WAIT_S", "FleetMetrics"]
 
@@ -81,31 +81,27 @@ class _Snapshot:
 class FleetMetrics(Collector):
     """The fleet-wide families of one process, read through ``redis`` and cached; ``schedule``: cron's too."""
 
-    def __init__(self, redis: Redis, schedule: Schedule | None = None) -> None:
+    def __init__(self, redis: Redis, schedule: Schedule | None = None, *, cache_ttl_s: float = CACHE_TTL_S) -> None:
         self._redis = redis
         self._schedule = schedule
         self._script = load_script(redis, "fleet_metrics")
         self._snapshot = _Snapshot()
-        self._read_at = -CACHE_TTL_S  # monotonic time of the last answered read
-        self._read_at_s = 0.0  # the same, as Unix time
+        self._read_at_s = 0.0  # Unix time of the last read that answered
         self._complete = False  # whether every part of the last read answered in time
-        self._reading: asyncio.Task[None] | None = None
+        self._reads = SharedResult(self._read, fresh_s=cache_ttl_s)
 
     def register(self, metrics: Metrics) -> None:
         """Show these families on ``metrics`` and read them before each of its scrapes."""
         metrics.registry.register(self)
         metrics.add_refresher(self.refresh)
 
-    async def refresh(self, max_age_s: float = CACHE_TTL_S) -> None:
-        """Read Redis unless the cached values are younger than ``max_age_s`` (the dashboard asks for
-        fresher ones than a scrape); wait at most ``SCRAPE_WAIT_S`` for it."""
-        if time.monotonic() - self._read_at < max_age_s:
-            return
-        if self._reading is None or self._reading.done():
-            self._reading = asyncio.get_running_loop().create_task(self._read())
-        _, pending = await asyncio.wait({self._reading}, timeout=SCRAPE_WAIT_S)
-        if pending:
-            self._complete = False  # the read goes on; its answer serves the next scrape
+    async def refresh(self, max_age_s: float | None = None) -> None:
+        """Read Redis unless the last read is fresh (younger than ``max_age_s``, when given: the
+        dashboard wants fresher values than a scrape); wait at most ``SCRAPE_WAIT_S`` for it."""
+        try:
+            await asyncio.wait_for(self._reads.get(max_age_s), SCRAPE_WAIT_S)
+        except TimeoutError:
+            self._complete = False  # the read goes on (it is shared); its answer serves the next scrape
 
     @property
     def queue_depth(self) -> dict[str, int] | None:
@@ -120,10 +116,7 @@ class FleetMetrics(Collector):
 
     async def close(self) -> None:
         """Stop a read still under way (the process is stopping)."""
-        if self._reading is not None and not self._reading.done():
-            self._reading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reading
+        await self._reads.close()
 
     async def _read(self) -> None:
         replies: tuple[Any, Any] = await asyncio.gather(
@@ -150,7 +143,7 @@ class FleetMetrics(Collector):
             snapshot.info = info
         self._complete = not isinstance(jobs, BaseException) and not isinstance(info, BaseException)
         if not isinstance(jobs, BaseException) or not isinstance(info, BaseException):
-            self._read_at, self._read_at_s = time.monotonic(), time.time()
+            self._read_at_s = time.time()
 
     def _cron_counts(self, state: dict[bytes, bytes]) -> dict[str, _CronCounts]:
         """Runs by outcome and the last success of each scheduled job, from ``jobs:cron``'s fields

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from service.ratelimit.limiter import Limiter
     from service.ratelimit.policy import Policies
     from service.ratelimit.usage import LimitUsage
-    from service.readiness import SharedResult
+    from service.shared_result import SharedResult
 
 SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", Redis)  # retries on connection errors: for reads and idempotent writes

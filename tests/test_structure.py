@@ -14,7 +14,15 @@ from pathlib import Path
 from tests.conftest import ROOT
 
 FOUNDATIONS = frozenset(
-    {"service", "service.settings", "service.redis", "service.logging", "service.backoff", "service.metrics"}
+    {
+        "service",
+        "service.settings",
+        "service.redis",
+        "service.logging",
+        "service.backoff",
+        "service.metrics",
+        "service.shared_result",
+    }
 )
 
 

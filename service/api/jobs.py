@@ -100,8 +100,9 @@ def _enqueue_variant(task: Task) -> type[Schema]:
 
 
 def enqueue_body(registry: Registry) -> TaggedUnion:
-    """The body of ``POST /v1/jobs`` for the tasks of ``registry``: the arguments' shape depends on the task."""
-    return TaggedUnion("task", {task.name: _enqueue_variant(task) for task in registry})
+    """The body of ``POST /v1/jobs`` for the tasks of ``registry`` a tenant may enqueue: the arguments' shape
+    depends on the task."""
+    return TaggedUnion("task", {task.name: _enqueue_variant(task) for task in registry if not task.internal})
 
 
 _JOB_LINKS = {

@@ -19,8 +19,9 @@ from jobs.heartbeat import live_workers
 from service.app_keys import CRON_STORE, DATABASE, READINESS, REDIS, SETTINGS
 from service.database import database_ctx
 from service.openapi import Access, Answer, operation
-from service.readiness import CHECK_TIMEOUT_S, Check, SharedResult, run_checks
+from service.readiness import CHECK_TIMEOUT_S, Check, run_checks
 from service.settings import SERVICE_NAME, Settings
+from service.shared_result import SharedResult
 
 FRESH_S = 1.0  # how long one run of the checks answers every /ready of this process
 

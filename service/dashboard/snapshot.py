@@ -32,7 +32,7 @@ from jobs.redis_keys import FAILURES_KEY, MINUTE_STATS_PREFIX
 from jobs.serialization import iso_from_ms
 from service.app_keys import CRON_STORE, FLEET_METRICS, READINESS, REDIS, SETTINGS
 from service.ratelimit import usage
-from service.readiness import SharedResult
+from service.shared_result import SharedResult
 
 __all__ = ["FRESH_S", "ROUND_TRIPS_MAX", "Dashboard"]
 

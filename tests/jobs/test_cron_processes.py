@@ -155,5 +155,6 @@ async def test_dev_runs_the_cron_schedule_too(redis: Redis, fleet: list[Proc], t
 
     body = await eventually(ready, timeout_s=20)
     assert body["components"]["scheduler"] is True
-    [canary] = await CronStore(redis, SCHEDULE).status()
-    assert canary.next_run_ms is not None  # the built-in job is on the schedule
+    statuses = await CronStore(redis, SCHEDULE).status()
+    assert [status.name for status in statuses] == [job.name for job in SCHEDULE]
+    assert all(status.next_run_ms is not None for status in statuses)  # the built-in jobs are on the schedule
