@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -146,20 +145,19 @@ class Browser:
         size = metrics["cssContentSize"]
         clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
         shot = await self.send("Page.captureScreenshot", {"format": "png", "clip": clip, "captureBeyondViewport": True})
-        path.write_bytes(base64.b64decode(shot["data"]))
+        await asyncio.to_thread(path.write_bytes, base64.b64decode(shot["data"]))
         return path
 
 
-async def _devtools_url(profile: Path, process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> str:
+async def _devtools_url(profile: Path, process: asyncio.subprocess.Process, timeout_s: float = 30.0) -> str:
     active = profile / "DevToolsActivePort"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        if process.returncode is not None:
             raise AssertionError(f"chromium exited with {process.returncode}")
-        if active.exists():
-            lines = active.read_text().split()
-            if len(lines) == 2:
-                return f"ws://127.0.0.1:{lines[0]}{lines[1]}"
+        lines = (await asyncio.to_thread(active.read_text)).split() if active.exists() else []
+        if len(lines) == 2:
+            return f"ws://127.0.0.1:{lines[0]}{lines[1]}"
         await asyncio.sleep(0.05)
     raise AssertionError(f"chromium wrote no DevToolsActivePort within {timeout_s:g} s")
 
@@ -167,10 +165,13 @@ async def _devtools_url(profile: Path, process: subprocess.Popen[bytes], timeout
 @contextlib.asynccontextmanager
 async def started_browser(profile: Path, *, width: int = 1280, height: int = 900) -> AsyncIterator[Browser]:
     """A headless Chromium with a fresh profile in ``profile`` and one open page; killed on leaving."""
-    process = subprocess.Popen(
-        [chromium_path(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    process = await asyncio.create_subprocess_exec(
+        chromium_path(),
+        *CHROMIUM_FLAGS,
+        f"--user-data-dir={profile}",
+        "about:blank",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
         start_new_session=True,  # its helper processes go with it
     )
     try:
@@ -182,4 +183,4 @@ async def started_browser(profile: Path, *, width: int = 1280, height: int = 900
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        await process.wait()

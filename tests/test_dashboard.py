@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiohttp import web
@@ -33,7 +32,7 @@ async def _document(client: Client) -> dict[str, Any]:
 
 
 @pytest.fixture
-def round_trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """Every request (or pipeline of them) any client of this process writes to Redis: one round trip each.
 
     A connection's opening handshake (``CLIENT SETNAME``, redis-py's ``PING`` after it, ``CLIENT
@@ -53,7 +52,7 @@ def round_trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
         await original(self, command, check_health)
 
     monkeypatch.setattr(Connection, "send_packed_command", counted)
-    yield sent
+    return sent
 
 
 async def _settled(redis: Redis, round_trips: list[bytes]) -> None:
@@ -61,7 +60,7 @@ async def _settled(redis: Redis, round_trips: list[bytes]) -> None:
 
     async def subscribed() -> bool:
         [(_, listeners)] = await redis.pubsub_numsub(REVOCATIONS_CHANNEL)
-        return listeners == 1
+        return bool(listeners == 1)
 
     await until(subscribed, "the revocation listener's subscription")
     round_trips.clear()
@@ -97,7 +96,7 @@ async def test_429s_and_the_tenants_nearest_their_limits_are_the_limiters(
         '[anonymous]\n"*" = [{ name = "address", capacity = 1, per_second = 0.01 }]\n'
     )
     app = create_app(make_settings(RATE_LIMITS_FILE=str(policies), METRICS_PORT="0"))
-    client: Client = await aiohttp_client(ServiceTestServer(app))  # type: ignore[arg-type]
+    client = cast(Client, await aiohttp_client(ServiceTestServer(app)))
     acme = await app[API_KEYS].create("acme")
     globex = await app[API_KEYS].create("globex", plan="big")
     statuses = [(await client.get("/v1/jobs", headers={"X-API-Key": acme})).status for _ in range(7)]
