@@ -9,6 +9,7 @@
 -- KEYS[5]  arq:abort
 -- KEYS[6]  arq:queue
 -- KEYS[7]  jobs:wake
+-- KEYS[8]  jobs:minute:<Unix minute>   jobs finished this minute, by outcome (jobs/failures.py)
 -- ARGV[1]  job id
 -- ARGV[2]  "1" when the job is finished (result or failure), "0" when it goes back to the queue
 -- ARGV[3]  the serialized result, or "" for none
@@ -17,7 +18,14 @@
 -- ARGV[6]  ms to keep the in-progress key (arq's cron jobs), or "" to delete it
 -- ARGV[7]  "1" when the job is handed back on stop: its interrupted try is not counted
 -- ARGV[8]  wake-up tokens kept at most
+-- ARGV[9]  the outcome this end adds to the minute's count (complete, failed, retried, aborted), or ""
+-- ARGV[10] seconds a minute's counts are kept
 -- Returns 1.
+
+if ARGV[9] ~= '' then
+  redis.call('HINCRBY', KEYS[8], ARGV[9], 1)
+  redis.call('EXPIRE', KEYS[8], ARGV[10])
+end
 
 if ARGV[6] ~= '' then
   redis.call('PEXPIRE', KEYS[1], ARGV[6])

@@ -51,9 +51,9 @@ from jobs.cron import SCHEDULE, Schedule, is_cron_run
 from jobs.cron_runner import CronRunner, arq_functions
 from jobs.leases import LeaseKeeper
 from jobs.metrics import JobMetrics, Outcome
-from jobs.registry import Registry
+from jobs.registry import Registry, TryEnd
 from jobs.scripts import load_script
-from jobs.serialization import deserialize, serialize
+from jobs.serialization import ABORTED, deserialize, serialize
 from jobs.tasks import TASKS
 from jobs.wakeups import WakeUps
 from service.backoff import Backoff
@@ -131,7 +131,15 @@ class Worker(ArqWorker):
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self._cron = CronRunner(schedule, redis_pool, worker_id=self.worker_id) if schedule is not None else None
         self.job_metrics = JobMetrics(self._cancelled_outcome)
-        self.ctx.update(settings=settings, worker_id=self.worker_id, cron=self._cron, job_metrics=self.job_metrics)
+        # How each try ended, from its runner (``jobs.registry``), until its finish records it.
+        self.try_ends: dict[str, TryEnd] = {}
+        self.ctx.update(
+            settings=settings,
+            worker_id=self.worker_id,
+            cron=self._cron,
+            job_metrics=self.job_metrics,
+            try_ends=self.try_ends,
+        )
         self._leases = LeaseKeeper(
             redis_pool,
             lease_s=settings.job_lease_s,
@@ -310,6 +318,8 @@ class Worker(ArqWorker):
             await self._cron.finish(job_id, result_data)
             return
         keep_ms = "" if keep_result_forever or result_timeout_s is None else to_ms(result_timeout_s)
+        end = self.try_ends.pop(job_id, None)
+        counted = "" if is_cron_run(job_id) else _counted_outcome(end, finish, result_data)
         await self._finish_script(
             keys=[
                 redis_keys.IN_PROGRESS_PREFIX + job_id,
@@ -319,6 +329,7 @@ class Worker(ArqWorker):
                 redis_keys.ABORT_KEY,
                 self.queue_name,
                 redis_keys.WAKE_KEY,
+                redis_keys.minute_stats_key(int(time.time() // 60)),
             ],
             args=[
                 job_id,
@@ -329,6 +340,8 @@ class Worker(ArqWorker):
                 "" if keep_in_progress is None else to_ms(keep_in_progress),
                 "1" if job_id in self._handing_back else "0",
                 redis_keys.WAKE_TOKENS_MAX,
+                counted,
+                redis_keys.MINUTE_STATS_TTL_S,
             ],
         )
 
@@ -395,6 +408,23 @@ class Worker(ArqWorker):
             self._metrics.registry.unregister(self.job_metrics)
             self._metrics.pools.forget("worker")
             self._metrics.pools.forget("worker-wake")
+
+
+def _counted_outcome(end: TryEnd | None, finish: bool, result_data: bytes | None) -> str:
+    """What an end of a try adds to the minute's counts: its outcome, or "" (a hand-back is no end).
+
+    A job that ends before a runner saw it (expired, tries spent, aborted before it started)
+    has only arq's result to tell.
+    """
+    if end is not None:
+        return "" if end.outcome == "handed_back" else end.outcome
+    if not finish or not result_data:
+        return ""
+    result = deserialize(result_data)
+    if result.get("s"):
+        return "complete"
+    error = result.get("r")
+    return "aborted" if isinstance(error, dict) and error.get("type") == ABORTED else "failed"
 
 
 def create_worker(
