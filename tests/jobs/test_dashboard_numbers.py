@@ -46,9 +46,9 @@ async def test_document_matches_redis_after_complete_failed_deferred_and_running
     # Each cron job's pending run waits in the queue too (deferred to its next slot).
     expected = {"queued": 0, "deferred": 1 + len(SCHEDULE), "in_progress": 1}
 
-    async def settled() -> dict[str, Any] | None:
+    async def settled() -> dict[str, Any]:
         document = await _document(client)  # shared for 2 s: wait for one built after the sequence
-        return document if document["queue"] == expected else None
+        return document if document["queue"] == expected else {}
 
     document = await until(settled, "a document with the sequence's queue", timeout_s=10.0)
     assert (await wait_for(client, api_key, deferred, statuses=("deferred",)))["status"] == "deferred"
