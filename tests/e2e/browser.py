@@ -52,6 +52,7 @@ class Browser:
         self._ids = itertools.count(1)
         self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._events: list[tuple[str, dict[str, Any]]] = []
+        self.problems: list[str] = []  # uncaught exceptions and errors the page logged (a CSP refusal is one)
         self._event_arrived = asyncio.Event()
         self._session: str | None = None
         self._reader = asyncio.get_running_loop().create_task(self._read())
@@ -66,10 +67,17 @@ class Browser:
                 if future is not None and not future.done():
                     future.set_result(data)
             else:
+                self._note(data["method"], data.get("params", {}))
                 self._events.append((data["method"], data.get("params", {})))
                 self._event_arrived.set()
         for future in self._replies.values():
             future.set_exception(ConnectionError("the DevTools connection closed"))
+
+    def _note(self, method: str, params: dict[str, Any]) -> None:
+        if method == "Runtime.exceptionThrown":
+            self.problems.append(str(params["exceptionDetails"].get("exception", {}).get("description")))
+        elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
+            self.problems.append(params["entry"]["text"])
 
     async def send(self, method: str, params: dict[str, Any] | None = None, *, browser: bool = False) -> Any:
         """Run one DevTools command on the page (``browser``: on the browser) and return its result."""
@@ -88,7 +96,7 @@ class Browser:
         target = await self.send("Target.createTarget", {"url": "about:blank"}, browser=True)
         attached = await self.send("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})
         self._session = attached["sessionId"]
-        for domain in ("Page", "Runtime", "Network"):
+        for domain in ("Page", "Runtime", "Network", "Log"):
             await self.send(f"{domain}.enable")
         await self.resize(width, height)
 
@@ -113,9 +121,13 @@ class Browser:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._event_arrived.wait(), remaining)
 
+    def forget_events(self) -> None:
+        """Forget the events seen so far (before an action whose own events are awaited)."""
+        self._events.clear()
+
     async def navigate(self, url: str) -> None:
         """Load ``url`` and wait for its load event."""
-        self._events.clear()
+        self.forget_events()
         await self.send("Page.navigate", {"url": url})
         await self.wait_event("Page.loadEventFired")
 
