@@ -1,6 +1,6 @@
 """``make bench``: every benchmark in one run; each appends its figures to bench/RESULTS.md.
 
-``python -m bench [limiter] [queue] [api]`` runs the ones named, in that order.
+``python -m bench [limiter] [queue] [cron] [api]`` runs the ones named, in that order.
 """
 
 from __future__ import annotations

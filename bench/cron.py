@@ -32,7 +32,8 @@ from datetime import UTC, datetime
 
 from redis.asyncio import Redis
 
-from bench.queue import RESULTS, ROOT, command_calls, counted, private_redis, stop_worker
+from bench import harness
+from bench.queue import calls_by_command, counted, private_redis, stop_worker
 from jobs.__main__ import main as jobs_main
 from jobs.cron import SCHEDULE, CronJob, Schedule
 from jobs.cron_runner import CRON_HEAL_S
@@ -60,11 +61,11 @@ SCHEDULES = {
 def start_fleet(url: str, schedule: str | None) -> list[subprocess.Popen[bytes]]:
     command = [sys.executable, "-m", "bench.cron", "worker", schedule] if schedule else [sys.executable, "-m", "jobs"]
     base = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "UPSTASH_REDIS_URL")}
-    env = {**base, "PYTHONPATH": str(ROOT), "REDIS_URL": url, "LOG_FORMAT": "json"}
+    env = {**base, "PYTHONPATH": str(harness.ROOT), "REDIS_URL": url, "LOG_FORMAT": "json"}
     if schedule is None:
         env["ENABLE_CRON"] = "false"
     return [
-        subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.Popen(command, cwd=harness.ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(FLEET)
     ]
 
@@ -98,18 +99,20 @@ async def measure(window_s: float) -> dict[str, float]:
         try:
             await asyncio.gather(*(_until_live(client) for client in clients.values()))
             await asyncio.sleep(5.0)  # start-up (the first schedule sync, the first claims) is not idle
-            before = {name: await command_calls(client) for name, client in clients.items()}
+            before = {name: await calls_by_command(client) for name, client in clients.items()}
             started_ms = int(time.time() * 1000)
             await asyncio.sleep(window_s)
-            after = {name: await command_calls(client) for name, client in clients.items()}
+            after = {name: await calls_by_command(client) for name, client in clients.items()}
             ended_ms = int(time.time() * 1000)
             [busy] = await CronStore(clients["busy"], SCHEDULES["busy"]).status()
         finally:
             for client in clients.values():
                 await client.aclose()
-    per_worker = {name: counted(before[name], after[name], ignore={"info"}) / window_s / FLEET for name in before}
+    per_worker = {
+        name: counted(before[name], after[name], ignore=frozenset({"info"})) / window_s / FLEET for name in before
+    }
     slots = sum(run.slots for run in busy.runs if started_ms <= run.started_ms <= ended_ms)
-    busy_total = counted(before["busy"], after["busy"], ignore={"info"})
+    busy_total = counted(before["busy"], after["busy"], ignore=frozenset({"info"}))
     per_slot = (busy_total - per_worker["quiet"] * FLEET * window_s) / max(slots, 1)
     amortized = per_worker["quiet"] + HEAL_COMMANDS / CRON_HEAL_S + per_slot * builtin_slots_per_s() / FLEET
     return {
@@ -154,8 +157,7 @@ def main(window_s: float = WINDOW_S) -> None:
     print(f"cron bench: three fleets of {FLEET} workers, {window_s:g} s ...", flush=True)
     section = report(asyncio.run(measure(window_s)), window_s)
     print(section)
-    with RESULTS.open("a") as out:
-        out.write("\n" + section)
+    harness.append_results(section)
 
 
 if __name__ == "__main__":

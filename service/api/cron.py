@@ -10,19 +10,18 @@ import functools
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from aiohttp_apigami import docs, response_schema
 from marshmallow import Schema, fields, validate
 
 from jobs.cron import Schedule
 from jobs.cron_store import OUTCOMES, CronJobRunning, CronStore
 from service.app_keys import CRON_STORE, REDIS_ONCE, SETTINGS
 from service.errors import Problem
+from service.openapi import Access, Answer, operation
 from service.operators import require_operator
 
 __all__ = ["setup"]
 
-_NAME_PARAMETER = {"in": "path", "name": "name", "required": True, "schema": {"type": "string"}}
-_NOT_FOUND = {404: {"description": "no cron job has this name"}}
+_NOT_FOUND = "No cron job has this name."
 
 
 class RunErrorSchema(Schema):
@@ -85,24 +84,35 @@ def _name(request: web.Request) -> str:
     return name
 
 
-@docs(tags=["operations"], summary="The cron schedule: each job's next run, pause state and last runs")
-@response_schema(CronJobsSchema, 200)
+@operation(
+    operation_id="getCron",
+    tags=["operations"],
+    summary="The cron schedule: each job's next run, pause state and last runs",
+    access=Access.INTERNAL,
+    answers=[Answer(200, "Every cron job of the schedule.", CronJobsSchema, headers={"Cache-Control": True})],
+    problems={503: "Redis cannot answer now; retry after `Retry-After`."},
+)
 async def get_cron(request: web.Request) -> web.Response:
     statuses = await _store(request).status()
     return web.json_response({"jobs": [status.to_json() for status in statuses]}, headers={"Cache-Control": "no-store"})
 
 
-@docs(
+@operation(
+    operation_id="runCronJob",
     tags=["operations"],
     summary="Run a cron job now",
     description=(
         "The run takes the place of the job's pending run (the schedule goes on after it); a paused job runs "
-        "once and stays paused. 409 while a run of the job is in progress."
+        "once and stays paused."
     ),
-    parameters=[_NAME_PARAMETER],
-    responses={202: {"description": "queued"}, 409: {"description": "a run is in progress"}, **_NOT_FOUND},
+    access=Access.INTERNAL,
+    answers=[Answer(202, "Queued: the run's job id.", CronRunQueuedSchema)],
+    problems={
+        404: _NOT_FOUND,
+        409: "A run of the job is in progress; try again when it has finished.",
+        503: "Redis cannot answer now; retry after `Retry-After`.",
+    },
 )
-@response_schema(CronRunQueuedSchema, 202)
 async def post_run(request: web.Request) -> web.Response:
     store = _store(request)
     name = _name(request)
@@ -113,25 +123,27 @@ async def post_run(request: web.Request) -> web.Response:
     return web.json_response({"name": name, "job_id": job_id}, status=202)
 
 
-@docs(
+@operation(
+    operation_id="pauseCronJob",
     tags=["operations"],
     summary="Pause a cron job: its pending run is removed (a running one finishes)",
-    parameters=[_NAME_PARAMETER],
-    responses=_NOT_FOUND,
+    access=Access.INTERNAL,
+    answers=[Answer(200, "Paused: the job as it is now.", CronJobSchema)],
+    problems={404: _NOT_FOUND, 503: "Redis cannot answer now; retry after `Retry-After`."},
 )
-@response_schema(CronJobSchema, 200)
 async def post_pause(request: web.Request) -> web.Response:
     store = _store(request)
     return web.json_response((await store.pause(_name(request))).to_json())
 
 
-@docs(
+@operation(
+    operation_id="resumeCronJob",
     tags=["operations"],
     summary="Resume a paused cron job at its next slot",
-    parameters=[_NAME_PARAMETER],
-    responses=_NOT_FOUND,
+    access=Access.INTERNAL,
+    answers=[Answer(200, "Resumed: the job as it is now.", CronJobSchema)],
+    problems={404: _NOT_FOUND, 503: "Redis cannot answer now; retry after `Retry-After`."},
 )
-@response_schema(CronJobSchema, 200)
 async def post_resume(request: web.Request) -> web.Response:
     store = _store(request)
     return web.json_response((await store.resume(_name(request))).to_json())

@@ -12,7 +12,6 @@ from redis.asyncio import Redis
 
 from jobs.cron import CronJob, RunId, Schedule
 from jobs.crontab import Crontab
-from jobs.heartbeat import live_workers
 from jobs.redis_keys import QUEUE_KEY
 from jobs.worker import running_worker
 from service.app import create_app
@@ -145,23 +144,24 @@ async def test_scheduler_is_ready_only_while_a_worker_runs_cron(aiohttp_client: 
     settings = jobs_settings()
     client = await _client(aiohttp_client, settings)
 
-    async def scheduler() -> tuple[bool, dict[str, Any]]:
+    async def ready_when(workers: bool, scheduler: bool) -> dict[str, Any] | None:
+        """The scheduler's details once /ready (fresh at most once a second) says this of both components."""
         body = await (await client.get("/ready")).json()
-        return body["components"]["scheduler"], body["details"]["scheduler"]
+        components = body["components"]
+        wanted = components["workers"] is workers and components["scheduler"] is scheduler
+        return dict(body["details"]["scheduler"]) if wanted else None
 
-    async def passing() -> dict[str, Any] | None:
-        passed, details = await scheduler()
-        return details if passed else None
-
-    assert await scheduler() == (False, {"workers": 0, "unscheduled": ["report", "nap"]})
+    assert await ready_when(workers=False, scheduler=False) == {"workers": 0, "unscheduled": ["report", "nap"]}
     async with running_worker(jobs_settings(ENABLE_CRON="false"), schedule=SCHEDULE):
-        await eventually(lambda: live_workers(redis))
-        assert (await scheduler())[0] is False  # a worker, but none that runs cron
+        no_cron = await eventually(lambda: ready_when(workers=True, scheduler=False))  # a worker, none with cron
     async with running_worker(settings, schedule=SCHEDULE):
-        details = await eventually(passing)
-        assert details["workers"] == 1
-        assert details["last_tick_age_s"] < 5
-    assert await scheduler() == (False, {"workers": 0})  # a worker that stops removes its beat at once
+        details = await eventually(lambda: ready_when(workers=True, scheduler=True))
+    stopped = await eventually(lambda: ready_when(workers=False, scheduler=False), timeout_s=3)
+
+    assert no_cron["workers"] == 0
+    assert details["workers"] == 1
+    assert details["last_tick_age_s"] < 5
+    assert stopped == {"workers": 0}  # a worker that stops removes its beat at once (/ready is fresh within 1 s)
 
 
 async def test_scheduler_names_a_job_that_lost_its_pending_run(aiohttp_client: AiohttpClient, redis: Redis) -> None:
