@@ -132,7 +132,7 @@ async def test_dashboard_in_chromium_logs_in_shows_live_work_and_runs_a_cron_job
         assert "Run now: done" in await _text(browser, "#notice")
 
         for figure in ("queued", "deferred", "in-progress", "complete-hour", "memory", "policy", "clients", "ops"):
-            assert (await _text(browser, f"#{figure}")) not in ("", "–"), figure
+            assert (await _text(browser, f"#{figure}")) not in ("", "\N{EN DASH}"), figure  # the placeholder
         assert await browser.evaluate("document.querySelectorAll('#worker-rows tr td[data-label=id]').length") == 1
         wide = await browser.screenshot(tmp_path / "dashboard.png")
 
