@@ -183,7 +183,9 @@ async def get_static(request: web.Request) -> web.Response:
     static = page.STATIC.get(request.match_info["name"])
     if static is None:
         raise Problem(404, "no such file", type_="not-found")
-    cache = "public, max-age=31536000, immutable" if request.query.get("v") else "no-cache"
+    # Kept for good under the URL that names this content; under any other, asked again each time.
+    versioned = request.path_qs == static.url
+    cache = "public, max-age=31536000, immutable" if versioned else "no-cache"
     return web.Response(
         body=static.body,
         content_type=static.content_type,

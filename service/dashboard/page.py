@@ -34,19 +34,17 @@ SECURITY_HEADERS = {
 
 @dataclass(frozen=True)
 class StaticFile:
-    """A file of ``service/dashboard/static``, read once, with the URL that names its content."""
+    """A file of ``service/dashboard/static``, read once, and the URL that names its content."""
 
     name: str
     content_type: str
     body: bytes
-
-    @property
-    def url(self) -> str:
-        return f"/dashboard/static/{self.name}?v={hashlib.sha256(self.body).hexdigest()[:12]}"
+    url: str
 
 
 def _static(name: str, content_type: str) -> StaticFile:
-    return StaticFile(name, content_type, files("service.dashboard").joinpath("static", name).read_bytes())
+    body = files("service.dashboard").joinpath("static", name).read_bytes()
+    return StaticFile(name, content_type, body, f"/dashboard/static/{name}?v={hashlib.sha256(body).hexdigest()[:12]}")
 
 
 STATIC = {
