@@ -12,9 +12,11 @@ Three fleets of three ``python -m jobs`` worker processes (default settings: 10 
   cost of the second fleet.
 
 From these, the idle commands/s per worker with cron on and the built-in schedule:
-idle + the periodic schedule check (3 commands every ``CRON_HEAL_S``) + commands per slot x
-the built-in schedule's slots per second / 3 workers. Counts are ``INFO commandstats``'s:
-commands run inside Lua scripts count one each, like the script call itself.
+idle + the periodic schedule check (every ``CRON_HEAL_S``) + commands per slot x the
+built-in schedule's slots per second / 3 workers. Each count twice (``bench.redis_stats``):
+server-side (``INFO commandstats``: commands Lua scripts run count one each, like the
+script call) and client-sent (a ``MONITOR`` tap: a script call counts once, as a metered
+Redis such as Upstash bills).
 
 Prints a table and appends it to ``bench/RESULTS.md``.
 """
@@ -28,12 +30,12 @@ import subprocess
 import sys
 import time
 from contextlib import ExitStack
-from datetime import UTC, datetime
 
 from redis.asyncio import Redis
 
 from bench import harness
 from bench.queue import calls_by_command, counted, private_redis, stop_worker
+from bench.redis_stats import OWN_COMMANDS, Monitor
 from jobs.__main__ import main as jobs_main
 from jobs.cron import SCHEDULE, CronJob, Schedule
 from jobs.cron_runner import CRON_HEAL_S
@@ -44,7 +46,8 @@ from jobs.heartbeat import live_workers
 FLEET = 3
 SLOT_EVERY_S = 15
 WINDOW_S = 60.0
-HEAL_COMMANDS = 3  # EVALSHA, HMGET, ZMSCORE: cron_sync.lua's steady-state check
+# cron_sync.lua's steady-state check: one EVALSHA sent, which runs HMGET and ZMSCORE.
+HEAL_COMMANDS = {"server": 3, "client": 1}
 DAY_MS = 86_400_000
 
 SCHEDULES = {
@@ -89,9 +92,12 @@ def builtin_slots_per_s() -> float:
     return sum(job.when.count(now_ms, now_ms + 30 * DAY_MS, most=10**7) for job in SCHEDULE) / (30 * DAY_MS / 1000)
 
 
-async def measure(window_s: float) -> dict[str, float]:
+async def measure(window_s: float) -> tuple[dict[str, dict[str, float]], str]:
+    """Per kind of count (``server``, ``client``): the idle rates, commands per slot, and the amortized
+    rate; and the machine they were measured on."""
     with ExitStack() as stack:
         urls = {name: stack.enter_context(private_redis()) for name in ("off", "quiet", "busy")}
+        machine = harness.machine(harness.redis_version(urls["off"]))
         clients = {name: Redis.from_url(url) for name, url in urls.items()}
         fleets = {name: start_fleet(url, None if name == "off" else name) for name, url in urls.items()}
         for fleet in fleets.values():
@@ -99,55 +105,54 @@ async def measure(window_s: float) -> dict[str, float]:
         try:
             await asyncio.gather(*(_until_live(client) for client in clients.values()))
             await asyncio.sleep(5.0)  # start-up (the first schedule sync, the first claims) is not idle
+            monitors = {name: stack.enter_context(Monitor(url)) for name, url in urls.items()}
             before = {name: await calls_by_command(client) for name, client in clients.items()}
             started_ms = int(time.time() * 1000)
             await asyncio.sleep(window_s)
+            windows = {name: monitor.mark() for name, monitor in monitors.items()}
             after = {name: await calls_by_command(client) for name, client in clients.items()}
             ended_ms = int(time.time() * 1000)
             [busy] = await CronStore(clients["busy"], SCHEDULES["busy"]).status()
         finally:
             for client in clients.values():
                 await client.aclose()
-    per_worker = {
-        name: counted(before[name], after[name], ignore=frozenset({"info"})) / window_s / FLEET for name in before
-    }
     slots = sum(run.slots for run in busy.runs if started_ms <= run.started_ms <= ended_ms)
-    busy_total = counted(before["busy"], after["busy"], ignore=frozenset({"info"}))
-    per_slot = (busy_total - per_worker["quiet"] * FLEET * window_s) / max(slots, 1)
-    amortized = per_worker["quiet"] + HEAL_COMMANDS / CRON_HEAL_S + per_slot * builtin_slots_per_s() / FLEET
-    return {
-        "idle_off": per_worker["off"],
-        "idle_quiet": per_worker["quiet"],
-        "slots": float(slots),
-        "per_slot": per_slot,
-        "amortized": amortized,
+    totals = {
+        "server": {name: counted(before[name], after[name], ignore=OWN_COMMANDS) for name in before},
+        "client": {name: window.client_total for name, window in windows.items()},
     }
+    figures = {}
+    for kind, total in totals.items():
+        idle = {name: calls / window_s / FLEET for name, calls in total.items()}
+        per_slot = (total["busy"] - idle["quiet"] * FLEET * window_s) / max(slots, 1)
+        amortized = idle["quiet"] + HEAL_COMMANDS[kind] / CRON_HEAL_S + per_slot * builtin_slots_per_s() / FLEET
+        figures[kind] = {"idle_off": idle["off"], "idle_quiet": idle["quiet"], "per_slot": per_slot}
+        figures[kind].update(amortized=amortized, slots=float(slots))
+    return figures, machine
 
 
-def report(figures: dict[str, float], window_s: float) -> str:
-    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+def report(figures: dict[str, dict[str, float]], window_s: float, machine: str) -> str:
+    server, client = figures["server"], figures["client"]
     builtin = ", ".join(f"`{job.name}` ({job.when.text})" for job in SCHEDULE)
     rows = [
-        ("idle Redis commands/s per worker, cron off", f"{figures['idle_off']:.3f}"),
-        ("idle Redis commands/s per worker, cron on, no slot due", f"{figures['idle_quiet']:.3f}"),
-        (
-            f"Redis commands per cron slot, fleet of {FLEET} idle workers ({figures['slots']:.0f} slots)",
-            f"{figures['per_slot']:.1f}",
-        ),
-        ("idle Redis commands/s per worker, cron on, built-in schedule (amortized)", f"{figures['amortized']:.3f}"),
+        ("idle Redis commands/s per worker, cron off", "idle_off", "{:.3f}"),
+        ("idle Redis commands/s per worker, cron on, no slot due", "idle_quiet", "{:.3f}"),
+        (f"Redis commands per cron slot, fleet of {FLEET} idle workers", "per_slot", "{:.1f}"),
+        ("idle Redis commands/s per worker, cron on, built-in schedule (amortized)", "amortized", "{:.3f}"),
     ]
     lines = [
-        f"## Cron, {when}",
+        f"## Cron, {harness.now_utc()}",
         "",
-        f"Fleets of {FLEET} `python -m jobs` worker processes with default settings, each fleet on a private "
-        f"redis-server, measured together over {window_s:g} s (INFO commandstats; commands inside scripts count). "
-        f"Slots: one `diagnostics.ping` job every {SLOT_EVERY_S} s, less the idle cost. Built-in schedule: {builtin}; "
-        f"amortized = idle + the schedule check ({HEAL_COMMANDS} commands every {CRON_HEAL_S:g} s) + commands per "
-        f"slot x its slots/s / {FLEET}.",
+        f"Machine: {machine}. Fleets of {FLEET} `python -m jobs` worker processes with default settings, each "
+        f"fleet on a private redis-server, measured together over {window_s:g} s. Slots: one `diagnostics.ping` "
+        f"job every {SLOT_EVERY_S} s ({server['slots']:.0f} in the window), less the idle cost. Server-side: "
+        "INFO commandstats (commands run by scripts count); client-sent: a MONITOR tap (a script call counts "
+        f"once, as Upstash bills). Built-in schedule: {builtin}; amortized = idle + the schedule check every "
+        f"{CRON_HEAL_S:g} s + commands per slot x its slots/s / {FLEET}.",
         "",
-        "| measure | figure |",
-        "|---|---|",
-        *(f"| {label} | {value} |" for label, value in rows),
+        "| measure | server-side | client-sent |",
+        "|---|---|---|",
+        *(f"| {label} | {fmt.format(server[key])} | {fmt.format(client[key])} |" for label, key, fmt in rows),
     ]
     return "\n".join(lines) + "\n"
 
@@ -155,7 +160,8 @@ def report(figures: dict[str, float], window_s: float) -> str:
 def main(window_s: float = WINDOW_S) -> None:
     """Run the cron benchmark, print its table and append it to bench/RESULTS.md."""
     print(f"cron bench: three fleets of {FLEET} workers, {window_s:g} s ...", flush=True)
-    section = report(asyncio.run(measure(window_s)), window_s)
+    figures, machine = asyncio.run(measure(window_s))
+    section = report(figures, window_s, machine)
     print(section)
     harness.append_results(section)
 

@@ -8,10 +8,13 @@
 -- KEYS[5]  arq:result:<id>
 -- KEYS[6]  arq:abort
 -- KEYS[7]  arq:retry:<id>
+-- KEYS[8]  jobs:ready:<tenant>   the tenant's unfinished jobs
+-- KEYS[9]  jobs:tenants
 -- ARGV[1]  job id
 -- ARGV[2]  now (ms)
 -- ARGV[3]  result TTL (ms)
 -- ARGV[4]  queue name (for the result)
+-- ARGV[5]  the tenant
 -- Returns "missing" (not this tenant's, or gone), "finished", "running" or "aborted".
 
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
@@ -44,4 +47,8 @@ local result = '{"t":' .. tries
 redis.call('SET', KEYS[5], result, 'PX', ARGV[3])
 redis.call('DEL', KEYS[2], KEYS[7])
 redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[8], ARGV[1])
+if redis.call('EXISTS', KEYS[8]) == 0 then
+  redis.call('ZREM', KEYS[9], ARGV[5])
+end
 return 'aborted'

@@ -3,6 +3,8 @@
 -- KEYS[1]  jobs:cron     hash of every cron job's state (see jobs/redis_keys.py)
 -- KEYS[2]  arq:queue
 -- KEYS[3]  jobs:wake
+-- KEYS[4]  jobs:ready:@system   the cron runs that claims look at
+-- KEYS[5]  jobs:tenants
 -- ARGV[1]  "pause", "resume" or "run"
 -- ARGV[2]  the cron job's name
 -- ARGV[3]  arq:job: prefix
@@ -10,6 +12,7 @@
 -- ARGV[5]  id, ARGV[6] payload, ARGV[7] due time (ms) of the run to create: for "resume"
 --          the next slot, for "run" a run-now due at once
 -- ARGV[8]  wake-up tokens kept at most
+-- ARGV[9]  the system tenant (@system)
 -- Returns
 --   pause:  "paused": its pending run is removed; a running run finishes and has no successor
 --   resume: "resumed" (it has a pending run again), or "not-paused" (nothing done)
@@ -22,6 +25,7 @@ local running = current and redis.call('EXISTS', ARGV[4] .. current) == 1
 
 local function drop_current()
   redis.call('ZREM', queue, current)
+  redis.call('ZREM', KEYS[4], current)
   redis.call('DEL', ARGV[3] .. current)
   redis.call('HDEL', state, name)
 end
@@ -29,6 +33,8 @@ end
 local function create()
   redis.call('SET', ARGV[3] .. ARGV[5], ARGV[6])
   redis.call('ZADD', queue, ARGV[7], ARGV[5])
+  redis.call('ZADD', KEYS[4], ARGV[7], ARGV[5])
+  redis.call('ZADD', KEYS[5], 'NX', 0, ARGV[9])
   redis.call('HSET', state, name, ARGV[5])
   redis.call('LPUSH', KEYS[3], '1')
   redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[8]) - 1)

@@ -32,9 +32,12 @@ from jobs.redis_keys import (
     JOB_PREFIX,
     QUEUE_KEY,
     RETRY_PREFIX,
+    SYSTEM_TENANT,
+    TENANTS_KEY,
     WAKE_KEY,
     WAKE_TOKENS_MAX,
     cron_runs_key,
+    ready_key,
 )
 from jobs.scripts import load_script
 from jobs.serialization import iso_from_ms, serialize
@@ -51,6 +54,8 @@ __all__ = [
 ]
 
 RUNS_KEPT = 20
+# Cron runs belong to the system tenant: claims look at them in its ready set, like any tenant's.
+_READY = ready_key(SYSTEM_TENANT)
 Outcome = Literal["complete", "failed", "aborted", "missed"]
 OUTCOMES: tuple[Outcome, ...] = ("complete", "failed", "aborted", "missed")
 
@@ -172,11 +177,11 @@ class CronStore:
         """
         now_ms = timestamp_ms() if now_ms is None else now_ms
         mode = "full" if full else "heal"
-        args: list[Any] = [mode, JOB_PREFIX, IN_PROGRESS_PREFIX, cron_runs_key(""), WAKE_TOKENS_MAX]
+        args: list[Any] = [mode, JOB_PREFIX, IN_PROGRESS_PREFIX, cron_runs_key(""), WAKE_TOKENS_MAX, SYSTEM_TENANT]
         for job in self.schedule:
             due_ms = job.when.next_after(now_ms)
             args += [job.name, job.when.text, str(RunId(job.name, due_ms)), _payload(job, now_ms), due_ms]
-        created = await self._sync(keys=[CRON_KEY, QUEUE_KEY, WAKE_KEY], args=args)
+        created = await self._sync(keys=[CRON_KEY, QUEUE_KEY, WAKE_KEY, _READY, TENANTS_KEY], args=args)
         return [name.decode() for name in created]
 
     async def finish(self, run: CronRun, *, next_run_ms: int | None) -> str | None:
@@ -198,6 +203,8 @@ class CronStore:
                 CRON_KEY,
                 cron_runs_key(name),
                 JOB_PREFIX + (next_id or run.job_id),
+                _READY,
+                TENANTS_KEY,
             ],
             args=[
                 run.job_id,
@@ -210,6 +217,7 @@ class CronStore:
                 next_run_ms or "",
                 run.finished_ms,
                 WAKE_TOKENS_MAX,
+                SYSTEM_TENANT,
             ],
         )
         return created.decode() or None
@@ -229,7 +237,7 @@ class CronStore:
         leased: dict[str, bool] = {}
         if ids:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zmscore(QUEUE_KEY, ids)
+                pipe.zmscore(_READY, ids)
                 for run_id in ids:
                     pipe.exists(IN_PROGRESS_PREFIX + run_id)
                 found, *leases = await pipe.execute()
@@ -303,7 +311,17 @@ class CronStore:
 
     async def _command(self, command: str, job: CronJob, run_id: str, payload: bytes | str, due_ms: int | str) -> str:
         reply = await self._control(
-            keys=[CRON_KEY, QUEUE_KEY, WAKE_KEY],
-            args=[command, job.name, JOB_PREFIX, IN_PROGRESS_PREFIX, run_id, payload, due_ms, WAKE_TOKENS_MAX],
+            keys=[CRON_KEY, QUEUE_KEY, WAKE_KEY, _READY, TENANTS_KEY],
+            args=[
+                command,
+                job.name,
+                JOB_PREFIX,
+                IN_PROGRESS_PREFIX,
+                run_id,
+                payload,
+                due_ms,
+                WAKE_TOKENS_MAX,
+                SYSTEM_TENANT,
+            ],
         )
         return reply.decode() if isinstance(reply, bytes) else str(reply)

@@ -1,11 +1,14 @@
 -- Enqueue one job in arq's format, index it for its tenant, record its idempotency key
--- and wake one idle worker, all at once.
+-- and wake one idle worker, all at once; unless the tenant already has its cap of
+-- unfinished jobs.
 --
 -- KEYS[1]  arq:job:<id>            the job (arq's JSON payload)
 -- KEYS[2]  arq:queue               sorted set of job ids by due time (ms)
 -- KEYS[3]  jobs:index:<tenant>     sorted set of the tenant's job ids by enqueue time (µs)
 -- KEYS[4]  jobs:idempotency:...    the idempotency record (unused when ARGV[8] is "")
 -- KEYS[5]  jobs:wake               list idle workers block on
+-- KEYS[6]  jobs:ready:<tenant>     the tenant's unfinished jobs by due time (ms)
+-- KEYS[7]  jobs:tenants            tenants with unfinished jobs, by when a claim last looked at them
 -- ARGV[1]  job id
 -- ARGV[2]  payload
 -- ARGV[3]  due time (ms)
@@ -16,19 +19,30 @@
 -- ARGV[8]  idempotency record, or "" for none
 -- ARGV[9]  idempotency record TTL (s)
 -- ARGV[10] wake-up tokens kept at most
+-- ARGV[11] the tenant
+-- ARGV[12] unfinished jobs a tenant may have at most
 -- Returns {1} when the job was enqueued, {0, record} when the idempotency key already
--- names a job (nothing is written then).
+-- names a job, {2, unfinished} when the tenant is at its cap (nothing is written then).
 
 if ARGV[8] ~= '' then
   local existing = redis.call('GET', KEYS[4])
   if existing then
     return {0, existing}
   end
+end
+local unfinished = redis.call('ZCARD', KEYS[6])
+if unfinished >= tonumber(ARGV[12]) then
+  return {2, unfinished}
+end
+if ARGV[8] ~= '' then
   redis.call('SET', KEYS[4], ARGV[8], 'EX', ARGV[9])
 end
 
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[4])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[6], ARGV[3], ARGV[1])
+-- A tenant that had nothing unfinished comes first at the next claim.
+redis.call('ZADD', KEYS[7], 'NX', 0, ARGV[11])
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[6])
 redis.call('EXPIRE', KEYS[3], ARGV[7])

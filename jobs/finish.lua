@@ -9,7 +9,10 @@
 -- KEYS[5]  arq:abort
 -- KEYS[6]  arq:queue
 -- KEYS[7]  jobs:wake
--- KEYS[8]  jobs:minute:<Unix minute>   jobs finished this minute, by outcome (jobs/failures.py)
+-- KEYS[8]  jobs:ready:<tenant>   the tenant's unfinished jobs
+-- KEYS[9]  jobs:tenants
+-- KEYS[10] jobs:minute:<Unix minute>   jobs finished this minute, by outcome (jobs/failures.py)
+-- KEYS[11] jobs:failures               the latest failed tries (jobs/failures.py)
 -- ARGV[1]  job id
 -- ARGV[2]  "1" when the job is finished (result or failure), "0" when it goes back to the queue
 -- ARGV[3]  the serialized result, or "" for none
@@ -18,13 +21,22 @@
 -- ARGV[6]  ms to keep the in-progress key (arq's cron jobs), or "" to delete it
 -- ARGV[7]  "1" when the job is handed back on stop: its interrupted try is not counted
 -- ARGV[8]  wake-up tokens kept at most
--- ARGV[9]  the outcome this end adds to the minute's count (complete, failed, retried, aborted), or ""
--- ARGV[10] seconds a minute's counts are kept
+-- ARGV[9]  the job's tenant
+-- ARGV[10] the outcome this end adds to the minute's count (complete, failed, retried, aborted), or ""
+-- ARGV[11] seconds a minute's counts are kept
+-- ARGV[12] the failed try's record (JSON), or "": listed with the job's payload (for a retry)
+-- ARGV[13] failed tries kept
 -- Returns 1.
 
-if ARGV[9] ~= '' then
-  redis.call('HINCRBY', KEYS[8], ARGV[9], 1)
-  redis.call('EXPIRE', KEYS[8], ARGV[10])
+if ARGV[10] ~= '' then
+  redis.call('HINCRBY', KEYS[10], ARGV[10], 1)
+  redis.call('EXPIRE', KEYS[10], ARGV[11])
+end
+if ARGV[12] ~= '' then
+  local failure = cjson.decode(ARGV[12])
+  failure['job'] = redis.call('GET', KEYS[4])  -- read before a finished job's record is deleted below
+  redis.call('LPUSH', KEYS[11], cjson.encode(failure))
+  redis.call('LTRIM', KEYS[11], 0, tonumber(ARGV[13]) - 1)
 end
 
 if ARGV[6] ~= '' then
@@ -44,9 +56,14 @@ if ARGV[2] == '1' then
   redis.call('DEL', KEYS[3], KEYS[4])
   redis.call('ZREM', KEYS[5], ARGV[1])
   redis.call('ZREM', KEYS[6], ARGV[1])
+  redis.call('ZREM', KEYS[8], ARGV[1])
+  if redis.call('EXISTS', KEYS[8]) == 0 then
+    redis.call('ZREM', KEYS[9], ARGV[9])
+  end
 else
   if ARGV[5] ~= '' then
     redis.call('ZINCRBY', KEYS[6], ARGV[5], ARGV[1])
+    redis.call('ZINCRBY', KEYS[8], ARGV[5], ARGV[1])
   end
   if ARGV[7] == '1' then
     redis.call('DECR', KEYS[3])

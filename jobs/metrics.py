@@ -40,10 +40,11 @@ class JobMetrics(Collector):
         self.runs: Counter[tuple[str, Outcome]] = Counter()
         self.durations = Histograms(_DURATION_BUCKETS_S)
 
-    def record(self, task: str, outcome: Outcome, seconds: float) -> None:
-        """Count one run of ``task`` that ended in ``outcome`` after ``seconds``."""
+    def record(self, task: str, outcome: Outcome, seconds: float | None = None) -> None:
+        """Count one run of ``task`` that ended in ``outcome`` after ``seconds`` (``None``: it never started)."""
         self.runs[task, outcome] += 1
-        self.durations.observe(task, seconds)
+        if seconds is not None:
+            self.durations.observe(task, seconds)
 
     def collect(self) -> Iterator[Metric]:
         runs = CounterMetricFamily(

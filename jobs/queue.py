@@ -11,6 +11,13 @@ disagree with what the workers do:
 
 Each tenant has an index, ``jobs:index:<tenant>``, of its job ids by enqueue time (µs); it
 proves ownership (another tenant's job is simply not found) and is how jobs are listed.
+Its unfinished jobs are also in ``jobs:ready:<tenant>`` (``jobs.redis_keys``), the claim
+order of its jobs, whose size is the tenant's count of unfinished jobs.
+
+Quotas that protect the shared Redis: a job's arguments are at most ``JOB_ARGS_MAX_BYTES``
+serialized (``ArgumentsTooLarge``), and a tenant has at most ``JOB_UNFINISHED_MAX``
+unfinished jobs (queued, deferred or running; ``TooManyUnfinishedJobs``), checked inside
+the enqueue script. Arguments are strict JSON: ``NaN`` and ``Infinity`` are refused.
 
 Retention: a result is kept ``JOB_RETENTION_S`` (default 24 h) after the job ends; a job
 that no worker starts within 24 h of its due time expires (arq's rule); index entries
@@ -43,18 +50,28 @@ from jobs.redis_keys import (
     QUEUE_KEY,
     RESULT_PREFIX,
     RETRY_PREFIX,
+    TENANTS_KEY,
     WAKE_KEY,
     WAKE_TOKENS_MAX,
     idempotency_key,
     index_key,
+    ready_key,
 )
-from jobs.registry import Registry
+from jobs.registry import EnqueueContext, InvalidArguments, Registry
 from jobs.scripts import load_script
-from jobs.serialization import ABORTED, deserialize, iso, iso_from_ms, serialize
+from jobs.serialization import ABORTED, deserialize, iso, iso_from_ms, serialize, stored_error, to_json
 from jobs.tasks import TASKS
 from service.settings import Settings
 
-__all__ = ["MAX_DEFER_S", "STATUSES", "IdempotencyConflict", "JobQueue", "JobView"]
+__all__ = [
+    "MAX_DEFER_S",
+    "STATUSES",
+    "ArgumentsTooLarge",
+    "IdempotencyConflict",
+    "JobQueue",
+    "JobView",
+    "TooManyUnfinishedJobs",
+]
 
 Status = Literal["queued", "deferred", "in_progress", "complete", "failed", "aborted"]
 STATUSES: tuple[Status, ...] = ("queued", "deferred", "in_progress", "complete", "failed", "aborted")
@@ -67,6 +84,25 @@ _LIST_SCAN_MAX = 1_000
 
 class IdempotencyConflict(Exception):
     """The idempotency key was used for another request body."""
+
+
+class ArgumentsTooLarge(Exception):
+    """The job's arguments serialize to more than ``JOB_ARGS_MAX_BYTES``."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"the job's arguments are {size:,} bytes as JSON; the limit is {limit:,}")
+        self.size = size
+        self.limit = limit
+
+
+class TooManyUnfinishedJobs(Exception):
+    """The tenant already has ``JOB_UNFINISHED_MAX`` jobs queued, deferred or running."""
+
+    def __init__(self, unfinished: int, limit: int) -> None:
+        super().__init__(
+            f"this tenant has {unfinished:,} unfinished jobs (queued, deferred or running); the limit is {limit:,}"
+        )
+        self.limit = limit
 
 
 @dataclass(frozen=True)
@@ -111,12 +147,6 @@ def _int(raw: bytes | None) -> int:
     return int(raw) if raw else 0
 
 
-def _error(value: Any) -> dict[str, str]:
-    if isinstance(value, dict) and "type" in value:
-        return {"type": str(value["type"]), "message": str(value.get("message", ""))}
-    return {"type": "JobError", "message": str(value)}
-
-
 def _deserialize_result(raw: bytes) -> dict[str, Any]:
     """Our deserializer for arq's ``deserialize_result``: a job aborted before it started
     (``abort.lua``) has no start time, which arq's result records as 0 (the epoch)."""
@@ -137,7 +167,7 @@ def _finished_view(job_id: str, result: bytes) -> JobView:
     }
     if outcome.success:
         return JobView(status="complete", result=outcome.result, **common)
-    error = _error(outcome.result)
+    error = stored_error(outcome.result)
     return JobView(status="aborted" if error["type"] == ABORTED else "failed", error=error, **common)
 
 
@@ -210,9 +240,11 @@ class JobQueue:
     ) -> tuple[JobView, bool]:
         """Validate and enqueue; return the job and whether it is new (False: an idempotent replay).
 
-        Raises ``UnknownTask``, ``InvalidArguments`` or ``IdempotencyConflict``.
+        Raises ``UnknownTask``, ``InvalidArguments``, ``ArgumentsTooLarge``, ``IdempotencyConflict``
+        or ``TooManyUnfinishedJobs``.
         """
-        await self._registry.validate(task, args, self._settings)
+        self._check_size(args)
+        await self._registry.validate(task, args, EnqueueContext(tenant, self._settings, self._redis))
         job_id = uuid.uuid4().hex
         now_us = time.time_ns() // 1000
         now_ms = now_us // 1000
@@ -230,6 +262,8 @@ class JobQueue:
                 index_key(tenant),
                 idempotency_key(tenant, idempotency) if idempotency else index_key(tenant),
                 WAKE_KEY,
+                ready_key(tenant),
+                TENANTS_KEY,
             ],
             args=[
                 job_id,
@@ -242,8 +276,12 @@ class JobQueue:
                 record,
                 IDEMPOTENCY_TTL_S,
                 WAKE_TOKENS_MAX,
+                tenant,
+                self._settings.job_unfinished_max,
             ],
         )
+        if int(reply[0]) == 2:
+            raise TooManyUnfinishedJobs(int(reply[1]), self._settings.job_unfinished_max)
         if int(reply[0]) == 0:
             existing = json.loads(reply[1])
             if existing["fingerprint"] != fingerprint:
@@ -254,6 +292,22 @@ class JobQueue:
             return view, False
         status: Status = "deferred" if due_ms > now_ms else "queued"
         return JobView(job_id, task, status, 0, iso_from_ms(now_ms)), True
+
+    def _check_size(self, args: Mapping[str, Any]) -> None:
+        """Refuse arguments that are not strict JSON or are larger than ``JOB_ARGS_MAX_BYTES`` serialized."""
+        try:
+            size = len(to_json(args))
+        except (TypeError, ValueError, RecursionError):
+            # ValueError: NaN or Infinity; RecursionError: nested deeper than any real payload.
+            raise InvalidArguments(
+                {"_schema": ["arguments must be strict JSON: no NaN or Infinity, not nested hundreds of levels deep"]}
+            ) from None
+        if size > self._settings.job_args_max_bytes:
+            raise ArgumentsTooLarge(size, self._settings.job_args_max_bytes)
+
+    async def unfinished(self, tenant: str) -> int:
+        """How many of the tenant's jobs are queued, deferred or running (what its cap counts)."""
+        return int(await self._redis.zcard(ready_key(tenant)))
 
     async def get(self, tenant: str, job_id: str) -> JobView | None:
         """The job, or ``None`` when it is not this tenant's or no longer exists."""
@@ -285,8 +339,10 @@ class JobQueue:
                 RESULT_PREFIX + job_id,
                 ABORT_KEY,
                 RETRY_PREFIX + job_id,
+                ready_key(tenant),
+                TENANTS_KEY,
             ],
-            args=[job_id, timestamp_ms(), self._retention_ms, QUEUE_KEY],
+            args=[job_id, timestamp_ms(), self._retention_ms, QUEUE_KEY, tenant],
         )
         value = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
         assert value in ("aborted", "running", "finished", "missing"), value

@@ -3,6 +3,11 @@
 arq's own keys (``arq:queue``, ``arq:job:<id>``, ``arq:in-progress:<id>``, ``arq:result:<id>``,
 ``arq:retry:<id>``, ``arq:abort``) keep arq's names so that arq's worker runs the jobs
 unchanged. Ours sit beside them under ``jobs:``.
+
+Fairness: ``arq:queue`` keeps every unfinished job by due time, as arq knows it, but the
+claim order is ours: each tenant's unfinished jobs are also in ``jobs:ready:<tenant>``
+(by due time), and ``jobs:tenants`` holds the tenants that have any, scored by when each
+was last looked at by a claim, so claims serve tenants in turn (``claim.lua``).
 """
 
 from __future__ import annotations
@@ -35,8 +40,11 @@ __all__ = [
     "MINUTE_STATS_PREFIX",
     "MINUTE_STATS_TTL_S",
     "QUEUE_KEY",
+    "READY_PREFIX",
     "RESULT_PREFIX",
     "RETRY_PREFIX",
+    "SYSTEM_TENANT",
+    "TENANTS_KEY",
     "WAKE_KEY",
     "WAKE_TOKENS_MAX",
     "WORKERS_KEY",
@@ -44,6 +52,8 @@ __all__ = [
     "idempotency_key",
     "index_key",
     "minute_stats_key",
+    "ready_key",
+    "webhooks_key",
     "worker_key",
 ]
 
@@ -59,6 +69,12 @@ ABORT_KEY = abort_jobs_ss
 # worker's last look at the queue and its next BLPOP.
 WAKE_KEY = "jobs:wake"
 WAKE_TOKENS_MAX = 8
+
+# Tenants with unfinished jobs, scored by the order in which claims last looked at them.
+TENANTS_KEY = "jobs:tenants"
+READY_PREFIX = "jobs:ready:"
+# The tenant of jobs that no API caller enqueued (cron runs): a name no API key can have.
+SYSTEM_TENANT = "@system"
 
 # The set of worker ids; each worker's heartbeat is its own key with a TTL.
 WORKERS_KEY = "jobs:workers"
@@ -112,6 +128,17 @@ def index_key(tenant: str) -> str:
 
 # An idempotency record lives this long (s); the cleanup gives one back its TTL if it lost it.
 IDEMPOTENCY_TTL_S = 86_400
+
+
+def ready_key(tenant: str) -> str:
+    """A tenant's unfinished jobs (queued, deferred, running), scored by due time in ms: its claim order
+    and, by its size, its count of unfinished jobs."""
+    return READY_PREFIX + tenant
+
+
+def webhooks_key(tenant: str) -> str:
+    """A tenant's webhook settings: its signing-secret generations and its receivers (``jobs.webhook_tenants``)."""
+    return f"jobs:webhooks:{tenant}"
 
 
 def idempotency_key(tenant: str, key: str) -> str:

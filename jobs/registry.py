@@ -21,18 +21,21 @@ from marshmallow import Schema, ValidationError
 from redis.asyncio import Redis
 
 from jobs.metrics import JobMetrics, Outcome
-from jobs.serialization import error_of
+from jobs.redis_keys import SYSTEM_TENANT
+from jobs.serialization import error_of, to_json
 from service.backoff import Backoff
 from service.logging import bind_context, get_logger
 from service.settings import Settings
 
 __all__ = [
     "ArgumentCheck",
+    "EnqueueContext",
     "InvalidArguments",
     "JobContext",
     "JobTimeout",
     "PermanentError",
     "Registry",
+    "ResultTooLarge",
     "RetryLater",
     "Task",
     "TryEnd",
@@ -63,6 +66,10 @@ class JobTimeout(Exception):
     """The task ran past its timeout."""
 
 
+class ResultTooLarge(PermanentError):
+    """The task's result is larger than ``JOB_RESULT_MAX_BYTES`` as JSON: it is not stored, the failure is."""
+
+
 class UnknownTask(LookupError):
     """No task has this name."""
 
@@ -81,6 +88,7 @@ class JobContext:
 
     job_id: str
     task: str
+    tenant: str
     try_number: int
     max_tries: int
     worker_id: str
@@ -99,8 +107,17 @@ class TryEnd:
     error: dict[str, str] | None  # of a failed try: the error that ended it, as the jobs API shows errors
 
 
+@dataclass(frozen=True)
+class EnqueueContext:
+    """What an enqueue-time argument check may consult: the calling tenant, the deployment and its Redis."""
+
+    tenant: str
+    settings: Settings
+    redis: Redis
+
+
 # An asynchronous test of a task's loaded arguments beyond its schema; raises ``InvalidArguments``.
-ArgumentCheck = Callable[[dict[str, Any], Settings], Awaitable[None]]
+ArgumentCheck = Callable[[dict[str, Any], EnqueueContext], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -174,7 +191,7 @@ class Registry:
     def __iter__(self) -> Iterator[Task]:
         return iter(self._tasks.values())
 
-    async def validate(self, name: str, args: Mapping[str, Any], settings: Settings) -> Task:
+    async def validate(self, name: str, args: Mapping[str, Any], context: EnqueueContext) -> Task:
         """The task ``name`` if a tenant may enqueue it with ``args``; ``UnknownTask`` (also for an
         internal task) or ``InvalidArguments`` otherwise."""
         task = self[name]
@@ -182,12 +199,22 @@ class Registry:
             raise UnknownTask(name)
         loaded = task.load(args)
         if task.check is not None:
-            await task.check(loaded, settings)
+            await task.check(loaded, context)
         return task
 
     def arq_functions(self, *, keep_result_s: float) -> list[Function]:
         """Every task as an arq function, wrapped in its timeout and retry policy."""
         return [arq_function(task, keep_result_s=keep_result_s) for task in self]
+
+
+def _check_result(result: Any, limit: int) -> None:
+    """Fail the job, keeping its record small, when its result is not strict JSON or is too large to store."""
+    try:
+        size = len(to_json(result))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise PermanentError(f"the result is not JSON: {exc}") from None
+    if size > limit:
+        raise ResultTooLarge(f"the result is {size:,} bytes as JSON; the limit is {limit:,} (JOB_RESULT_MAX_BYTES)")
 
 
 def arq_function(
@@ -210,6 +237,7 @@ def runner(task: Task) -> Callable[..., Awaitable[Any]]:
         job = JobContext(
             job_id=ctx["job_id"],
             task=task.name,
+            tenant=ctx["tenants"].get(ctx["job_id"], SYSTEM_TENANT),
             try_number=ctx["job_try"],
             max_tries=task.max_tries,
             worker_id=ctx["worker_id"],
@@ -273,5 +301,6 @@ async def _attempt(task: Task, job: JobContext, args: dict[str, Any]) -> Any:
         log.info("job will be retried", try_number=job.try_number, delay_s=round(delay_s, 3), error=str(error))
         raise Retry(defer=delay_s) from error  # the error the try is known by (a timeout's is JobTimeout)
     duration_ms = round((time.perf_counter() - started) * 1000, 2)
+    _check_result(result, job.settings.job_result_max_bytes)
     log.info("job complete", try_number=job.try_number, duration_ms=duration_ms)
     return result

@@ -12,7 +12,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["ABORTED", "deserialize", "error_of", "iso", "iso_from_ms", "serialize"]
+__all__ = ["ABORTED", "deserialize", "error_of", "iso", "iso_from_ms", "serialize", "stored_error", "to_json"]
 
 # The error type of a job that was aborted (arq records it as a cancellation).
 ABORTED = "JobAborted"
@@ -25,6 +25,13 @@ def error_of(exc: BaseException) -> dict[str, str]:
     return {"type": type(exc).__name__, "message": str(exc)}
 
 
+def stored_error(value: Any) -> dict[str, str]:
+    """A failure as a result holds it (``error_of``'s form), whatever an older writer left there."""
+    if isinstance(value, dict) and "type" in value:
+        return {"type": str(value["type"]), "message": str(value.get("message", ""))}
+    return {"type": "JobError", "message": str(value)}
+
+
 def _encode(value: Any) -> Any:
     if isinstance(value, BaseException):
         return error_of(value)
@@ -33,9 +40,21 @@ def _encode(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+def to_json(value: Any) -> bytes:
+    """``value`` as compact, strict JSON: ``ValueError`` for NaN or Infinity, which no JSON reader accepts."""
+    return json.dumps(value, default=_encode, separators=(",", ":"), allow_nan=False).encode()
+
+
 def serialize(data: dict[str, Any]) -> bytes:
-    """arq's ``job_serializer``: a job or result as compact JSON."""
-    return json.dumps(data, default=_encode, separators=(",", ":")).encode()
+    """arq's ``job_serializer``: a job or result as ``to_json`` writes it.
+
+    A result (arq's record of a finished job: it has ``s`` and ``r``) keeps no copy of the
+    job's arguments: the job record that held them is deleted when the result is written,
+    and a second copy would double each job's memory for the result's whole retention.
+    """
+    if "s" in data and "r" in data:
+        data = {**data, "a": [], "k": {}}
+    return to_json(data)
 
 
 def deserialize(raw: bytes) -> dict[str, Any]:

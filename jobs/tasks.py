@@ -13,7 +13,7 @@ from typing import Any
 from marshmallow import Schema, fields, validate
 
 from jobs import maintenance, webhook
-from jobs.registry import JobContext, PermanentError, Registry
+from jobs.registry import JobContext, Registry
 from service.backoff import Backoff
 
 __all__ = ["TASKS"]
@@ -58,10 +58,7 @@ class DeliverArgs(Schema):
     check=webhook.check_args,
 )
 async def deliver(job: JobContext, url: str, payload: Any) -> dict[str, Any]:
-    """POST ``payload`` to ``url``, signed (see ``jobs.webhook``)."""
-    secret = job.settings.webhook_secret
-    if secret is None:
-        raise PermanentError("WEBHOOK_SECRET is not set")
+    """POST ``payload`` to ``url``, signed with the job's tenant's secret (see ``jobs.webhook``)."""
     return await webhook.deliver(
-        url, payload, job_id=job.job_id, secret=secret, allowed=job.settings.webhook_allowed_hosts
+        url, payload, job_id=job.job_id, tenant=job.tenant, settings=job.settings, redis=job.redis
     )

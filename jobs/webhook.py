@@ -1,30 +1,30 @@
-"""``webhook.deliver``: POST a JSON payload, signed, to a host the deployment allows.
+"""``webhook.deliver``: POST a JSON payload, signed with the calling tenant's secret, to one of its receivers.
 
-Rules, checked at enqueue and again at delivery:
+Checked at enqueue and again at delivery (``jobs.destinations``): the URL is ``http`` or
+``https``, its host and port are among the tenant's receivers *and* inside
+``WEBHOOK_ALLOWED_HOSTS``, and every address it resolves to is public unless listed
+itself. The connection goes to the addresses that passed the check (the resolver is
+pinned, so DNS cannot change between the check and the connect), and redirects are not
+followed.
 
-- the URL is ``http`` or ``https`` and its host (or ``host:port``) is listed in
-  ``WEBHOOK_ALLOWED_HOSTS``;
-- every address the host resolves to is public, unless that very address is listed
-  (``127.0.0.1:8081``, ``10.0.0.5``): a listed *name* that resolves to a loopback,
-  private, link-local or reserved address is refused, which is what a DNS-rebinding
-  attack looks like;
-- the connection goes to the addresses that passed the check (the resolver is pinned,
-  so DNS cannot change between the check and the connect), and redirects are not
-  followed.
+The request carries ``Webhook-Tenant: <tenant>`` and
+``Webhook-Signature: t=<unix seconds>,v1=<hex>``, where ``v1`` is HMAC-SHA256 under the
+tenant's secret (``jobs.webhook_tenants``) over ``"<tenant>.<t>." + body``; during a
+secret rotation's overlap window a second ``v1=`` carries the previous secret's
+signature. Receivers recompute it with their own tenant name and secret, accept any
+``v1`` that matches, and reject old timestamps: a delivery signed for another tenant
+never matches.
 
-The request carries ``Webhook-Signature: t=<unix seconds>,v1=<hex>``, where ``v1`` is
-HMAC-SHA256 with ``WEBHOOK_SECRET`` over ``"<t>." + body``; receivers recompute it and
-reject old timestamps. Timeouts, connection errors, 5xx and 429 are retried (429 and 503
-after their ``Retry-After``); any other answer outside 2xx fails the job at once.
+Timeouts, connection failures, 5xx and 429 are retried (429 and 503 after their
+``Retry-After``); any other answer outside 2xx fails the job at once. Every failure to
+get an HTTP answer (refused, reset, timed out, not HTTP) reads the same in the job's
+error, so jobs cannot be used to learn which ports of a receiver are open.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
-import ipaddress
-import json
 import socket
 import time
 from email.utils import parsedate_to_datetime
@@ -32,87 +32,53 @@ from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
-from yarl import URL
+from redis.asyncio import Redis
 
-from jobs.registry import InvalidArguments, PermanentError, RetryLater
+from jobs import webhook_tenants
+from jobs.destinations import DestinationRefused, IPAddress, check_destination
+from jobs.registry import EnqueueContext, InvalidArguments, PermanentError, RetryLater
+from jobs.serialization import to_json
+from service.logging import get_logger
 from service.settings import Settings
 
-__all__ = ["DestinationRefused", "check_destination", "deliver", "sign"]
+__all__ = ["check_args", "deliver", "sign"]
 
 REQUEST_TIMEOUT_S = 10.0
 RETRY_AFTER_MAX_S = 3600.0
 USER_AGENT = "ottoai-webhooks/1"
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+log = get_logger(__name__)
 
 
-class DestinationRefused(PermanentError):
-    """The URL's host is not allowed, or resolves to an address that is not."""
+def sign(secrets: list[str], tenant: str, timestamp: int, body: bytes) -> str:
+    """The ``Webhook-Signature`` value for ``body`` sent for ``tenant`` at ``timestamp``: one ``v1`` per secret."""
+    signed = f"{tenant}.{timestamp}.".encode() + body
+    digests = [hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest() for secret in secrets]
+    return ",".join([f"t={timestamp}", *(f"v1={digest}" for digest in digests)])
 
 
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """The ``Webhook-Signature`` header value for ``body`` sent at ``timestamp``."""
-    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={digest}"
+def _no_secret(tenant: str) -> str:
+    return (
+        f"no webhook signing secret is set up for tenant {tenant!r} "
+        f"(the operator runs: python -m service webhooks secret --tenant {tenant})"
+    )
 
 
-def _listed(host: str, port: int, allowed: tuple[str, ...]) -> bool:
-    bracketed = f"[{host}]" if ":" in host else host
-    return host in allowed or f"{bracketed}:{port}" in allowed
-
-
-def _is_public(address: IPAddress) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_global and not address.is_multicast
-
-
-def _parse(url: str) -> tuple[URL, str, int]:
-    parsed = URL(url)
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise DestinationRefused(f"only http and https URLs with a host can be called, got {url!r}")
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    return parsed, parsed.host.lower().rstrip("."), port
-
-
-async def _resolve(host: str, port: int, allowed: tuple[str, ...]) -> list[tuple[int, IPAddress]]:
-    """The checked addresses of ``host`` as (family, address); ``DestinationRefused`` if any is not allowed."""
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise RetryLater(f"cannot resolve {host}: {exc}") from None
-    addresses: list[tuple[int, IPAddress]] = []
-    for family, _, _, _, sockaddr in infos:
-        address = ipaddress.ip_address(str(sockaddr[0]).partition("%")[0])
-        if not _is_public(address) and not _listed(str(address), port, allowed):
-            raise DestinationRefused(
-                f"{host} resolves to {address}, which is not a public address; "
-                "list that address in WEBHOOK_ALLOWED_HOSTS to allow it"
-            )
-        addresses.append((family, address))
-    if not addresses:
-        raise RetryLater(f"{host} has no address")
-    return addresses
-
-
-async def check_destination(url: str, allowed: tuple[str, ...]) -> list[tuple[int, IPAddress]]:
-    """Check ``url`` against the rules above and return the addresses it may be reached at."""
-    _, host, port = _parse(url)
-    if not _listed(host, port, allowed):
-        raise DestinationRefused(f"{host}:{port} is not listed in WEBHOOK_ALLOWED_HOSTS")
-    return await _resolve(host, port, allowed)
-
-
-async def check_args(args: dict[str, Any], settings: Settings) -> None:
+async def check_args(args: dict[str, Any], context: EnqueueContext) -> None:
     """The enqueue-time check of ``webhook.deliver`` (a registry ``check``)."""
-    if settings.webhook_secret is None:
+    if context.settings.webhook_secret is None:
         raise InvalidArguments({"url": ["webhook delivery is not configured: WEBHOOK_SECRET is not set"]})
+    tenant = await webhook_tenants.load(context.redis, context.tenant)
+    if tenant.generation is None:
+        raise InvalidArguments({"url": [_no_secret(context.tenant)]})
     try:
-        await check_destination(args["url"], settings.webhook_allowed_hosts)
-    except DestinationRefused as exc:
-        raise InvalidArguments({"url": [str(exc)]}) from None
-    except RetryLater as exc:
+        await check_destination(
+            args["url"],
+            fence=context.settings.webhook_allowed_hosts,
+            receivers=tenant.receivers,
+            tenant=context.tenant,
+        )
+    except (DestinationRefused, RetryLater) as exc:
         raise InvalidArguments({"url": [str(exc)]}) from None
 
 
@@ -151,20 +117,40 @@ def _retry_after_s(value: str | None) -> float | None:
 
 
 async def deliver(
-    url: str, payload: Any, *, job_id: str, secret: str, allowed: tuple[str, ...], timeout_s: float = REQUEST_TIMEOUT_S
+    url: str,
+    payload: Any,
+    *,
+    job_id: str,
+    tenant: str,
+    settings: Settings,
+    redis: Redis,
+    timeout_s: float = REQUEST_TIMEOUT_S,
 ) -> dict[str, Any]:
-    """POST ``payload`` to ``url``; return ``{"status": code}`` on 2xx, raise otherwise."""
-    _, host, _ = _parse(url)
-    addresses = await check_destination(url, allowed)
-    body = json.dumps(payload, separators=(",", ":")).encode()
+    """POST ``payload`` to ``url`` for ``tenant``; return ``{"status": code}`` on 2xx, raise otherwise."""
+    if settings.webhook_secret is None:
+        raise PermanentError("WEBHOOK_SECRET is not set")
+    config = await webhook_tenants.load(redis, tenant)
+    secrets = config.signing_secrets(settings.webhook_secret)
+    if not secrets:
+        raise PermanentError(_no_secret(tenant))
+    destination, addresses = await check_destination(
+        url, fence=settings.webhook_allowed_hosts, receivers=config.receivers, tenant=tenant
+    )
+    try:
+        body = to_json(payload)
+    except (TypeError, ValueError) as exc:  # stored before NaN and Infinity were refused at enqueue
+        raise PermanentError(f"the payload is not JSON: {exc}") from None
     timestamp = int(time.time())
     headers = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
         "Webhook-Id": job_id,
-        "Webhook-Signature": sign(secret, timestamp, body),
+        "Webhook-Tenant": tenant,
+        "Webhook-Signature": sign(secrets, tenant, timestamp, body),
     }
-    connector = aiohttp.TCPConnector(resolver=_PinnedResolver(host, addresses), use_dns_cache=False, force_close=True)
+    connector = aiohttp.TCPConnector(
+        resolver=_PinnedResolver(destination.host, addresses), use_dns_cache=False, force_close=True
+    )
     try:
         async with (
             aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)) as session,
@@ -172,10 +158,12 @@ async def deliver(
         ):
             status = response.status
             retry_after = response.headers.get("Retry-After")
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise RetryLater(f"{host}: {type(exc).__name__}: {exc}".rstrip(": ")) from None
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        # The operator's log may say what happened; the tenant's job error must not (port state).
+        log.info("webhook got no HTTP answer", destination=str(destination), error=type(exc).__name__)
+        raise RetryLater(f"{destination} gave no HTTP answer") from None
     if 200 <= status < 300:
         return {"status": status}
     if status == 429 or status >= 500:
-        raise RetryLater(f"{host} answered HTTP {status}", _retry_after_s(retry_after))
-    raise PermanentError(f"{host} answered HTTP {status}; not retried")
+        raise RetryLater(f"{destination} answered HTTP {status}", _retry_after_s(retry_after))
+    raise PermanentError(f"{destination} answered HTTP {status}; not retried")

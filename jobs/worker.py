@@ -2,6 +2,9 @@
 
 What it changes in stock arq, and why (see ``FINDINGS.md``):
 
+- **Fair claims**: tenants are served in turn (``claim.lua``, keys in ``jobs.redis_keys``),
+  not first-in first-out across tenants, so one tenant's backlog cannot hold another's
+  job back by more than about one job's run time.
 - **Claims** go through one Lua call (``claim.lua``) that gives each due job a short
   in-progress *lease* (``JOB_LEASE_S``, 10 s) instead of arq's "longest timeout + 10 s";
   the lease keeper (``jobs.leases``) renews the leases of running jobs every quarter
@@ -40,20 +43,20 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from arq.connections import ArqRedis, log_redis_info
-from arq.jobs import Deserializer, Serializer
+from arq.jobs import Deserializer, Serializer, deserialize_result
 from arq.utils import timestamp_ms, to_ms
 from arq.worker import Function
 from arq.worker import Worker as ArqWorker
 from redis.exceptions import RedisError
 
-from jobs import heartbeat, redis_keys
+from jobs import failures, heartbeat, redis_keys
 from jobs.cron import SCHEDULE, Schedule, is_cron_run
 from jobs.cron_runner import CronRunner, arq_functions
 from jobs.leases import LeaseKeeper
 from jobs.metrics import JobMetrics, Outcome
 from jobs.registry import Registry, TryEnd
 from jobs.scripts import load_script
-from jobs.serialization import ABORTED, deserialize, serialize
+from jobs.serialization import ABORTED, deserialize, serialize, stored_error
 from jobs.tasks import TASKS
 from jobs.wakeups import WakeUps
 from service.backoff import Backoff
@@ -130,12 +133,15 @@ class Worker(ArqWorker):
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self._cron = CronRunner(schedule, redis_pool, worker_id=self.worker_id) if schedule is not None else None
+        # The tenant of each running job, from its claim (the task sees it as ``JobContext.tenant``).
+        self._job_tenants: dict[str, str] = {}
         self.job_metrics = JobMetrics(self._cancelled_outcome)
         # How each try ended, from its runner (``jobs.registry``), until its finish records it.
         self.try_ends: dict[str, TryEnd] = {}
         self.ctx.update(
             settings=settings,
             worker_id=self.worker_id,
+            tenants=self._job_tenants,
             cron=self._cron,
             job_metrics=self.job_metrics,
             try_ends=self.try_ends,
@@ -210,7 +216,7 @@ class Worker(ArqWorker):
         if not self.allow_pick_jobs or self.job_counter >= self.max_jobs:
             return -1
         reply = await self._claim_script(
-            keys=[self.queue_name, redis_keys.WAKE_KEY, redis_keys.WORKERS_KEY],
+            keys=[redis_keys.TENANTS_KEY, redis_keys.WAKE_KEY, redis_keys.WORKERS_KEY, self.queue_name],
             args=[
                 timestamp_ms(),
                 self.max_jobs - self.job_counter,
@@ -218,17 +224,19 @@ class Worker(ArqWorker):
                 redis_keys.IN_PROGRESS_PREFIX,
                 CLAIM_SCAN_MAX,
                 redis_keys.WAKE_TOKENS_MAX,
-                "" if self._cron is not None else redis_keys.CRON_JOB_PREFIX,
+                redis_keys.READY_PREFIX,
+                "" if self._cron is not None else redis_keys.SYSTEM_TENANT,
                 *self.tasks,
             ],
         )
-        for i in range(1, len(reply), 2):
-            await self._start(reply[i].decode(), int(reply[i + 1]))
+        for i in range(1, len(reply), 3):
+            await self._start(reply[i].decode(), int(reply[i + 1]), reply[i + 2].decode())
         return int(reply[0])
 
-    async def _start(self, job_id: str, score: int) -> None:
+    async def _start(self, job_id: str, score: int, tenant: str) -> None:
         await self.sem.acquire()  # never waits: the claim took no more jobs than free slots
         self.job_counter += 1
+        self._job_tenants[job_id] = tenant
         task = self.loop.create_task(self.run_job(job_id, score))
         task.add_done_callback(self._on_job_done)
         self.tasks[job_id] = task
@@ -241,6 +249,7 @@ class Worker(ArqWorker):
         for job_id, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[job_id]
+                del self._job_tenants[job_id]
                 self._handing_back.discard(job_id)
                 if not task.cancelled() and task.exception() is not None:
                     log.error("job bookkeeping failed", job_id=job_id, error=repr(task.exception()))
@@ -313,13 +322,15 @@ class Worker(ArqWorker):
     ) -> None:
         """arq's ``finish_job`` as one script call (``finish.lua``), plus: a job handed back
         on stop gets its try back, and a job that goes back to the queue (retry or
-        hand-back) wakes a worker to schedule it. A cron run that is over is recorded by cron."""
+        hand-back) wakes a worker to schedule it; the same call counts the try's outcome for the
+        minute and lists a failed try (``jobs.failures``). A cron run that is over is recorded by cron."""
+        end = self.try_ends.pop(job_id, None)
         if finish and self._cron is not None and is_cron_run(job_id):
             await self._cron.finish(job_id, result_data)
             return
         keep_ms = "" if keep_result_forever or result_timeout_s is None else to_ms(result_timeout_s)
-        end = self.try_ends.pop(job_id, None)
-        counted = "" if is_cron_run(job_id) else _counted_outcome(end, finish, result_data)
+        tenant = self._job_tenants.get(job_id, redis_keys.SYSTEM_TENANT)
+        counted, failure = _what_ended(job_id, tenant, end)
         await self._finish_script(
             keys=[
                 redis_keys.IN_PROGRESS_PREFIX + job_id,
@@ -329,7 +340,10 @@ class Worker(ArqWorker):
                 redis_keys.ABORT_KEY,
                 self.queue_name,
                 redis_keys.WAKE_KEY,
+                redis_keys.ready_key(tenant),
+                redis_keys.TENANTS_KEY,
                 redis_keys.minute_stats_key(int(time.time() // 60)),
+                redis_keys.FAILURES_KEY,
             ],
             args=[
                 job_id,
@@ -340,17 +354,29 @@ class Worker(ArqWorker):
                 "" if keep_in_progress is None else to_ms(keep_in_progress),
                 "1" if job_id in self._handing_back else "0",
                 redis_keys.WAKE_TOKENS_MAX,
+                tenant,
                 counted,
                 redis_keys.MINUTE_STATS_TTL_S,
+                failure,
+                redis_keys.FAILURES_KEPT,
             ],
         )
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
-        """arq's end of a job that could not start (expired, unknown function, tries spent); cron records its runs'."""
-        if self._cron is not None and is_cron_run(job_id):
-            await self._cron.finish(job_id, result_data)
-            return
-        await super().finish_failed_job(job_id, result_data)
+        """arq's ``finish_failed_job`` (a job that expired, was aborted before it started, or ran out of
+        tries) through ``finish_job`` too, so the job leaves its tenant's unfinished jobs (a cron run is
+        recorded by cron); the job metrics count it as a run that never started."""
+        if result_data is not None and not is_cron_run(job_id):
+            ended = deserialize_result(result_data, deserializer=deserialize)
+            aborted = isinstance(ended.result, dict) and ended.result.get("type") == ABORTED
+            outcome: Outcome = "aborted" if aborted else "failed"
+            self.job_metrics.record(ended.function, outcome)
+            tries = int(ended.job_try or 0)
+            function = self.functions.get(ended.function)
+            max_tries = function.max_tries if function is not None and function.max_tries else tries
+            error = None if aborted else stored_error(ended.result)
+            self.try_ends[job_id] = TryEnd(ended.function, outcome, tries, max_tries, error)
+        await self.finish_job(job_id, True, result_data, self.keep_result_s, self.keep_result_forever, None, None)
 
     # -- stopping --------------------------------------------------------------------------
 
@@ -410,21 +436,25 @@ class Worker(ArqWorker):
             self._metrics.pools.forget("worker-wake")
 
 
-def _counted_outcome(end: TryEnd | None, finish: bool, result_data: bytes | None) -> str:
-    """What an end of a try adds to the minute's counts: its outcome, or "" (a hand-back is no end).
-
-    A job that ends before a runner saw it (expired, tries spent, aborted before it started)
-    has only arq's result to tell.
-    """
-    if end is not None:
-        return "" if end.outcome == "handed_back" else end.outcome
-    if not finish or not result_data:
-        return ""
-    result = deserialize(result_data)
-    if result.get("s"):
-        return "complete"
-    error = result.get("r")
-    return "aborted" if isinstance(error, dict) and error.get("type") == ABORTED else "failed"
+def _what_ended(job_id: str, tenant: str, end: TryEnd | None) -> tuple[str, str]:
+    """What ``finish.lua`` adds for this end of a try: the outcome it counts for the minute ("": none,
+    for a hand-back or a cron run) and the failed try it lists (JSON, or "": none, or a job no tenant
+    enqueued, which no operator can enqueue again)."""
+    if end is None or end.outcome == "handed_back" or is_cron_run(job_id):
+        return "", ""
+    failure = ""
+    if end.error is not None and tenant != redis_keys.SYSTEM_TENANT:
+        failure = failures.failed_try(
+            job_id=job_id,
+            task=end.task,
+            tenant=tenant,
+            error=end.error,
+            try_number=end.try_number,
+            max_tries=end.max_tries,
+            will_retry=end.outcome == "retried",
+            at_ms=timestamp_ms(),
+        )
+    return end.outcome, failure
 
 
 def create_worker(

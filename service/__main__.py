@@ -1,4 +1,4 @@
-"""The command line: ``python -m service serve | dev | keys ...``.
+"""The command line: ``python -m service serve | dev | doctor | keys ... | webhooks ...``.
 
 Exit codes: 0 done, 1 the command ran and failed, 2 it cannot run (bad settings, no Redis).
 """
@@ -12,21 +12,26 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 from aiohttp import web
 
+from jobs import webhook_tenants
+from jobs.destinations import outside_fence
+from jobs.serialization import iso_from_ms
+from jobs.webhook_tenants import ROTATION_OVERLAP_S
 from jobs.worker import running_worker
 from service import http_server
 from service.app import create_app
 from service.app_keys import METRICS
-from service.auth import ApiKeyStore
+from service.auth import ApiKeyStore, validate_tenant
 from service.doctor import diagnose, healthy, render
 from service.embedded_redis import EmbeddedRedisError, embedded_redis
 from service.logging import configure_logging, get_logger, redact_text
 from service.metrics import metrics_listener
 from service.redis import redis_client
-from service.settings import Settings, SettingsError
+from service.settings import Settings, SettingsError, host_list
 
 log = get_logger("service")
 
 Context = Callable[[web.Application], AsyncIterator[None]]
+MAX_OVERLAP_HOURS = 24 * 7
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,6 +52,24 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_parser("list", help="list keys (prefixes only)")
     revoke = keys.add_parser("revoke", help="revoke a key, named by its prefix (as 'keys list' shows) or in full")
     revoke.add_argument("key", metavar="PREFIX_OR_KEY")
+
+    webhooks = commands.add_parser("webhooks", help="a tenant's webhook signing secret and receivers")
+    hooks = webhooks.add_subparsers(dest="webhooks_command", required=True)
+    secret = hooks.add_parser(
+        "secret",
+        help="print a new signing secret once, alone on standard output; the previous one stays valid for "
+        "--overlap-hours (deliveries carry both signatures meanwhile)",
+    )
+    secret.add_argument("--tenant", required=True)
+    secret.add_argument(
+        "--overlap-hours",
+        type=float,
+        default=ROTATION_OVERLAP_S / 3600,
+        help="how long the previous secret stays valid (default %(default)g; 0 after a leak)",
+    )
+    hosts = hooks.add_parser("hosts", help="set the tenant's receivers: host (ports 80, 443) or host:port")
+    hosts.add_argument("--tenant", required=True)
+    hosts.add_argument("hosts", nargs="+", metavar="HOST")
     return parser
 
 
@@ -138,6 +161,45 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
         await client.aclose()
 
 
+async def _webhooks(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        tenant = validate_tenant(args.tenant)
+    except ValueError as exc:
+        return _fail(f"webhooks: {exc}", 2)
+    client = redis_client(settings, client_name="ottoai-cli")
+    try:
+        if args.webhooks_command == "secret":
+            if settings.webhook_secret is None:
+                return _fail("webhooks secret: WEBHOOK_SECRET is not set (tenant secrets are derived from it)", 2)
+            if not 0 <= args.overlap_hours <= MAX_OVERLAP_HOURS:
+                return _fail(f"webhooks secret: --overlap-hours must be from 0 to {MAX_OVERLAP_HOURS}", 2)
+            secret, previous_until_ms = await webhook_tenants.rotate_secret(
+                client, tenant, settings.webhook_secret, overlap_s=args.overlap_hours * 3600
+            )
+            print(secret)
+            note = f"tenant {tenant}: new webhook signing secret, shown once"
+            if previous_until_ms:
+                note += f"; the previous one also signs deliveries until {iso_from_ms(previous_until_ms)}"
+            print(note, file=sys.stderr)
+        else:
+            try:
+                receivers = host_list("webhooks hosts", ",".join(args.hosts))
+            except SettingsError as exc:
+                return _fail(str(exc), 2)
+            await webhook_tenants.set_receivers(client, tenant, receivers)
+            print(f"tenant {tenant}: webhook receivers {', '.join(receivers)}")
+            outside = outside_fence(receivers, settings.webhook_allowed_hosts)
+            if outside:
+                print(
+                    f"warning: not (wholly) allowed by WEBHOOK_ALLOWED_HOSTS, so refused until they are: "
+                    f"{', '.join(outside)}",
+                    file=sys.stderr,
+                )
+        return 0
+    finally:
+        await client.aclose()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -152,12 +214,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(render(findings, args.json))
             return 0 if healthy(findings) else 1
         configure_logging(settings.log_format, secrets=settings.secrets)
+        command = _keys if args.command == "keys" else _webhooks
         try:
-            return asyncio.run(_keys(settings, args))
+            return asyncio.run(command(settings, args))
         except OSError as exc:
-            return _fail(f"keys: cannot reach Redis at {settings.require_redis().redacted}: {exc}", 2)
+            return _fail(f"{args.command}: cannot reach Redis at {settings.require_redis().redacted}: {exc}", 2)
         except Exception as exc:  # a Redis error: connection, auth, ...
-            return _fail(f"keys: {type(exc).__name__}: {exc}", 2)
+            return _fail(f"{args.command}: {type(exc).__name__}: {exc}", 2)
     except SettingsError as exc:
         return _fail(str(exc), 2)
 

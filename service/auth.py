@@ -44,6 +44,7 @@ __all__ = [
     "made_by_a_page",
     "presented_key",
     "require_internal",
+    "validate_tenant",
 ]
 
 KEY_PREFIX = "otto_"
@@ -93,6 +94,16 @@ def shown(key_or_prefix: str) -> str:
     return key_or_prefix if len(key_or_prefix) <= PREFIX_LEN else key_or_prefix[:PREFIX_LEN] + "..."
 
 
+def validate_tenant(tenant: str) -> str:
+    """``tenant`` if it is a tenant name (``TENANT_NAME``); ``ValueError`` naming the rule otherwise."""
+    if not TENANT_NAME.fullmatch(tenant):
+        raise ValueError(
+            f"tenant must be 1 to 63 lowercase ASCII letters, digits, '-' or '_', starting with a letter or"
+            f" digit, got {tenant!r}"
+        )
+    return tenant
+
+
 class ApiKeyStore:
     """Create, look up, list and revoke API keys in Redis."""
 
@@ -106,11 +117,7 @@ class ApiKeyStore:
         Tenant names are ASCII, ``[a-z0-9][a-z0-9_-]{0,62}``: no look-alike letters, and
         safe inside a Redis hash tag. ``ValueError`` names what is wrong.
         """
-        if not TENANT_NAME.fullmatch(tenant):
-            raise ValueError(
-                f"tenant must be 1 to 63 lowercase ASCII letters, digits, '-' or '_', starting with a letter or"
-                f" digit, got {tenant!r}"
-            )
+        validate_tenant(tenant)
         if not PLAN_NAME.fullmatch(plan):
             raise ValueError(f"plan must be 1 to 64 ASCII letters, digits, '-', '_' or '.', got {plan!r}")
         while True:

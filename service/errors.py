@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.logging import get_logger
@@ -37,6 +38,8 @@ PROBLEM_CONTENT_TYPE = "application/problem+json; charset=utf-8"
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client left before the answer
 # Answers that leave (part of) a request body unread: the connection cannot carry another request.
 _CLOSING_STATUSES = frozenset({408, 413})
+# Redis at maxmemory frees memory only as results and jobs expire or finish: not within a second.
+OUT_OF_MEMORY_RETRY_AFTER_S = 30
 
 log = get_logger(__name__)
 
@@ -146,7 +149,8 @@ def error_response(request: web.Request, exc: Exception) -> web.Response:
     """The problem+json answer to an exception a handler or middleware raised.
 
     A ``Problem`` or an ``HTTPException`` of 400 and above is rendered as it is; Redis
-    connection errors are a 503; anything else is logged with its traceback and becomes a
+    connection errors and a Redis out of memory (a write refused at ``maxmemory``) are a
+    503 with ``Retry-After``; anything else is logged with its traceback and becomes a
     500 that reveals nothing of it. ``HTTPException``s below 400 (redirects) are not
     errors and are raised again for aiohttp to send.
     """
@@ -167,6 +171,16 @@ def error_response(request: web.Request, exc: Exception) -> web.Response:
                 "Redis is unavailable; try again shortly",
                 type_="dependency-unavailable",
                 headers={"Retry-After": "1"},
+            )
+        )
+    if isinstance(exc, RedisOutOfMemoryError):
+        log.warning("redis is out of memory; writes are refused", method=request.method, path=request.path)
+        return problem_response(
+            Problem(
+                503,
+                "the service's storage is full; try again later",
+                type_="storage-full",
+                headers={"Retry-After": str(OUT_OF_MEMORY_RETRY_AFTER_S)},
             )
         )
     log.error("unhandled error", method=request.method, path=request.path, exc_info=exc)

@@ -2,8 +2,9 @@
 
 Every record, from our code, aiohttp, arq or redis-py, goes through the same processors,
 and the last of them hides secrets: the configured passwords and tokens by value, and by
-shape the password part of any URL and every API key (``otto_`` and hex digits: all but
-the 8-digit prefix that ``keys list`` shows).
+shape the password part of any URL, every API key (``otto_`` and hex digits: all but
+the 8-digit prefix that ``keys list`` shows) and every tenant's webhook signing secret
+(``whsec_`` and hex digits: all of it).
 """
 
 from __future__ import annotations
@@ -22,16 +23,19 @@ __all__ = ["configure_logging", "get_logger", "redact_text"]
 
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")
 _API_KEY = re.compile(r"(?P<prefix>otto_[0-9a-fA-F]{8})[0-9a-fA-F]+")
+_WEBHOOK_SECRET = re.compile(r"whsec_[0-9a-fA-F]+")
 _secrets: tuple[str, ...] = ()
 
 
 def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
-    """Hide URL passwords, API keys and every known secret in ``text``."""
+    """Hide URL passwords, API keys, webhook signing secrets and every known secret in ``text``."""
     # The substring tests are cheap next to a regular expression, and most lines have neither.
     if "://" in text:
         text = _URL_PASSWORD.sub(r"\g<scheme>***@", text)
     if "otto_" in text:
         text = _API_KEY.sub(r"\g<prefix>***", text)
+    if "whsec_" in text:
+        text = _WEBHOOK_SECRET.sub("whsec_***", text)
     for secret in (*_secrets, *secrets):
         if secret in text:
             text = text.replace(secret, "***")

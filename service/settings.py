@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import SplitResult, unquote, urlsplit
 
-__all__ = ["LogFormat", "RedisURL", "Settings", "SettingsError", "redact_url"]
+__all__ = ["LogFormat", "RedisURL", "Settings", "SettingsError", "host_list", "redact_url", "split_host_port"]
 
 SERVICE_NAME = "ottoai-backend"
 LogFormat = Literal["json", "console"]
@@ -172,13 +172,14 @@ def _is_hostname(value: str) -> bool:
     )
 
 
-def _host_list(name: str, raw: str) -> tuple[str, ...]:
+def host_list(name: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated ``host`` or ``host:port`` entries (``[v6]:port``), lower-cased; ``name`` is what to blame."""
     hosts: list[str] = []
     for item in raw.split(","):
         entry = item.strip().lower()
         if not entry:
             continue
-        host, port = _split_host_port(entry)
+        host, port = split_host_port(entry)
         if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
             raise SettingsError(name, f"{entry!r}: port must be a number from 1 to 65535")
         try:
@@ -190,7 +191,8 @@ def _host_list(name: str, raw: str) -> tuple[str, ...]:
     return tuple(hosts)
 
 
-def _split_host_port(entry: str) -> tuple[str, str | None]:
+def split_host_port(entry: str) -> tuple[str, str | None]:
+    """``host`` or ``host:port`` (``[v6]:port``) as (host, port or None)."""
     if entry.startswith("["):  # [v6]:port
         host, _, rest = entry[1:].partition("]")
         return host, rest[1:] if rest.startswith(":") else None
@@ -273,7 +275,7 @@ class Settings:
     enable_cron: bool = _from("ENABLE_CRON", _bool, True, old_name="ENABLE_CELERY_BEAT")
     rate_limit_enabled: bool = _from("RATE_LIMIT_ENABLED", _bool, True)
     database_url: str | None = _from("DATABASE_URL", _postgres_url, None, secret=True)
-    webhook_allowed_hosts: tuple[str, ...] = _from("WEBHOOK_ALLOWED_HOSTS", _host_list, ())
+    webhook_allowed_hosts: tuple[str, ...] = _from("WEBHOOK_ALLOWED_HOSTS", host_list, ())
     webhook_secret: str | None = _from("WEBHOOK_SECRET", _secret, None, secret=True)
     port: int = _from("PORT", _port, 8080)
     host: str = _from("HOST", _listen_host, "0.0.0.0")
@@ -299,6 +301,10 @@ class Settings:
     job_retention_s: int = _from("JOB_RETENTION_S", _in_range(int, 60, 30 * 86_400), 86_400)
     worker_heartbeat_s: float = _from("WORKER_HEARTBEAT_S", _in_range(float, 1.0, 300.0), 20.0)
     worker_concurrency: int = _from("WORKER_CONCURRENCY", _in_range(int, 1, 1000), 10)
+    # Quotas that protect the shared Redis from one tenant.
+    job_args_max_bytes: int = _from("JOB_ARGS_MAX_BYTES", _in_range(int, 1024, 1024 * 1024), 64 * 1024)
+    job_result_max_bytes: int = _from("JOB_RESULT_MAX_BYTES", _in_range(int, 1024, 16 * 1024 * 1024), 64 * 1024)
+    job_unfinished_max: int = _from("JOB_UNFINISHED_MAX", _in_range(int, 1, 1_000_000), 1000)
     # Non-fatal remarks found while reading the environment, logged once logging is up.
     warnings: tuple[str, ...] = ()
 

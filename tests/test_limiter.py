@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from service.ratelimit.limiter import Limiter, Outcome
 from service.ratelimit.policy import parse_policies
+from service.ratelimit.script import ALLOW_OOM_SCRIPT, SCRIPT
 from tests.servers import SilentServer, redis_url
 
 POLICIES = parse_policies(
@@ -89,3 +91,28 @@ async def test_a_call_that_may_have_run_is_never_sent_again() -> None:
 
     assert decision.outcome == Outcome.FAIL_OPEN
     assert server.received.count(b"EVALSHA") == 1
+
+
+async def test_a_redis_that_cannot_read_the_allow_oom_flag_gets_the_plain_script(
+    limiter_redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Redis 6.2 refuses a script that starts with a "#!" flags line; it then gets the plain one.
+    await limiter_redis.script_flush()  # earlier tests loaded the flagged script
+    loaded: list[str] = []
+    script_load = limiter_redis.script_load
+
+    async def like_redis_6_2(script: str) -> str:
+        loaded.append(script)
+        if script.startswith("#!"):
+            raise ResponseError("Error compiling script (new function): user_script:1: unexpected symbol near '#'")
+        loaded_sha: str = await script_load(script)
+        return loaded_sha
+
+    monkeypatch.setattr(limiter_redis, "script_load", like_redis_6_2)
+    limiter = Limiter(limiter_redis, deadline_s=1.0)
+
+    decisions = [await limiter.decide("acme", ROUTE) for _ in range(4)]
+
+    assert [d.outcome for d in decisions] == [Outcome.ALLOWED] * 3 + [Outcome.LIMITED]
+    assert loaded == [ALLOW_OOM_SCRIPT, SCRIPT]  # one fallback, then the plain script's SHA every time
+    await limiter.close()

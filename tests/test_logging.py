@@ -98,3 +98,13 @@ async def test_request_log_lines_carry_their_own_request_id_and_nothing_of_earli
     assert [line["request_id"] for line in handling] == [first.headers["X-Request-ID"], second.headers["X-Request-ID"]]
     assert handling[0]["tenant"] == "acme"
     assert "tenant" not in handling[1]
+
+
+def test_tenant_webhook_secrets_are_hidden_by_their_shape(captured: io.StringIO) -> None:
+    secret = "whsec_" + "ab12" * 16
+    get_logger("t").warning("rotated", note=f"new secret {secret}")
+    logging.getLogger("other").info("secret in text: %s", secret)
+
+    output = captured.getvalue()
+    assert secret not in output
+    assert output.count("whsec_***") == 2

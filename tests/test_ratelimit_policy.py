@@ -38,6 +38,22 @@ def test_built_in_defaults_are_the_contract_example() -> None:
     assert policies.anonymous.for_route(None).policy_header == '"address";q=10;w=10'
 
 
+def test_every_plan_pays_an_enqueue_bucket_the_default_one_when_it_lists_none(tmp_path: Path) -> None:
+    policies = load_policies(
+        write(tmp_path, GOOD + '[plans.gold]\n"*" = [{ name = "burst", capacity = 99, per_second = 9 }]\n')
+    )
+    gold = policies.plan("gold").for_route("POST /v1/jobs")
+    assert [(b.name, b.capacity, b.per_second) for b in gold.buckets] == [
+        ("burst", 99, Fraction(9)),
+        ("enqueue", 5, Fraction(1)),
+    ]
+    assert gold.policy_header == '"burst";q=99;w=11, "enqueue";q=5;w=5'
+    pro = load_policies(None).plan("pro").for_route("POST /v1/jobs")  # the contract's example lists none
+    assert [(b.name, b.capacity) for b in pro.buckets] == [("burst", 200), ("enqueue", 5)]
+    # Callers without a key are refused before any handler: they need no enqueue bucket.
+    assert policies.anonymous.for_route("POST /v1/jobs") is policies.anonymous.for_route(None)
+
+
 def test_rate_limit_endpoint_reads_the_common_buckets_and_spends_its_own() -> None:
     policies = load_policies(None)
     for plan in ("default", "pro"):
@@ -77,6 +93,10 @@ def test_a_file_sets_fractions_costs_shadows_and_failure_modes(tmp_path: Path) -
         (GOOD.replace('"POST /v1/jobs"', '"POST v1/jobs"'), "plans.default, route 'POST v1/jobs'"),
         (GOOD.replace("per_second = 0.1", "per_second = 0.0000001"), "field per_second: at most 6 decimal places"),
         (GOOD.replace("[plans.default]", "[plans.gold]"), "plans.default: missing"),
+        (
+            GOOD + '[plans.gold]\n"*" = [{ name = "enqueue", capacity = 9, per_second = 9 }]\n',
+            "plans.gold, route 'POST /v1/jobs': missing, and its default bucket's name 'enqueue' is taken",
+        ),
         (GOOD.replace("[anonymous]", "[plans.anon]"), "anonymous: missing"),
         (GOOD + "\n[extra]\n", "unknown top-level table 'extra'"),
         ("[plans.default\n", "limits.toml: "),

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from jobs import webhook_tenants
 from service.auth import ApiKeyStore
 from tests.conftest import PYTHON, subprocess_env
 from tests.processes import run_service
@@ -34,11 +35,13 @@ from tests.servers import free_port, redis_url
 
 INTERNAL_TOKEN = "schemathesis-internal-token"
 METRICS_TOKEN = "schemathesis-metrics-token"
+WEBHOOK_SECRET = "schemathesis-webhook-secret"
 
 # Enough that the run is never refused; the default policies get a run of their own.
 GENEROUS_POLICIES = """
 [plans.default]
 "*" = [{ name = "burst", capacity = 1000000, per_second = 100000 }]
+"POST /v1/jobs" = [{ name = "enqueue", capacity = 1000000, per_second = 100000 }]
 
 [anonymous]
 "*" = [{ name = "address", capacity = 1000000, per_second = 100000 }]
@@ -86,13 +89,16 @@ def _config(*, api_key: str | None, examples: int, checks: str = "") -> str:
     )
 
 
-async def _schemathesis(tmp_path: Path, *, policies: str | None, config: str) -> dict[str, Any]:
+async def _schemathesis(redis: Redis, tmp_path: Path, *, policies: str | None, config: str) -> dict[str, Any]:
     """Run schemathesis against a fresh service; its JSON report, after asserting that it found nothing."""
     receiver = f"127.0.0.1:{free_port()}"  # allowed, and nothing listens: deliveries fail and retry
+    # Tenant acme (the key's) may send webhooks there, as an operator would set it up.
+    await webhook_tenants.rotate_secret(redis, "acme", WEBHOOK_SECRET)
+    await webhook_tenants.set_receivers(redis, "acme", (receiver,))
     env = {
         "REDIS_URL": redis_url(),
         "WEBHOOK_ALLOWED_HOSTS": receiver,
-        "WEBHOOK_SECRET": "schemathesis-webhook-secret",
+        "WEBHOOK_SECRET": WEBHOOK_SECRET,
         "INTERNAL_TOKEN": INTERNAL_TOKEN,
         "METRICS_TOKEN": METRICS_TOKEN,
         "METRICS_PORT": "0",
@@ -138,16 +144,16 @@ async def _schemathesis(tmp_path: Path, *, policies: str | None, config: str) ->
 @pytest.mark.timeout(120)
 async def test_schemathesis_finds_no_failure_with_an_api_key(tmp_path: Path, redis: Redis) -> None:
     key = await ApiKeyStore(redis).create("acme")
-    await _schemathesis(tmp_path, policies=GENEROUS_POLICIES, config=_config(api_key=key, examples=25))
+    await _schemathesis(redis, tmp_path, policies=GENEROUS_POLICIES, config=_config(api_key=key, examples=25))
 
 
 @pytest.mark.timeout(120)
 async def test_schemathesis_finds_no_failure_without_an_api_key(tmp_path: Path, redis: Redis) -> None:
-    await _schemathesis(tmp_path, policies=GENEROUS_POLICIES, config=_config(api_key=None, examples=25))
+    await _schemathesis(redis, tmp_path, policies=GENEROUS_POLICIES, config=_config(api_key=None, examples=25))
 
 
 @pytest.mark.timeout(120)
 async def test_schemathesis_finds_no_failure_under_the_default_rate_limits(tmp_path: Path, redis: Redis) -> None:
     key = await ApiKeyStore(redis).create("acme")
     config = _config(api_key=key, examples=5, checks="ignored_auth.enabled = false  # see the module's docstring")
-    await _schemathesis(tmp_path, policies=None, config=config)
+    await _schemathesis(redis, tmp_path, policies=None, config=config)

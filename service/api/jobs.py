@@ -11,7 +11,15 @@ from aiohttp import web
 from aiohttp_apigami import request_schema
 from marshmallow import EXCLUDE, Schema, fields, validate
 
-from jobs.queue import MAX_DEFER_S, STATUSES, IdempotencyConflict, JobQueue, JobView
+from jobs.queue import (
+    MAX_DEFER_S,
+    STATUSES,
+    ArgumentsTooLarge,
+    IdempotencyConflict,
+    JobQueue,
+    JobView,
+    TooManyUnfinishedJobs,
+)
 from jobs.registry import InvalidArguments, Registry, Task, UnknownTask
 from service.app_keys import IDENTITY, JOB_QUEUE, REDIS_ONCE, SETTINGS
 from service.errors import Problem
@@ -23,6 +31,9 @@ __all__ = ["enqueue_body", "setup"]
 # so a key cannot begin or end with one: the server would see another key.
 IDEMPOTENCY_KEY_PATTERN = r"^[!-~](?:[ -~]{0,253}[!-~])?$"
 CURSOR_MAX = 200
+# When a tenant at its cap of unfinished jobs may try again: a slot frees when one of its
+# jobs ends, which nothing here can predict; this is a polite interval to poll at.
+UNFINISHED_RETRY_AFTER_S = 5
 
 
 class JsonNumber(fields.Float):
@@ -132,7 +143,9 @@ def _not_found(job_id: str) -> Problem:
     description=(
         "Validates `args` against the task's schema (422 when they do not fit) and answers 202 with the job "
         "and its `Location`. With an `Idempotency-Key` header, a retry with the same body returns the same job "
-        "for 24 h; the same key with another body is 409."
+        "for 24 h; the same key with another body is 409. Quotas: the arguments are at most `JOB_ARGS_MAX_BYTES` "
+        "as JSON (413), and a tenant has at most `JOB_UNFINISHED_MAX` jobs queued, deferred or running (429 with "
+        "type `too-many-unfinished-jobs`)."
     ),
     access=Access.API_KEY,
     request_body="Enqueue",
@@ -149,10 +162,14 @@ def _not_found(job_id: str) -> Problem:
         400: "The body is not JSON.",
         408: "The body did not arrive in time.",
         409: "The `Idempotency-Key` was used with another body.",
-        413: "The body is larger than 1 MiB.",
+        413: "The body is larger than 1 MiB, or the arguments are larger than `JOB_ARGS_MAX_BYTES` as JSON "
+        "(type `arguments-too-large`, with the `limit`).",
         415: "The body is not JSON in UTF-8, or has a content coding other than gzip or deflate.",
         422: "An unknown task, arguments that do not fit it, or a malformed `Idempotency-Key`.",
-        503: "Background jobs are disabled in this deployment, or Redis cannot answer now.",
+        429: "A rate limit refused the request (`violated-policies` names the empty buckets), or the tenant has "
+        "`JOB_UNFINISHED_MAX` jobs queued, deferred or running (type `too-many-unfinished-jobs`, with the `limit`).",
+        503: "Background jobs are disabled in this deployment, Redis cannot answer now, or Redis is full "
+        "(type `storage-full`).",
     },
 )
 @request_schema(EnqueueSchema)
@@ -176,6 +193,19 @@ async def post_job(request: web.Request) -> web.Response:
         ) from None
     except IdempotencyConflict as exc:
         raise Problem(409, str(exc), type_="idempotency-conflict") from None
+    except ArgumentsTooLarge as exc:
+        # The body was read whole (it is under 1 MiB): the connection can carry on.
+        raise Problem(
+            413, f"{exc} (JOB_ARGS_MAX_BYTES)", type_="arguments-too-large", close_connection=False, limit=exc.limit
+        ) from None
+    except TooManyUnfinishedJobs as exc:
+        raise Problem(
+            429,
+            f"{exc}; wait until some of them finish",
+            type_="too-many-unfinished-jobs",
+            headers={"Retry-After": str(UNFINISHED_RETRY_AFTER_S)},
+            limit=exc.limit,
+        ) from None
     headers = {"Location": f"/v1/jobs/{view.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"

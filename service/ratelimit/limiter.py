@@ -12,6 +12,8 @@
   fail-open or fail-closed per route; the connection is dropped, never reused mid-reply.
 - **No double spending.** Nothing is retried except a ``NOSCRIPT`` reply (the script did
   not run: after ``SCRIPT FLUSH`` or a failover), which reloads it and resends once.
+- **Out of memory.** On Redis >= 7 the script is flagged ``allow-oom``, so the limiter
+  still decides (and refuses) when Redis is at ``maxmemory`` and refuses other writes.
 """
 
 from __future__ import annotations
@@ -31,11 +33,14 @@ from service.ratelimit.decision import Decision, Outcome
 from service.ratelimit.metrics import LimiterMetrics
 from service.ratelimit.policy import RouteBuckets
 from service.ratelimit.script import (
+    ALLOW_OOM_SCRIPT,
+    ALLOW_OOM_SCRIPT_SHA,
     OK,
     REMAINING_UNITS,
     REPLY_PER_BUCKET,
     RETRY_IN_US,
     SCRIPT,
+    SCRIPT_SHA,
     BatchFramer,
     bucket_key,
     bucket_reply,
@@ -79,7 +84,9 @@ class Limiter:
         # caller -> bucket name -> (remaining units Redis reported, local time the call was sent);
         # only near-empty buckets.
         self._refusals: dict[str, dict[str, tuple[int, float]]] = {}
-        self._framer = BatchFramer()
+        # The allow-oom script (Redis >= 7) until Redis refuses to load it.
+        self._script = ALLOW_OOM_SCRIPT
+        self._framer = BatchFramer(ALLOW_OOM_SCRIPT_SHA)
         self._last_warning_at = -_WARN_EVERY_S
 
     @property
@@ -171,7 +178,8 @@ class Limiter:
                 if retry:
                     # NOSCRIPT: the script did not run, so sending it again cannot spend twice.
                     self._metrics.redis_error("noscript")
-                    await self._redis.script_load(SCRIPT)
+                    await self._load_script()
+                    commands = [self._framer.evalsha(group) for group in groups]  # the SHA may have changed
                     for i, reply in zip(retry, await self._send([commands[i] for i in retry]), strict=True):
                         replies[i] = reply
         except (RedisError, OSError, TimeoutError) as exc:
@@ -189,6 +197,17 @@ class Limiter:
                 self._fail(group)
             else:
                 self._resolve(group, reply, sent)
+
+    async def _load_script(self) -> None:
+        """Load the script; a Redis before 7 refuses the allow-oom flag line, and gets the plain script from then on."""
+        try:
+            await self._redis.script_load(self._script)
+        except ResponseError:
+            if self._script == SCRIPT:
+                raise
+            self._script = SCRIPT
+            self._framer = BatchFramer(SCRIPT_SHA)
+            await self._redis.script_load(SCRIPT)
 
     async def _send(self, commands: list[bytes]) -> list[Any]:
         """One round trip; error replies come back in place (a connection failure raises).

@@ -4,7 +4,9 @@ A plan maps route keys (``"*"`` or ``"METHOD /path/template"``) to buckets; a re
 spends the buckets of ``"*"`` plus those of its own route. ``GET /v1/rate-limit``
 (``STATUS_ROUTE``) is the exception for a plan of API keys: it reports the ``"*"`` buckets
 without spending them and spends only its own (the anonymous section spends them as
-everywhere: callers without a key get no report). Everything a request needs is
+everywhere: callers without a key get no report). Every plan of API keys pays an enqueue
+bucket on ``POST /v1/jobs`` (each job costs Redis memory for a day): a plan that lists
+none gets ``DEFAULT_ENQUEUE_BUCKET``. Everything a request needs is
 resolved once here (the merged bucket tuple and its ``RateLimit-Policy`` header), so the
 per-request work is one dictionary look-up.
 """
@@ -39,6 +41,7 @@ _MAX_UNITS = 2**53  # Lua numbers are doubles: integers are exact up to here
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _ROUTE = re.compile(r"(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS) /\S*")
 _FIELDS = frozenset({"name", "capacity", "per_second", "cost", "shadow", "on_redis_error"})
+ENQUEUE_ROUTE = "POST /v1/jobs"
 ANONYMOUS = "anonymous"
 DEFAULT_PLAN = "default"
 ALL_ROUTES = "*"
@@ -61,6 +64,10 @@ DEFAULT_POLICIES_TOML = """
 [anonymous]          # callers without a valid API key, keyed by client address
 "*" = [{ name = "address", capacity = 10, per_second = 1 }]
 """
+
+
+# (name, capacity, per_second) of the enqueue bucket of a plan that lists none (the default plan's own).
+DEFAULT_ENQUEUE_BUCKET = ("enqueue", 5, 1)
 
 
 class PolicyError(ValueError):
@@ -170,11 +177,13 @@ def parse_policies(document: Mapping[str, Any], source: str = "<policies>") -> P
     if ANONYMOUS not in document:
         raise PolicyError("anonymous: missing; callers without a valid key are limited by address with it")
     plans = {name: _plan(f"plans.{name}", name, body) for name, body in plans_doc.items()}
-    anonymous = _plan(ANONYMOUS, ANONYMOUS, document[ANONYMOUS], reads_on_status=False)
+    anonymous = _plan(ANONYMOUS, ANONYMOUS, document[ANONYMOUS], of_api_keys=False)
     return Policies(plans=plans, anonymous=anonymous, source=source)
 
 
-def _plan(where: str, name: str, body: Any, *, reads_on_status: bool = True) -> Plan:
+def _plan(where: str, name: str, body: Any, *, of_api_keys: bool = True) -> Plan:
+    """A plan; ``of_api_keys`` (not the anonymous section) reads its ``"*"`` buckets on ``STATUS_ROUTE`` and
+    pays an enqueue bucket."""
     if not _NAME.fullmatch(name):
         raise PolicyError(f"{where}: plan names are 1 to 64 letters, digits, '-', '_' or '.'")
     if not isinstance(body, dict):
@@ -196,9 +205,17 @@ def _plan(where: str, name: str, body: Any, *, reads_on_status: bool = True) -> 
             seen.add(bucket.name)
             buckets.append(bucket)
         per_route[route] = tuple(buckets)
+    if of_api_keys and ENQUEUE_ROUTE not in per_route:
+        bucket_name, capacity, per_second = DEFAULT_ENQUEUE_BUCKET
+        if bucket_name in seen:
+            raise PolicyError(
+                f"{where}, route '{ENQUEUE_ROUTE}': missing, and its default bucket's name {bucket_name!r} is "
+                "taken; give the route its own bucket"
+            )
+        per_route[ENQUEUE_ROUTE] = (Bucket(bucket_name, capacity, Fraction(per_second)),)
     common = per_route.pop(ALL_ROUTES)
     routes = {route: _route_buckets(name, common + own) for route, own in per_route.items()}
-    if reads_on_status:  # with or without buckets of its own
+    if of_api_keys:  # with or without buckets of its own
         routes[STATUS_ROUTE] = _route_buckets(name, common + per_route.get(STATUS_ROUTE, ()), read_only=len(common))
     return Plan(name=name, routes=routes, everywhere=_route_buckets(name, common))
 

@@ -19,6 +19,8 @@ from typing import Final
 from service.ratelimit.policy import Bucket, RouteBuckets
 
 __all__ = [
+    "ALLOW_OOM_SCRIPT",
+    "ALLOW_OOM_SCRIPT_SHA",
     "FULL_IN_US",
     "NOW_FROM_REDIS",
     "OK",
@@ -36,6 +38,11 @@ __all__ = [
 
 SCRIPT: Final = resources.files("service.ratelimit").joinpath("token_bucket.lua").read_text(encoding="utf-8")
 SCRIPT_SHA: Final = hashlib.sha1(SCRIPT.encode()).hexdigest()
+# Redis >= 7 runs a script flagged so even at maxmemory with noeviction, when every other
+# write is refused: a bucket key is a few bytes and expires, and a limiter that cannot
+# decide would admit everyone. Redis 6.2 cannot read the flag line (the limiter falls back).
+ALLOW_OOM_SCRIPT: Final = "#!lua flags=allow-oom\n" + SCRIPT
+ALLOW_OOM_SCRIPT_SHA: Final = hashlib.sha1(ALLOW_OOM_SCRIPT.encode()).hexdigest()
 
 # ARGV[1]: the time in microseconds, or this to use Redis TIME. Only tests pass a time
 # (the seam that lets a model and the script share a clock); the limiter always uses TIME.
@@ -90,7 +97,6 @@ def resp_bulk(value: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(value), value)
 
 
-_EVALSHA = resp_bulk(b"EVALSHA") + resp_bulk(SCRIPT_SHA.encode())
 _NOW_FROM_REDIS = resp_bulk(NOW_FROM_REDIS)
 
 
@@ -105,7 +111,8 @@ class BatchFramer:
     already framed; a batch is one ``join`` of those pieces.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, script_sha: str = SCRIPT_SHA) -> None:
+        self._evalsha = resp_bulk(b"EVALSHA") + resp_bulk(script_sha.encode())
         self._routes: dict[RouteBuckets, bytes] = {}
         self._callers: dict[tuple[str, RouteBuckets], tuple[bytes, int, bytes]] = {}  # -> keys, key count, args
 
@@ -127,7 +134,7 @@ class BatchFramer:
         return b"".join(
             [
                 b"*%d\r\n" % (3 + key_count + arg_count),
-                _EVALSHA,
+                self._evalsha,
                 resp_bulk(b"%d" % key_count),
                 *keys_wire,
                 _NOW_FROM_REDIS,

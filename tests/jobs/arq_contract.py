@@ -78,6 +78,8 @@ WORKER_STATE: dict[str, type | tuple[type, ...]] = {
     "functions": dict,
     "burst": bool,
     "queue_name": str,
+    "keep_result_s": (int, float),
+    "keep_result_forever": bool,
     "main_task": type(None),
     "loop": asyncio.AbstractEventLoop,
     "_pool": ArqRedis,

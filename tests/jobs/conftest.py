@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
-from marshmallow import Schema
+from marshmallow import Schema, fields
 from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
@@ -25,6 +26,10 @@ class NoArgs(Schema):
     pass
 
 
+class EchoArgs(Schema):
+    data = fields.Raw(required=True)
+
+
 @pytest.fixture
 def settings() -> Settings:
     return jobs_settings()
@@ -38,7 +43,8 @@ def attempts() -> Attempts:
 @pytest.fixture
 def test_tasks(attempts: Attempts) -> Registry:
     """The built-in tasks plus ``test.fail`` (always raises, 3 tries, short backoff), ``test.flaky``
-    (asks to be retried after 0.3 s, then succeeds) and ``test.slow`` (runs past its 0.3 s timeout)."""
+    (asks to be retried after 0.3 s, then succeeds), ``test.slow`` (runs past its 0.3 s timeout) and
+    ``test.echo`` (returns its ``data``)."""
 
     async def fail(job: JobContext) -> None:
         attempts.times.append(time.monotonic())
@@ -54,9 +60,13 @@ def test_tasks(attempts: Attempts) -> Registry:
         attempts.times.append(time.monotonic())
         await asyncio.sleep(5)
 
+    async def echo(job: JobContext, data: Any) -> Any:
+        return data
+
     return Registry(
         [
             *TASKS,
+            Task("test.echo", echo, EchoArgs(), timeout_s=5.0, max_tries=1, backoff=Backoff()),
             Task("test.fail", fail, NoArgs(), timeout_s=5.0, max_tries=3, backoff=Backoff(base_s=0.2, cap_s=0.4)),
             Task("test.flaky", flaky, NoArgs(), timeout_s=5.0, max_tries=2, backoff=Backoff()),
             Task("test.slow", slow, NoArgs(), timeout_s=0.3, max_tries=1, backoff=Backoff()),

@@ -215,9 +215,9 @@ def test_built_in_schedule_fits_the_built_in_tasks() -> None:
         "cron-canary",
         "maintenance.memory",
         "maintenance.keyspace_rates",
+        "maintenance.cleanup",
         "maintenance.slowlog",
         "maintenance.persistence",
-        "maintenance.cleanup",
     ]
 
 

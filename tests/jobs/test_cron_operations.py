@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from jobs.cron import CronJob, RunId, Schedule
 from jobs.crontab import Crontab
-from jobs.redis_keys import QUEUE_KEY
+from jobs.redis_keys import QUEUE_KEY, SYSTEM_TENANT, ready_key
 from jobs.worker import running_worker
 from service.app import create_app
 from service.doctor import diagnose
@@ -169,7 +169,7 @@ async def test_scheduler_names_a_job_that_lost_its_pending_run(aiohttp_client: A
     client = await _client(aiohttp_client, settings)
     async with running_worker(settings, schedule=SCHEDULE):
         await eventually(lambda: redis.zcard(QUEUE_KEY))  # the worker has scheduled both jobs
-        await redis.delete(QUEUE_KEY)  # as a Redis that lost data would
+        await redis.delete(QUEUE_KEY, ready_key(SYSTEM_TENANT))  # as a Redis that lost data would
 
         body = await (await client.get("/ready")).json()
 

@@ -6,7 +6,9 @@ import asyncio
 import time
 
 from prometheus_client import CollectorRegistry, generate_latest
+from redis.asyncio import Redis
 
+from jobs.redis_keys import RETRY_PREFIX
 from jobs.registry import Registry
 from jobs.worker import running_worker
 from service.metrics import Metrics
@@ -35,7 +37,8 @@ async def test_runs_are_counted_by_task_and_outcome_with_their_durations(
         assert (await client.delete(f"/v1/jobs/{aborted}", headers=auth(api_key))).status == 202
         for job_id in finished:
             await wait_for(client, api_key, job_id)
-        # The API shows "aborted" at once; the worker cancels the run at its next lease renewal.
+        # The API shows "aborted" at once; the worker cancels the run at its next lease renewal
+        # (or, when the abort came between claim and start, never starts it: aborted all the same).
         await scraped(metrics, "job_runs_total", task="diagnostics.sleep", outcome="aborted")
         handed_back = await enqueue(client, api_key, "diagnostics.sleep", {"seconds": 30})
         await wait_for(client, api_key, handed_back, ("in_progress",))
@@ -62,4 +65,18 @@ async def test_runs_are_counted_by_task_and_outcome_with_their_durations(
     }
     assert counted == expected
     assert value(runs, "job_run_duration_seconds_count", task="test.fail") == 3
-    assert value(runs, "job_run_duration_seconds_count", task="diagnostics.sleep") == 2
+    assert value(runs, "job_run_duration_seconds_count", task="test.flaky") == 2
+
+
+async def test_a_job_that_never_started_counts_as_failed_without_a_duration(
+    client: Client, api_key: str, redis: Redis, test_tasks: Registry
+) -> None:
+    job_id = await enqueue(client, api_key, "diagnostics.ping")
+    await redis.set(RETRY_PREFIX + job_id, 2)  # both tries spent, as by two workers killed while running it
+    metrics = Metrics()
+    async with running_worker(jobs_settings(ENABLE_CRON="false"), registry=test_tasks, metrics=metrics):
+        assert (await wait_for(client, api_key, job_id))["status"] == "failed"
+        samples = parse(await metrics.scrape())
+
+    assert value(samples, "job_runs_total", task="diagnostics.ping", outcome="failed") == 1
+    assert ("job_run_duration_seconds_count", frozenset({("task", "diagnostics.ping")})) not in samples

@@ -26,6 +26,7 @@ from jobs.redis_keys import (
     JOB_PREFIX,
     MAINTENANCE_FINDINGS_KEY,
     RESULT_PREFIX,
+    SYSTEM_TENANT,
     WORKERS_KEY,
     idempotency_key,
     index_key,
@@ -286,7 +287,7 @@ async def test_a_refused_info_makes_its_checks_unavailable_not_failed(redis_serv
     # A worker itself needs INFO at start, so these checks are called as its task runner calls them.
     url = _acl_user_url(redis_server(*_acl_user("-info")))
     async with Redis.from_url(url) as redis:
-        job = JobContext("j1", "maintenance", 1, 1, "w1", jobs_settings(), redis)
+        job = JobContext("j1", "maintenance", SYSTEM_TENANT, 1, 1, "w1", jobs_settings(), redis)
         results = [await check(job) for check in (check_memory, measure_keyspace_rates, check_persistence)]
 
     statuses = {check: finding["status"] for result in results for check, finding in result.items()}

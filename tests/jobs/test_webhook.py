@@ -1,10 +1,12 @@
-"""``webhook.deliver`` against a local receiver: signature, retries, refusals."""
+"""``webhook.deliver`` against local receivers: per-tenant signatures, rotation, retries, refusals."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
+import math
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -15,13 +17,18 @@ from aiohttp.test_utils import TestServer
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 from redis.asyncio import Redis
 
+from jobs import webhook_tenants
+from jobs.queue import JobQueue
+from jobs.registry import InvalidArguments
 from jobs.worker import running_worker
 from service.app import create_app
 from service.app_keys import API_KEYS
 from service.settings import Settings
+from tests.conftest import PYTHON, ROOT, subprocess_env
 from tests.jobs.support import Client, auth, enqueue, jobs_settings, wait_for
+from tests.servers import redis_url
 
-SECRET = "whsec-test-0123456789"
+MASTER = "whsec-master-0123456789"
 
 
 @dataclass
@@ -37,25 +44,67 @@ class Receiver:
         return web.Response(status=status, headers=headers)
 
 
+def verifies(secret: str, tenant: str, header: str, body: bytes) -> bool:
+    """What tenant ``tenant``'s receiver does: recompute the signature with its own name and secret,
+    and accept the delivery when any ``v1`` matches."""
+    items = [item.split("=", 1) for item in header.split(",")]
+    timestamp = next(value for name, value in items if name == "t")
+    expected = hmac.new(secret.encode(), f"{tenant}.{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return any(hmac.compare_digest(value, expected) for name, value in items if name == "v1")
+
+
 @pytest.fixture
 def receiver() -> Receiver:
     return Receiver()
 
 
-@pytest.fixture
-async def server(aiohttp_server: AiohttpServer, receiver: Receiver) -> TestServer:
+async def _serve(aiohttp_server: AiohttpServer, receiver: Receiver) -> TestServer:
     app = web.Application()
     app.router.add_post("/hook", receiver.handle)
     return await aiohttp_server(app, host="127.0.0.1")
 
 
 @pytest.fixture
-def webhook_settings(server: TestServer) -> Settings:
-    return jobs_settings(WEBHOOK_ALLOWED_HOSTS=f"127.0.0.1:{server.port}", WEBHOOK_SECRET=SECRET)
+async def server(aiohttp_server: AiohttpServer, receiver: Receiver) -> TestServer:
+    """Tenant acme's receiver."""
+    return await _serve(aiohttp_server, receiver)
 
 
 @pytest.fixture
-async def hook_client(aiohttp_client: AiohttpClient, redis: Redis, webhook_settings: Settings) -> AsyncIterator[Client]:
+def other_receiver() -> Receiver:
+    return Receiver()
+
+
+@pytest.fixture
+async def other_server(aiohttp_server: AiohttpServer, other_receiver: Receiver) -> TestServer:
+    """Tenant globex's receiver."""
+    return await _serve(aiohttp_server, other_receiver)
+
+
+def hook_url(server: TestServer) -> str:
+    return f"http://127.0.0.1:{server.port}/hook"
+
+
+@pytest.fixture
+def webhook_settings(server: TestServer, other_server: TestServer) -> Settings:
+    fence = f"127.0.0.1:{server.port},127.0.0.1:{other_server.port}"
+    return jobs_settings(WEBHOOK_ALLOWED_HOSTS=fence, WEBHOOK_SECRET=MASTER)
+
+
+@pytest.fixture
+async def secrets(redis: Redis, server: TestServer, other_server: TestServer) -> dict[str, str]:
+    """acme and globex set up as an operator does: each its own secret and its own receiver."""
+    found = {}
+    for tenant, receiver_server in (("acme", server), ("globex", other_server)):
+        found[tenant], _ = await webhook_tenants.rotate_secret(redis, tenant, MASTER)
+        await webhook_tenants.set_receivers(redis, tenant, (f"127.0.0.1:{receiver_server.port}",))
+    return found
+
+
+@pytest.fixture
+async def hook_client(
+    aiohttp_client: AiohttpClient, redis: Redis, webhook_settings: Settings, secrets: dict[str, str]
+) -> AsyncIterator[Client]:
     client: Client = await aiohttp_client(create_app(webhook_settings))
     async with running_worker(webhook_settings):
         yield client
@@ -66,19 +115,15 @@ async def key(hook_client: Client) -> str:
     return await hook_client.app[API_KEYS].create("acme")
 
 
-def verify(secret: str, header: str, body: bytes) -> int:
-    """What a receiver does: check ``t=...,v1=...`` and return the timestamp."""
-    parts = dict(item.split("=", 1) for item in header.split(","))
-    expected = hmac.new(secret.encode(), f"{parts['t']}.".encode() + body, hashlib.sha256).hexdigest()
-    assert hmac.compare_digest(parts["v1"], expected)
-    return int(parts["t"])
+@pytest.fixture
+async def globex_key(hook_client: Client) -> str:
+    return await hook_client.app[API_KEYS].create("globex")
 
 
-async def test_webhook_is_delivered_signed_with_a_timestamp(
-    hook_client: Client, key: str, server: TestServer, receiver: Receiver
+async def test_delivery_verifies_with_its_tenants_secret_and_names_the_tenant(
+    hook_client: Client, key: str, server: TestServer, receiver: Receiver, secrets: dict[str, str]
 ) -> None:
-    url = f"http://127.0.0.1:{server.port}/hook"
-    job_id = await enqueue(hook_client, key, "webhook.deliver", {"url": url, "payload": {"order": 42}})
+    job_id = await enqueue(hook_client, key, "webhook.deliver", {"url": hook_url(server), "payload": {"order": 42}})
     body = await wait_for(hook_client, key, job_id)
 
     assert body["status"] == "complete"
@@ -87,15 +132,112 @@ async def test_webhook_is_delivered_signed_with_a_timestamp(
     assert json.loads(raw) == {"order": 42}
     assert headers["Content-Type"] == "application/json"
     assert headers["Webhook-Id"] == job_id
-    assert abs(verify(SECRET, headers["Webhook-Signature"], raw) - time.time()) < 10
+    assert headers["Webhook-Tenant"] == "acme"
+    assert verifies(secrets["acme"], "acme", headers["Webhook-Signature"], raw)
+    timestamp = int(headers["Webhook-Signature"].split(",")[0].removeprefix("t="))
+    assert abs(timestamp - time.time()) < 10
+
+
+async def test_a_tenant_cannot_send_to_another_tenants_receiver(
+    hook_client: Client, globex_key: str, server: TestServer, receiver: Receiver
+) -> None:
+    # The host is inside WEBHOOK_ALLOWED_HOSTS, but it is acme's receiver, not globex's.
+    response = await hook_client.post(
+        "/v1/jobs",
+        json={"task": "webhook.deliver", "args": {"url": hook_url(server), "payload": {"as": "acme"}}},
+        headers=auth(globex_key),
+    )
+
+    assert response.status == 422
+    [message] = (await response.json())["errors"]["args"]["url"]
+    assert "not among the webhook receivers of tenant 'globex'" in message
+    assert receiver.received == []
+
+
+async def test_another_tenants_delivery_does_not_verify_as_the_first_tenants(
+    hook_client: Client, redis: Redis, globex_key: str, server: TestServer, receiver: Receiver, secrets: dict[str, str]
+) -> None:
+    # Even where an operator lets globex call acme's receiver too, what globex sends is signed
+    # for globex with globex's secret: acme's receiver, checking as acme, refuses it.
+    await webhook_tenants.set_receivers(redis, "globex", (f"127.0.0.1:{server.port}",))
+    job_id = await enqueue(hook_client, globex_key, "webhook.deliver", {"url": hook_url(server), "payload": {"a": 1}})
+    assert (await wait_for(hook_client, globex_key, job_id))["status"] == "complete"
+
+    [(headers, raw)] = receiver.received
+    assert headers["Webhook-Tenant"] == "globex"
+    assert verifies(secrets["globex"], "globex", headers["Webhook-Signature"], raw)
+    assert not verifies(secrets["acme"], "acme", headers["Webhook-Signature"], raw)
+    assert not verifies(secrets["acme"], "globex", headers["Webhook-Signature"], raw)
+    assert not verifies(secrets["globex"], "acme", headers["Webhook-Signature"], raw)
+
+
+async def test_rotation_signs_with_both_secrets_during_the_overlap_and_then_with_the_new_one(
+    hook_client: Client, redis: Redis, key: str, server: TestServer, receiver: Receiver, secrets: dict[str, str]
+) -> None:
+    old = secrets["acme"]
+    new, previous_until_ms = await webhook_tenants.rotate_secret(redis, "acme", MASTER)
+    assert new != old
+    assert previous_until_ms / 1000 - time.time() == pytest.approx(webhook_tenants.ROTATION_OVERLAP_S, abs=60)
+
+    job_id = await enqueue(hook_client, key, "webhook.deliver", {"url": hook_url(server), "payload": {}})
+    await wait_for(hook_client, key, job_id)
+    [(headers, raw)] = receiver.received
+    assert headers["Webhook-Signature"].count("v1=") == 2
+    assert verifies(old, "acme", headers["Webhook-Signature"], raw)
+    assert verifies(new, "acme", headers["Webhook-Signature"], raw)
+
+    # After a leak the operator rotates with no overlap: the old secrets stop signing at once.
+    newest, previous_until_ms = await webhook_tenants.rotate_secret(redis, "acme", MASTER, overlap_s=0)
+    assert previous_until_ms == 0
+    job_id = await enqueue(hook_client, key, "webhook.deliver", {"url": hook_url(server), "payload": {}})
+    await wait_for(hook_client, key, job_id)
+    (headers, raw) = receiver.received[1]
+    assert headers["Webhook-Signature"].count("v1=") == 1
+    assert verifies(newest, "acme", headers["Webhook-Signature"], raw)
+    assert not verifies(new, "acme", headers["Webhook-Signature"], raw)
+
+
+async def test_webhook_of_a_tenant_without_a_secret_is_refused_at_enqueue_naming_the_command(
+    hook_client: Client, server: TestServer
+) -> None:
+    key = await hook_client.app[API_KEYS].create("initech")
+    response = await hook_client.post(
+        "/v1/jobs",
+        json={"task": "webhook.deliver", "args": {"url": hook_url(server), "payload": {}}},
+        headers=auth(key),
+    )
+    assert response.status == 422
+    [message] = (await response.json())["errors"]["args"]["url"]
+    assert "python -m service webhooks secret --tenant initech" in message
+
+
+async def test_webhook_url_with_a_port_out_of_range_is_a_422(hook_client: Client, key: str) -> None:
+    response = await hook_client.post(
+        "/v1/jobs",
+        json={"task": "webhook.deliver", "args": {"url": "http://127.0.0.1:99999/hook", "payload": {}}},
+        headers=auth(key),
+    )
+    assert response.status == 422
+    assert response.content_type == "application/problem+json"
+    assert "url" in (await response.json())["errors"]["args"]
+
+
+@pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf])
+async def test_payload_with_nan_or_infinity_is_refused_at_enqueue(
+    redis: Redis, webhook_settings: Settings, secrets: dict[str, str], server: TestServer, number: float
+) -> None:
+    # Called the way Python code would: whatever the HTTP parser allows, the queue refuses.
+    queue = JobQueue(redis, webhook_settings)
+    with pytest.raises(InvalidArguments):
+        await queue.enqueue("acme", "webhook.deliver", {"url": hook_url(server), "payload": {"x": [number]}})
+    assert await queue.unfinished("acme") == 0
 
 
 async def test_webhook_answered_503_is_retried_after_retry_after(
     hook_client: Client, key: str, server: TestServer, receiver: Receiver
 ) -> None:
     receiver.answers = [(503, {"Retry-After": "1"})]
-    url = f"http://127.0.0.1:{server.port}/hook"
-    job_id = await enqueue(hook_client, key, "webhook.deliver", {"url": url, "payload": {}})
+    job_id = await enqueue(hook_client, key, "webhook.deliver", {"url": hook_url(server), "payload": {}})
     body = await wait_for(hook_client, key, job_id)
 
     assert body["status"] == "complete"
@@ -107,8 +249,7 @@ async def test_webhook_answered_400_fails_without_retry(
     hook_client: Client, key: str, server: TestServer, receiver: Receiver
 ) -> None:
     receiver.answers = [(400, {})]
-    url = f"http://127.0.0.1:{server.port}/hook"
-    job_id = await enqueue(hook_client, key, "webhook.deliver", {"url": url, "payload": {}})
+    job_id = await enqueue(hook_client, key, "webhook.deliver", {"url": hook_url(server), "payload": {}})
     body = await wait_for(hook_client, key, job_id)
 
     assert body["status"] == "failed"
@@ -140,10 +281,27 @@ async def test_webhook_to_a_host_not_allowed_is_refused_at_enqueue(
     assert receiver.received == []
 
 
-async def test_listed_name_that_resolves_to_loopback_is_refused(
-    aiohttp_client: AiohttpClient, redis: Redis, server: TestServer, receiver: Receiver
+async def test_receiver_outside_the_deployments_fence_is_refused(
+    aiohttp_client: AiohttpClient, redis: Redis, server: TestServer, secrets: dict[str, str]
 ) -> None:
-    settings = jobs_settings(WEBHOOK_ALLOWED_HOSTS=f"localhost:{server.port}", WEBHOOK_SECRET=SECRET)
+    # acme lists the receiver, but WEBHOOK_ALLOWED_HOSTS (the outer fence) does not.
+    settings = jobs_settings(WEBHOOK_ALLOWED_HOSTS="hooks.example.com", WEBHOOK_SECRET=MASTER)
+    client: Client = await aiohttp_client(create_app(settings))
+    key = await client.app[API_KEYS].create("acme")
+    response = await client.post(
+        "/v1/jobs",
+        json={"task": "webhook.deliver", "args": {"url": hook_url(server), "payload": {}}},
+        headers=auth(key),
+    )
+    assert response.status == 422
+    assert "WEBHOOK_ALLOWED_HOSTS" in (await response.json())["errors"]["args"]["url"][0]
+
+
+async def test_listed_name_that_resolves_to_loopback_is_refused(
+    aiohttp_client: AiohttpClient, redis: Redis, server: TestServer, secrets: dict[str, str]
+) -> None:
+    settings = jobs_settings(WEBHOOK_ALLOWED_HOSTS=f"localhost:{server.port}", WEBHOOK_SECRET=MASTER)
+    await webhook_tenants.set_receivers(redis, "acme", (f"localhost:{server.port}",))
     client: Client = await aiohttp_client(create_app(settings))
     key = await client.app[API_KEYS].create("acme")
     response = await client.post(
@@ -156,18 +314,66 @@ async def test_listed_name_that_resolves_to_loopback_is_refused(
 
 
 async def test_worker_checks_the_host_again_at_delivery(
-    aiohttp_client: AiohttpClient, redis: Redis, webhook_settings: Settings, server: TestServer, receiver: Receiver
+    aiohttp_client: AiohttpClient,
+    redis: Redis,
+    webhook_settings: Settings,
+    server: TestServer,
+    receiver: Receiver,
+    secrets: dict[str, str],
 ) -> None:
     client: Client = await aiohttp_client(create_app(webhook_settings))
     key = await client.app[API_KEYS].create("acme")
-    url = f"http://127.0.0.1:{server.port}/hook"
-    job_id = await enqueue(client, key, "webhook.deliver", {"url": url, "payload": {}})
+    job_id = await enqueue(client, key, "webhook.deliver", {"url": hook_url(server), "payload": {}})
 
-    # The worker's deployment no longer allows the host.
-    stricter = jobs_settings(WEBHOOK_ALLOWED_HOSTS="hooks.example.com", WEBHOOK_SECRET=SECRET)
-    async with running_worker(stricter):
+    # Before a worker runs it, the operator takes the receiver away from the tenant.
+    await webhook_tenants.set_receivers(redis, "acme", ("hooks.example.com",))
+    async with running_worker(webhook_settings):
         body = await wait_for(client, key, job_id)
 
     assert body["status"] == "failed"
     assert body["error"]["type"] == "DestinationRefused"
     assert receiver.received == []
+
+
+def _webhooks_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", "service", "webhooks", *args],
+        cwd=ROOT,
+        env=subprocess_env(REDIS_URL=redis_url(), LOG_FORMAT="console", **env),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+async def test_webhooks_cli_shows_each_new_secret_once_and_sets_receivers(
+    hook_client: Client, redis: Redis, key: str, server: TestServer, receiver: Receiver
+) -> None:
+    first = _webhooks_cli("secret", "--tenant", "acme", WEBHOOK_SECRET=MASTER)
+    second = _webhooks_cli("secret", "--tenant", "acme", "--overlap-hours", "1", WEBHOOK_SECRET=MASTER)
+    hosts = _webhooks_cli(
+        "hosts", "--tenant", "acme", f"127.0.0.1:{server.port}", "hooks.example.com", WEBHOOK_ALLOWED_HOSTS=""
+    )
+
+    assert first.returncode == second.returncode == hosts.returncode == 0, (first.stderr, second.stderr, hosts.stderr)
+    [old], [new] = first.stdout.splitlines(), second.stdout.splitlines()  # the secret alone on stdout
+    assert old.startswith("whsec_")
+    assert new.startswith("whsec_")
+    assert old != new
+    assert "previous one also signs deliveries until" in second.stderr
+    assert "not (wholly) allowed by WEBHOOK_ALLOWED_HOSTS" in hosts.stderr
+    assert (await webhook_tenants.load(redis, "acme")).receivers == (f"127.0.0.1:{server.port}", "hooks.example.com")
+
+    job_id = await enqueue(hook_client, key, "webhook.deliver", {"url": hook_url(server), "payload": {}})
+    await wait_for(hook_client, key, job_id)
+    [(headers, raw)] = receiver.received
+    assert verifies(old, "acme", headers["Webhook-Signature"], raw)
+    assert verifies(new, "acme", headers["Webhook-Signature"], raw)
+
+
+def test_webhooks_cli_refuses_a_bad_host_or_a_missing_master_secret() -> None:
+    bad_host = _webhooks_cli("hosts", "--tenant", "acme", "hooks.example.com/x")
+    no_master = _webhooks_cli("secret", "--tenant", "acme", WEBHOOK_SECRET="")
+    assert bad_host.returncode == no_master.returncode == 2
+    assert "is not a host or host:port" in bad_host.stderr
+    assert "WEBHOOK_SECRET is not set" in no_master.stderr
