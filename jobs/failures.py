@@ -20,9 +20,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from redis.asyncio import Redis
+
+from jobs.redis_keys import FAILURES_KEY
 from jobs.serialization import iso_from_ms
 
-__all__ = ["ERROR_MESSAGE_MAX", "FailedTry", "failed_try", "recent"]
+__all__ = ["ERROR_MESSAGE_MAX", "FailedTry", "failed_try", "latest", "recent"]
 
 ERROR_MESSAGE_MAX = 500  # characters of an error message kept
 
@@ -112,3 +115,9 @@ def recent(records: list[bytes]) -> list[FailedTry]:
             seen.add(parsed.job_id)
             tries.append(parsed)
     return tries
+
+
+async def latest(redis: Redis, job_id: str) -> FailedTry | None:
+    """The latest failed try of ``job_id`` still listed, or None."""
+    records: list[bytes] = await redis.lrange(FAILURES_KEY, 0, -1)  # type: ignore[misc]  # redis-py's union type
+    return next((failed for failed in recent(records) if failed.job_id == job_id), None)

@@ -56,7 +56,7 @@ class Access(enum.Enum):
 
     PUBLIC = "public"
     API_KEY = "api key"  # /v1/*: a tenant's key, rate-limited
-    INTERNAL = "internal"  # /internal/*: loopback, or Bearer $INTERNAL_TOKEN
+    INTERNAL = "internal"  # /internal/*: loopback, Bearer $INTERNAL_TOKEN, or the dashboard's session
     METRICS = "metrics"  # /metrics: loopback, or Bearer $METRICS_TOKEN
 
 
@@ -196,8 +196,9 @@ _BY_ACCESS: dict[Access, dict[int, str]] = {
         503: "Redis cannot answer now (or a fail-closed rate limit cannot reach it); retry after `Retry-After`.",
     },
     Access.INTERNAL: {
-        401: "From outside loopback without `Authorization: Bearer $INTERNAL_TOKEN`.",
-        403: "From outside loopback while `INTERNAL_TOKEN` is not set.",
+        401: "From outside loopback without `Authorization: Bearer $INTERNAL_TOKEN` (or the dashboard's session).",
+        403: "From outside loopback while `INTERNAL_TOKEN` is not set; from a web page without the token or the "
+        "dashboard's session, even on loopback; or a change asked with the session but without its CSRF token.",
     },
     Access.METRICS: {
         401: "From outside loopback without `Authorization: Bearer $METRICS_TOKEN`.",

@@ -11,12 +11,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from marshmallow import Schema, fields
+from marshmallow import Schema, fields, validate
 
+from jobs import failures
+from jobs.failures import FailedTry
 from service.api.cron import CronJobSchema
 from service.api.internal import WorkerSchema
+from service.api.jobs import enqueue_for
 from service.api.readiness import ReadySchema
-from service.app_keys import DASHBOARD, OPERATOR_SESSIONS, SETTINGS
+from service.app_keys import DASHBOARD, JOB_QUEUE, OPERATOR_SESSIONS, REDIS, SETTINGS
 from service.dashboard import page
 from service.dashboard.snapshot import Dashboard
 from service.errors import Problem
@@ -179,6 +182,87 @@ async def get_document(request: web.Request) -> web.Response:
     return web.json_response(document, headers={"Cache-Control": "no-store"})
 
 
+class RetriedSchema(Schema):
+    job_id = fields.String(required=True, metadata={"description": "the new job"})
+    tenant = fields.String(required=True)
+    task = fields.String(required=True)
+    retry_of = fields.String(required=True, metadata={"description": "the failed job"})
+
+
+class AbortedSchema(Schema):
+    job_id = fields.String(required=True)
+    tenant = fields.String(required=True)
+    outcome = fields.String(
+        required=True,
+        validate=validate.OneOf(["aborted", "running"]),
+        metadata={"description": "aborted at once, or running (its worker cancels it shortly)"},
+    )
+
+
+_JOB_ID_PARAMETER = {"in": "path", "name": "job_id", "required": True, "schema": {"type": "string"}}
+
+
+async def _failed(request: web.Request) -> FailedTry:
+    require_operator(request, request.app[SETTINGS].internal_token)
+    job_id = request.match_info["job_id"]
+    failed = await failures.latest(request.app[REDIS], job_id)
+    if failed is None:
+        raise Problem(404, f"job {job_id!r} is not among the recent failed jobs", type_="not-found")
+    return failed
+
+
+@operation(
+    operation_id="retryFailedJob",
+    tags=["operations"],
+    summary="Enqueue a failed job again, for its tenant (loopback, Bearer $INTERNAL_TOKEN, or the dashboard's session)",
+    description=(
+        "A new job with the same task and arguments, through the tenant's quotas like `POST /v1/jobs`; "
+        "the failed one stays as it is. Only a job that has failed for good: one waiting for its next try is 409."
+    ),
+    access=Access.INTERNAL,
+    parameters=[_JOB_ID_PARAMETER],
+    answers=[Answer(202, "The new job is queued.", RetriedSchema)],
+    problems={
+        404: "The job is not among the recent failed jobs.",
+        409: "The job will be tried again anyway.",
+        413: "The arguments are larger than `JOB_ARGS_MAX_BYTES` now.",
+        422: "The task is no longer known, or the arguments no longer fit it.",
+        429: "The tenant has `JOB_UNFINISHED_MAX` jobs queued, deferred or running.",
+        503: "Background jobs are disabled in this deployment, or Redis cannot answer now.",
+    },
+)
+async def post_retry(request: web.Request) -> web.Response:
+    failed = await _failed(request)
+    if failed.will_retry:
+        raise Problem(409, f"job {failed.job_id!r} will be tried again; abort it first", type_="job-not-failed")
+    view, _ = await enqueue_for(request.app, failed.tenant, failed.task, failed.args)
+    body = {"job_id": view.id, "tenant": failed.tenant, "task": view.task, "retry_of": failed.job_id}
+    return web.json_response(body, status=202)
+
+
+@operation(
+    operation_id="abortFailingJob",
+    tags=["operations"],
+    summary="Abort a job that failed a try and waits for its next (loopback, Bearer $INTERNAL_TOKEN, or the session)",
+    access=Access.INTERNAL,
+    parameters=[_JOB_ID_PARAMETER],
+    answers=[Answer(202, "Abort accepted.", AbortedSchema)],
+    problems={
+        404: "The job is not among the recent failed jobs, or no longer exists.",
+        409: "The job has already finished.",
+        503: "Redis cannot answer now.",
+    },
+)
+async def post_abort(request: web.Request) -> web.Response:
+    failed = await _failed(request)
+    outcome = await request.app[JOB_QUEUE].abort(failed.tenant, failed.job_id)
+    if outcome == "missing":
+        raise Problem(404, f"job {failed.job_id!r} no longer exists", type_="not-found")
+    if outcome == "finished":
+        raise Problem(409, f"job {failed.job_id!r} has already finished", type_="job-finished")
+    return web.json_response({"job_id": failed.job_id, "tenant": failed.tenant, "outcome": outcome}, status=202)
+
+
 async def get_static(request: web.Request) -> web.Response:
     static = page.STATIC.get(request.match_info["name"])
     if static is None:
@@ -211,3 +295,5 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/dashboard/logout", post_logout)
     app.router.add_get("/dashboard/static/{name}", get_static, allow_head=False)
     app.router.add_get("/internal/dashboard.json", get_document, allow_head=False)
+    app.router.add_post("/internal/dashboard/failures/{job_id}/retry", post_retry)
+    app.router.add_post("/internal/dashboard/failures/{job_id}/abort", post_abort)
