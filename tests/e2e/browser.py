@@ -77,7 +77,7 @@ class Browser:
         if method == "Runtime.exceptionThrown":
             self.problems.append(str(params["exceptionDetails"].get("exception", {}).get("description")))
         elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
-            self.problems.append(params["entry"]["text"])
+            self.problems.append(f"{params['entry']['text']} {params['entry'].get('url', '')}".strip())
 
     async def send(self, method: str, params: dict[str, Any] | None = None, *, browser: bool = False) -> Any:
         """Run one DevTools command on the page (``browser``: on the browser) and return its result."""

@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
+from jobs import webhook_tenants
 from service.auth import ApiKeyStore
 from service.operators import COOKIE_NAME
 from tests.e2e.browser import Browser, started_browser
@@ -86,6 +87,8 @@ async def test_dashboard_in_chromium_logs_in_shows_live_work_and_runs_a_cron_job
     base = dev.base_url
     redis = Redis.from_url(redis_server.url)
     key = await ApiKeyStore(redis).create("acme")
+    await webhook_tenants.rotate_secret(redis, "acme", SECRET)  # what `python -m service webhooks ...` does
+    await webhook_tenants.set_receivers(redis, "acme", (f"127.0.0.1:{closed_port}",))
     await redis.aclose()
 
     async with started_browser(tmp_path / "profile") as browser:

@@ -61,6 +61,14 @@
     return seconds >= 0 ? "in " + duration(seconds) : duration(seconds) + " ago";
   }
 
+  // A readiness detail as words: "latency_ms", 1.5 -> "latency 1.5 ms".
+  function detail(key, value) {
+    const unit = key.match(/_(ms|s)$/);
+    const name = (unit ? key.slice(0, -unit[0].length) : key).replace(/_/g, " ");
+    const shown = Array.isArray(value) ? value.join(", ") : typeof value === "number" ? Number(value.toFixed(2)) : value;
+    return `${name} ${shown}${unit ? " " + unit[1] : ""}`;
+  }
+
   function clock(iso) {
     return iso ? iso.slice(11, 19) + " UTC" : "–";
   }
@@ -136,7 +144,7 @@
     verdict.textContent = ready.ready ? "ready" : "not ready";
     verdict.className = "pill " + (ready.ready ? "ok" : "fail");
     const items = Object.entries(ready.components).map(([name, passed]) => {
-      const details = Object.entries(ready.details[name] || {}).map(([key, value]) => `${key.replace(/_/g, " ")} ${Array.isArray(value) ? value.join(", ") : value}`);
+      const details = Object.entries(ready.details[name] || {}).map(([key, value]) => detail(key, value));
       return el("li", { class: passed ? "ok" : "fail" }, el("strong", {}, name), " ", passed ? "passes" : "fails", details.length ? el("span", { class: "quiet" }, " · " + details.join(" · ")) : null);
     });
     byId("components").replaceChildren(...items);
