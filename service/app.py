@@ -19,6 +19,7 @@ from service.api import cron, dashboard, health, internal, metrics, ratelimit, r
 from service.api import jobs as jobs_api
 from service.app_keys import API_KEYS, METRICS, POLICIES, REDIS, REDIS_ONCE, SETTINGS
 from service.auth import ApiKeyStore, follow_revocations
+from service.cancel import cancel_and_wait
 from service.metrics import Metrics
 from service.middleware import request_context_middleware
 from service.ratelimit.middleware import limiter_ctx, v1_middleware
@@ -62,8 +63,7 @@ async def _key_revocations_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        listener.cancel()
-        await asyncio.gather(listener, return_exceptions=True)
+        await cancel_and_wait(listener)
         await subscriber.aclose()
 
 
