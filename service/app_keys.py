@@ -18,11 +18,11 @@ if TYPE_CHECKING:
     from service.auth import ApiKeyStore, Identity
     from service.dashboard.snapshot import Dashboard
     from service.metrics import Metrics
-    from service.operators import Sessions
     from service.ratelimit.decision import Decision
     from service.ratelimit.limiter import Limiter
     from service.ratelimit.policy import Policies
     from service.ratelimit.usage import LimitUsage
+    from service.sessions import Sessions
     from service.shared_result import SharedResult
 
 SETTINGS = web.AppKey("settings", Settings)

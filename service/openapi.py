@@ -258,13 +258,15 @@ def operation(
     description: str | None = None,
     parameters: Sequence[Mapping[str, Any]] = (),
     request_body: str | None = None,
+    form: type[Schema] | None = None,
 ) -> Callable[[Handler], Handler]:
     """Document a handler: every status it can answer, each with its body and headers.
 
     ``problems`` are the statuses the handler's own code raises, each with what it means for
     this operation; those of its ``access`` kind and those every route shares are added here.
     ``request_body`` names a ``TaggedUnion`` of ``setup``, the required JSON body; it replaces
-    the body ``@request_schema`` derives, which has one shape only.
+    the body ``@request_schema`` derives, which has one shape only. ``form``: the body is an
+    HTML form's (``application/x-www-form-urlencoded``) with these fields.
     """
     extra: dict[str, Any] = {"operation_id": operation_id}
     if access in _SECURITY:
@@ -272,6 +274,9 @@ def operation(
     if request_body is not None:
         schema = {"$ref": f"#/components/schemas/{request_body}"}
         extra["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+    if form is not None:
+        content = {"application/x-www-form-urlencoded": {"schema": schema_ref(form)}}
+        extra["requestBody"] = {"required": True, "content": content}
     return docs(
         tags=list(tags),
         summary=summary,

@@ -1,4 +1,4 @@
-"""Who may use the operators' routes (``/internal/*`` and ``/dashboard``), and the dashboard's browser sessions.
+"""Who may use the operators' routes (``/internal/*`` and ``/dashboard``).
 
 Three ways in, checked in this order:
 
@@ -6,12 +6,10 @@ Three ways in, checked in this order:
    forge it: a cross-origin request carrying it needs a CORS preflight, which this service
    never grants.
 2. The dashboard's session cookie (``__Host-ottoai-dashboard``: ``Secure; HttpOnly;
-   SameSite=Strict``), set by the login form or on a loopback visit to ``/dashboard``. It
-   is an expiry and a random id signed with HMAC under a key derived from
-   ``INTERNAL_TOKEN``, so every web process accepts it and nothing is stored; rotating the
-   token ends every session. A request that changes something also needs the session's
-   CSRF token in ``X-CSRF-Token``, which only a page of this origin can read (from the
-   dashboard's HTML). SameSite=Strict alone is not enough: every port of ``localhost`` is
+   SameSite=Strict``), set by the login form or on a loopback visit to ``/dashboard``:
+   signed and expiring, nothing stored (``service.sessions``). A request that changes
+   something also needs the session's CSRF token in ``X-CSRF-Token``, which only a page of
+   this origin can read (from the dashboard's HTML). SameSite=Strict alone is not enough: every port of ``localhost`` is
    the same *site*, so a page of another local server would get the cookie sent.
 3. Loopback without credentials (``service.auth.require_internal``), unless a web page made
    the request (it carries ``Origin``, or ``Sec-Fetch-Site`` other than ``none``). The
@@ -20,108 +18,20 @@ Three ways in, checked in this order:
    could read the answers. ``curl`` and scripts send neither header; a person's browser
    gets the session of step 2 by opening ``/dashboard`` (a typed address or a bookmark is
    ``Sec-Fetch-Site: none``).
-
-Without ``INTERNAL_TOKEN`` the signing key is random per process: sessions then serve
-loopback visits to one process only, which is all that is open anyway.
 """
 
 from __future__ import annotations
-
-import base64
-import hashlib
-import hmac
-import secrets
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from aiohttp import web
 
 from service.app_keys import OPERATOR_SESSIONS
 from service.auth import bearer_token_matches, require_internal
 from service.errors import Problem
+from service.sessions import COOKIE_NAME, CSRF_HEADER, Session
 
-__all__ = [
-    "COOKIE_NAME",
-    "CSRF_HEADER",
-    "SESSION_LIFETIME_S",
-    "Session",
-    "Sessions",
-    "require_operator",
-]
+__all__ = ["require_operator"]
 
-COOKIE_NAME = "__Host-ottoai-dashboard"  # __Host-: Secure, Path=/ and no Domain, or the browser refuses it
-CSRF_HEADER = "X-CSRF-Token"
-SESSION_LIFETIME_S = 12 * 3600
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_KEY_LABEL = b"ottoai-backend dashboard session v1"
-
-
-@dataclass(frozen=True)
-class Session:
-    """A verified session: its random id and when it ends (Unix seconds)."""
-
-    id: str
-    expires_at: int
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-class Sessions:
-    """Mint and verify session cookies and their CSRF tokens; nothing is stored."""
-
-    def __init__(
-        self,
-        internal_token: str | None,
-        *,
-        lifetime_s: int = SESSION_LIFETIME_S,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        secret = internal_token.encode() if internal_token is not None else secrets.token_bytes(32)
-        self._key = hmac.new(secret, _KEY_LABEL, hashlib.sha256).digest()
-        self._internal_token = internal_token
-        self.lifetime_s = lifetime_s
-        self._clock = clock
-
-    def _mac(self, text: str) -> str:
-        return _b64(hmac.new(self._key, text.encode(), hashlib.sha256).digest())
-
-    def new(self) -> tuple[Session, str]:
-        """A new session and its cookie value."""
-        session = Session(secrets.token_hex(16), int(self._clock()) + self.lifetime_s)
-        payload = f"{session.expires_at}.{session.id}"
-        return session, f"{payload}.{self._mac(payload)}"
-
-    def verify(self, cookie: str | None) -> Session | None:
-        """The session of a cookie value, or None when it is missing, forged, mangled or expired."""
-        if not cookie or len(cookie) > 200:
-            return None
-        expires, _, rest = cookie.partition(".")
-        session_id, _, mac = rest.partition(".")
-        if not expires.isdigit() or not hmac.compare_digest(mac, self._mac(f"{expires}.{session_id}")):
-            return None
-        if int(expires) <= self._clock():
-            return None
-        return Session(session_id, int(expires))
-
-    def csrf_token(self, session: Session) -> str:
-        """The token a page of this session sends in ``X-CSRF-Token`` with every change it asks for."""
-        return self._mac(f"csrf.{session.id}")
-
-    def csrf_matches(self, session: Session, presented: str | None) -> bool:
-        return presented is not None and hmac.compare_digest(presented.encode(), self.csrf_token(session).encode())
-
-    def token_matches(self, presented: str) -> bool:
-        """Whether ``presented`` is ``INTERNAL_TOKEN`` (the login form's check); never true without one."""
-        token = self._internal_token
-        return token is not None and hmac.compare_digest(presented.encode(), token.encode())
-
-    def set_cookie(self, response: web.StreamResponse, cookie: str) -> None:
-        response.set_cookie(
-            COOKIE_NAME, cookie, max_age=self.lifetime_s, path="/", secure=True, httponly=True, samesite="Strict"
-        )
 
 
 def require_operator(request: web.Request, internal_token: str | None) -> Session | None:

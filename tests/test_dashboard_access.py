@@ -17,7 +17,7 @@ from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
 from service.app import create_app
-from service.operators import COOKIE_NAME, CSRF_HEADER, Sessions
+from service.sessions import COOKIE_NAME, CSRF_HEADER, Sessions
 from tests.conftest import ServiceTestServer, make_settings
 from tests.servers import redis_url
 
@@ -129,11 +129,22 @@ async def test_login_with_the_token_sets_the_session_cookie_that_opens_the_docum
     assert TOKEN not in await page.text()
 
 
-async def test_login_with_a_wrong_token_is_401_and_sets_no_cookie(token_client: Client) -> None:
+async def test_login_with_a_wrong_token_sets_no_cookie_and_goes_back_to_the_form_that_says_so(
+    token_client: Client,
+) -> None:
     response = await _login(token_client, "not-the-token")
-    assert response.status == 401
+    assert response.status == 303
+    assert response.headers["Location"] == "/dashboard/login?failed"
     assert "Set-Cookie" not in response.headers
-    assert "That is not the internal token." in await response.text()
+    form = await token_client.get("/dashboard/login?failed", headers=REMOTE)
+    assert "That is not the internal token." in await form.text()
+    assert (await token_client.get("/internal/dashboard.json", headers=REMOTE)).status == 401  # still no way in
+
+
+async def test_login_form_takes_only_a_form(token_client: Client) -> None:
+    response = await token_client.post("/dashboard/login", json={"token": TOKEN}, headers=REMOTE)
+    assert response.status == 415
+    assert response.content_type == "application/problem+json"
 
 
 async def test_a_change_asked_with_the_session_but_without_its_csrf_token_is_refused(token_client: Client) -> None:
@@ -161,7 +172,7 @@ async def test_logout_needs_the_csrf_token_and_clears_the_cookie(token_client: C
     token = _csrf_token(await (await token_client.get("/dashboard", headers=with_session)).text())
     assert (await token_client.post("/dashboard/logout", headers=with_session)).status == 403
     response = await token_client.post("/dashboard/logout", headers={**with_session, CSRF_HEADER: token})
-    assert response.status == 204
+    assert response.status == 200
     value, attributes = _session_cookie(response)
     assert value == ""
     assert attributes["max-age"] == "0"

@@ -1,17 +1,17 @@
 """``/dashboard``: the live operations page, its login, its JSON document and the actions on failed jobs.
 
 Who may see it and act from it is ``service.operators``'s rule (loopback, the internal token,
-or a session from the login form). The page itself (``GET /dashboard``), the login form and
-the static files are for browsers and are not in the OpenAPI document; the JSON document
-and the actions are, like every ``/internal`` route.
+or a session from the login form). Every route is in the OpenAPI document, the
+browser's pages too (as HTML answers), and every error is problem+json: a wrong token on
+the login form sends the browser back to the form, which says so.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate
 
 from jobs import failures
 from jobs.failures import FailedTry
@@ -19,12 +19,23 @@ from service.api.cron import CronJobSchema
 from service.api.internal import WorkerSchema
 from service.api.jobs import enqueue_for
 from service.api.readiness import ReadySchema
-from service.app_keys import DASHBOARD, JOB_QUEUE, OPERATOR_SESSIONS, REDIS, SETTINGS
+from service.app_keys import (
+    CRON_STORE,
+    DASHBOARD,
+    FLEET_METRICS,
+    JOB_QUEUE,
+    OPERATOR_SESSIONS,
+    READINESS,
+    REDIS,
+    SETTINGS,
+)
 from service.dashboard import page
+from service.dashboard.page import StaticFile
 from service.dashboard.snapshot import Dashboard
 from service.errors import Problem
 from service.openapi import Access, Answer, operation
-from service.operators import COOKIE_NAME, Sessions, require_operator
+from service.operators import require_operator
+from service.sessions import COOKIE_NAME, Sessions
 from service.settings import SERVICE_NAME
 
 __all__ = ["setup"]
@@ -117,14 +128,41 @@ class DashboardSchema(Schema):
     )
 
 
+_HTML = {"type": "string", "description": "An HTML page."}
+_REDIRECT = {"type": "string", "description": "aiohttp's short text; `Location` says where to."}
+_TO_LOGIN = "/dashboard/login"
+
+
+class LoginFormSchema(Schema):
+    token = fields.String(required=True, metadata={"description": "`INTERNAL_TOKEN`"})
+
+
+class SignedOutSchema(Schema):
+    signed_out = fields.Boolean(required=True)
+
+
+@operation(
+    operation_id="getDashboardPage",
+    tags=["dashboard"],
+    summary="The live operations page (for a browser)",
+    description=(
+        "For operators (loopback, `Authorization: Bearer $INTERNAL_TOKEN`, or the session the login form "
+        "sets); a visit without a session gets one. Anyone else is sent to the login form."
+    ),
+    access=Access.PUBLIC,
+    answers=[
+        Answer(200, "The page; it polls `GET /internal/dashboard.json`.", _HTML, "text/html", {"Cache-Control": True}),
+        Answer(303, "Not an operator: to the login form.", _REDIRECT, "text/plain"),
+    ],
+    problems={403: "From outside loopback while `INTERNAL_TOKEN` is not set (no login is possible)."},
+)
 async def get_page(request: web.Request) -> web.StreamResponse:
-    """The page; an operator without a session gets one, anyone else the login form."""
     settings = request.app[SETTINGS]
     try:
         session = require_operator(request, settings.internal_token)
     except Problem as problem:
         if problem.status == 401:
-            raise web.HTTPSeeOther("/dashboard/login") from None
+            raise web.HTTPSeeOther(_TO_LOGIN) from None
         raise
     sessions = request.app[OPERATOR_SESSIONS]
     if session is not None:
@@ -135,29 +173,73 @@ async def get_page(request: web.Request) -> web.StreamResponse:
     return response
 
 
+@operation(
+    operation_id="getDashboardLogin",
+    tags=["dashboard"],
+    summary="The dashboard's login form (for a browser)",
+    access=Access.PUBLIC,
+    parameters=[
+        {
+            "in": "query",
+            "name": "failed",
+            "schema": {"type": "string"},
+            "description": "Present after a wrong token: the form says so.",
+        }
+    ],
+    answers=[Answer(200, "The form (without `INTERNAL_TOKEN`, why there is none).", _HTML, "text/html")],
+)
 async def get_login(request: web.Request) -> web.Response:
-    return page.login_page(SERVICE_NAME, token_configured=request.app[SETTINGS].internal_token is not None)
+    token_configured = request.app[SETTINGS].internal_token is not None
+    return page.login_page(SERVICE_NAME, token_configured=token_configured, failed="failed" in request.query)
 
 
+@operation(
+    operation_id="postDashboardLogin",
+    tags=["dashboard"],
+    summary="Sign in to the dashboard with the internal token",
+    description=(
+        "The right token gets a session cookie (`__Host-ottoai-dashboard`: `Secure; HttpOnly; SameSite=Strict`, "
+        "12 h) and is sent to the page; a wrong one back to the form, which says so. The token never goes in a URL."
+    ),
+    access=Access.PUBLIC,
+    form=LoginFormSchema,
+    answers=[Answer(303, "To the page (signed in), or back to the form (`?failed`).", _REDIRECT, "text/plain")],
+    problems={
+        403: "`INTERNAL_TOKEN` is not set: the dashboard is open only from loopback.",
+        415: "The body is not an HTML form (`application/x-www-form-urlencoded`).",
+        422: "The form lacks the token, or has other fields.",
+    },
+)
 async def post_login(request: web.Request) -> web.Response:
-    """Check the token of the form; the right one gets a session and goes to the page."""
     settings = request.app[SETTINGS]
     if settings.internal_token is None:
         raise Problem(403, "INTERNAL_TOKEN is not set: the dashboard is open only from loopback", type_="forbidden")
-    form = await request.post()
-    token = form.get("token")
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise Problem(415, "send the login form's fields as application/x-www-form-urlencoded")
+    try:
+        token: str = LoginFormSchema().load(dict(await request.post()))["token"]
+    except ValidationError as exc:
+        detail = "the form must hold the token and nothing else"
+        raise Problem(422, detail, type_="validation-error", errors=exc.messages) from None
     sessions = request.app[OPERATOR_SESSIONS]
-    if not isinstance(token, str) or not sessions.token_matches(token):
-        return page.login_page(SERVICE_NAME, token_configured=True, failed=True, status=401)
+    if not sessions.token_matches(token):
+        raise web.HTTPSeeOther(f"{_TO_LOGIN}?failed")
     _, cookie = sessions.new()
     redirect = web.HTTPSeeOther("/dashboard")
     sessions.set_cookie(redirect, cookie)
     raise redirect
 
 
+@operation(
+    operation_id="postDashboardLogout",
+    tags=["dashboard"],
+    summary="Sign out of the dashboard (the session's CSRF token required)",
+    access=Access.INTERNAL,
+    answers=[Answer(200, "The session cookie is cleared.", SignedOutSchema)],
+)
 async def post_logout(request: web.Request) -> web.Response:
     require_operator(request, request.app[SETTINGS].internal_token)
-    response = web.Response(status=204)
+    response = web.json_response({"signed_out": True})
     response.del_cookie(COOKIE_NAME, path="/", secure=True, httponly=True, samesite="Strict")
     return response
 
@@ -263,23 +345,39 @@ async def post_abort(request: web.Request) -> web.Response:
     return web.json_response({"job_id": failed.job_id, "tenant": failed.tenant, "outcome": outcome}, status=202)
 
 
-async def get_static(request: web.Request) -> web.Response:
-    static = page.STATIC.get(request.match_info["name"])
-    if static is None:
-        raise Problem(404, "no such file", type_="not-found")
-    # Kept for good under the URL that names this content; under any other, asked again each time.
-    versioned = request.path_qs == static.url
-    cache = "public, max-age=31536000, immutable" if versioned else "no-cache"
-    return web.Response(
-        body=static.body,
-        content_type=static.content_type,
-        charset="utf-8",
-        headers={"Cache-Control": cache, "X-Content-Type-Options": "nosniff"},
+def _static_route(static: StaticFile) -> Callable[[web.Request], Awaitable[web.Response]]:
+    @operation(
+        operation_id="getDashboard" + static.name.partition(".")[2].capitalize(),
+        tags=["dashboard"],
+        summary=f"The dashboard's {static.name}",
+        access=Access.PUBLIC,
+        parameters=[
+            {
+                "in": "query",
+                "name": "v",
+                "schema": {"type": "string"},
+                "description": "The content's hash, as the page names it: that URL may be cached for good.",
+            }
+        ],
+        answers=[Answer(200, "The file.", {"type": "string"}, static.content_type)],
     )
+    async def get_static(request: web.Request) -> web.Response:
+        # Kept for good under the URL that names this content; under any other, asked again each time.
+        cache = "public, max-age=31536000, immutable" if request.path_qs == static.url else "no-cache"
+        return web.Response(
+            body=static.body,
+            content_type=static.content_type,
+            charset="utf-8",
+            headers={"Cache-Control": cache, "X-Content-Type-Options": "nosniff"},
+        )
+
+    return get_static
 
 
 async def _dashboard_ctx(app: web.Application) -> AsyncIterator[None]:
-    dashboard = app[DASHBOARD] = Dashboard(app)
+    dashboard = app[DASHBOARD] = Dashboard(
+        app[REDIS], app[SETTINGS], readiness=app[READINESS], fleet=app[FLEET_METRICS], cron=app[CRON_STORE]
+    )
     try:
         yield
     finally:
@@ -293,7 +391,8 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/dashboard/login", get_login, allow_head=False)
     app.router.add_post("/dashboard/login", post_login)
     app.router.add_post("/dashboard/logout", post_logout)
-    app.router.add_get("/dashboard/static/{name}", get_static, allow_head=False)
+    for static in page.STATIC.values():
+        app.router.add_get(f"/dashboard/static/{static.name}", _static_route(static), allow_head=False)
     app.router.add_get("/internal/dashboard.json", get_document, allow_head=False)
     app.router.add_post("/internal/dashboard/failures/{job_id}/retry", post_retry)
     app.router.add_post("/internal/dashboard/failures/{job_id}/abort", post_abort)

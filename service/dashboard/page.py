@@ -70,8 +70,8 @@ _NO_TOKEN = (
 _WRONG_TOKEN = '<p class="problem" role="alert">That is not the internal token.</p>'
 
 
-def _html(body: str, *, status: int = 200) -> web.Response:
-    return web.Response(text=body, status=status, content_type="text/html", headers=SECURITY_HEADERS)
+def _html(body: str) -> web.Response:
+    return web.Response(text=body, content_type="text/html", headers=SECURITY_HEADERS)
 
 
 def page(service: str, csrf_token: str) -> web.Response:
@@ -87,7 +87,7 @@ def page(service: str, csrf_token: str) -> web.Response:
     )
 
 
-def login_page(service: str, *, token_configured: bool, failed: bool = False, status: int = 200) -> web.Response:
+def login_page(service: str, *, token_configured: bool, failed: bool = False) -> web.Response:
     """The login form; without ``INTERNAL_TOKEN`` it says why there is none."""
     message = _NO_TOKEN if not token_configured else _WRONG_TOKEN if failed else ""
     return _html(
@@ -97,6 +97,5 @@ def login_page(service: str, *, token_configured: bool, failed: bool = False, st
             css=STATIC["dashboard.css"].url,
             message=message,
             form=_LOGIN_FORM if token_configured else "",
-        ),
-        status=status,
+        )
     )

@@ -24,14 +24,16 @@ from collections.abc import Awaitable
 from importlib.resources import files
 from typing import Any
 
-from aiohttp import web
+from redis.asyncio import Redis
 
 from jobs import failures
+from jobs.cron_store import CronStore
+from jobs.fleet_metrics import FleetMetrics
 from jobs.heartbeat import live_workers
 from jobs.redis_keys import FAILURES_KEY, MINUTE_STATS_PREFIX
 from jobs.serialization import iso_from_ms
-from service.app_keys import CRON_STORE, FLEET_METRICS, READINESS, REDIS, SETTINGS
 from service.ratelimit import usage
+from service.settings import Settings
 from service.shared_result import SharedResult
 
 __all__ = ["FRESH_S", "ROUND_TRIPS_MAX", "Dashboard"]
@@ -57,11 +59,24 @@ def _pairs(flat: list[bytes]) -> list[tuple[str, float]]:
 
 
 class Dashboard:
-    """Builds the document for ``app``; ``get`` shares one build among the callers of ``FRESH_S``."""
+    """Builds the document from the parts that own each section; ``get`` shares one build among the
+    callers of ``FRESH_S``."""
 
-    def __init__(self, app: web.Application) -> None:
-        self._app = app
-        self._recent = app[REDIS].register_script(files("service.dashboard").joinpath("recent.lua").read_text())
+    def __init__(
+        self,
+        redis: Redis,
+        settings: Settings,
+        *,
+        readiness: SharedResult[dict[str, Any]],
+        fleet: FleetMetrics,
+        cron: CronStore,
+    ) -> None:
+        self._redis = redis
+        self._settings = settings
+        self._readiness = readiness
+        self._fleet = fleet
+        self._cron_store = cron
+        self._recent = redis.register_script(files("service.dashboard").joinpath("recent.lua").read_text())
         self._shared = SharedResult(self._build, fresh_s=FRESH_S)
 
     async def get(self) -> dict[str, Any]:
@@ -71,16 +86,14 @@ class Dashboard:
         await self._shared.close()
 
     async def _build(self) -> dict[str, Any]:
-        app = self._app
-        settings = app[SETTINGS]
-        fleet = app[FLEET_METRICS]
+        fleet = self._fleet
         now = time.time()
         first_minute = int(now // 60) - MINUTES_SHOWN + 1
         parts: dict[str, Awaitable[Any]] = {
-            "ready": app[READINESS].get(),
+            "ready": self._readiness.get(),
             "fleet": fleet.refresh(max_age_s=FRESH_S),
-            "workers": live_workers(app[REDIS]),
-            "cron": app[CRON_STORE].status(),
+            "workers": live_workers(self._redis),
+            "cron": self._cron_store.status(),
             "recent": self._read_recent(first_minute),
         }
         names = list(parts)
@@ -105,7 +118,7 @@ class Dashboard:
             "failures": None,
         }
         if "recent" in read:
-            document.update(_recent(read["recent"], first_minute, rate_limit_enabled=settings.rate_limit_enabled))
+            document.update(_recent(read["recent"], first_minute, rate_limit_enabled=self._settings.rate_limit_enabled))
         document["unavailable"] = [name for name, value in document.items() if value is None]
         return document
 
@@ -131,7 +144,7 @@ class Dashboard:
             job = status.to_json()
             job["runs"] = job["runs"][:CRON_RUNS_SHOWN]
             jobs.append(job)
-        return {"enabled": self._app[SETTINGS].enable_cron, "jobs": jobs}
+        return {"enabled": self._settings.enable_cron, "jobs": jobs}
 
 
 def _redis(info: dict[str, Any]) -> dict[str, Any]:

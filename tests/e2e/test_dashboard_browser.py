@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from jobs import webhook_tenants
 from service.auth import ApiKeyStore
-from service.operators import COOKIE_NAME
+from service.sessions import COOKIE_NAME
 from tests.e2e.browser import Browser, started_browser
 from tests.processes import Child, run_service
 from tests.servers import RedisServer, free_port, new_redis_server
