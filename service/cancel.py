@@ -1,9 +1,9 @@
-"""Stopping a background task for sure: cancel it, and cancel again while it runs on.
+"""Stopping a background task for sure.
 
-Python 3.11's ``asyncio.timeout`` can swallow a cancel that arrives while a zero timeout
-expires, and redis-py checks every connection it hands out under one; a task cancelled at
-that moment goes on as if nothing happened (a key-revocation listener then held its app's
-shutdown forever). Python 3.12 fixed the timeout; until then, a cancel is repeated.
+On Python 3.11 a ``Task.cancel()`` can be lost: ``asyncio.wait_for`` (redis-py wraps every
+write in one) returns its result instead of raising when the cancel lands as the wrapped
+call completes (cpython #86296, fixed in 3.12). A task cancelled once may then go on, and
+whoever awaits it waits forever: a web process that never stopped on SIGTERM was one.
 """
 
 from __future__ import annotations
@@ -13,13 +13,11 @@ from typing import Any
 
 __all__ = ["cancel_and_wait"]
 
-_RECHECK_S = 0.1
 
-
-async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
-    """Cancel ``task`` and wait until it has ended, repeating the cancel every ``_RECHECK_S`` while it has not."""
+async def cancel_and_wait(task: asyncio.Task[Any], *, every_s: float = 0.1) -> None:
+    """Cancel ``task`` and wait until it has ended, cancelling it again every ``every_s`` while it runs."""
     while not task.done():
         task.cancel()
-        await asyncio.wait([task], timeout=_RECHECK_S)
+        await asyncio.wait([task], timeout=every_s)
     if not task.cancelled():
-        task.exception()  # retrieved: an error it ended with is its own to log, not asyncio's
+        task.exception()  # retrieved: an error it ended with is the caller's to look at, not the loop's to log
