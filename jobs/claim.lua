@@ -99,9 +99,20 @@ local function take(tenant)
   return nil
 end
 
+-- The earliest unfinished job is not due (running jobs keep their past due time): nothing
+-- to claim and no lease to watch. An idle worker's claim is this one command, even while
+-- a deferred job (such as a cron job's next slot) waits.
+local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+if #first == 0 then
+  return {-1}
+end
+if tonumber(first[2]) > now then
+  return {tonumber(first[2])}
+end
+
 local listed = redis.call('ZRANGE', KEYS[1], 0, scan_max - 1, 'WITHSCORES')
 if #listed == 0 then
-  return {-1}  -- no tenant has an unfinished job: nothing is pending (one command when idle)
+  return {-1}  -- no tenant has an unfinished job: nothing is pending
 end
 local active = {}
 for i = 1, #listed, 2 do

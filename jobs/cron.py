@@ -7,9 +7,9 @@ the task's arguments, and a grace window. To add one, register its task in
 takes a try) and add a ``CronJob`` to ``SCHEDULE`` below.
 
 Every worker with ``ENABLE_CRON`` runs the schedule; none is special. Each cron job has
-exactly one pending run, an ordinary job in arq's queue whose id names its slot
-(``cron:<name>:<slot ms>``), so it gets the leases, hand-back, log line and wake-ups of every
-job, and N workers run each slot once. When a run ends, the same script call schedules the
+exactly one pending run, an ordinary job of the system tenant (``@system``) whose id names
+its slot (``cron:<name>:<slot ms>``), so it gets the leases, hand-back, log line and wake-ups
+of every job, and N workers run each slot once. When a run ends, the same script call schedules the
 next one (``jobs.cron_store``): runs never overlap, and slots that came due while a run
 was going coalesce into one run, due at once. A slot whose worker fleet was down runs once
 when a worker returns within the job's grace window after the latest slot (the run records
@@ -138,8 +138,8 @@ SCHEDULE = Schedule(
     [
         # The canary: proves the cron path end to end (schedule -> queue -> worker -> history).
         # Its last success (GET /internal/cron) is the thing to alert on: stale means no cron.
-        # A slot costs a fleet of 3 idle workers about 40 Redis commands (bench/cron.py): every 15 minutes
-        # adds ~0.015 commands/s per worker.
+        # A slot costs a fleet of 3 idle workers ~17 Redis commands sent (bench/cron.py): every 15
+        # minutes adds ~0.006 commands/s per worker.
         CronJob("cron-canary", "diagnostics.ping", Crontab.parse("*/15 * * * *"), grace_s=900),
         # The operations guide's maintenance (jobs/maintenance.py): findings to the log and /metrics.
         # Hourly (slow log and persistence every 6 hours), at the top of the hour with the canary,

@@ -19,12 +19,11 @@ from service.api import cron, dashboard, health, internal, metrics, ratelimit, r
 from service.api import jobs as jobs_api
 from service.app_keys import API_KEYS, METRICS, POLICIES, REDIS, REDIS_ONCE, SETTINGS
 from service.auth import ApiKeyStore, follow_revocations
-from service.cancel import cancel_and_wait
 from service.metrics import Metrics
 from service.middleware import request_context_middleware
 from service.ratelimit.middleware import limiter_ctx, v1_middleware
 from service.ratelimit.policy import load_policies
-from service.redis import redis_client
+from service.redis import cancel_until_done, redis_client
 from service.request_body import MAX_BODY_BYTES
 from service.settings import Settings
 
@@ -63,7 +62,7 @@ async def _key_revocations_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await cancel_and_wait(listener)
+        await cancel_until_done(listener)
         await subscriber.aclose()
 
 

@@ -8,6 +8,8 @@ rate-limit script call, say) must never be sent twice, so the limiter asks for n
 
 from __future__ import annotations
 
+import asyncio
+
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import AbstractBackoff, NoBackoff
@@ -16,7 +18,7 @@ from redis.exceptions import ConnectionError, TimeoutError
 from service.backoff import Backoff
 from service.settings import RedisURL, Settings
 
-__all__ = ["RedisBackoff", "connection_pool", "redis_client"]
+__all__ = ["RedisBackoff", "cancel_until_done", "connection_pool", "redis_client"]
 
 HEALTH_CHECK_INTERVAL_S = 30
 # A retried command waits up to 0.1 s, then 0.2 s, 0.4 s, ... at most 1 s.
@@ -76,3 +78,16 @@ def redis_client(settings: Settings, *, client_name: str = "ottoai", retries: in
         client_name=client_name,
     )
     return Redis.from_pool(pool)
+
+
+async def cancel_until_done(task: asyncio.Task[None], *, every_s: float = 0.1) -> None:
+    """Cancel ``task`` and wait for it to end, cancelling again while it does not.
+
+    Once is not always enough for a task inside redis-py: taking a connection from a pool
+    checks it with ``can_read_destructive()`` under a zero timeout, and on Python 3.11 a
+    cancellation that lands there is turned into that timeout and swallowed (the task then
+    waits on, ``cancelling()`` but never cancelled).
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=every_s)

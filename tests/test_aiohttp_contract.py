@@ -5,9 +5,11 @@ and rebuilds aiohttp's ``web.Server`` as ``GuardedServer`` from its public attri
 its ``_kwargs``; ``GuardedServer`` makes each connection's protocol as ``Server.__call__``
 does, from ``_loop`` and ``_kwargs``; ``GuardedRequestHandler`` overrides
 ``RequestHandler.handle_error`` and ``log_exception``; the request factory rebuilds a
-``RawRequestMessage`` with ``_replace``. The behaviour they produce (problem+json parser
-errors, quiet broken bodies, no ``100 Continue`` before a 413, the head deadline of
-``keepalive_timeout``) is tested through sockets in ``tests/test_hostile_input.py``.
+``RawRequestMessage`` with ``_replace``; ``HTTP_IDLE_TIMEOUT_S`` is aiohttp's keep-alive
+timer, a request-head deadline because aiohttp starts it when a connection opens. The
+behaviour they produce (problem+json parser errors, quiet broken bodies, no
+``100 Continue`` before a 413, the head deadline) is tested through sockets in
+``tests/test_hostile_input.py``.
 """
 
 from __future__ import annotations
@@ -84,3 +86,12 @@ def test_raw_request_message_can_be_rebuilt_without_a_header() -> None:
     assert "Expect" not in rebuilt.headers
     assert rebuilt.raw_headers == ((b"Host", b"x"),)
     assert rebuilt.method == "POST"
+
+
+def test_keep_alive_timer_starts_when_a_connection_opens() -> None:
+    # Without this (aiohttp pull request 13681) the timer started only after a first response,
+    # so a connection that never completed a request head (slow headers, a half-sent request)
+    # was held for as long as the client liked.
+    assert "self._process_keepalive" in inspect.getsource(RequestHandler.connection_made)
+    process = inspect.getsource(RequestHandler._process_keepalive)
+    assert "if self._waiter and not self._waiter.done():" in process  # closes one still waiting for a request

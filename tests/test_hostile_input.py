@@ -24,6 +24,7 @@ import pytest
 from aiohttp import web
 from redis.asyncio import Redis
 
+from jobs import webhook_tenants
 from service.app import create_app
 from service.app_keys import API_KEYS, METRICS
 from service.auth import PREFIX_LEN
@@ -111,7 +112,13 @@ def captured_logs() -> Iterator[io.StringIO]:
 async def served(redis: Redis, tmp_path: Path, captured_logs: io.StringIO) -> AsyncIterator[Served]:
     policies = tmp_path / "policies.toml"
     policies.write_text(ROOMY_POLICIES)
-    settings = make_settings(RATE_LIMITS_FILE=str(policies), HTTP_IDLE_TIMEOUT_S="1", HTTP_BODY_TIMEOUT_S="1")
+    settings = make_settings(
+        RATE_LIMITS_FILE=str(policies),
+        HTTP_IDLE_TIMEOUT_S="1",
+        HTTP_BODY_TIMEOUT_S="1",
+        WEBHOOK_SECRET="hostile-corpus-secret",
+        WEBHOOK_ALLOWED_HOSTS="hooks.example",
+    )
     app = create_app(settings)
     runner = ServiceRunner(app)  # as serve runs it: a request is not cancelled when its client leaves
     await runner.setup()
@@ -119,6 +126,8 @@ async def served(redis: Redis, tmp_path: Path, captured_logs: io.StringIO) -> As
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         key = await app[API_KEYS].create("acme")
+        await webhook_tenants.rotate_secret(redis, "acme", "hostile-corpus-secret")  # so webhook URLs are checked
+        await webhook_tenants.set_receivers(redis, "acme", ("hooks.example",))
         yield Served(runner.addresses[0][1], key, app, captured_logs)
     finally:
         await runner.cleanup()
@@ -213,6 +222,11 @@ CASES = [
     Case("args-as-list", post_job(job(args=[1])), 422),
     Case("unknown-field", post_job(job(priority=1)), 422),
     Case("unknown-task", post_job(b'{"task":"no.such.task"}'), 422),
+    Case(
+        "webhook-url-port-99999",
+        post_job(b'{"task":"webhook.deliver","args":{"url":"http://hooks.example:99999/","payload":{}}}'),
+        422,
+    ),
     Case("body-null", post_job(b"null"), 422),
     Case("body-array", post_job(b"[]"), 422),
     Case("body-empty", post_job(b""), 422),

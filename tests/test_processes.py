@@ -1,4 +1,4 @@
-"""Whole processes: clean SIGTERM/SIGINT stops, `dev` with its embedded Redis, no leaked passwords."""
+"""Whole processes: clean SIGTERM/SIGINT stops, `dev` with its embedded Redis, no leaked passwords, revocation."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
+from service.auth import REVOCATIONS_CHANNEL
+from tests.conftest import PYTHON, ROOT, subprocess_env
 from tests.processes import run_service
 from tests.servers import redis_url
 
@@ -86,3 +89,43 @@ def test_dev_without_any_redis_server_says_how_to_get_one(
     assert len(lines) == 1
     assert "no redis-server found" in lines[0]
     assert "apt-get install redis-server" in lines[0]
+
+
+def _keys(*args: str) -> str:
+    result = subprocess.run(
+        [PYTHON, "-m", "service", "keys", *args],
+        cwd=ROOT,
+        env=subprocess_env(REDIS_URL=redis_url()),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return result.stdout
+
+
+def test_a_revoked_key_is_refused_by_two_running_web_processes_within_1_s() -> None:
+    key = _keys("create", "--tenant", "acme").strip()
+    with (
+        run_service("serve", REDIS_URL=redis_url()) as first,
+        run_service("serve", REDIS_URL=redis_url()) as second,
+        redis.Redis.from_url(redis_url()) as client,
+    ):
+        processes = (first, second)
+        for child in processes:
+            child.wait_healthy()
+            assert child.get("/v1/jobs", {"X-API-Key": key})[0] == 200  # each now remembers the key for 10 s
+        deadline = time.monotonic() + 10
+        while client.pubsub_numsub(REVOCATIONS_CHANNEL) != [(REVOCATIONS_CHANNEL.encode(), 2)]:
+            assert time.monotonic() < deadline, "the two processes did not subscribe to revocations"
+            time.sleep(0.02)
+
+        _keys("revoke", key)
+        revoked_at = time.monotonic()
+        refused: set[int] = set()
+        while len(refused) < 2 and time.monotonic() - revoked_at < 1.0:
+            refused |= {child.port for child in processes if child.get("/v1/jobs", {"X-API-Key": key})[0] == 401}
+        for child in processes:
+            child.stop()
+
+    assert refused == {first.port, second.port}

@@ -151,6 +151,8 @@ DEFAULTS: dict[str, tuple[str, object]] = {
     "REDIS_TIMEOUT_S": ("redis_timeout_s", 5.0),
     "RATE_LIMIT_DEADLINE_MS": ("rate_limit_deadline_ms", 50.0),
     "SHUTDOWN_TIMEOUT_S": ("shutdown_timeout_s", 4.0),
+    "HTTP_IDLE_TIMEOUT_S": ("http_idle_timeout_s", 5.0),
+    "HTTP_BODY_TIMEOUT_S": ("http_body_timeout_s", 10.0),
     "JOB_GRACE_S": ("job_grace_s", 3.0),
     "JOB_LEASE_S": ("job_lease_s", 10.0),
     "JOB_IDLE_POLL_S": ("job_idle_poll_s", 30.0),

@@ -31,11 +31,11 @@ from service.app_keys import (
     SETTINGS,
 )
 from service.auth import address_caller, client_address, key_required, presented_key
-from service.cancel import cancel_and_wait
 from service.errors import PROBLEM_CONTENT_TYPE, Problem, problem_body
 from service.ratelimit.decision import Decision, Outcome
 from service.ratelimit.limiter import Limiter
 from service.ratelimit.usage import LimitUsage
+from service.redis import cancel_until_done
 
 __all__ = ["limiter_ctx", "v1_middleware"]
 
@@ -143,7 +143,7 @@ async def limiter_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await cancel_and_wait(flushing)
+        await cancel_until_done(flushing)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(usage.flush(), app[SETTINGS].redis_timeout_s)
         await limiter.close()

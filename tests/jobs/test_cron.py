@@ -18,8 +18,18 @@ from redis.asyncio import Redis
 from jobs.cron import SCHEDULE, CronJob, RunId, Schedule
 from jobs.cron_store import RUNS_KEPT, CronRun, CronStore
 from jobs.crontab import Crontab
-from jobs.redis_keys import CRON_KEY, IN_PROGRESS_PREFIX, QUEUE_KEY
+from jobs.redis_keys import (
+    CRON_KEY,
+    IN_PROGRESS_PREFIX,
+    QUEUE_KEY,
+    READY_PREFIX,
+    TENANTS_KEY,
+    WAKE_KEY,
+    WAKE_TOKENS_MAX,
+    WORKERS_KEY,
+)
 from jobs.registry import Registry, Task
+from jobs.scripts import load_script
 from jobs.tasks import TASKS
 from jobs.worker import running_worker
 from service.backoff import Backoff
@@ -179,6 +189,27 @@ async def test_a_killed_run_with_its_tries_spent_is_recorded_failed_and_the_sche
     assert failed.error is not None
     assert "max 2 retries exceeded" in failed.error["message"]
     assert (await store.status("tick"))[0].current_run is not None
+
+
+async def test_an_idle_claim_while_a_cron_run_waits_reads_one_key(redis: Redis) -> None:
+    await CronStore(redis, schedule_of(when=Crontab.parse("0 * * * *"))).sync(full=True)
+    [(_, due)] = await redis.zrange(QUEUE_KEY, 0, -1, withscores=True)
+    claim = load_script(redis, "claim")
+    await redis.script_load(claim.script)
+    await redis.config_resetstat()
+
+    reply = await claim(
+        keys=[TENANTS_KEY, WAKE_KEY, WORKERS_KEY, QUEUE_KEY],
+        args=[timestamp_ms(), 10, 10_000, IN_PROGRESS_PREFIX, 1000, WAKE_TOKENS_MAX, READY_PREFIX, ""],
+    )
+
+    assert reply == [int(due)]  # nothing to claim; wake when the cron run is due
+    stats = await redis.info("commandstats")
+    assert {name for name in stats if not name.startswith(("cmdstat_config", "cmdstat_info"))} == {
+        "cmdstat_evalsha",
+        "cmdstat_zrange",
+    }
+    assert stats["cmdstat_zrange"]["calls"] == 1  # what an idle claim costs with no cron at all
 
 
 async def test_cron_runs_are_no_tenants_jobs(client: Client, api_key: str, redis: Redis) -> None:
