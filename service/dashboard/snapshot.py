@@ -30,7 +30,7 @@ from jobs import failures
 from jobs.cron_store import CronStore
 from jobs.fleet_metrics import FleetMetrics
 from jobs.heartbeat import live_workers
-from jobs.redis_keys import FAILURES_KEY, MINUTE_STATS_PREFIX
+from jobs.redis_keys import FAILURES_KEPT, FAILURES_KEY, MINUTE_STATS_PREFIX
 from jobs.serialization import iso_from_ms
 from service.ratelimit import usage
 from service.settings import Settings
@@ -133,8 +133,7 @@ class Dashboard:
                 usage.REFUSED_PREFIX,
                 usage.LOWEST_PREFIX,
                 TENANTS_SHOWN,
-                # a job with many failed tries has as many records: read all, show each job once
-                FAILURES_SHOWN * 2,
+                FAILURES_KEPT,  # all of them: a job with several failed tries has several, and is shown once
             ],
         )
 
