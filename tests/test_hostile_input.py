@@ -15,8 +15,7 @@ import asyncio
 import gzip
 import io
 import json
-import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from service.app import create_app
 from service.app_keys import API_KEYS, METRICS
 from service.auth import PREFIX_LEN
 from service.http_server import ServiceRunner
-from service.logging import configure_logging
 from tests.conftest import make_settings
 
 ROOMY_POLICIES = """
@@ -96,20 +94,7 @@ class Served:
 
 
 @pytest.fixture
-def captured_logs() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    configure_logging("json", stream=stream)
-    try:
-        yield stream
-    finally:
-        root.handlers[:] = saved_handlers
-        root.setLevel(saved_level)
-
-
-@pytest.fixture
-async def served(redis: Redis, tmp_path: Path, captured_logs: io.StringIO) -> AsyncIterator[Served]:
+async def served(redis: Redis, tmp_path: Path, logs: io.StringIO) -> AsyncIterator[Served]:
     policies = tmp_path / "policies.toml"
     policies.write_text(ROOMY_POLICIES)
     settings = make_settings(
@@ -128,7 +113,7 @@ async def served(redis: Redis, tmp_path: Path, captured_logs: io.StringIO) -> As
         key = await app[API_KEYS].create("acme")
         await webhook_tenants.rotate_secret(redis, "acme", "hostile-corpus-secret")  # so webhook URLs are checked
         await webhook_tenants.set_receivers(redis, "acme", ("hooks.example",))
-        yield Served(runner.addresses[0][1], key, app, captured_logs)
+        yield Served(runner.addresses[0][1], key, app, logs)  # conftest's logs: every line, as JSON
     finally:
         await runner.cleanup()
 
