@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench lock install clean
+.PHONY: run test e2e lint bench lock install clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -20,6 +20,13 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest
+
+# The browser test of the dashboard: headless Chromium (Debian's, installed here when missing:
+# apt-get needs root, as in CI) against a running `python -m service dev`. -rP prints the
+# screenshots' paths.
+e2e: $(STAMP)
+	@test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+	$(BIN)/pytest -m browser -rP tests/e2e
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -11,6 +11,8 @@
 -- KEYS[7]  jobs:wake
 -- KEYS[8]  jobs:ready:<tenant>   the tenant's unfinished jobs
 -- KEYS[9]  jobs:tenants
+-- KEYS[10] jobs:minute:<Unix minute>   jobs finished this minute, by outcome (jobs/failures.py)
+-- KEYS[11] jobs:failures               the latest failed tries (jobs/failures.py)
 -- ARGV[1]  job id
 -- ARGV[2]  "1" when the job is finished (result or failure), "0" when it goes back to the queue
 -- ARGV[3]  the serialized result, or "" for none
@@ -20,7 +22,22 @@
 -- ARGV[7]  "1" when the job is handed back on stop: its interrupted try is not counted
 -- ARGV[8]  wake-up tokens kept at most
 -- ARGV[9]  the job's tenant
+-- ARGV[10] the outcome this end adds to the minute's count (complete, failed, retried, aborted), or ""
+-- ARGV[11] seconds a minute's counts are kept
+-- ARGV[12] the failed try's record (JSON), or "": listed with the job's payload (for a retry)
+-- ARGV[13] failed tries kept
 -- Returns 1.
+
+if ARGV[10] ~= '' then
+  redis.call('HINCRBY', KEYS[10], ARGV[10], 1)
+  redis.call('EXPIRE', KEYS[10], ARGV[11])
+end
+if ARGV[12] ~= '' then
+  local failure = cjson.decode(ARGV[12])
+  failure['job'] = redis.call('GET', KEYS[4])  -- read before a finished job's record is deleted below
+  redis.call('LPUSH', KEYS[11], cjson.encode(failure))
+  redis.call('LTRIM', KEYS[11], 0, tonumber(ARGV[13]) - 1)
+end
 
 if ARGV[6] ~= '' then
   redis.call('PEXPIRE', KEYS[1], ARGV[6])
