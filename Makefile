@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test chaos lint bench lock install clean worker doctor key keys
+.PHONY: run test chaos e2e lint bench lock install clean worker doctor key keys
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -41,6 +41,13 @@ key: $(STAMP)
 
 keys: $(STAMP)
 	@$(DEV_REDIS) $(BIN)/python -m service keys $(or $(ARGS),list)
+
+# The browser test of the dashboard: headless Chromium (Debian's, installed here when missing:
+# apt-get needs root, as in CI) against a running `python -m service dev`. -rP prints the
+# screenshots' paths.
+e2e: $(STAMP)
+	@test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+	$(BIN)/pytest -m browser -rP tests/e2e
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

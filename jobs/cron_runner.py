@@ -139,26 +139,38 @@ class CronRunner:
         if slots > 1:
             log.info("cron run stood for missed slots", cron=run_id.name, job_id=job_id, slots=slots, outcome=outcome)
 
+    @property
+    def started(self) -> bool:
+        return self._task is not None
+
     async def start(self) -> None:
-        """Keep every job scheduled, in the background, until ``stop``."""
+        """Put every job on the schedule now, then keep it there in the background until ``stop``.
+
+        Now: the worker writes its heartbeat (which says it runs cron) after this, and
+        readiness takes that to mean the schedule is in Redis.
+        """
+        await self._sync(full=True)
         self._task = asyncio.get_running_loop().create_task(self._keep())
 
     async def stop(self) -> None:
         if self._task is not None:
             await cancel_until_done(self._task)
 
+    async def _sync(self, *, full: bool) -> None:
+        created = await self._store.sync(full=full)
+        if created:
+            log.info("cron runs scheduled", cron_jobs=created)
+
     async def _keep(self) -> None:
-        full, failures = True, 0
+        full, failures, delay_s = False, 0, CRON_HEAL_S
         while True:
+            await asyncio.sleep(delay_s)
             try:
-                created = await self._store.sync(full=full)
+                await self._sync(full=full)
             except (RedisError, OSError) as exc:
                 failures += 1
                 delay_s = SYNC_BACKOFF.delay_s(failures)
                 self._outage.failed(exc)
             else:
                 self._outage.succeeded()
-                if created:
-                    log.info("cron runs scheduled", cron_jobs=created)
                 full, failures, delay_s = False, 0, CRON_HEAL_S
-            await asyncio.sleep(delay_s)

@@ -1,7 +1,7 @@
 -- Record the end of one run of a job: arq's finish_job in one call, plus what the
 -- project adds (a handed-back job gets its try back; a job that goes back to the queue
--- wakes a worker to schedule it; nothing is recorded unless the lease is still the
--- finishing worker's: one whose lease ran out, while Redis was away say, may have been
+-- wakes a worker to schedule it; nothing is recorded, or counted, unless the lease is still
+-- the finishing worker's: one whose lease ran out, while Redis was away say, may have been
 -- claimed and run again by another worker).
 --
 -- KEYS[1]  arq:in-progress:<id>   the lease
@@ -13,6 +13,8 @@
 -- KEYS[7]  jobs:wake
 -- KEYS[8]  jobs:ready:<tenant>   the tenant's unfinished jobs
 -- KEYS[9]  jobs:tenants
+-- KEYS[10] jobs:minute:<Unix minute>   jobs finished this minute, by outcome (jobs/failures.py)
+-- KEYS[11] jobs:failures               the latest failed tries (jobs/failures.py)
 -- ARGV[1]  job id
 -- ARGV[2]  "1" when the job is finished (result or failure), "0" when it goes back to the queue
 -- ARGV[3]  the serialized result, or "" for none
@@ -22,11 +24,26 @@
 -- ARGV[7]  "1" when the job is handed back on stop: its interrupted try is not counted
 -- ARGV[8]  wake-up tokens kept at most
 -- ARGV[9]  the job's tenant
--- ARGV[10] the lease's value as the worker claimed it (claim.lua)
+-- ARGV[10] the outcome this end adds to the minute's count (complete, failed, retried, aborted), or ""
+-- ARGV[11] seconds a minute's counts are kept
+-- ARGV[12] the failed try's record (JSON), or "": listed with the job's payload (for a retry)
+-- ARGV[13] failed tries kept
+-- ARGV[14] the lease's value as the worker claimed it (claim.lua)
 -- Returns 1 when recorded, 0 when the lease is no longer this claim's (nothing changed).
 
-if redis.call('GET', KEYS[1]) ~= ARGV[10] then
+if redis.call('GET', KEYS[1]) ~= ARGV[14] then
   return 0
+end
+
+if ARGV[10] ~= '' then
+  redis.call('HINCRBY', KEYS[10], ARGV[10], 1)
+  redis.call('EXPIRE', KEYS[10], ARGV[11])
+end
+if ARGV[12] ~= '' then
+  local failure = cjson.decode(ARGV[12])
+  failure['job'] = redis.call('GET', KEYS[4])  -- read before a finished job's record is deleted below
+  redis.call('LPUSH', KEYS[11], cjson.encode(failure))
+  redis.call('LTRIM', KEYS[11], 0, tonumber(ARGV[13]) - 1)
 end
 
 if ARGV[6] ~= '' then

@@ -87,8 +87,15 @@ class Finisher:
         keep_ms: int | str,
         incr_score: int | str,
         keep_in_progress_ms: int | str,
+        *,
+        counted: str = "",
+        failure: str = "",
     ) -> None:
-        """Run ``finish.lua`` for one run of ``tenant``'s ``job_id`` (``finish``: its result, else requeue it)."""
+        """Run ``finish.lua`` for one run of ``tenant``'s ``job_id`` (``finish``: its result, else requeue it).
+
+        ``counted`` is the outcome added to the minute's counts and ``failure`` the failed try
+        listed (``jobs.failures``), both only when recorded.
+        """
         held = self.held.get(job_id)
         if held is None:
             log.warning("job result not recorded: its lease was lost; it runs again elsewhere", job_id=job_id)
@@ -111,6 +118,10 @@ class Finisher:
                     "1" if job_id in self.handing_back else "0",
                     redis_keys.WAKE_TOKENS_MAX,
                     tenant,
+                    counted,
+                    redis_keys.MINUTE_STATS_TTL_S,
+                    failure,
+                    redis_keys.FAILURES_KEPT,
                     held,
                 ],
             )
@@ -156,6 +167,8 @@ class Finisher:
                         redis_keys.WAKE_KEY,
                         redis_keys.ready_key(tenant),
                         redis_keys.TENANTS_KEY,
+                        redis_keys.minute_stats_key(int(time.time() // 60)),
+                        redis_keys.FAILURES_KEY,
                     ],
                     args=args,
                 )

@@ -95,12 +95,24 @@ class FleetMetrics(Collector):
         metrics.registry.register(self)
         metrics.add_refresher(self.refresh)
 
-    async def refresh(self) -> None:
-        """Read Redis unless the last read is fresh; wait at most ``SCRAPE_WAIT_S`` for it."""
+    async def refresh(self, max_age_s: float | None = None) -> None:
+        """Read Redis unless the last read is fresh (younger than ``max_age_s``, when given: the
+        dashboard wants fresher values than a scrape); wait at most ``SCRAPE_WAIT_S`` for it."""
         try:
-            await asyncio.wait_for(self._reads.get(), SCRAPE_WAIT_S)
+            await asyncio.wait_for(self._reads.get(max_age_s), SCRAPE_WAIT_S)
         except TimeoutError:
             self._complete = False  # the read goes on (it is shared); its answer serves the next scrape
+
+    @property
+    def queue_depth(self) -> dict[str, int] | None:
+        """Jobs queued, deferred and in progress at the last read (None before one answered)."""
+        queue = self._snapshot.queue
+        return None if queue is None else dict(zip(_QUEUE_STATES, queue, strict=True))
+
+    @property
+    def redis_info(self) -> dict[str, Any]:
+        """Redis's ``INFO`` at the last read (empty before one answered)."""
+        return self._snapshot.info
 
     async def close(self) -> None:
         """Stop a read still under way (the process is stopping)."""

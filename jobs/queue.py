@@ -59,7 +59,7 @@ from jobs.redis_keys import (
 )
 from jobs.registry import EnqueueContext, InvalidArguments, Registry
 from jobs.scripts import load_script
-from jobs.serialization import ABORTED, deserialize, iso, iso_from_ms, serialize, to_json
+from jobs.serialization import ABORTED, deserialize, iso, iso_from_ms, serialize, stored_error, to_json
 from jobs.tasks import TASKS
 from service.settings import Settings
 
@@ -147,12 +147,6 @@ def _int(raw: bytes | None) -> int:
     return int(raw) if raw else 0
 
 
-def _error(value: Any) -> dict[str, str]:
-    if isinstance(value, dict) and "type" in value:
-        return {"type": str(value["type"]), "message": str(value.get("message", ""))}
-    return {"type": "JobError", "message": str(value)}
-
-
 def _deserialize_result(raw: bytes) -> dict[str, Any]:
     """Our deserializer for arq's ``deserialize_result``: a job aborted before it started
     (``abort.lua``) has no start time, which arq's result records as 0 (the epoch)."""
@@ -173,7 +167,7 @@ def _finished_view(job_id: str, result: bytes) -> JobView:
     }
     if outcome.success:
         return JobView(status="complete", result=outcome.result, **common)
-    error = _error(outcome.result)
+    error = stored_error(outcome.result)
     return JobView(status="aborted" if error["type"] == ABORTED else "failed", error=error, **common)
 
 

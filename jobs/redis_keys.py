@@ -27,6 +27,8 @@ __all__ = [
     "ABORT_KEY",
     "CRON_JOB_PREFIX",
     "CRON_KEY",
+    "FAILURES_KEPT",
+    "FAILURES_KEY",
     "IDEMPOTENCY_PATTERN",
     "IDEMPOTENCY_TTL_S",
     "INDEX_PATTERN",
@@ -35,6 +37,8 @@ __all__ = [
     "MAINTENANCE_CURSORS_KEY",
     "MAINTENANCE_FINDINGS_KEY",
     "MAINTENANCE_STATS_SAMPLE_KEY",
+    "MINUTE_STATS_PREFIX",
+    "MINUTE_STATS_TTL_S",
     "QUEUE_KEY",
     "READY_PREFIX",
     "RESULT_PREFIX",
@@ -47,6 +51,7 @@ __all__ = [
     "cron_runs_key",
     "idempotency_key",
     "index_key",
+    "minute_stats_key",
     "ready_key",
     "webhooks_key",
     "worker_key",
@@ -92,6 +97,19 @@ CRON_JOB_PREFIX = "cron:"
 # ``<name>:paused``, ``<name>:schedule`` (the text of the schedule in force), ``<name>:ok`` (the
 # end of its last successful run, ms), ``<name>:n:<outcome>`` (runs by outcome).
 CRON_KEY = "jobs:cron"
+
+
+# What the dashboard shows of the work (``jobs.failures``): jobs finished per minute by outcome,
+# a hash per Unix minute kept MINUTE_STATS_TTL_S, and the latest failed tries, newest first.
+MINUTE_STATS_PREFIX = "jobs:minute:"
+MINUTE_STATS_TTL_S = 7200
+FAILURES_KEY = "jobs:failures"
+FAILURES_KEPT = 30
+
+
+def minute_stats_key(minute: int) -> str:
+    """Jobs finished in one Unix minute (``epoch s // 60``), by outcome."""
+    return f"{MINUTE_STATS_PREFIX}{minute}"
 
 
 def cron_runs_key(name: str) -> str:

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 
 from jobs.metrics import JobMetrics, Outcome
 from jobs.redis_keys import SYSTEM_TENANT
-from jobs.serialization import to_json
+from jobs.serialization import error_of, to_json
 from service.backoff import Backoff
 from service.logging import bind_context, get_logger
 from service.settings import Settings
@@ -38,6 +38,7 @@ __all__ = [
     "ResultTooLarge",
     "RetryLater",
     "Task",
+    "TryEnd",
     "UnknownTask",
     "arq_function",
     "runner",
@@ -93,6 +94,17 @@ class JobContext:
     worker_id: str
     settings: Settings
     redis: Redis
+
+
+@dataclass(frozen=True)
+class TryEnd:
+    """How one try of a job ended, as its runner saw it: the worker's finish records it (``jobs.failures``)."""
+
+    task: str
+    outcome: Outcome
+    try_number: int
+    max_tries: int
+    error: dict[str, str] | None  # of a failed try: the error that ended it, as the jobs API shows errors
 
 
 @dataclass(frozen=True)
@@ -236,19 +248,28 @@ def runner(task: Task) -> Callable[..., Awaitable[Any]]:
         metrics: JobMetrics | None = ctx.get("job_metrics")
         started = time.perf_counter()
         outcome: Outcome = "failed"
+        error: BaseException | None = None
         try:
             result = await _attempt(task, job, args)
             outcome = "complete"
             return result
-        except Retry:
+        except Retry as retry:
             outcome = "retried"
+            error = retry.__cause__
             raise
         except asyncio.CancelledError:
             outcome = metrics.cancelled_outcome(job.job_id) if metrics is not None else "retried"
             raise
+        except Exception as exc:
+            error = exc
+            raise
         finally:
             if metrics is not None:
                 metrics.record(task.name, outcome, time.perf_counter() - started)
+            ends: dict[str, TryEnd] | None = ctx.get("try_ends")
+            if ends is not None:  # the worker's finish of this try takes it
+                failure = error_of(error) if error is not None else None
+                ends[job.job_id] = TryEnd(task.name, outcome, job.try_number, task.max_tries, failure)
 
     run.__qualname__ = task.name
     return run
@@ -277,6 +298,6 @@ async def _attempt(task: Task, job: JobContext, args: dict[str, Any]) -> Any:
         if isinstance(exc, RetryLater) and exc.after_s is not None:
             delay_s = exc.after_s
         log.info("job will be retried", try_number=job.try_number, delay_s=round(delay_s, 3), error=str(error))
-        raise Retry(defer=delay_s) from exc
+        raise Retry(defer=delay_s) from error  # the error the try is known by (a timeout's is JobTimeout)
     _check_result(result, job.settings.job_result_max_bytes)
     return result  # the worker logs "job complete" once the result is recorded

@@ -12,7 +12,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["ABORTED", "deserialize", "error_of", "iso", "iso_from_ms", "serialize", "to_json"]
+__all__ = ["ABORTED", "deserialize", "error_of", "iso", "iso_from_ms", "serialize", "stored_error", "to_json"]
 
 # The error type of a job that was aborted (arq records it as a cancellation).
 ABORTED = "JobAborted"
@@ -23,6 +23,13 @@ def error_of(exc: BaseException) -> dict[str, str]:
     if isinstance(exc, asyncio.CancelledError):
         return {"type": ABORTED, "message": "the job was aborted"}
     return {"type": type(exc).__name__, "message": str(exc)}
+
+
+def stored_error(value: Any) -> dict[str, str]:
+    """A failure as a result holds it (``error_of``'s form), whatever an older writer left there."""
+    if isinstance(value, dict) and "type" in value:
+        return {"type": str(value["type"]), "message": str(value.get("message", ""))}
+    return {"type": "JobError", "message": str(value)}
 
 
 def _encode(value: Any) -> Any:

@@ -55,16 +55,16 @@ from arq.worker import Function
 from arq.worker import Worker as ArqWorker
 from redis.exceptions import AuthenticationError, RedisError
 
-from jobs import heartbeat, redis_keys
+from jobs import failures, heartbeat, redis_keys
 from jobs.cron import SCHEDULE, Schedule, is_cron_run
 from jobs.cron_runner import CronRunner, arq_functions
 from jobs.finishing import Finisher
 from jobs.leases import LeaseKeeper
 from jobs.metrics import JobMetrics, Outcome
 from jobs.outage import Outage
-from jobs.registry import Registry
+from jobs.registry import Registry, TryEnd
 from jobs.scripts import load_script
-from jobs.serialization import ABORTED, deserialize, serialize
+from jobs.serialization import ABORTED, deserialize, serialize, stored_error
 from jobs.tasks import TASKS
 from jobs.wakeups import WakeUps
 from service.backoff import Backoff
@@ -150,12 +150,15 @@ class Worker(ArqWorker):
         # The tenant of each running job, from its claim (the task sees it as ``JobContext.tenant``).
         self._job_tenants: dict[str, str] = {}
         self.job_metrics = JobMetrics(self._cancelled_outcome)
+        # How each try ended, from its runner (``jobs.registry``), until its finish records it.
+        self.try_ends: dict[str, TryEnd] = {}
         self.ctx.update(
             settings=settings,
             worker_id=self.worker_id,
             tenants=self._job_tenants,
             cron=self._cron,
             job_metrics=self.job_metrics,
+            try_ends=self.try_ends,
         )
         self._finisher = Finisher(
             redis_pool,
@@ -237,10 +240,10 @@ class Worker(ArqWorker):
         self.ctx["redis"] = self.pool
         if self.on_startup:
             await self.on_startup(self.ctx)
+        if self._cron is not None and not self._cron.started:
+            await self._cron.start()  # before the first heartbeat, which says this worker runs cron
         if not self._leases.started:
             await self._leases.start()
-        if self._cron is not None:
-            await self._cron.start()
 
     async def _pause(self, delay_s: float) -> None:
         """Wait ``delay_s`` before trying Redis again, or less if ``stop`` is called."""
@@ -377,20 +380,26 @@ class Worker(ArqWorker):
         """arq's ``finish_job`` as one script call (``finish.lua``), plus: nothing is recorded
         unless the lease is still this worker's, a job handed back on stop gets its try back,
         and a job that goes back to the queue (retry or hand-back) wakes a worker to schedule
-        it. A cron run that is over is recorded by cron."""
+        it; the same call counts the try's outcome for the minute and lists a failed try
+        (``jobs.failures``). A cron run that is over is recorded by cron."""
+        end = self.try_ends.pop(job_id, None)
         if finish and self._cron is not None and is_cron_run(job_id):
             await self._cron.finish(job_id, result_data)
             self._finisher.log_if_complete(job_id, result_data)
             return
         keep_ms = "" if keep_result_forever or result_timeout_s is None else to_ms(result_timeout_s)
+        tenant = self._job_tenants.get(job_id, redis_keys.SYSTEM_TENANT)
+        counted, failure = _what_ended(job_id, tenant, end)
         await self._finisher.record(
             job_id,
-            self._job_tenants.get(job_id, redis_keys.SYSTEM_TENANT),
+            tenant,
             finish,
             result_data,
             keep_ms,
             incr_score or "",
             "" if keep_in_progress is None else to_ms(keep_in_progress),
+            counted=counted,
+            failure=failure,
         )
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
@@ -400,7 +409,13 @@ class Worker(ArqWorker):
         if result_data is not None and not is_cron_run(job_id):
             ended = deserialize_result(result_data, deserializer=deserialize)
             aborted = isinstance(ended.result, dict) and ended.result.get("type") == ABORTED
-            self.job_metrics.record(ended.function, "aborted" if aborted else "failed")
+            outcome: Outcome = "aborted" if aborted else "failed"
+            self.job_metrics.record(ended.function, outcome)
+            tries = int(ended.job_try or 0)
+            function = self.functions.get(ended.function)
+            max_tries = function.max_tries if function is not None and function.max_tries else tries
+            error = None if aborted else stored_error(ended.result)
+            self.try_ends[job_id] = TryEnd(ended.function, outcome, tries, max_tries, error)
         await self.finish_job(job_id, True, result_data, self.keep_result_s, self.keep_result_forever, None, None)
 
     async def _look_again(self) -> None:
@@ -468,6 +483,27 @@ class Worker(ArqWorker):
             self._metrics.registry.unregister(self.job_metrics)
             self._metrics.pools.forget("worker")
             self._metrics.pools.forget("worker-wake")
+
+
+def _what_ended(job_id: str, tenant: str, end: TryEnd | None) -> tuple[str, str]:
+    """What ``finish.lua`` adds for this end of a try: the outcome it counts for the minute ("": none,
+    for a hand-back or a cron run) and the failed try it lists (JSON, or "": none, or a job no tenant
+    enqueued, which no operator can enqueue again)."""
+    if end is None or end.outcome == "handed_back" or is_cron_run(job_id):
+        return "", ""
+    failure = ""
+    if end.error is not None and tenant != redis_keys.SYSTEM_TENANT:
+        failure = failures.failed_try(
+            job_id=job_id,
+            task=end.task,
+            tenant=tenant,
+            error=end.error,
+            try_number=end.try_number,
+            max_tries=end.max_tries,
+            will_retry=end.outcome == "retried",
+            at_ms=timestamp_ms(),
+        )
+    return end.outcome, failure
 
 
 def create_worker(

@@ -15,7 +15,7 @@ from jobs.cron import SCHEDULE, Schedule
 from jobs.registry import Registry
 from jobs.tasks import TASKS
 from service import openapi
-from service.api import cron, health, internal, metrics, ratelimit, readiness
+from service.api import cron, dashboard, health, internal, metrics, ratelimit, readiness
 from service.api import jobs as jobs_api
 from service.app_keys import API_KEYS, METRICS, POLICIES, REDIS, REDIS_ONCE, SETTINGS
 from service.auth import ApiKeyStore, follow_revocations
@@ -105,5 +105,6 @@ def create_app(
     readiness.setup(app)
     internal.setup(app)
     ratelimit.setup(app)
+    dashboard.setup(app)
     openapi.setup(app, unions={"Enqueue": jobs_api.enqueue_body(registry)})
     return app

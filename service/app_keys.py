@@ -13,12 +13,16 @@ if TYPE_CHECKING:
     import asyncpg
 
     from jobs.cron_store import CronStore
+    from jobs.fleet_metrics import FleetMetrics
     from jobs.queue import JobQueue
     from service.auth import ApiKeyStore, Identity
+    from service.dashboard.snapshot import Dashboard
     from service.metrics import Metrics
     from service.ratelimit.decision import Decision
     from service.ratelimit.limiter import Limiter
     from service.ratelimit.policy import Policies
+    from service.ratelimit.usage import LimitUsage
+    from service.sessions import Sessions
     from service.shared_result import SharedResult
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -30,8 +34,12 @@ DATABASE: web.AppKey[asyncpg.Pool] = web.AppKey("database")
 READINESS: web.AppKey[SharedResult[dict[str, Any]]] = web.AppKey("readiness")  # one /ready body, shared
 POLICIES: web.AppKey[Policies] = web.AppKey("rate_limit_policies")
 LIMITER: web.AppKey[Limiter] = web.AppKey("rate_limiter")
+LIMIT_USAGE: web.AppKey[LimitUsage] = web.AppKey("rate_limit_usage")  # tenants near their limits, 429s a minute
 JOB_QUEUE: web.AppKey[JobQueue] = web.AppKey("job_queue")
 CRON_STORE: web.AppKey[CronStore] = web.AppKey("cron_store")
+FLEET_METRICS: web.AppKey[FleetMetrics] = web.AppKey("fleet_metrics")  # the queue and Redis INFO, read and cached
+OPERATOR_SESSIONS: web.AppKey[Sessions] = web.AppKey("operator_sessions")  # the dashboard's session cookies
+DASHBOARD: web.AppKey[Dashboard] = web.AppKey("dashboard")  # its JSON document, shared
 
 REQUEST_ID = web.RequestKey("request_id", str)
 IDENTITY: web.RequestKey[Identity | None] = web.RequestKey("identity")

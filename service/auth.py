@@ -37,9 +37,11 @@ __all__ = [
     "ApiKeyStore",
     "Identity",
     "address_caller",
+    "bearer_token_matches",
     "client_address",
     "follow_revocations",
     "key_required",
+    "made_by_a_page",
     "presented_key",
     "require_internal",
     "validate_tenant",
@@ -313,17 +315,46 @@ def _is_loopback(request: web.Request) -> bool:
         return False
 
 
+def made_by_a_page(request: web.Request) -> bool:
+    """Whether a web page in a browser sent the request (not a person typing an address, not a script).
+
+    Browsers add ``Origin`` to every cross-origin request that is not a GET, and
+    ``Sec-Fetch-Site`` (``none`` for an address typed or bookmarked) to requests for
+    loopback addresses; ``curl`` and HTTP libraries send neither.
+    """
+    return "Origin" in request.headers or request.headers.get("Sec-Fetch-Site", "none") != "none"
+
+
+def bearer_token_matches(request: web.Request, token: str | None) -> bool:
+    """Whether the request carries ``Authorization: Bearer <token>`` (never true without a token)."""
+    if token is None:
+        return False
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
+
+
 def require_internal(request: web.Request, token: str | None) -> None:
-    """Open from loopback; elsewhere the bearer ``token`` is needed (403 when none is set)."""
-    if _is_loopback(request) and "Fly-Client-IP" not in request.headers:
+    """Open from loopback; elsewhere the bearer ``token`` is needed (403 when none is set).
+
+    A loopback request that a web page made needs the token too: the operator's browser is
+    on loopback, and any site it shows could otherwise reach these routes
+    (``service.operators`` gives the dashboard's own page a session instead).
+    """
+    loopback = _is_loopback(request) and "Fly-Client-IP" not in request.headers
+    if loopback and not made_by_a_page(request):
+        return
+    if bearer_token_matches(request, token):
         return
     if token is None:
-        raise Problem(403, "this route is only open from loopback unless its token is configured", type_="forbidden")
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
-        raise Problem(
-            401,
-            "a valid bearer token is required",
-            type_="unauthorized",
-            headers={"WWW-Authenticate": 'Bearer realm="ottoai-internal"'},
+        detail = (
+            "a request made by a web page needs the token, even from loopback"
+            if loopback
+            else "this route is only open from loopback unless its token is configured"
         )
+        raise Problem(403, detail, type_="forbidden")
+    raise Problem(
+        401,
+        "a valid bearer token is required",
+        type_="unauthorized",
+        headers={"WWW-Authenticate": 'Bearer realm="ottoai-internal"'},
+    )

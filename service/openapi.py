@@ -56,7 +56,7 @@ class Access(enum.Enum):
 
     PUBLIC = "public"
     API_KEY = "api key"  # /v1/*: a tenant's key, rate-limited
-    INTERNAL = "internal"  # /internal/*: loopback, or Bearer $INTERNAL_TOKEN
+    INTERNAL = "internal"  # /internal/*: loopback, Bearer $INTERNAL_TOKEN, or the dashboard's session
     METRICS = "metrics"  # /metrics: loopback, or Bearer $METRICS_TOKEN
 
 
@@ -196,8 +196,9 @@ _BY_ACCESS: dict[Access, dict[int, str]] = {
         503: "Redis cannot answer now (or a fail-closed rate limit cannot reach it); retry after `Retry-After`.",
     },
     Access.INTERNAL: {
-        401: "From outside loopback without `Authorization: Bearer $INTERNAL_TOKEN`.",
-        403: "From outside loopback while `INTERNAL_TOKEN` is not set.",
+        401: "From outside loopback without `Authorization: Bearer $INTERNAL_TOKEN` (or the dashboard's session).",
+        403: "From outside loopback while `INTERNAL_TOKEN` is not set; from a web page without the token or the "
+        "dashboard's session, even on loopback; or a change asked with the session but without its CSRF token.",
     },
     Access.METRICS: {
         401: "From outside loopback without `Authorization: Bearer $METRICS_TOKEN`.",
@@ -257,13 +258,15 @@ def operation(
     description: str | None = None,
     parameters: Sequence[Mapping[str, Any]] = (),
     request_body: str | None = None,
+    form: type[Schema] | None = None,
 ) -> Callable[[Handler], Handler]:
     """Document a handler: every status it can answer, each with its body and headers.
 
     ``problems`` are the statuses the handler's own code raises, each with what it means for
     this operation; those of its ``access`` kind and those every route shares are added here.
     ``request_body`` names a ``TaggedUnion`` of ``setup``, the required JSON body; it replaces
-    the body ``@request_schema`` derives, which has one shape only.
+    the body ``@request_schema`` derives, which has one shape only. ``form``: the body is an
+    HTML form's (``application/x-www-form-urlencoded``) with these fields.
     """
     extra: dict[str, Any] = {"operation_id": operation_id}
     if access in _SECURITY:
@@ -271,6 +274,9 @@ def operation(
     if request_body is not None:
         schema = {"$ref": f"#/components/schemas/{request_body}"}
         extra["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+    if form is not None:
+        content = {"application/x-www-form-urlencoded": {"schema": schema_ref(form)}}
+        extra["requestBody"] = {"required": True, "content": content}
     return docs(
         tags=list(tags),
         summary=summary,

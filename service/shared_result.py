@@ -34,10 +34,14 @@ class SharedResult(Generic[_T]):
         self._task: asyncio.Task[_T] | None = None
         self._finished_at = -math.inf
 
-    async def get(self) -> _T:
-        """The shared result: the running computation's, a fresh one's, or a new one's."""
+    async def get(self, fresh_s: float | None = None) -> _T:
+        """The shared result: the running computation's, a fresh one's, or a new one's.
+
+        ``fresh_s`` asks for a result younger than that instead of the usual ``fresh_s``.
+        """
+        fresh_s = self._fresh_s if fresh_s is None else fresh_s
         task = self._task
-        if task is None or (task.done() and self._clock() - self._finished_at >= self._fresh_s):
+        if task is None or (task.done() and self._clock() - self._finished_at >= fresh_s):
             task = self._task = asyncio.ensure_future(self._compute())
             task.add_done_callback(self._finished)
         return await asyncio.shield(task)

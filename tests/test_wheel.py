@@ -91,6 +91,14 @@ def test_wheel_ships_every_lua_script(wheel: Path) -> None:
     assert scripts <= shipped
 
 
+def test_wheel_ships_the_dashboards_script_style_sheet_and_templates(wheel: Path) -> None:
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    folder = ROOT / "service" / "dashboard"
+    files = {str(path.relative_to(ROOT)) for kind in ("static", "templates") for path in (folder / kind).iterdir()}
+    assert {"service/dashboard/static/dashboard.js", "service/dashboard/templates/page.html"} <= files
+    assert files <= shipped
+
+
 async def test_wheel_in_a_fresh_venv_serves_runs_a_job_and_stops_cleanly(
     wheel: Path, server: RedisServer, tmp_path: Path
 ) -> None:
@@ -112,6 +120,12 @@ async def test_wheel_in_a_fresh_venv_serves_runs_a_job_and_stops_cleanly(
             await wait_for_status(session, f"{base}/health", 200, web)
             job_url = await enqueue(session, base, key, "diagnostics.ping")
             body = await job_reaches(session, job_url, key, "complete", timeout_s=30)
+            async with session.get(f"{base}/dashboard") as page:  # its templates, from the installed package
+                assert page.status == 200
+                script = (await page.text()).split('<script src="')[1].split('"')[0]
+            async with session.get(f"{base}{script}") as served:
+                assert served.status == 200
+                assert "/internal/dashboard.json" in await served.text()
         assert body["result"]["pong"] is True
         web_code, _ = await web.stop(timeout_s=30)
         worker_code, _ = await worker.stop(timeout_s=30)

@@ -15,9 +15,9 @@ from marshmallow import Schema, fields, validate
 from jobs.cron import Schedule
 from jobs.cron_store import OUTCOMES, CronJobRunning, CronStore
 from service.app_keys import CRON_STORE, REDIS_ONCE, SETTINGS
-from service.auth import require_internal
 from service.errors import Problem
 from service.openapi import Access, Answer, operation
+from service.operators import require_operator
 
 __all__ = ["setup"]
 
@@ -73,7 +73,7 @@ class CronRunQueuedSchema(Schema):
 
 
 def _store(request: web.Request) -> CronStore:
-    require_internal(request, request.app[SETTINGS].internal_token)
+    require_operator(request, request.app[SETTINGS].internal_token)
     return request.app[CRON_STORE]
 
 

@@ -1,4 +1,4 @@
-"""``/internal/*``: operators' views of the worker fleet (loopback, or Bearer $INTERNAL_TOKEN)."""
+"""``/internal/*``: operators' views of the worker fleet (loopback, Bearer $INTERNAL_TOKEN, or a dashboard session)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from marshmallow import Schema, fields
 
 from jobs.heartbeat import live_workers
 from service.app_keys import REDIS, SETTINGS
-from service.auth import require_internal
 from service.openapi import Access, Answer, operation
+from service.operators import require_operator
 
 
 class WorkerSchema(Schema):
@@ -39,7 +39,7 @@ class WorkersSchema(Schema):
     problems={503: "Redis cannot answer now; retry after `Retry-After`."},
 )
 async def get_worker_heartbeat(request: web.Request) -> web.Response:
-    require_internal(request, request.app[SETTINGS].internal_token)
+    require_operator(request, request.app[SETTINGS].internal_token)
     return web.json_response({"workers": await live_workers(request.app[REDIS])})
 
 

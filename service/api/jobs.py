@@ -25,7 +25,7 @@ from service.app_keys import IDENTITY, JOB_QUEUE, REDIS_ONCE, SETTINGS
 from service.errors import Problem
 from service.openapi import Access, Answer, TaggedUnion, operation
 
-__all__ = ["enqueue_body", "setup"]
+__all__ = ["enqueue_body", "enqueue_for", "setup"]
 
 # 1 to 255 printable ASCII characters. HTTP drops spaces at either end of a header value,
 # so a key cannot begin or end with one: the server would see another key.
@@ -175,17 +175,35 @@ def _not_found(job_id: str) -> Problem:
 @request_schema(EnqueueSchema)
 @request_schema(EnqueueHeadersSchema, location="headers", put_into="headers")
 async def post_job(request: web.Request) -> web.Response:
-    if not request.app[SETTINGS].enable_worker:
-        raise Problem(503, "background jobs are disabled in this deployment (ENABLE_WORKER=false)", type_="disabled")
     body: dict[str, Any] = request["data"]
     key: str | None = request["headers"].get("idempotency_key")
+    view, created = await enqueue_for(
+        request.app, _tenant(request), body["task"], body["args"], defer_s=body["defer_seconds"], idempotency=key
+    )
+    headers = {"Location": f"/v1/jobs/{view.id}"}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
+    return _job_response(view, 202, **headers)
+
+
+async def enqueue_for(
+    app: web.Application,
+    tenant: str,
+    task: str,
+    args: Mapping[str, Any],
+    *,
+    defer_s: float = 0.0,
+    idempotency: str | None = None,
+) -> tuple[JobView, bool]:
+    """Enqueue for ``tenant`` as ``POST /v1/jobs`` does (the dashboard's retry too): the same checks
+    and quotas, each refusal the same problem. The job, and whether it is new."""
+    if not app[SETTINGS].enable_worker:
+        raise Problem(503, "background jobs are disabled in this deployment (ENABLE_WORKER=false)", type_="disabled")
     try:
-        view, created = await request.app[JOB_QUEUE].enqueue(
-            _tenant(request), body["task"], body["args"], defer_s=body["defer_seconds"], idempotency=key
-        )
+        return await app[JOB_QUEUE].enqueue(tenant, task, args, defer_s=defer_s, idempotency=idempotency)
     except UnknownTask:
         raise Problem(
-            422, f"unknown task {body['task']!r}", type_="validation-error", errors={"task": ["unknown task"]}
+            422, f"unknown task {task!r}", type_="validation-error", errors={"task": ["unknown task"]}
         ) from None
     except InvalidArguments as exc:
         raise Problem(
@@ -206,10 +224,6 @@ async def post_job(request: web.Request) -> web.Response:
             headers={"Retry-After": str(UNFINISHED_RETRY_AFTER_S)},
             limit=exc.limit,
         ) from None
-    headers = {"Location": f"/v1/jobs/{view.id}"}
-    if not created:
-        headers["Idempotent-Replayed"] = "true"
-    return _job_response(view, 202, **headers)
 
 
 @operation(

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from jobs.fleet_metrics import FleetMetrics
-from service.app_keys import CRON_STORE, METRICS, REDIS, SETTINGS
+from service.app_keys import CRON_STORE, FLEET_METRICS, METRICS, REDIS, SETTINGS
 from service.auth import require_internal
 from service.metrics import CONTENT_TYPE
 from service.openapi import Access, Answer, operation
@@ -33,7 +33,9 @@ async def get_metrics(request: web.Request) -> web.Response:
 
 async def _fleet_metrics_ctx(app: web.Application) -> AsyncIterator[None]:
     """The fleet-wide families, read through the process's retrying client; cron's with ``ENABLE_CRON``."""
-    fleet = FleetMetrics(app[REDIS], app[CRON_STORE].schedule if app[SETTINGS].enable_cron else None)
+    fleet = app[FLEET_METRICS] = FleetMetrics(
+        app[REDIS], app[CRON_STORE].schedule if app[SETTINGS].enable_cron else None
+    )
     fleet.register(app[METRICS])
     try:
         yield

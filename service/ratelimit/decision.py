@@ -101,6 +101,18 @@ class Decision:
             at += REPLY_PER_BUCKET
         return wait
 
+    def lowest_share(self) -> float:
+        """The smallest share of a bucket left after this request (0 empty, 1 full); 1 when Redis did not answer."""
+        reply, at = self._reply, self._at
+        lowest = 1.0
+        for bucket in self._buckets:
+            if not bucket.shadow:
+                share = reply[at + REMAINING_UNITS] / bucket.capacity_units
+                if share < lowest:
+                    lowest = share
+            at += REPLY_PER_BUCKET
+        return lowest
+
     def state_header(self) -> str | None:
         """``RateLimit`` of the bucket closest to empty (of the violated ones when refused), if known."""
         limited = self.outcome is Outcome.LIMITED

@@ -10,6 +10,8 @@ policy's to say (``service/ratelimit/policy.py``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from functools import lru_cache
 from typing import Any
@@ -17,11 +19,23 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from service.app_keys import API_KEYS, IDENTITY, LIMITER, METRICS, POLICIES, RATE_LIMIT, REDIS_ONCE, SETTINGS
+from service.app_keys import (
+    API_KEYS,
+    IDENTITY,
+    LIMIT_USAGE,
+    LIMITER,
+    METRICS,
+    POLICIES,
+    RATE_LIMIT,
+    REDIS_ONCE,
+    SETTINGS,
+)
 from service.auth import address_caller, client_address, key_required, presented_key
 from service.errors import PROBLEM_CONTENT_TYPE, Problem, problem_body
 from service.ratelimit.decision import Decision, Outcome
 from service.ratelimit.limiter import Limiter
+from service.ratelimit.usage import LimitUsage
+from service.redis import cancel_until_done
 
 __all__ = ["limiter_ctx", "v1_middleware"]
 
@@ -62,6 +76,7 @@ async def v1_middleware(request: web.Request, handler: Handler) -> web.StreamRes
 
     outcome = decision.outcome
     if outcome is Outcome.LIMITED:
+        app[LIMIT_USAGE].refused(identity.tenant if identity is not None else None)
         return _quota_exceeded(decision)
     if outcome is Outcome.FAIL_CLOSED:
         raise Problem(
@@ -75,6 +90,7 @@ async def v1_middleware(request: web.Request, handler: Handler) -> web.StreamRes
         problem.headers.update(decision.headers())
         raise problem
     request[RATE_LIMIT] = decision
+    app[LIMIT_USAGE].admitted(identity.tenant, decision)
     try:
         response = await handler(request)
     except Problem as problem:
@@ -115,11 +131,19 @@ def _quota_exceeded_body(violated: tuple[str, ...], retry_after: str) -> bytes:
 
 
 async def limiter_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The limiter on the process's no-retry client: a script call may already have run."""
+    """The limiter on the process's no-retry client (a script call may already have run), and its usage counts.
+
+    The usage is flushed every few seconds and once more on the way out, within the Redis timeout.
+    """
     limiter = Limiter(app[REDIS_ONCE], deadline_s=app[SETTINGS].rate_limit_deadline_ms / 1000)
     limiter.metrics.register(app[METRICS].registry)
     app[LIMITER] = limiter
+    usage = app[LIMIT_USAGE] = LimitUsage(app[REDIS_ONCE])  # a counted increment must not be sent twice
+    flushing = asyncio.get_running_loop().create_task(usage.run())
     try:
         yield
     finally:
+        await cancel_until_done(flushing)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(usage.flush(), app[SETTINGS].redis_timeout_s)
         await limiter.close()
