@@ -142,7 +142,9 @@ async def _passed(check: Any) -> bool:
 
 async def test_dev_runs_the_cron_schedule_too(redis: Redis, fleet: list[Proc], tmp_path: Path) -> None:
     port = free_port()
-    dev = Proc(["-m", "service", "dev"], tmp_path / "dev.log", worker_env(HOST="127.0.0.1", PORT=str(port)))
+    dev = Proc(
+        ["-m", "service", "dev"], tmp_path / "dev.log", worker_env(HOST="127.0.0.1", PORT=str(port)), cwd=tmp_path
+    )  # dev keeps its key in .dev-data under its working folder
     fleet.append(dev)
 
     async def ready() -> dict[str, Any] | None:

@@ -183,7 +183,9 @@ def test_worker_with_bad_settings_exits_2_with_one_line(env: dict[str, str], mes
 
 async def test_dev_runs_web_and_worker_in_one_process(redis: Redis, procs: list[Proc], tmp_path: Path) -> None:
     port = free_port()
-    dev = Proc(["-m", "service", "dev"], tmp_path / "dev.log", worker_env(HOST="127.0.0.1", PORT=str(port)))
+    dev = Proc(
+        ["-m", "service", "dev"], tmp_path / "dev.log", worker_env(HOST="127.0.0.1", PORT=str(port)), cwd=tmp_path
+    )  # dev keeps its key in .dev-data under its working folder
     procs.append(dev)
     key = await ApiKeyStore(redis).create("acme")
     base = f"http://127.0.0.1:{port}"
