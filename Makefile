@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test e2e lint bench lock install clean
+.PHONY: run test chaos e2e lint bench lock install clean worker doctor key keys
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -20,6 +20,27 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest
+
+# The whole chaos suite at full length (a shorter run of it is part of `make test`);
+# appends its figures to bench/RESULTS.md.
+chaos: $(STAMP)
+	$(BIN)/python -m bench.chaos
+
+# The README's commands. They use $$REDIS_URL, else the embedded Redis of a running `make run`.
+DEV_REDIS = REDIS_URL="$${REDIS_URL:-$$(cat .dev-data/redis/url 2>/dev/null)}"
+
+worker: $(STAMP)
+	$(DEV_REDIS) LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/python -m jobs
+
+doctor: $(STAMP)
+	$(DEV_REDIS) $(BIN)/python -m service doctor
+
+key: $(STAMP)
+	@test -n "$(TENANT)" || { echo 'usage: make key TENANT=name [PLAN=plan]' >&2; exit 2; }
+	@$(DEV_REDIS) $(BIN)/python -m service keys create --tenant "$(TENANT)" --plan "$(or $(PLAN),default)"
+
+keys: $(STAMP)
+	@$(DEV_REDIS) $(BIN)/python -m service keys $(or $(ARGS),list)
 
 # The browser test of the dashboard: headless Chromium (Debian's, installed here when missing:
 # apt-get needs root, as in CI) against a running `python -m service dev`. -rP prints the

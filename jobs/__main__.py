@@ -2,7 +2,8 @@
 ``python -m jobs cron ...``: the cron schedule (``jobs.cron_cli``).
 
 Exit codes: 0 done (or, with ``--check``, a live worker found), 1 failed (or none live),
-2 cannot run (bad settings).
+2 cannot run (bad settings, or Redis refuses the credentials). A worker waits out Redis
+outages; only a configuration error ends it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, RedisError
 
 from jobs import cron_cli
 from jobs.cron import SCHEDULE, Schedule
@@ -22,7 +23,7 @@ from jobs.heartbeat import live_workers
 from jobs.worker import running_worker
 from service.logging import configure_logging, get_logger, redact_text
 from service.metrics import Metrics, metrics_listener
-from service.redis import redis_client
+from service.redis import describe, redis_client
 from service.settings import Settings, SettingsError
 
 log = get_logger("jobs")
@@ -67,8 +68,7 @@ async def _run(settings: Settings, schedule: Schedule) -> int:
         if worker.main_task.done() and not worker.main_task.cancelled():
             error = worker.main_task.exception()
             if error is not None:
-                log.error("worker failed", error=repr(error))
-                return 1
+                raise error
     return 0
 
 
@@ -94,8 +94,8 @@ def main(argv: Sequence[str] | None = None, *, schedule: Schedule = SCHEDULE) ->
             return asyncio.run(_check(settings))
         return asyncio.run(_run(settings, schedule))
     except (RedisError, OSError) as exc:
-        print(redact_text(f"jobs: cannot use Redis at {settings.require_redis().redacted}: {exc}"), file=sys.stderr)
-        return 1
+        print(redact_text(f"jobs: {describe(exc, settings.require_redis())}"), file=sys.stderr)
+        return 2 if isinstance(exc, AuthenticationError) else 1
 
 
 if __name__ == "__main__":

@@ -21,15 +21,17 @@
 --          due time, running ones included (their leases tell them apart)
 -- ARGV[8]  a tenant this worker passes by ("@system", the cron runs, on a worker without
 --          cron), or ""
--- ARGV[9..] ids of the jobs this worker is running (skipped without a look at their lease)
+-- ARGV[9]  the claiming worker's id
+-- ARGV[10..] ids of the jobs whose lease this worker holds (skipped without a look at their lease)
 -- Returns {next_ms, id1, score1, tenant1, id2, score2, tenant2, ...}: the claimed jobs, and
 -- the earliest time (ms) something may become claimable: the next due job, or the end of
 -- another worker's lease (a worker killed mid-job leaves a lease that runs out). next_ms is
 -- -1 when nothing is pending, and now when the worker's free slots are all filled. Every
 -- unfinished job is in a ready set, so with no tenant listed nothing else is read.
 --
--- The value of an in-progress key is the time the job started (ms); arq only tests that
--- the key exists.
+-- The value of an in-progress key is "<now ms>:<worker id>": when the job started, and a
+-- token of this one claim (finish.lua and renew.lua act only while the lease still holds
+-- it). arq only tests that the key exists.
 
 local now = tonumber(ARGV[1])
 local capacity = tonumber(ARGV[2])
@@ -37,9 +39,10 @@ local lease = ARGV[3]
 local lease_prefix = ARGV[4]
 local scan_max = tonumber(ARGV[5])
 local ready_prefix = ARGV[7]
+local holder = ARGV[1] .. ':' .. ARGV[9]
 local chunk = 32
 local mine = {}
-for i = 9, #ARGV do
+for i = 10, #ARGV do
   mine[ARGV[i]] = true
 end
 
@@ -90,7 +93,7 @@ local function take(tenant)
     examined = examined + 1
     if not mine[id] then
       local key = lease_prefix .. id
-      if redis.call('SET', key, ARGV[1], 'NX', 'PX', lease) then
+      if redis.call('SET', key, holder, 'NX', 'PX', lease) then
         return id, score
       end
       leased[#leased + 1] = key

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import datetime
 from typing import Any
 
@@ -25,10 +24,12 @@ from redis.exceptions import RedisError
 
 from jobs.cron import CronJob, RunId, Schedule
 from jobs.cron_store import CronRun, CronStore, Outcome
+from jobs.outage import Outage
 from jobs.registry import Registry, Task, arq_function, runner
 from jobs.serialization import ABORTED, deserialize, iso_from_ms
 from service.backoff import Backoff
 from service.logging import bind_context, get_logger
+from service.redis import cancel_until_done
 
 __all__ = ["CRON_HEAL_S", "CronRunner", "arq_functions"]
 
@@ -74,10 +75,11 @@ def _error(value: Any) -> dict[str, str]:
 class CronRunner:
     """One worker's part in running the schedule."""
 
-    def __init__(self, schedule: Schedule, redis: Redis, *, worker_id: str) -> None:
+    def __init__(self, schedule: Schedule, redis: Redis, *, worker_id: str, outage: Outage) -> None:
         self._store = CronStore(redis, schedule)
         self._schedule = schedule
         self._worker_id = worker_id
+        self._outage = outage  # the worker's: an outage is one line however many parts retry
         self._missed: set[str] = set()
         self._task: asyncio.Task[None] | None = None
 
@@ -137,27 +139,38 @@ class CronRunner:
         if slots > 1:
             log.info("cron run stood for missed slots", cron=run_id.name, job_id=job_id, slots=slots, outcome=outcome)
 
+    @property
+    def started(self) -> bool:
+        return self._task is not None
+
     async def start(self) -> None:
-        """Keep every job scheduled, in the background, until ``stop``."""
+        """Put every job on the schedule now, then keep it there in the background until ``stop``.
+
+        Now: the worker writes its heartbeat (which says it runs cron) after this, and
+        readiness takes that to mean the schedule is in Redis.
+        """
+        await self._sync(full=True)
         self._task = asyncio.get_running_loop().create_task(self._keep())
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_until_done(self._task)
+
+    async def _sync(self, *, full: bool) -> None:
+        created = await self._store.sync(full=full)
+        if created:
+            log.info("cron runs scheduled", cron_jobs=created)
 
     async def _keep(self) -> None:
-        full, failures = True, 0
+        full, failures, delay_s = False, 0, CRON_HEAL_S
         while True:
+            await asyncio.sleep(delay_s)
             try:
-                created = await self._store.sync(full=full)
+                await self._sync(full=full)
             except (RedisError, OSError) as exc:
                 failures += 1
                 delay_s = SYNC_BACKOFF.delay_s(failures)
-                log.warning("cron cannot reach redis", error=str(exc), retry_in_s=round(delay_s, 3))
+                self._outage.failed(exc)
             else:
-                if created:
-                    log.info("cron runs scheduled", cron_jobs=created)
+                self._outage.succeeded()
                 full, failures, delay_s = False, 0, CRON_HEAL_S
-            await asyncio.sleep(delay_s)

@@ -1,6 +1,8 @@
 -- Record the end of one run of a job: arq's finish_job in one call, plus what the
 -- project adds (a handed-back job gets its try back; a job that goes back to the queue
--- wakes a worker to schedule it).
+-- wakes a worker to schedule it; nothing is recorded, or counted, unless the lease is still
+-- the finishing worker's: one whose lease ran out, while Redis was away say, may have been
+-- claimed and run again by another worker).
 --
 -- KEYS[1]  arq:in-progress:<id>   the lease
 -- KEYS[2]  arq:result:<id>
@@ -26,7 +28,12 @@
 -- ARGV[11] seconds a minute's counts are kept
 -- ARGV[12] the failed try's record (JSON), or "": listed with the job's payload (for a retry)
 -- ARGV[13] failed tries kept
--- Returns 1.
+-- ARGV[14] the lease's value as the worker claimed it (claim.lua)
+-- Returns 1 when recorded, 0 when the lease is no longer this claim's (nothing changed).
+
+if redis.call('GET', KEYS[1]) ~= ARGV[14] then
+  return 0
+end
 
 if ARGV[10] ~= '' then
   redis.call('HINCRBY', KEYS[10], ARGV[10], 1)

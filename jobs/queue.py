@@ -192,7 +192,8 @@ def _view(
         "enqueued_at": iso(queued.enqueue_time),
     }
     if in_progress is not None:
-        started_ms = int(in_progress) if in_progress.isdigit() and int(in_progress) > 1 else None
+        started = in_progress.split(b":", 1)[0]  # "<started ms>:<worker id>" (claim.lua)
+        started_ms = int(started) if started.isdigit() and int(started) > 1 else None
         return JobView(status="in_progress", started_at=iso_from_ms(started_ms) if started_ms else None, **common)
     if score is not None and score > now_ms:
         return JobView(status="deferred", **common)

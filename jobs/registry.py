@@ -231,7 +231,7 @@ def arq_function(
 
 
 def runner(task: Task) -> Callable[..., Awaitable[Any]]:
-    """The arq coroutine that runs ``task``: ``run(ctx, **args)`` with its timeout, retries and log line."""
+    """The arq coroutine that runs ``task``: ``run(ctx, **args)`` with its timeout, retries and metrics."""
 
     async def run(ctx: dict[str, Any], **args: Any) -> Any:
         job = JobContext(
@@ -281,7 +281,6 @@ async def _attempt(task: Task, job: JobContext, args: dict[str, Any]) -> Any:
         loaded = task.load(args)
     except InvalidArguments as exc:
         raise PermanentError(f"arguments no longer valid: {exc.errors}") from None
-    started = time.perf_counter()
     try:
         async with asyncio.timeout(task.timeout_s) as scope:
             result = await task.run(job, **loaded)
@@ -300,7 +299,5 @@ async def _attempt(task: Task, job: JobContext, args: dict[str, Any]) -> Any:
             delay_s = exc.after_s
         log.info("job will be retried", try_number=job.try_number, delay_s=round(delay_s, 3), error=str(error))
         raise Retry(defer=delay_s) from error  # the error the try is known by (a timeout's is JobTimeout)
-    duration_ms = round((time.perf_counter() - started) * 1000, 2)
     _check_result(result, job.settings.job_result_max_bytes)
-    log.info("job complete", try_number=job.try_number, duration_ms=duration_ms)
-    return result
+    return result  # the worker logs "job complete" once the result is recorded

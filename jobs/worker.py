@@ -20,6 +20,11 @@ What it changes in stock arq, and why (see ``FINDINGS.md``):
 - **Stopping** (``stop``): take no new jobs, let running ones finish within
   ``JOB_GRACE_S``, then cancel the rest and hand them back: they are due at once for
   another worker and the interrupted try is not counted.
+- **Redis outages** do not end it: every loop, renewal and finish that cannot reach Redis
+  retries with capped, jittered backoff (``jobs.outage`` logs one line when Redis is lost
+  and one when it is back). A run is recorded only while its lease still holds this
+  claim's token (``jobs.finishing``): one whose lease ran out meanwhile runs again
+  elsewhere. Only refused credentials (a configuration error) end the main loop.
 - Jobs and results are JSON (``jobs.serialization``), never pickle.
 - **Cron** (``jobs.cron``) in place of arq's: with ``ENABLE_CRON`` the worker runs cron
   runs (jobs named ``cron:...``) and records their ends (``jobs.cron_runner``); without it,
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -47,13 +53,15 @@ from arq.jobs import Deserializer, Serializer, deserialize_result
 from arq.utils import timestamp_ms, to_ms
 from arq.worker import Function
 from arq.worker import Worker as ArqWorker
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, RedisError
 
 from jobs import failures, heartbeat, redis_keys
 from jobs.cron import SCHEDULE, Schedule, is_cron_run
 from jobs.cron_runner import CronRunner, arq_functions
+from jobs.finishing import Finisher
 from jobs.leases import LeaseKeeper
 from jobs.metrics import JobMetrics, Outcome
+from jobs.outage import Outage
 from jobs.registry import Registry, TryEnd
 from jobs.scripts import load_script
 from jobs.serialization import ABORTED, deserialize, serialize, stored_error
@@ -62,7 +70,7 @@ from jobs.wakeups import WakeUps
 from service.backoff import Backoff
 from service.logging import get_logger
 from service.metrics import Metrics
-from service.redis import connection_pool
+from service.redis import cancel_until_done, connection_pool
 from service.settings import Settings
 
 __all__ = ["Worker", "WorkerSettings", "create_worker", "running_worker"]
@@ -71,8 +79,9 @@ log = get_logger(__name__)
 
 # Queue entries one claim examines at most (running jobs stay in arq's queue).
 CLAIM_SCAN_MAX = 1000
-# The waits of the main loop while Redis cannot be reached: up to 0.2 s, 0.4 s, ... 5 s.
-RECONNECT_BACKOFF = Backoff(base_s=0.2, cap_s=5.0)
+# The waits while Redis cannot be reached: up to 0.2 s, 0.4 s, ... 2 s (a worker is back
+# within 2 s of Redis; a fleet's failed connects are cheap).
+RECONNECT_BACKOFF = Backoff(base_s=0.2, cap_s=2.0)
 
 
 @dataclass(frozen=True)
@@ -132,7 +141,12 @@ class Worker(ArqWorker):
         super().__init__(redis_pool=redis_pool, **worker_settings.arq_options())
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
-        self._cron = CronRunner(schedule, redis_pool, worker_id=self.worker_id) if schedule is not None else None
+        self._outage = Outage(self.worker_id)
+        self._cron = (
+            CronRunner(schedule, redis_pool, worker_id=self.worker_id, outage=self._outage)
+            if schedule is not None
+            else None
+        )
         # The tenant of each running job, from its claim (the task sees it as ``JobContext.tenant``).
         self._job_tenants: dict[str, str] = {}
         self.job_metrics = JobMetrics(self._cancelled_outcome)
@@ -146,21 +160,30 @@ class Worker(ArqWorker):
             job_metrics=self.job_metrics,
             try_ends=self.try_ends,
         )
+        self._finisher = Finisher(
+            redis_pool,
+            queue_name=self.queue_name,
+            outage=self._outage,
+            backoff=RECONNECT_BACKOFF,
+            deserializer=worker_settings.job_deserializer,
+            look_again=self._look_again,
+        )
         self._leases = LeaseKeeper(
             redis_pool,
             lease_s=settings.job_lease_s,
             beat_every_s=settings.worker_heartbeat_s,
-            running=self._running_job_ids,
+            leases=lambda: dict(self._finisher.held),
             abort=self._abort,
+            lost=self._lost,
             beat=self._beat,
+            outage=self._outage,
         )
-        self._handing_back: set[str] = set()
         self._slot_free = asyncio.Event()
         self._stopping = False
+        self._stop_requested = asyncio.Event()
         self._wake_ups = WakeUps(settings, worker_id=self.worker_id, redis=redis_pool)
         self._started_at = time.time()
         self._claim_script = load_script(redis_pool, "claim")
-        self._finish_script = load_script(redis_pool, "finish")
         self._metrics = metrics
         if metrics is not None:  # the process's /metrics shows this worker's runs and pools
             metrics.registry.register(self.job_metrics)
@@ -174,24 +197,24 @@ class Worker(ArqWorker):
         self.main_task = self.loop.create_task(self.main())
 
     async def main(self) -> None:
-        # arq writes two formatted lines per job at INFO; the task wrapper writes one
-        # structured line instead (job_id, task, try, duration). arq's warnings and failure
-        # tracebacks still come through.
+        """Start up, then claim, run and wait until stopped; Redis outages are waited out, not fatal."""
+        # arq writes two formatted lines per job at INFO; the worker writes one structured
+        # line instead when a job's result is recorded (job_id, task, try, duration). arq's
+        # warnings and failure tracebacks still come through.
         logging.getLogger("arq.worker").setLevel(logging.WARNING)
         log.info(
             "worker starting", worker_id=self.worker_id, tasks=sorted(self.functions), lease_s=self.settings.job_lease_s
         )
-        await log_redis_info(self.pool, log.info)
-        self.ctx["redis"] = self.pool
-        if self.on_startup:
-            await self.on_startup(self.ctx)
-        await self._leases.start()
-        if self._cron is not None:
-            await self._cron.start()
+        started = False
         failures = 0
         while not self._stopping:
             try:  # the wait too: a failover drops the blocking pop's connection as well
+                if not started:
+                    await self._start_up()
+                    started = True
                 next_ms = await self._iteration()
+                self._outage.succeeded()
+                failures = 0
                 if self.burst:
                     if not self.tasks and next_ms < 0:
                         return
@@ -200,12 +223,32 @@ class Worker(ArqWorker):
                     await self._wait_for_slot()
                 elif next_ms < 0 or next_ms > timestamp_ms():
                     await self._wake_ups.wait(self._seconds_to_wait(next_ms))
-                failures = 0
+            except AuthenticationError:
+                raise  # the credentials are wrong: waiting cannot fix a configuration error
             except (RedisError, OSError) as exc:
                 failures += 1
-                delay_s = RECONNECT_BACKOFF.delay_s(failures)
-                log.warning("worker cannot reach redis", error=str(exc), retry_in_s=round(delay_s, 3))
-                await asyncio.sleep(delay_s)
+                self._outage.failed(exc)
+                await self._pause(RECONNECT_BACKOFF.delay_s(failures))
+            except Exception:
+                failures += 1
+                if failures == 1:  # a bug, not an outage: its traceback once, then the same backoff
+                    log.exception("worker loop failed; retrying with backoff", worker_id=self.worker_id)
+                await self._pause(RECONNECT_BACKOFF.delay_s(failures))
+
+    async def _start_up(self) -> None:
+        await log_redis_info(self.pool, log.info)
+        self.ctx["redis"] = self.pool
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+        if self._cron is not None and not self._cron.started:
+            await self._cron.start()  # before the first heartbeat, which says this worker runs cron
+        if not self._leases.started:
+            await self._leases.start()
+
+    async def _pause(self, delay_s: float) -> None:
+        """Wait ``delay_s`` before trying Redis again, or less if ``stop`` is called."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_requested.wait(), delay_s)
 
     async def _iteration(self) -> int:
         """Reap finished jobs, claim and start due jobs.
@@ -215,10 +258,11 @@ class Worker(ArqWorker):
         self._reap()
         if not self.allow_pick_jobs or self.job_counter >= self.max_jobs:
             return -1
+        now_ms = timestamp_ms()
         reply = await self._claim_script(
             keys=[redis_keys.TENANTS_KEY, redis_keys.WAKE_KEY, redis_keys.WORKERS_KEY, self.queue_name],
             args=[
-                timestamp_ms(),
+                now_ms,
                 self.max_jobs - self.job_counter,
                 self._leases.lease_ms,
                 redis_keys.IN_PROGRESS_PREFIX,
@@ -226,31 +270,37 @@ class Worker(ArqWorker):
                 redis_keys.WAKE_TOKENS_MAX,
                 redis_keys.READY_PREFIX,
                 "" if self._cron is not None else redis_keys.SYSTEM_TENANT,
-                *self.tasks,
+                self.worker_id,
+                *self._finisher.held,  # not a job this worker let go (a lost lease): it may be claimable again
             ],
         )
+        lease = f"{now_ms}:{self.worker_id}"  # the value of the claimed jobs' leases, as claim.lua wrote it
         for i in range(1, len(reply), 3):
-            await self._start(reply[i].decode(), int(reply[i + 1]), reply[i + 2].decode())
+            await self._start(reply[i].decode(), int(reply[i + 1]), reply[i + 2].decode(), lease)
         return int(reply[0])
 
-    async def _start(self, job_id: str, score: int, tenant: str) -> None:
+    async def _start(self, job_id: str, score: int, tenant: str, lease: str) -> None:
         await self.sem.acquire()  # never waits: the claim took no more jobs than free slots
         self.job_counter += 1
         self._job_tenants[job_id] = tenant
+        self._finisher.held[job_id] = lease
         task = self.loop.create_task(self.run_job(job_id, score))
-        task.add_done_callback(self._on_job_done)
+        task.add_done_callback(functools.partial(self._on_job_done, job_id, lease))
         self.tasks[job_id] = task
 
-    def _on_job_done(self, _: asyncio.Task[Any]) -> None:
+    def _on_job_done(self, job_id: str, lease: str, _: asyncio.Task[Any]) -> None:
         self._release_sem_dec_counter_on_complete()
         self._slot_free.set()
+        # A run that ended without recording (its bookkeeping failed: Redis dropped a call)
+        # gives its lease up: the lease runs out, and the job runs again.
+        self._finisher.let_go(job_id, lease)
 
     def _reap(self) -> None:
         for job_id, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[job_id]
                 del self._job_tenants[job_id]
-                self._handing_back.discard(job_id)
+                self._finisher.handing_back.discard(job_id)
                 if not task.cancelled() and task.exception() is not None:
                     log.error("job bookkeeping failed", job_id=job_id, error=repr(task.exception()))
 
@@ -280,6 +330,13 @@ class Worker(ArqWorker):
     def _running_job_ids(self) -> list[str]:
         return [job_id for job_id, task in self.tasks.items() if not task.done()]
 
+    def _lost(self, job_id: str) -> None:
+        """The lease of a running job is no longer this worker's: stop the job here (it runs again elsewhere)."""
+        self._finisher.let_go(job_id)
+        task = self.job_tasks.get(job_id)
+        if task is not None:
+            task.cancel()
+
     def _abort(self, job_id: str) -> None:
         """Cancel an aborted job; arq then records it as aborted (``aborting_tasks``), not as a retry."""
         task = self.job_tasks.get(job_id)
@@ -291,7 +348,7 @@ class Worker(ArqWorker):
     def _cancelled_outcome(self, job_id: str) -> Outcome:
         if job_id in self.aborting_tasks:
             return "aborted"
-        return "handed_back" if job_id in self._handing_back else "retried"
+        return "handed_back" if job_id in self._finisher.handing_back else "retried"
 
     def _beat(self) -> heartbeat.Beat:
         return heartbeat.Beat(
@@ -320,46 +377,29 @@ class Worker(ArqWorker):
         incr_score: int | None,
         keep_in_progress: float | None,
     ) -> None:
-        """arq's ``finish_job`` as one script call (``finish.lua``), plus: a job handed back
-        on stop gets its try back, and a job that goes back to the queue (retry or
-        hand-back) wakes a worker to schedule it; the same call counts the try's outcome for the
-        minute and lists a failed try (``jobs.failures``). A cron run that is over is recorded by cron."""
+        """arq's ``finish_job`` as one script call (``finish.lua``), plus: nothing is recorded
+        unless the lease is still this worker's, a job handed back on stop gets its try back,
+        and a job that goes back to the queue (retry or hand-back) wakes a worker to schedule
+        it; the same call counts the try's outcome for the minute and lists a failed try
+        (``jobs.failures``). A cron run that is over is recorded by cron."""
         end = self.try_ends.pop(job_id, None)
         if finish and self._cron is not None and is_cron_run(job_id):
             await self._cron.finish(job_id, result_data)
+            self._finisher.log_if_complete(job_id, result_data)
             return
         keep_ms = "" if keep_result_forever or result_timeout_s is None else to_ms(result_timeout_s)
         tenant = self._job_tenants.get(job_id, redis_keys.SYSTEM_TENANT)
         counted, failure = _what_ended(job_id, tenant, end)
-        await self._finish_script(
-            keys=[
-                redis_keys.IN_PROGRESS_PREFIX + job_id,
-                redis_keys.RESULT_PREFIX + job_id,
-                redis_keys.RETRY_PREFIX + job_id,
-                redis_keys.JOB_PREFIX + job_id,
-                redis_keys.ABORT_KEY,
-                self.queue_name,
-                redis_keys.WAKE_KEY,
-                redis_keys.ready_key(tenant),
-                redis_keys.TENANTS_KEY,
-                redis_keys.minute_stats_key(int(time.time() // 60)),
-                redis_keys.FAILURES_KEY,
-            ],
-            args=[
-                job_id,
-                "1" if finish else "0",
-                result_data or "",
-                keep_ms,
-                incr_score or "",
-                "" if keep_in_progress is None else to_ms(keep_in_progress),
-                "1" if job_id in self._handing_back else "0",
-                redis_keys.WAKE_TOKENS_MAX,
-                tenant,
-                counted,
-                redis_keys.MINUTE_STATS_TTL_S,
-                failure,
-                redis_keys.FAILURES_KEPT,
-            ],
+        await self._finisher.record(
+            job_id,
+            tenant,
+            finish,
+            result_data,
+            keep_ms,
+            incr_score or "",
+            "" if keep_in_progress is None else to_ms(keep_in_progress),
+            counted=counted,
+            failure=failure,
         )
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
@@ -378,32 +418,41 @@ class Worker(ArqWorker):
             self.try_ends[job_id] = TryEnd(ended.function, outcome, tries, max_tries, error)
         await self.finish_job(job_id, True, result_data, self.keep_result_s, self.keep_result_forever, None, None)
 
+    async def _look_again(self) -> None:
+        """End the main loop's wait: a job this worker let go may be claimable now (no enqueue will say so),
+        or held by another worker whose lease the next claim watches."""
+        with contextlib.suppress(RedisError, OSError):
+            await self._wake_ups.interrupt()
+
     # -- stopping --------------------------------------------------------------------------
 
     async def stop(self, grace_s: float) -> None:
         """Take no new jobs, give running ones ``grace_s`` to finish, hand the rest back, close."""
         self.allow_pick_jobs = False
         self._stopping = True
+        # A finish that cannot reach Redis gives up then; the job's lease runs out by itself.
+        self._finisher.give_up_at(time.monotonic() + grace_s + self.settings.redis_timeout_s)
+        self._stop_requested.set()
         self._slot_free.set()
         if self.main_task is not None and not self.main_task.done():
-            with contextlib.suppress(RedisError, OSError):
+            try:
                 await self._wake_ups.interrupt()
-            _, pending = await asyncio.wait([self.main_task], timeout=self.settings.redis_timeout_s)
-            if pending:  # Redis does not answer: cancel the blocking pop instead
-                self.main_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.main_task
+            except (RedisError, OSError):
+                self.main_task.cancel()  # Redis cannot take the interruption: the blocking pop cannot end by itself
+            await asyncio.wait([self.main_task], timeout=self.settings.redis_timeout_s)
+            await cancel_until_done(self.main_task)  # Redis does not answer: end the blocking pop
         running = {job_id: task for job_id, task in self.tasks.items() if not task.done()}
         if running:
             log.info("worker stopping; waiting for running jobs", jobs=len(running), grace_s=grace_s)
             _, pending = await asyncio.wait(running.values(), timeout=grace_s)
             if pending:
                 handed_back = sorted(job_id for job_id, task in running.items() if task in pending)
-                self._handing_back.update(handed_back)
+                self._finisher.handing_back.update(handed_back)
                 log.info("handing jobs back to the queue", job_ids=handed_back)
                 for task in pending:
                     task.cancel()
                 await asyncio.wait(pending, timeout=self.settings.redis_timeout_s)
+        await self._finisher.wait(timeout_s=self.settings.redis_timeout_s + grace_s)
         if self._cron is not None:
             await self._cron.stop()
         await self._leases.stop()

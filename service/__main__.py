@@ -7,30 +7,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import socket
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
+from redis.exceptions import AuthenticationError, RedisError
 
 from jobs import webhook_tenants
 from jobs.destinations import outside_fence
 from jobs.serialization import iso_from_ms
 from jobs.webhook_tenants import ROTATION_OVERLAP_S
-from jobs.worker import running_worker
 from service import http_server
 from service.app import create_app
 from service.app_keys import METRICS
 from service.auth import ApiKeyStore, validate_tenant
+from service.dev import DEV_HOST, Context, DevRun
 from service.doctor import diagnose, healthy, render
-from service.embedded_redis import EmbeddedRedisError, embedded_redis
+from service.embedded_redis import DEV_DATA_DIR, EmbeddedRedisError, embedded_redis
 from service.logging import configure_logging, get_logger, redact_text
 from service.metrics import metrics_listener
-from service.redis import redis_client
+from service.redis import describe, redis_client
 from service.settings import Settings, SettingsError, host_list
 
 log = get_logger("service")
 
-Context = Callable[[web.Application], AsyncIterator[None]]
 MAX_OVERLAP_HOURS = 24 * 7
 
 
@@ -95,44 +97,79 @@ def _metrics_port(settings: Settings, host: str | None) -> Context:
     return metrics_port_ctx
 
 
-def _run_web(settings: Settings, extra_contexts: tuple[Context, ...] = ()) -> int:
+def _listening_socket(command: str, host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` and listening, for the HTTP server to serve on.
+
+    Bound before anything starts, so that a taken port is one line and exit code 2, not a
+    traceback after Redis and the worker came up.
+    """
+    try:
+        [(family, kind, proto, _, address), *_] = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp would: restarts reuse the port
+        try:
+            sock.bind(address)
+            sock.listen(LISTEN_BACKLOG)  # connections wait in the backlog while the app starts up
+        except OSError:
+            sock.close()
+            raise
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise _CannotRun(
+                f"{command}: PORT {port} is already in use on {host}: stop the process that listens there "
+                f"(ss -ltnp 'sport = :{port}' names it) or set PORT to a free port"
+            ) from None
+        raise _CannotRun(f"{command}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+LISTEN_BACKLOG = 128  # aiohttp's own
+
+
+class _CannotRun(Exception):
+    """A one-line reason the command cannot run (exit code 2)."""
+
+
+def _run_web(settings: Settings, sock: socket.socket, extra_contexts: tuple[Context, ...] = ()) -> int:
     app = create_app(settings, extra_contexts=extra_contexts)
-    http_server.serve(app, host=settings.host, port=settings.port, shutdown_timeout_s=settings.shutdown_timeout_s)
+    http_server.serve(app, sock=sock, shutdown_timeout_s=settings.shutdown_timeout_s)
     log.info("stopped")
     return 0
 
 
-def _dev_contexts(settings: Settings) -> tuple[Context, ...]:
-    """``dev``'s metrics port (on loopback: a laptop) and in-process worker (stopped gracefully at shutdown)."""
-    metrics_port = _metrics_port(settings, "127.0.0.1")
-    if not settings.enable_worker:
-        return (metrics_port,)
-
-    async def worker_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with running_worker(settings, metrics=app[METRICS]):
-            yield
-
-    return (metrics_port, worker_ctx)
-
-
 def serve(settings: Settings) -> int:
     settings.require_redis()
+    sock = _listening_socket("serve", settings.host, settings.port)
     _log_start(settings, "serve")
-    return _run_web(settings, (_metrics_port(settings, None),))
+    return _run_web(settings, sock, (_metrics_port(settings, None),))
 
 
 def dev(settings: Settings) -> int:
+    """Web, worker and an embedded Redis (unless one is configured), on 127.0.0.1 only."""
+    sock = _listening_socket("dev", DEV_HOST, settings.port)
+    base_url = f"http://{DEV_HOST}:{settings.port}"
     if settings.redis is not None:
-        _log_start(settings, "dev")
-        return _run_web(settings, _dev_contexts(settings))
+        return _dev_web(settings, sock, base_url)
     try:
         with embedded_redis() as url:
-            settings = settings.with_redis(url)
-            _log_start(settings, "dev")
-            log.info("embedded redis started", url=url)
-            return _run_web(settings, _dev_contexts(settings))
+            return _dev_web(settings.with_redis(url), sock, base_url, embedded=url)
     except EmbeddedRedisError as exc:
+        sock.close()
         return _fail(f"dev: {exc}", 2)
+
+
+def _dev_web(settings: Settings, sock: socket.socket, base_url: str, embedded: str | None = None) -> int:
+    """``dev``'s app: its metrics port (on loopback: a laptop), its key and in-process worker (``DevRun``)."""
+    _log_start(settings, "dev")
+    if embedded is not None:
+        log.info("embedded redis started", url=embedded, data=str(DEV_DATA_DIR))
+    run = DevRun(settings, base_url)
+    code = _run_web(settings, sock, (_metrics_port(settings, DEV_HOST), *run.contexts()))
+    if run.worker_failure is not None:
+        return 2 if isinstance(run.worker_failure, AuthenticationError) else 1
+    return code
 
 
 async def _keys(settings: Settings, args: argparse.Namespace) -> int:
@@ -217,11 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = _keys if args.command == "keys" else _webhooks
         try:
             return asyncio.run(command(settings, args))
-        except OSError as exc:
-            return _fail(f"{args.command}: cannot reach Redis at {settings.require_redis().redacted}: {exc}", 2)
-        except Exception as exc:  # a Redis error: connection, auth, ...
-            return _fail(f"{args.command}: {type(exc).__name__}: {exc}", 2)
-    except SettingsError as exc:
+        except (RedisError, OSError) as exc:
+            return _fail(f"{args.command}: {describe(exc, settings.require_redis())}", 2)
+    except (SettingsError, _CannotRun) as exc:
         return _fail(str(exc), 2)
 
 

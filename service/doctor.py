@@ -65,13 +65,13 @@ def _warning(check: str, detail: str, advice: str) -> Finding:
     return Finding(check, "warning", detail, advice)
 
 
-async def _dns(url: RedisURL) -> tuple[Finding, list[str]]:
+async def _dns(url: RedisURL, timeout_s: float) -> tuple[Finding, list[str]]:
     """The DNS finding, and the addresses the host resolves to."""
     assert url.host is not None
     assert url.port is not None
     loop = asyncio.get_running_loop()
     try:
-        infos = await asyncio.wait_for(loop.getaddrinfo(url.host, url.port, type=socket.SOCK_STREAM), STEP_TIMEOUT_S)
+        infos = await asyncio.wait_for(loop.getaddrinfo(url.host, url.port, type=socket.SOCK_STREAM), timeout_s)
     except (TimeoutError, OSError) as exc:
         finding = _problem(
             "dns",
@@ -137,13 +137,13 @@ def security(url: RedisURL, addresses: list[str]) -> list[Finding]:
     return findings
 
 
-async def _tcp(url: RedisURL) -> Finding:
+async def _tcp(url: RedisURL, timeout_s: float) -> Finding:
     try:
         if url.scheme == "unix":
             assert url.path is not None
-            _, writer = await asyncio.wait_for(asyncio.open_unix_connection(url.path), STEP_TIMEOUT_S)
+            _, writer = await asyncio.wait_for(asyncio.open_unix_connection(url.path), timeout_s)
         else:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(url.host, url.port), STEP_TIMEOUT_S)
+            _, writer = await asyncio.wait_for(asyncio.open_connection(url.host, url.port), timeout_s)
     except FileNotFoundError:
         return _problem("connect", f"no socket at {url.path}", "is redis-server running with this unixsocket?")
     except ConnectionRefusedError:
@@ -162,19 +162,29 @@ async def _tcp(url: RedisURL) -> Finding:
     return _ok("connect", f"TCP connection to {url.host}:{url.port}" if url.host else f"socket {url.path}")
 
 
-async def _tls(url: RedisURL) -> Finding:
+async def _tls(url: RedisURL, timeout_s: float) -> Finding:
     """Find a TLS mismatch in either direction, and certificate errors."""
     if url.scheme == "unix":
         return Finding("tls", "skipped", "unix socket")
     if not url.tls:
         # Speak plain RESP; a TLS server answers with an alert record (0x15) or hangs up.
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(url.host, url.port), STEP_TIMEOUT_S)
-            writer.write(b"PING\r\n")
-            await writer.drain()
-            first = await asyncio.wait_for(reader.read(1), STEP_TIMEOUT_S)
-            writer.close()
-        except (TimeoutError, OSError):
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(url.host, url.port), timeout_s)
+            try:
+                writer.write(b"PING\r\n")
+                await writer.drain()
+                first = await asyncio.wait_for(reader.read(1), timeout_s)
+            finally:
+                writer.close()
+        except TimeoutError:
+            # A TLS server hangs up on plain text at once; silence is a server that answers nothing.
+            return _problem(
+                "answer",
+                f"{url.host}:{url.port} accepts connections but answered nothing within {timeout_s:g} s",
+                "Redis is paused, overloaded or stuck (a long command, a slow disk with appendfsync always): "
+                "check its CPU, SLOWLOG and logs",
+            )
+        except OSError:
             first = b""
         if first in (b"", b"\x15"):
             return _problem(
@@ -186,7 +196,7 @@ async def _tls(url: RedisURL) -> Finding:
     context = ssl.create_default_context()
     try:
         _, writer = await asyncio.wait_for(
-            asyncio.open_connection(url.host, url.port, ssl=context, server_hostname=url.host), STEP_TIMEOUT_S
+            asyncio.open_connection(url.host, url.port, ssl=context, server_hostname=url.host), timeout_s
         )
         writer.close()
     except ssl.SSLCertVerificationError as exc:
@@ -204,8 +214,8 @@ async def _tls(url: RedisURL) -> Finding:
     return _ok("tls", "TLS handshake and certificate verified")
 
 
-async def _redis_checks(url: RedisURL, settings: Settings) -> list[Finding]:
-    pool = connection_pool(url, max_connections=2, timeout_s=STEP_TIMEOUT_S, retries=0, client_name="ottoai-doctor")
+async def _redis_checks(url: RedisURL, settings: Settings, timeout_s: float) -> list[Finding]:
+    pool = connection_pool(url, max_connections=2, timeout_s=timeout_s, retries=0, client_name="ottoai-doctor")
     client = Redis.from_pool(pool)
     findings: list[Finding] = []
     try:
@@ -347,22 +357,24 @@ async def diagnose(settings: Settings) -> list[Finding]:
     findings = [_ok("config", f"{url.variable} = {url.redacted}")]
     for warning in settings.warnings:
         findings.append(_problem("config", warning, "unset the variable you don't mean to use"))
+    # Each step waits at most REDIS_TIMEOUT_S (3 s when that is longer): a hung server ends the walk in one wait.
+    timeout_s = min(STEP_TIMEOUT_S, settings.redis_timeout_s)
     addresses: list[str] = []
     if url.scheme != "unix":
-        finding, addresses = await _dns(url)
+        finding, addresses = await _dns(url, timeout_s)
         findings.append(finding)
         if finding.status == "problem":
             findings.append(Finding("redis", "skipped", "needs a working connection"))
             return findings
     findings.extend(security(url, addresses))
-    steps: list[Callable[[RedisURL], Awaitable[Finding]]] = [_tcp, _tls]
+    steps: list[Callable[[RedisURL, float], Awaitable[Finding]]] = [_tcp, _tls]
     for step in steps:
-        finding = await step(url)
+        finding = await step(url, timeout_s)
         findings.append(finding)
         if finding.status == "problem":
             findings.append(Finding("redis", "skipped", "needs a working connection"))
             return findings
-    findings.extend(await _redis_checks(url, settings))
+    findings.extend(await _redis_checks(url, settings, timeout_s))
     return findings
 
 

@@ -6,7 +6,8 @@ own time) and, on Linux, asks the kernel to stop it when the parent dies, even b
 
 ``embedded_redis`` is what ``dev`` uses when no Redis URL is configured: its data lives in
 a project-local folder with AOF on, so keys, jobs and schedules survive a restart; it
-listens only on a unix socket in a private run folder.
+listens only on a unix socket in a private run folder, whose URL it writes to
+``<data folder>/url`` while it runs (``make key``, ``make doctor`` and ``make worker`` read it).
 """
 
 from __future__ import annotations
@@ -247,9 +248,12 @@ def embedded_redis(data_dir: Path = DEV_DATA_DIR, start_timeout_s: float = 10.0)
         server = RedisServer(data_dir, unix_socket=run_dir / "redis.sock", args=DEV_REDIS_ARGS)
         with _exclusive(data_dir):
             server.start(start_timeout_s)
+            url_file = data_dir / "url"
             try:
+                url_file.write_text(server.url + "\n")
                 yield server.url
             finally:
+                url_file.unlink(missing_ok=True)
                 server.stop()
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -174,17 +175,18 @@ async def _until_stop_signal() -> None:
             loop.remove_signal_handler(sig)
 
 
-async def _serve(app: web.Application, host: str, port: int, shutdown_timeout_s: float) -> None:
+async def _serve(app: web.Application, sock: socket.socket, shutdown_timeout_s: float) -> None:
     runner = ServiceRunner(app, shutdown_timeout=shutdown_timeout_s)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.SockSite(runner, sock).start()
+        host, port = sock.getsockname()[:2]
         log.info("listening", host=host, port=port)
         await _until_stop_signal()
     finally:
         await runner.cleanup()  # stops listening, drains requests for up to shutdown_timeout_s, then cleanup_ctx
 
 
-def serve(app: web.Application, *, host: str, port: int, shutdown_timeout_s: float) -> None:
-    """Serve ``app`` on ``host:port`` until SIGTERM or SIGINT, then stop gracefully (as ``web.run_app`` does)."""
-    asyncio.run(_serve(app, host, port, shutdown_timeout_s))
+def serve(app: web.Application, *, sock: socket.socket, shutdown_timeout_s: float) -> None:
+    """Serve ``app`` on the bound ``sock`` until SIGTERM or SIGINT, then stop gracefully (as ``web.run_app`` does)."""
+    asyncio.run(_serve(app, sock, shutdown_timeout_s))

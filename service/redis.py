@@ -1,28 +1,55 @@
 """One way to connect to Redis, for the web process, the worker and the command line.
 
-Managed Redis (Upstash, Fly) closes idle connections and fails over, so every pool has
-connect and read timeouts, TCP keep-alive and a health check of connections that sat idle.
-Retries are opt-in per pool: a command that may already have run on the server (a
+A command never hangs: connecting (TCP or TLS, then AUTH, CLIENT SETNAME, SELECT) has one
+budget of ``timeout_s``, every read and write has ``timeout_s``, and a timeout is never
+retried. So a command against a server that is gone, refuses the password or answers
+nothing fails within about ``timeout_s`` with a ``RedisError`` (``describe`` says which in
+one line).
+
+Managed Redis (Upstash, Fly) and NATs drop idle connections, sometimes without a word.
+redis-py's answer, ``health_check_interval``, PINGs from inside the connect path and
+recurses when that PING is refused (redis-py #3745: a missing password ends in
+``RecursionError`` or a hang), so it is off. Instead the pool closes a connection that sat
+idle longer than ``IDLE_CONNECTION_MAX_S`` before handing it out (the next command opens
+a fresh one), and TCP keep-alive probes find dead peers of connections in use.
+
+Retries are opt-in per pool and only for connection errors (refused, reset, closed), with
+the project's jittered backoff: a command that may already have run on the server (a
 rate-limit script call, say) must never be sent twice, so the limiter asks for none.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
+from typing import Any
 
 from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import AbstractBackoff, NoBackoff
-from redis.exceptions import ConnectionError, TimeoutError
+from redis.exceptions import AuthenticationError, ConnectionError, RedisError, TimeoutError
 
 from service.backoff import Backoff
 from service.settings import RedisURL, Settings
 
-__all__ = ["RedisBackoff", "cancel_until_done", "connection_pool", "redis_client"]
+__all__ = [
+    "IDLE_CONNECTION_MAX_S",
+    "Pool",
+    "RedisBackoff",
+    "cancel_until_done",
+    "connection_pool",
+    "describe",
+    "redis_client",
+]
 
-HEALTH_CHECK_INTERVAL_S = 30
+# A pooled connection idle longer than this is closed before reuse (the old health check's interval).
+IDLE_CONNECTION_MAX_S = 30.0
 # A retried command waits up to 0.1 s, then 0.2 s, 0.4 s, ... at most 1 s.
 COMMAND_RETRY_BACKOFF = Backoff(base_s=0.1, cap_s=1.0)
+# Keep-alive probes on a silent connection: the first after 30 s, then every 10 s, dead after 3 unanswered.
+_KEEPALIVE = {"TCP_KEEPIDLE": 30, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 3}
 
 
 class RedisBackoff(AbstractBackoff):
@@ -35,40 +62,89 @@ class RedisBackoff(AbstractBackoff):
         return self.backoff.delay_s(failures)
 
 
+class Pool(ConnectionPool):
+    """redis-py's pool, changed where a stock pool can hang or hand out a broken connection.
+
+    - Connecting has one budget (``connect_budget_s``) for TCP, TLS and the handshake, and a
+      connection whose connect failed or was cancelled half-way is closed, never handed
+      out again with a handshake reply still on its way.
+    - Connects run side by side: the stock pool holds a lock while it connects, so against
+      a server that answers nothing the tenth caller waits ten timeouts (redis-py #3842).
+    - A connection idle longer than ``idle_max_s`` is closed before it is handed out.
+
+    ``tests/test_redis_contract.py`` pins the redis-py members this relies on.
+    """
+
+    def __init__(self, *args: Any, connect_budget_s: float, idle_max_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connect_budget_s = connect_budget_s
+        self.idle_max_s = idle_max_s
+        self._released_at: dict[AbstractConnection, float] = {}
+
+    async def get_connection(self, *_: Any, **__: Any) -> AbstractConnection:
+        connection: AbstractConnection = self.get_available_connection()  # type: ignore[no-untyped-call]
+        released_at = self._released_at.pop(connection, None)
+        try:
+            if released_at is not None and time.monotonic() - released_at > self.idle_max_s:
+                await connection.disconnect(nowait=True)
+            async with asyncio.timeout(self.connect_budget_s):
+                await self.ensure_connection(connection)
+        except BaseException as exc:
+            await connection.disconnect(nowait=True)
+            await self.release(connection)
+            if isinstance(exc, asyncio.TimeoutError):  # the budget ran out (redis-py's own timeouts are RedisErrors)
+                raise TimeoutError(f"no answer within {self.connect_budget_s:g} s while connecting") from None
+            raise
+        return connection
+
+    async def release(self, connection: AbstractConnection) -> None:
+        self._released_at[connection] = time.monotonic()
+        await super().release(connection)
+
+
 def connection_pool(
     url: RedisURL,
     *,
     max_connections: int = 50,
     timeout_s: float = 5.0,
-    retries: int = 3,
+    retries: int = 2,
     client_name: str = "ottoai",
     socket_timeout_s: float | None = -1.0,
-) -> ConnectionPool:
+) -> Pool:
     """A connection pool for ``url``.
 
-    ``socket_timeout_s`` is the read timeout; ``None`` waits forever (for blocking pops that
-    carry their own timeout) and the default ``-1`` means "same as ``timeout_s``".
-    ``rediss://`` verifies the server certificate unless the URL itself says otherwise
-    (``?ssl_cert_reqs=none``).
+    ``timeout_s`` bounds connecting and each read and write; ``socket_timeout_s`` is the read
+    timeout when it must differ (``None`` waits forever, for blocking pops that carry their
+    own timeout; the default ``-1`` means "same as ``timeout_s``"). ``retries`` is how many
+    times a command is sent again after a connection error. ``rediss://`` verifies the
+    server certificate unless the URL itself says otherwise (``?ssl_cert_reqs=none``).
     """
-    retry = Retry(RedisBackoff(COMMAND_RETRY_BACKOFF), retries) if retries > 0 else Retry(NoBackoff(), 0)
+    retry = (
+        Retry(RedisBackoff(COMMAND_RETRY_BACKOFF), retries, supported_errors=(ConnectionError,))
+        if retries > 0
+        else Retry(NoBackoff(), 0)
+    )
     options: dict[str, object] = {
         "max_connections": max_connections,
         "socket_connect_timeout": timeout_s,
         "socket_timeout": timeout_s if socket_timeout_s == -1.0 else socket_timeout_s,
-        "health_check_interval": HEALTH_CHECK_INTERVAL_S,
         "retry": retry,
-        "retry_on_error": [ConnectionError, TimeoutError] if retries > 0 else [],
+        "retry_on_error": [ConnectionError] if retries > 0 else [],
         "client_name": client_name,
+        "connect_budget_s": timeout_s,
+        "idle_max_s": IDLE_CONNECTION_MAX_S,
     }
     if url.scheme != "unix":  # unix sockets take no keep-alive option (redis-py raises TypeError)
         options["socket_keepalive"] = True
+        options["socket_keepalive_options"] = {
+            getattr(socket, name): value for name, value in _KEEPALIVE.items() if hasattr(socket, name)
+        }
     if url.tls and "ssl_cert_reqs" not in url.url:
         options["ssl_cert_reqs"] = "required"
-    return ConnectionPool.from_url(url.url, **options)
+    return Pool.from_url(url.url, **options)
 
 
-def redis_client(settings: Settings, *, client_name: str = "ottoai", retries: int = 3) -> Redis:
+def redis_client(settings: Settings, *, client_name: str = "ottoai", retries: int = 2) -> Redis:
     """A client with its own pool, sized and timed from ``settings``; close it with ``aclose()``."""
     pool = connection_pool(
         settings.require_redis(),
@@ -78,6 +154,19 @@ def redis_client(settings: Settings, *, client_name: str = "ottoai", retries: in
         client_name=client_name,
     )
     return Redis.from_pool(pool)
+
+
+def describe(exc: BaseException, url: RedisURL) -> str:
+    """One line saying why Redis at ``url`` (password hidden) could not be used, and what to look at."""
+    detail = str(exc) or type(exc).__name__
+    where = url.redacted
+    if isinstance(exc, AuthenticationError):
+        return f"Redis at {where} refused the credentials ({detail}): check the user and password in {url.variable}"
+    if isinstance(exc, TimeoutError):
+        return f"Redis at {where} did not answer in time ({detail}): is it overloaded, paused or unreachable?"
+    if isinstance(exc, RedisError | OSError):
+        return f"cannot use Redis at {where}: {detail}"
+    return f"Redis at {where}: {type(exc).__name__}: {detail}"
 
 
 async def cancel_until_done(task: asyncio.Task[None], *, every_s: float = 0.1) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -14,6 +15,7 @@ from redis.exceptions import ResponseError
 from service.ratelimit.limiter import Limiter, Outcome
 from service.ratelimit.policy import parse_policies
 from service.ratelimit.script import ALLOW_OOM_SCRIPT, SCRIPT
+from service.redis import IDLE_CONNECTION_MAX_S
 from tests.servers import SilentServer, redis_url
 
 POLICIES = parse_policies(
@@ -61,7 +63,7 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced_not_failed(
     [held] = [client for client in await redis.client_list() if client["name"] == LIMITER_CLIENT_NAME]
     await redis.client_kill_filter(_id=held["id"])  # as a Redis restart or an idle timeout would
     # Wait until the limiter's idle connection has read the EOF (the state _connection checks).
-    [idle] = limiter._idle
+    [(idle, _)] = limiter._idle
     deadline = time.monotonic() + 5
     while idle._reader is not None and not idle._reader.at_eof():
         assert time.monotonic() < deadline, "the closed connection never read EOF"
@@ -115,4 +117,44 @@ async def test_a_redis_that_cannot_read_the_allow_oom_flag_gets_the_plain_script
 
     assert [d.outcome for d in decisions] == [Outcome.ALLOWED] * 3 + [Outcome.LIMITED]
     assert loaded == [ALLOW_OOM_SCRIPT, SCRIPT]  # one fallback, then the plain script's SHA every time
+    await limiter.close()
+
+
+async def test_a_batch_is_answered_at_its_deadline_even_when_its_cancel_is_lost(
+    limiter_redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limiter = Limiter(limiter_redis, deadline_s=0.05)
+
+    async def send_swallowing_the_cancel(commands: list[bytes]) -> list[Any]:
+        # As Python 3.11's wait_for (around redis-py's writes) can: the cancel lands and is lost.
+        try:
+            await asyncio.sleep(1)
+        except asyncio.CancelledError:
+            await asyncio.sleep(1)
+        return []
+
+    monkeypatch.setattr(limiter, "_send", send_swallowing_the_cancel)
+    started = time.monotonic()
+    decision = await limiter.decide("acme", ROUTE)
+    waited_s = time.monotonic() - started
+
+    assert decision.outcome == Outcome.FAIL_OPEN
+    assert waited_s < 0.5  # the deadline (0.05 s), not the lost cancel's full second
+    assert limiter.metrics.redis_errors == {"timeout": 1}
+    await limiter.close()
+
+
+async def test_a_connection_idle_past_the_limit_is_replaced_before_a_batch(limiter_redis: Redis) -> None:
+    now = [0.0]
+    limiter = Limiter(limiter_redis, deadline_s=1.0, clock=lambda: now[0])
+    assert (await limiter.decide("acme", ROUTE)).outcome == Outcome.ALLOWED
+    [(connection, _)] = limiter._idle
+    first_stream = connection._reader
+
+    now[0] += IDLE_CONNECTION_MAX_S + 1  # a managed Redis or a NAT may have dropped it silently
+    decision = await limiter.decide("acme", ROUTE)
+
+    [(connection, _)] = limiter._idle
+    assert decision.outcome == Outcome.ALLOWED
+    assert connection._reader is not first_stream  # closed and opened again, not reused as it was
     await limiter.close()

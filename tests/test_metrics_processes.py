@@ -144,7 +144,7 @@ async def test_worker_process_shows_cron_runs_as_jobs_and_by_cron_outcome(
     worker = Proc(
         ["-m", "tests.jobs.cron_worker", "tick"],  # diagnostics.ping every second
         tmp_path / "worker.log",
-        **worker_env(REDIS_URL=private_redis.url, METRICS_PORT=str(metrics_port)),
+        worker_env(REDIS_URL=private_redis.url, METRICS_PORT=str(metrics_port)),
     )
     try:
         async with Redis.from_url(private_redis.url) as redis:

@@ -13,7 +13,7 @@ import redis
 from service.auth import REVOCATIONS_CHANNEL
 from tests.conftest import PYTHON, ROOT, subprocess_env
 from tests.processes import run_service
-from tests.servers import redis_url
+from tests.servers import free_port, redis_url
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -26,35 +26,45 @@ def test_serve_stops_cleanly_on_signal_within_10_s(sig: signal.Signals) -> None:
     assert "Traceback" not in output
 
 
-def _embedded_redis_pids() -> set[str]:
-    found = subprocess.run(["pgrep", "-f", "ottoai-redis-.*redis.sock"], capture_output=True, text=True)
-    return set(found.stdout.split())
+def _embedded_redis_of(dev_pid: int) -> int:
+    """The pid of ``dev``'s embedded redis-server: its child (other processes on the machine may run one too)."""
+    found = subprocess.run(["pgrep", "-P", str(dev_pid), "redis-server"], capture_output=True, text=True)
+    [pid] = found.stdout.split()
+    return int(pid)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped by whoever adopted it, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def test_dev_without_redis_url_runs_an_embedded_redis(tmp_path: Path) -> None:
-    before = _embedded_redis_pids()
     with run_service("dev", cwd=tmp_path, LOG_FORMAT="console") as child:
         child.wait_healthy(timeout_s=60)
+        embedded = _embedded_redis_of(child.process.pid)
         # An unknown key is looked up in Redis: 401, not 503, proves the embedded Redis answers.
         status, _ = child.get("/v1/rate-limit", headers={"X-API-Key": "otto_" + "0123456789abcdef" * 3})
         assert status == 401
         code, _, output = child.stop()
     assert code == 0, output
     assert "embedded redis started" in output
-    assert _embedded_redis_pids() <= before, "the embedded redis-server outlived dev"
+    assert not _alive(embedded), "the embedded redis-server outlived dev"
 
 
 def test_embedded_redis_dies_with_a_killed_dev(tmp_path: Path) -> None:
-    before = _embedded_redis_pids()
     with run_service("dev", cwd=tmp_path, LOG_FORMAT="console") as child:
         child.wait_healthy(timeout_s=60)
-        assert _embedded_redis_pids() - before
+        embedded = _embedded_redis_of(child.process.pid)
         child.process.kill()
         child.process.communicate()
     deadline = time.monotonic() + 5
-    while _embedded_redis_pids() - before and time.monotonic() < deadline:
+    while _alive(embedded) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _embedded_redis_pids() <= before
+    assert not _alive(embedded)
 
 
 def test_no_output_contains_the_redis_password() -> None:
@@ -82,6 +92,7 @@ def test_dev_without_any_redis_server_says_how_to_get_one(
     from service import embedded_redis
 
     monkeypatch.setattr(embedded_redis, "find_redis_server", lambda: None)
+    monkeypatch.setenv("PORT", str(free_port()))  # dev binds its port before it looks for a redis-server
     monkeypatch.delenv("REDIS_URL", raising=False)
     monkeypatch.delenv("UPSTASH_REDIS_URL", raising=False)
     assert cli.main(["dev"]) == 2

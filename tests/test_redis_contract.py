@@ -1,4 +1,4 @@
-"""What the limiter takes from redis-py beyond its documented commands, pinned so an upgrade fails by name.
+"""What the project takes from redis-py beyond its documented commands, pinned so an upgrade fails by name.
 
 ``Limiter`` (``service/ratelimit/limiter.py``) keeps connections between batches, writes
 its hand-framed ``EVALSHA`` with ``send_packed_command`` and reads raw replies with
@@ -7,9 +7,15 @@ its hand-framed ``EVALSHA`` with ``send_packed_command`` and reads raw replies w
 ``can_read_destructive()`` (what the pool runs when it hands a connection out), cost
 about 25 µs a call here against 55 ns for ``_reader.at_eof()``, once per batch.
 
+``service.redis.Pool`` replaces the pool's ``get_connection`` (one connect budget, no lock
+held while connecting, idle connections closed) with the pool's own
+``get_available_connection``, ``ensure_connection`` and ``release``, and gives redis-py's
+``Retry`` the errors it may retry. It leaves ``health_check_interval`` off: with it, a
+refused first command recurses inside the connect (redis-py #3745).
+
 Each member below is checked for presence, for being a coroutine function where the
-limiter awaits it, and for accepting the exact call the limiter makes; the Redis tests
-check the behaviour the limiter depends on.
+project awaits it, and for accepting the exact call the project makes; the Redis tests
+check the behaviour the project depends on.
 """
 
 from __future__ import annotations
@@ -26,9 +32,13 @@ import pytest
 import redis.crc
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import NoScriptError, ResponseError
+from redis.asyncio.retry import Retry
+from redis.exceptions import AuthenticationError, ConnectionError, NoScriptError, ResponseError, TimeoutError
 
-from tests.servers import redis_url
+from service.redis import Pool, connection_pool
+from service.settings import RedisURL
+from tests.proxy import DelayProxy
+from tests.servers import SilentServer, new_redis_server, redis_url
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,9 @@ PINNED = [
     Pinned(AbstractConnection, "disconnect", kwargs={"nowait": True}),
     Pinned(ConnectionPool, "get_connection"),
     Pinned(ConnectionPool, "release", (None,)),
+    Pinned(ConnectionPool, "get_available_connection", awaited=False),
+    Pinned(ConnectionPool, "ensure_connection", (None,)),
+    Pinned(Retry, "__init__", (None, 2), {"supported_errors": (ConnectionError,)}, awaited=False),
     Pinned(redis.crc, "key_slot", (b"rl:{acme}:burst",), awaited=False),
 ]
 
@@ -166,3 +179,106 @@ async def test_a_connection_the_server_closed_is_at_eof_and_disconnect_forgets_i
         assert await renewed.read_response(disable_decoding=True) == b"PONG"
     finally:
         await pool.release(renewed)
+
+
+# -- service.redis.Pool: what a sick Redis does to a command ----------------------------------
+
+TIMEOUT_S = 0.5
+# Slack for a loaded machine: the failures below come after one timeout, never after several.
+SLACK_S = 1.0
+
+
+def pool_for(url: str, **options: Any) -> Pool:
+    return connection_pool(RedisURL.parse("REDIS_URL", url), timeout_s=TIMEOUT_S, **options)
+
+
+def test_authentication_errors_are_connection_errors() -> None:
+    # The web's error path answers 503 for a ConnectionError, and the pool may retry one.
+    assert issubclass(AuthenticationError, ConnectionError)
+    assert not issubclass(TimeoutError, ConnectionError)  # so a timeout is never retried
+
+
+@pytest.mark.parametrize("password", ["", "wrong"], ids=["missing password", "wrong password"])
+async def test_refused_credentials_fail_the_command_at_once_without_recursing(password: str) -> None:
+    server = new_redis_server("--requirepass", "s3cret")
+    url = f"redis://:{password}@127.0.0.1:{server.port}/0" if password else server.url
+    client = Redis.from_pool(pool_for(url))
+    started = time.monotonic()
+    try:
+        with pytest.raises(AuthenticationError):
+            await client.ping()
+    finally:
+        await client.aclose()
+        server.stop()
+
+    assert time.monotonic() - started < TIMEOUT_S + SLACK_S
+
+
+async def test_a_listener_that_never_answers_fails_the_command_within_the_timeout_and_once() -> None:
+    server = await SilentServer().start()
+    client = Redis.from_pool(pool_for(f"redis://127.0.0.1:{server.port}/0", retries=2))
+    started = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError):
+            await client.ping()
+        failed_s = time.monotonic() - started
+    finally:
+        await client.aclose()
+        await server.close()
+
+    assert failed_s < TIMEOUT_S + SLACK_S
+    assert server.received.count(b"SETNAME") == 1  # one connection's handshake: a timeout is not retried
+
+
+async def test_concurrent_commands_against_a_paused_redis_each_fail_within_one_timeout() -> None:
+    # redis-py's stock pool connects under a lock: the tenth caller would wait ten timeouts.
+    server = new_redis_server()
+    client = Redis.from_pool(pool_for(server.url))
+    server.pause()
+    started = time.monotonic()
+    try:
+        outcomes = await asyncio.gather(*(client.ping() for _ in range(10)), return_exceptions=True)
+        failed_s = time.monotonic() - started
+        server.resume()
+        assert await client.ping() is True  # and it recovers by itself
+    finally:
+        server.resume()
+        await client.aclose()
+        server.stop()
+
+    assert all(isinstance(outcome, TimeoutError) for outcome in outcomes), outcomes
+    assert failed_s < TIMEOUT_S + SLACK_S
+
+
+async def test_a_command_cut_short_while_connecting_leaves_no_reply_behind() -> None:
+    async with Redis.from_url(redis_url()) as direct:
+        await direct.set("contract:key", "value")
+    proxy = DelayProxy(int(redis_url().rsplit(":", 1)[1].split("/")[0]), delay_s=0.2).start()
+    # The handshake takes two round trips, 0.8 s through the proxy: within a 3 s budget.
+    client = Redis.from_pool(connection_pool(RedisURL.parse("REDIS_URL", proxy.url), timeout_s=3.0, max_connections=1))
+    try:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(client.get("contract:key"), 0.05)  # cancelled inside the handshake
+        value = await client.get("contract:key")
+    finally:
+        await client.aclose()
+        proxy.stop()
+        async with Redis.from_url(redis_url()) as direct:
+            await direct.delete("contract:key")
+
+    assert value == b"value"  # not the late reply to the handshake's CLIENT SETNAME
+
+
+async def test_a_connection_idle_past_the_limit_is_replaced_before_a_command() -> None:
+    pool = pool_for(redis_url())
+    client = Redis.from_pool(pool)
+    try:
+        first = await client.client_id()
+        assert await client.client_id() == first  # reused while fresh
+        pool.idle_max_s = 0.0  # as if it had sat idle for longer than IDLE_CONNECTION_MAX_S
+        await asyncio.sleep(0.01)
+        second = await client.client_id()
+    finally:
+        await client.aclose()
+
+    assert second != first

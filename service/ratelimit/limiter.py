@@ -11,7 +11,8 @@
 - **Deadline.** A batch that Redis has not answered within ``deadline_s`` ends as
   fail-open or fail-closed per route; the connection is dropped, never reused mid-reply.
 - **No double spending.** Nothing is retried except a ``NOSCRIPT`` reply (the script did
-  not run: after ``SCRIPT FLUSH`` or a failover), which reloads it and resends once.
+  not run: after ``SCRIPT FLUSH`` or a failover), which reloads it and resends (up to
+  three times, should flushes keep coming).
 - **Out of memory.** On Redis >= 7 the script is flagged ``allow-oom``, so the limiter
   still decides (and refuses) when Redis is at ``maxmemory`` and refuses other writes.
 """
@@ -45,11 +46,13 @@ from service.ratelimit.script import (
     bucket_key,
     bucket_reply,
 )
+from service.redis import IDLE_CONNECTION_MAX_S
 
 __all__ = ["Decision", "Limiter", "Outcome"]
 
 _REFUSAL_CACHE_MAX = 100_000  # callers
 _WARN_EVERY_S = 1.0
+_NOSCRIPT_RELOADS = 3  # per batch, within its deadline
 
 log = get_logger(__name__)
 
@@ -77,8 +80,9 @@ class Limiter:
         self._metrics = metrics or LimiterMetrics()
         self._clock = clock
         self._group_by_slot = group_by_slot
-        # Connections kept between batches: the pool's hand-out check costs a read per batch.
-        self._idle: list[AbstractConnection] = []
+        # Connections kept between batches, with when each was last used: the pool's hand-out
+        # check costs a read per batch.
+        self._idle: list[tuple[AbstractConnection, float]] = []
         self._pending: list[_Call] = []
         self._inflight: set[asyncio.Task[None]] = set()
         # caller -> bucket name -> (remaining units Redis reported, local time the call was sent);
@@ -118,7 +122,7 @@ class Limiter:
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
         while self._idle:
-            await self._pool.release(self._idle.pop())
+            await self._pool.release(self._idle.pop()[0])
 
     def refuse_locally(self, caller: str, route: RouteBuckets) -> Decision | None:
         """A refusal decided without Redis, when an earlier reply proves a bucket cannot pay yet."""
@@ -171,12 +175,21 @@ class Limiter:
         commands = [self._framer.evalsha(group) for group in groups]
         sent = self._clock()
         started = time.perf_counter()
+        # A timer answers the batch at the deadline too: the timeout's cancel alone can be lost,
+        # as Python 3.11's wait_for (around redis-py's writes) swallows a cancel that lands while
+        # the write completes (cpython #86296), and the batch would then wait on for Redis.
+        expiry = asyncio.get_running_loop().call_later(
+            self._deadline_s, self._give_up, groups, "timeout", "no answer within the deadline"
+        )
         try:
             async with asyncio.timeout(self._deadline_s):
                 replies = await self._send(commands)
-                retry = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-                if retry:
-                    # NOSCRIPT: the script did not run, so sending it again cannot spend twice.
+                for _ in range(_NOSCRIPT_RELOADS):
+                    retry = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+                    if not retry:
+                        break
+                    # NOSCRIPT: the script did not run, so sending it again cannot spend twice (and a
+                    # SCRIPT FLUSH may land again between the load and the resend).
                     self._metrics.redis_error("noscript")
                     await self._load_script()
                     commands = [self._framer.evalsha(group) for group in groups]  # the SHA may have changed
@@ -184,11 +197,10 @@ class Limiter:
                         replies[i] = reply
         except (RedisError, OSError, TimeoutError) as exc:
             kind = "timeout" if isinstance(exc, TimeoutError) else "connection"
-            self._metrics.redis_error(kind)
-            self._warn("rate limiter fell back", reason=kind, error=str(exc) or type(exc).__name__)
-            for group in groups:
-                self._fail(group)
+            self._give_up(groups, kind, str(exc) or type(exc).__name__)
             return
+        finally:
+            expiry.cancel()
         self._metrics.redis_latency.observe(time.perf_counter() - started)
         for group, reply in zip(groups, replies, strict=True):
             if isinstance(reply, Exception):
@@ -229,17 +241,18 @@ class Limiter:
             await connection.disconnect(nowait=True)
             await self._pool.release(connection)
             raise
-        self._idle.append(connection)
+        self._idle.append((connection, self._clock()))
         return replies
 
     async def _connection(self) -> AbstractConnection:
         while self._idle:
-            connection = self._idle.pop()
+            connection, used_at = self._idle.pop()
             # The public check (can_read_destructive, the pool's) costs a read attempt: ~25 µs, not ~55 ns.
             reader = connection._reader
-            if reader is not None and not reader.at_eof():
+            if reader is not None and not reader.at_eof() and self._clock() - used_at <= IDLE_CONNECTION_MAX_S:
                 return connection
-            # Closed by the server while idle (a restart, a failover): let the pool renew it.
+            # Closed by the server while idle (a restart, a failover), or idle so long that a managed
+            # Redis or a NAT may have dropped it without a word: let the pool renew it.
             await connection.disconnect(nowait=True)
             await self._pool.release(connection)
         fresh: AbstractConnection = await self._pool.get_connection()
@@ -252,12 +265,22 @@ class Limiter:
             self._last_warning_at = now
             log.warning(event, **fields)
 
+    def _give_up(self, groups: list[list[_Call]], kind: str, error: str) -> None:
+        """Answer a batch's undecided calls by their fail-open/closed rule (once, whoever comes first)."""
+        if all(future.done() for group in groups for *_, future in group):
+            return
+        self._metrics.redis_error(kind)
+        self._warn("rate limiter fell back", reason=kind, error=error)
+        for group in groups:
+            self._fail(group)
+
     def _fail(self, group: list[_Call]) -> None:
         for _, route, future in group:
+            if future.done():  # answered already (at the deadline)
+                continue
             outcome = Outcome.FAIL_CLOSED if route.fail_closed else Outcome.FAIL_OPEN
             self._metrics.count(outcome, route.plan)
-            if not future.done():
-                future.set_result(Decision(route, outcome))
+            future.set_result(Decision(route, outcome))
 
     def _resolve(self, group: list[_Call], reply: list[int], sent: float) -> None:
         at = 0
@@ -297,6 +320,6 @@ class Limiter:
                 outcome = Outcome.SHADOW_LIMITED
             else:
                 outcome = Outcome.ALLOWED
-            count(outcome, route.plan)
-            if not future.done():
+            if not future.done():  # else answered at the deadline: Redis's reply only updates the refusals
+                count(outcome, route.plan)
                 future.set_result(Decision(route, outcome, route.buckets, reply, first, route.read_only))

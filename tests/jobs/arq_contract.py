@@ -1,7 +1,7 @@
 """The arq contract: what the project relies on in arq, as checks against the installed arq.
 
 ``jobs.worker.Worker`` subclasses arq's ``Worker`` (arq 0.28, maintenance-only): it reads
-and writes about 25 of its members, overrides four of its methods, and leans on what arq's
+and writes about 25 of its members, overrides five of its methods, and leans on what arq's
 ``run_job`` does with them; the queue and the registry use arq's job format and helpers.
 Each ``Pin`` is one such fact; ``arq_contract_violations()`` names every pin the installed
 arq does not honour. ``test_arq_contract.py`` runs them, so an arq upgrade fails by name.
@@ -72,14 +72,14 @@ WORKER_STATE: dict[str, type | tuple[type, ...]] = {
     "jobs_complete": int,
     "jobs_failed": int,
     "jobs_retried": int,
+    "keep_result_s": (int, float),
+    "keep_result_forever": bool,
     "ctx": dict,
     "on_startup": object,
     "on_shutdown": object,
     "functions": dict,
     "burst": bool,
     "queue_name": str,
-    "keep_result_s": (int, float),
-    "keep_result_forever": bool,
     "main_task": type(None),
     "loop": asyncio.AbstractEventLoop,
     "_pool": ArqRedis,

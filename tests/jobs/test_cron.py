@@ -200,7 +200,7 @@ async def test_an_idle_claim_while_a_cron_run_waits_reads_one_key(redis: Redis) 
 
     reply = await claim(
         keys=[TENANTS_KEY, WAKE_KEY, WORKERS_KEY, QUEUE_KEY],
-        args=[timestamp_ms(), 10, 10_000, IN_PROGRESS_PREFIX, 1000, WAKE_TOKENS_MAX, READY_PREFIX, ""],
+        args=[timestamp_ms(), 10, 10_000, IN_PROGRESS_PREFIX, 1000, WAKE_TOKENS_MAX, READY_PREFIX, "", "worker-1"],
     )
 
     assert reply == [int(due)]  # nothing to claim; wake when the cron run is due

@@ -38,7 +38,7 @@ def fleet() -> Iterator[list[Proc]]:
 
 
 def start(fleet: list[Proc], log: Path, schedule: str) -> Proc:
-    proc = Proc(["-m", "tests.jobs.cron_worker", schedule], log, **worker_env(WORKER_HEARTBEAT_S=str(HEARTBEAT_S)))
+    proc = Proc(["-m", "tests.jobs.cron_worker", schedule], log, worker_env(WORKER_HEARTBEAT_S=str(HEARTBEAT_S)))
     fleet.append(proc)
     return proc
 
@@ -142,7 +142,9 @@ async def _passed(check: Any) -> bool:
 
 async def test_dev_runs_the_cron_schedule_too(redis: Redis, fleet: list[Proc], tmp_path: Path) -> None:
     port = free_port()
-    dev = Proc(["-m", "service", "dev"], tmp_path / "dev.log", **worker_env(), HOST="127.0.0.1", PORT=str(port))
+    dev = Proc(
+        ["-m", "service", "dev"], tmp_path / "dev.log", worker_env(HOST="127.0.0.1", PORT=str(port)), cwd=tmp_path
+    )  # dev keeps its key in .dev-data under its working folder
     fleet.append(dev)
 
     async def ready() -> dict[str, Any] | None:

@@ -6,7 +6,7 @@ import asyncio
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -36,11 +36,11 @@ def worker_env(**overrides: str) -> dict[str, str]:
 class Proc:
     """A child process whose output goes to a file (no pipe to fill up)."""
 
-    def __init__(self, args: list[str], log: Path, **env: str) -> None:
+    def __init__(self, args: list[str], log: Path, env: Mapping[str, str], cwd: Path = ROOT) -> None:
         self.log = log
         with log.open("wb") as out:
             self.popen = subprocess.Popen(
-                [PYTHON, *args], cwd=ROOT, env=subprocess_env(**env), stdout=out, stderr=subprocess.STDOUT
+                [PYTHON, *args], cwd=cwd, env=subprocess_env(**env), stdout=out, stderr=subprocess.STDOUT
             )
 
     def output(self) -> str:
@@ -69,7 +69,7 @@ def procs() -> Iterator[list[Proc]]:
 
 
 def start_worker(procs: list[Proc], log: Path, **env: str) -> Proc:
-    proc = Proc(["-m", "jobs"], log, **worker_env(**env))
+    proc = Proc(["-m", "jobs"], log, worker_env(**env))
     procs.append(proc)
     return proc
 
@@ -183,7 +183,9 @@ def test_worker_with_bad_settings_exits_2_with_one_line(env: dict[str, str], mes
 
 async def test_dev_runs_web_and_worker_in_one_process(redis: Redis, procs: list[Proc], tmp_path: Path) -> None:
     port = free_port()
-    dev = Proc(["-m", "service", "dev"], tmp_path / "dev.log", **worker_env(), HOST="127.0.0.1", PORT=str(port))
+    dev = Proc(
+        ["-m", "service", "dev"], tmp_path / "dev.log", worker_env(HOST="127.0.0.1", PORT=str(port)), cwd=tmp_path
+    )  # dev keeps its key in .dev-data under its working folder
     procs.append(dev)
     key = await ApiKeyStore(redis).create("acme")
     base = f"http://127.0.0.1:{port}"
