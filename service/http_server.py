@@ -44,6 +44,7 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from service import event_loop
 from service.access_log import AccessLogger
 from service.errors import Problem, problem_response
 from service.logging import flush_access_lines, get_logger
@@ -190,4 +191,4 @@ async def _serve(app: web.Application, sock: socket.socket, shutdown_timeout_s: 
 
 def serve(app: web.Application, *, sock: socket.socket, shutdown_timeout_s: float) -> None:
     """Serve ``app`` on the bound ``sock`` until SIGTERM or SIGINT, then stop gracefully (as ``web.run_app`` does)."""
-    asyncio.run(_serve(app, sock, shutdown_timeout_s))
+    event_loop.run(_serve(app, sock, shutdown_timeout_s))
