@@ -291,7 +291,8 @@ def operation(
 
     def decorate(handler: Handler) -> Handler:
         documented = document(handler)
-        return _validating(documented) if hasattr(documented, SCHEMAS_ATTR) else documented
+        # apigami's docs() gives every handler a list of schemas; only @request_schema fills it.
+        return _validating(documented) if getattr(documented, SCHEMAS_ATTR, None) else documented
 
     return decorate
 
