@@ -93,8 +93,11 @@ class Pool(ConnectionPool):
         self._waiters: deque[asyncio.Future[None]] = deque()  # callers waiting for a connection, first first
 
     async def get_connection(self, *_: Any, **__: Any) -> AbstractConnection:
+        loop = asyncio.get_running_loop()
+        budget_ends = None
         if self._waiters or not self.can_get_connection():
-            await self._wait_for_a_connection()
+            budget_ends = loop.time() + self.connect_budget_s  # waiting and connecting share the budget
+            await self._wait_for_a_connection(budget_ends)
         connection: AbstractConnection = self.get_available_connection()  # type: ignore[no-untyped-call]
         released_at = self._released_at.pop(connection, None)
         try:
@@ -102,7 +105,7 @@ class Pool(ConnectionPool):
                 await connection.disconnect(nowait=True)
             elif _reusable(connection):
                 return connection
-            async with asyncio.timeout(self.connect_budget_s):
+            async with asyncio.timeout_at(budget_ends or loop.time() + self.connect_budget_s):
                 await self.ensure_connection(connection)
         except BaseException as exc:
             await connection.disconnect(nowait=True)
@@ -112,12 +115,12 @@ class Pool(ConnectionPool):
             raise
         return connection
 
-    async def _wait_for_a_connection(self) -> None:
-        """Wait in line until a connection can be had; ``ConnectionError`` after ``connect_budget_s``."""
+    async def _wait_for_a_connection(self, budget_ends: float) -> None:
+        """Wait in line until a connection can be had; ``ConnectionError`` when the budget ends (loop time)."""
         loop = asyncio.get_running_loop()
         again = False
         try:
-            async with asyncio.timeout(self.connect_budget_s):
+            async with asyncio.timeout_at(budget_ends):
                 while True:
                     waiter = loop.create_future()
                     if again:  # woken, but a caller that did not wait took it: first in line for the next one
