@@ -144,10 +144,15 @@ def connection_pool(
     return Pool.from_url(url.url, **options)
 
 
-def redis_client(settings: Settings, *, client_name: str = "ottoai", retries: int = 2) -> Redis:
-    """A client with its own pool, sized and timed from ``settings``; close it with ``aclose()``."""
+def redis_client(
+    settings: Settings, *, client_name: str = "ottoai", retries: int = 2, url: RedisURL | None = None
+) -> Redis:
+    """A client with its own pool, sized and timed from ``settings``; close it with ``aclose()``.
+
+    It connects to ``url``, by default the main Redis (``REDIS_URL``).
+    """
     pool = connection_pool(
-        settings.require_redis(),
+        url or settings.require_redis(),
         max_connections=settings.redis_max_connections,
         timeout_s=settings.redis_timeout_s,
         retries=retries,

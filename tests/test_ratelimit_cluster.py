@@ -1,0 +1,119 @@
+"""The limiter on a local three-primary Redis Cluster: batching per primary, redirects, NOSCRIPT, readiness."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from service.ratelimit import cluster as cluster_module
+from service.ratelimit.cluster import ClusterTransport, slot_of
+from service.ratelimit.limiter import Limiter, Outcome
+from service.ratelimit.policy import parse_policies
+from service.settings import RedisURL
+from tests.servers import LocalCluster, shared_cluster
+
+POLICIES = parse_policies(
+    {
+        "plans": {
+            "default": {
+                "*": [
+                    {"name": "burst", "capacity": 3, "per_second": 0.01},
+                    {"name": "sustained", "capacity": 100, "per_second": 0.01},
+                ]
+            }
+        },
+        "anonymous": {"*": [{"name": "address", "capacity": 1, "per_second": 0.01}]},
+    }
+)
+ROUTE = POLICIES.plan("default").for_route(None)
+
+
+def flush(cluster: LocalCluster) -> None:
+    for server in cluster.servers:
+        if server.running:
+            with cluster.client(server) as client:
+                if client.execute_command("ROLE")[0] == b"master":
+                    client.flushall()
+
+
+@pytest.fixture
+async def transport() -> AsyncIterator[ClusterTransport]:
+    cluster = shared_cluster()
+    flush(cluster)
+    transport = ClusterTransport(
+        RedisURL.parse("RATE_LIMIT_REDIS_URL", cluster.url), timeout_s=5, max_connections=10, client_name="test"
+    )
+    await transport.start()
+    try:
+        yield transport
+    finally:
+        await transport.close()
+        flush(cluster)
+
+
+async def test_one_loop_turn_sends_one_write_to_each_primary(
+    transport: ClusterTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: Counter[int] = Counter()
+    exchange = cluster_module._exchange
+
+    async def counted(link: Redis, commands: list[bytes]) -> list[Any]:
+        writes[link.connection_pool.connection_kwargs["port"]] += 1
+        return await exchange(link, commands)
+
+    limiter = Limiter(Redis(), deadline_s=5.0, cluster=transport)
+    callers = [f"tenant-{n}" for n in range(30)]
+    assert len({transport.owner(caller, ROUTE) for caller in callers}) == 3  # every primary has callers
+    await asyncio.gather(*(limiter.decide(f"warm-{n}", ROUTE) for n in range(30)))  # every primary loads the script
+    monkeypatch.setattr(cluster_module, "_exchange", counted)
+
+    decisions = await asyncio.gather(*(limiter.decide(caller, ROUTE) for caller in callers * 4))
+
+    assert [d.outcome for d in decisions] == [Outcome.ALLOWED] * 90 + [Outcome.LIMITED] * 30  # 3 each, in order
+    assert sorted(writes.values()) == [1, 1, 1]
+    await limiter.close()
+
+
+async def test_a_stale_slot_map_is_followed_and_each_call_spends_once(transport: ClusterTransport) -> None:
+    limiter = Limiter(Redis(), deadline_s=5.0, cluster=transport)
+    slot = slot_of("moved", ROUTE)
+    right = transport._owners[slot]
+    wrong = next(primary for primary in transport.primaries if primary != right)
+    transport._owners[slot] = wrong  # as after a resharding the limiter has not read yet
+
+    decision = await limiter.decide("moved", ROUTE)
+
+    assert decision.outcome == Outcome.ALLOWED
+    assert [state.remaining for state in decision.states] == [2, 99]  # paid once, on the right node
+    assert transport._owners[slot] == right  # MOVED taught the map
+    await limiter.close()
+
+
+async def test_a_primary_without_the_script_gets_it_and_the_call_is_answered(transport: ClusterTransport) -> None:
+    limiter = Limiter(Redis(), deadline_s=5.0, cluster=transport)
+    assert (await limiter.decide("flushed", ROUTE)).outcome == Outcome.ALLOWED
+    for server in shared_cluster().servers:
+        with shared_cluster().client(server) as client:
+            client.script_flush()  # as a newly promoted primary that never saw the script
+
+    decision = await limiter.decide("flushed", ROUTE)
+
+    assert decision.outcome == Outcome.ALLOWED
+    assert [state.remaining for state in decision.states] == [1, 98]
+    assert limiter.metrics.redis_errors == {"noscript": 1}
+    await limiter.close()
+
+
+async def test_cluster_health_covers_state_slots_and_every_primary(transport: ClusterTransport) -> None:
+    health = await transport.health()
+
+    assert health.ok
+    assert health.state == "ok"
+    assert health.slots_covered == 16384
+    assert len(health.primaries) == 3
+    assert health.unreachable == []
