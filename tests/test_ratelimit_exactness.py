@@ -1,4 +1,7 @@
-"""Two web processes hammer one tenant: exactly ``capacity`` requests get through, no more."""
+"""Two web processes hammer one tenant: exactly ``capacity`` requests get through, no more.
+
+On the main Redis, and on a three-primary Redis Cluster as ``RATE_LIMIT_REDIS_URL``.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +11,15 @@ from collections import Counter
 from pathlib import Path
 
 import aiohttp
+import pytest
 from redis.asyncio import Redis
+from redis.crc import key_slot
 
 from service.auth import ApiKeyStore
+from service.ratelimit.script import bucket_key
 from tests.conftest import PYTHON, ROOT, subprocess_env
 from tests.processes import Child
-from tests.servers import free_port, redis_url
+from tests.servers import free_port, redis_url, shared_cluster
 
 CAPACITY = 60
 REQUESTS_PER_PROCESS = 150
@@ -25,9 +31,10 @@ POLICIES = f"""
 """
 
 
-def _start_serve(port: int, policy_file: Path) -> subprocess.Popen[bytes]:
+def _start_serve(port: int, policy_file: Path, limiter_redis: str | None) -> subprocess.Popen[bytes]:
     env = subprocess_env(
         REDIS_URL=redis_url(),
+        **({"RATE_LIMIT_REDIS_URL": limiter_redis} if limiter_redis else {}),
         RATE_LIMITS_FILE=str(policy_file),
         PORT=str(port),
         HOST="127.0.0.1",
@@ -46,7 +53,10 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
         process.wait(timeout=10)
 
 
-async def test_two_processes_admit_exactly_capacity_for_one_tenant(redis: Redis, tmp_path: Path) -> None:
+@pytest.mark.parametrize("limiter_redis", ["main", "cluster"])
+async def test_two_processes_admit_exactly_capacity_for_one_tenant(
+    redis: Redis, tmp_path: Path, limiter_redis: str
+) -> None:
     key = await ApiKeyStore(redis).create("hammered")
     policy_file = tmp_path / "policies.toml"
     policy_file.write_text(POLICIES)
@@ -54,7 +64,8 @@ async def test_two_processes_admit_exactly_capacity_for_one_tenant(redis: Redis,
     while second == first:  # free_port closes its socket, so the same port can come back at once
         second = free_port()
     ports = [first, second]
-    processes = [_start_serve(port, policy_file) for port in ports]
+    cluster_url = shared_cluster().url if limiter_redis == "cluster" else None
+    processes = [_start_serve(port, policy_file, cluster_url) for port in ports]
     try:
         for port, process in zip(ports, processes, strict=True):
             await asyncio.to_thread(Child(process, port).wait_healthy, 15)
@@ -76,3 +87,9 @@ async def test_two_processes_admit_exactly_capacity_for_one_tenant(redis: Redis,
     assert counted[404] == CAPACITY  # admitted by the limiter, then no such route
     assert counted[429] == 2 * REQUESTS_PER_PROCESS - CAPACITY
     assert set(counted) == {404, 429}
+    bucket = bucket_key("hammered", "burst")
+    if cluster_url is not None:  # the buckets live in the cluster, not in the main Redis
+        cluster = shared_cluster()
+        with cluster.client(cluster.owner(key_slot(bucket.encode()))) as node:
+            assert node.exists(bucket)
+    assert await redis.exists(bucket) == (cluster_url is None)

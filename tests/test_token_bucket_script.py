@@ -4,6 +4,8 @@ The script's test seam is its first argument: a time in microseconds instead of 
 ``TIME``, so the model and the script see the same clock, stepping forwards and back.
 The model counts tokens as exact fractions, independently of the script's integer units.
 Arguments and reply go through ``service.ratelimit.script``, the limiter's own layout.
+Each test runs on a single Redis and on a Redis Cluster node (cluster mode checks every
+key a script touches against the slot of its declared keys).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis import Redis
+from redis.crc import key_slot
 
 from service.ratelimit.policy import Bucket
 from service.ratelimit.script import (
@@ -31,15 +34,20 @@ from service.ratelimit.script import (
     argv,
     bucket_key,
 )
-from tests.servers import redis_url
+from tests.servers import redis_url, shared_cluster
 
 START_US = 1_700_000_000_000_000
 CALLER = "model"
 
 
-@pytest.fixture(scope="module")
-def sync_redis() -> Iterator[Redis]:
-    client = Redis.from_url(redis_url())
+@pytest.fixture(scope="module", params=["single", "cluster"])
+def sync_redis(request: pytest.FixtureRequest) -> Iterator[Redis]:
+    """A single Redis, or the Redis Cluster node that serves the model caller's slot (where the script runs there)."""
+    if request.param == "cluster":
+        cluster = shared_cluster()
+        client = cluster.client(cluster.owner(key_slot(key_of(Bucket("any", 1, Fraction(1))).encode())))
+    else:
+        client = Redis.from_url(redis_url())
     client.flushdb()
     client.script_load(SCRIPT)
     try:
