@@ -157,13 +157,18 @@ class LocalCluster:
 
     def owner(self, slot: int) -> RedisServer:
         """The running primary that serves ``slot``, as the first running node sees it."""
+        for server, slots in self.slot_map():
+            if slot in slots:
+                return server
+        raise LookupError(f"no node serves slot {slot}")
+
+    def slot_map(self) -> list[tuple[RedisServer, range]]:
+        """Each range of slots and its primary, as the first running node sees them."""
         seed = next(server for server in self.servers if server.running)
         with self.client(seed) as client:
             shards = client.execute_command("CLUSTER", "SLOTS")
-        for start, end, (_, port, *_), *_ in shards:
-            if start <= slot <= end:
-                return next(server for server in self.servers if server.port == int(port))
-        raise LookupError(f"no node serves slot {slot}")
+        by_port = {server.port: server for server in self.servers}
+        return [(by_port[int(port)], range(start, end + 1)) for start, end, (_, port, *_), *_ in shards]
 
     @staticmethod
     def client(server: RedisServer) -> redis.Redis:

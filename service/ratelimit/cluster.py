@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -126,6 +127,7 @@ class ClusterTransport:
         self._down_until: dict[str, float] = {}
         self._refreshing: asyncio.Task[None] | None = None
         self._refreshed_at = -math.inf
+        self.error_replies: Counter[str] = Counter()  # by code (MOVED, ASK, TRYAGAIN, ...): what the cluster said
 
     @property
     def primaries(self) -> list[str]:
@@ -194,6 +196,8 @@ class ClusterTransport:
         reload = pause = False
         for group, reply in zip(groups, replies, strict=True):
             kind, rest = _error_kind(reply)
+            if kind:
+                self.error_replies[kind] += 1
             if kind in _REDIRECT and hops - pauses < MAX_REDIRECTS:
                 target = rest.split(" ")[-1]
                 if kind == "MOVED":
