@@ -14,7 +14,7 @@ import tomllib
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -64,7 +64,7 @@ async def start_app(aiohttp_client: AiohttpClient, tmp_path: Path, cluster: Loca
     settings = make_settings(
         RATE_LIMIT_REDIS_URL=cluster.url, RATE_LIMITS_FILE=str(policy_file), RATE_LIMIT_DEADLINE_MS=str(deadline_ms)
     )
-    served = await aiohttp_client(ServiceTestServer(create_app(settings)))
+    served: TestClient[web.Request, None] = await aiohttp_client(ServiceTestServer(create_app(settings)))
     app = cast(App, served)
     assert app.app[LIMITER].cluster is not None  # found to be a cluster at start
     return app
@@ -75,19 +75,23 @@ def node_id(cluster: LocalCluster, server: RedisServer) -> str:
         return str(client.execute_command("CLUSTER", "MYID").decode())
 
 
+async def command(client: Redis, *args: object) -> Any:
+    return await client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
 async def migrate(cluster: LocalCluster, slot: int, target: RedisServer, step: Callable[[], Awaitable[None]]) -> None:
     """Move ``slot`` to ``target`` key by key (as ``redis-cli --cluster reshard`` does), awaiting ``step`` between."""
     source = cluster.owner(slot)
     source_id, target_id = node_id(cluster, source), node_id(cluster, target)
     nodes = {server.port: Redis(port=server.port) for server in cluster.servers if server.running}
     try:
-        await nodes[target.port].execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
-        await nodes[source.port].execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
-        while keys := await nodes[source.port].execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1):
+        await command(nodes[target.port], "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        await command(nodes[source.port], "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        while keys := await command(nodes[source.port], "CLUSTER", "GETKEYSINSLOT", slot, 1):
             await step()
-            await nodes[source.port].execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+            await command(nodes[source.port], "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
         for port in (target.port, source.port, *nodes):  # the target first, as redis-cli does
-            await nodes[port].execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+            await command(nodes[port], "CLUSTER", "SETSLOT", slot, "NODE", target_id)
     finally:
         for client in nodes.values():
             await client.aclose()
