@@ -32,7 +32,7 @@ from jobs.maintenance import MEMORY_CRITICAL_RATIO, MEMORY_WARNING_RATIO
 from service.redis import connection_pool
 from service.settings import RedisURL, Settings
 
-__all__ = ["Finding", "diagnose", "healthy", "render", "security"]
+__all__ = ["AUTH_ADVICE", "Finding", "diagnose", "healthy", "reach", "render", "security", "step_timeout_s"]
 
 Status = Literal["ok", "warning", "problem", "skipped"]
 STEP_TIMEOUT_S = 3.0
@@ -226,10 +226,10 @@ async def _redis_checks(url: RedisURL, settings: Settings, timeout_s: float) -> 
                 await client.ping()
                 latencies.append((time.perf_counter() - started) * 1000)
         except AuthenticationError as exc:
-            return [_problem("auth", f"authentication failed: {exc}", _AUTH_ADVICE)]
+            return [_problem("auth", f"authentication failed: {exc}", AUTH_ADVICE)]
         except ResponseError as exc:
             if "AUTH" in str(exc).upper() or "WRONGPASS" in str(exc).upper():
-                return [_problem("auth", f"authentication failed: {exc}", _AUTH_ADVICE)]
+                return [_problem("auth", f"authentication failed: {exc}", AUTH_ADVICE)]
             return [_problem("ping", f"PING failed: {exc}", "see the Redis server's logs")]
         except (RedisError, OSError) as exc:
             return [_problem("ping", f"PING failed: {exc}", "see the checks above")]
@@ -283,7 +283,7 @@ async def _scheduler(client: Redis) -> Finding:
     return _ok("scheduler", f"{health.workers} worker(s) run cron, last beat {health.last_beat_age_s:.1f} s ago")
 
 
-_AUTH_ADVICE = (
+AUTH_ADVICE = (
     "check the user and password in the URL (redis://user:password@host:port/db); on Upstash/Fly Redis the user is "
     "'default'; a server without a password refuses AUTH"
 )
@@ -357,24 +357,35 @@ async def diagnose(settings: Settings) -> list[Finding]:
     findings = [_ok("config", f"{url.variable} = {url.redacted}")]
     for warning in settings.warnings:
         findings.append(_problem("config", warning, "unset the variable you don't mean to use"))
-    # Each step waits at most REDIS_TIMEOUT_S (3 s when that is longer): a hung server ends the walk in one wait.
-    timeout_s = min(STEP_TIMEOUT_S, settings.redis_timeout_s)
+    timeout_s = step_timeout_s(settings)
+    network = await reach(url, timeout_s)
+    findings.extend(network)
+    if healthy(network):
+        findings.extend(await _redis_checks(url, settings, timeout_s))
+    return findings
+
+
+def step_timeout_s(settings: Settings) -> float:
+    """Each step waits at most REDIS_TIMEOUT_S (3 s when that is longer): a hung server ends the walk in one wait."""
+    return min(STEP_TIMEOUT_S, settings.redis_timeout_s)
+
+
+async def reach(url: RedisURL, timeout_s: float) -> list[Finding]:
+    """The network walk to ``url`` (DNS, security advice, TCP, TLS), ending at the first problem."""
+    findings: list[Finding] = []
     addresses: list[str] = []
     if url.scheme != "unix":
         finding, addresses = await _dns(url, timeout_s)
         findings.append(finding)
         if finding.status == "problem":
-            findings.append(Finding("redis", "skipped", "needs a working connection"))
-            return findings
+            return [*findings, Finding("redis", "skipped", "needs a working connection")]
     findings.extend(security(url, addresses))
     steps: list[Callable[[RedisURL, float], Awaitable[Finding]]] = [_tcp, _tls]
     for step in steps:
         finding = await step(url, timeout_s)
         findings.append(finding)
         if finding.status == "problem":
-            findings.append(Finding("redis", "skipped", "needs a working connection"))
-            return findings
-    findings.extend(await _redis_checks(url, settings, timeout_s))
+            return [*findings, Finding("redis", "skipped", "needs a working connection")]
     return findings
 
 

@@ -1,4 +1,4 @@
-"""The limiter on a local three-primary Redis Cluster: batching per primary, redirects, NOSCRIPT, readiness."""
+"""The limiter on a local three-primary Redis Cluster: batching per primary, redirects, NOSCRIPT, readiness, doctor."""
 
 from __future__ import annotations
 
@@ -8,14 +8,18 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
+from service.app import create_app
+from service.doctor_limiter import diagnose_limiter_redis
 from service.ratelimit import cluster as cluster_module
 from service.ratelimit.cluster import ClusterTransport, slot_of
 from service.ratelimit.limiter import Limiter, Outcome
 from service.ratelimit.policy import parse_policies
 from service.settings import RedisURL
-from tests.servers import LocalCluster, shared_cluster
+from tests.conftest import ServiceTestServer, make_settings
+from tests.servers import LocalCluster, redis_url, shared_cluster
 
 POLICIES = parse_policies(
     {
@@ -117,3 +121,51 @@ async def test_cluster_health_covers_state_slots_and_every_primary(transport: Cl
     assert health.slots_covered == 16384
     assert len(health.primaries) == 3
     assert health.unreachable == []
+
+
+async def test_ready_includes_the_limiters_cluster(aiohttp_client: AiohttpClient, redis: Redis) -> None:
+    settings = make_settings(RATE_LIMIT_REDIS_URL=shared_cluster().url, ENABLE_WORKER="false")
+    client = await aiohttp_client(ServiceTestServer(create_app(settings)))
+
+    async with client.get("/ready") as response:
+        body = await response.json()
+
+    assert response.status == 200
+    assert body["components"] == {"redis": True, "ratelimit_redis": True}
+    assert body["details"]["ratelimit_redis"] == {"cluster_state": "ok", "slots_covered": 16384, "primaries": 3}
+
+
+async def test_ready_pings_a_separate_single_limiter_redis(aiohttp_client: AiohttpClient, redis: Redis) -> None:
+    other_database = redis_url().rsplit("/", 1)[0] + "/1"
+    settings = make_settings(RATE_LIMIT_REDIS_URL=other_database, ENABLE_WORKER="false")
+    client = await aiohttp_client(ServiceTestServer(create_app(settings)))
+
+    async with client.get("/ready") as response:
+        body = await response.json()
+
+    assert body["components"] == {"redis": True, "ratelimit_redis": True}
+    assert set(body["details"]["ratelimit_redis"]) == {"latency_ms"}
+
+
+async def test_doctor_checks_the_limiters_cluster() -> None:
+    settings = make_settings(RATE_LIMIT_REDIS_URL=shared_cluster().url)
+
+    findings = {finding.check: finding for finding in await diagnose_limiter_redis(settings)}
+
+    assert {check: finding.status for check, finding in findings.items()} == {
+        "limiter/config": "ok",
+        "limiter/dns": "ok",
+        "limiter/password": "ok",
+        "limiter/encryption": "ok",
+        "limiter/connect": "ok",
+        "limiter/tls": "ok",
+        "limiter/ping": "ok",
+        "limiter/lua": "ok",
+        "limiter/cluster": "ok",
+        "limiter/slots": "ok",
+    }
+    assert "RATE_LIMIT_REDIS_URL" in findings["limiter/config"].detail
+
+
+async def test_doctor_says_nothing_of_a_limiter_on_the_main_redis() -> None:
+    assert await diagnose_limiter_redis(make_settings()) == []

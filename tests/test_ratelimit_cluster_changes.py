@@ -175,6 +175,10 @@ async def test_a_killed_primary_is_replaced_without_a_restart_and_limits_are_exa
     loading = asyncio.create_task(load())
     await until(lambda: asyncio.sleep(0, len(timings) >= 40), "load before the kill")
     victim.kill()
+    limiter = app.app[LIMITER]
+    assert limiter.cluster is not None
+    assert not (health := await limiter.cluster.health()).ok  # what /ready reports now
+    assert health.unreachable == [f"127.0.0.1:{victim.port}"]
     with cluster.client(replica) as client:
         client.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
     promoted = time.monotonic()
