@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
@@ -125,7 +127,7 @@ async def test_cluster_health_covers_state_slots_and_every_primary(transport: Cl
 
 async def test_ready_includes_the_limiters_cluster(aiohttp_client: AiohttpClient, redis: Redis) -> None:
     settings = make_settings(RATE_LIMIT_REDIS_URL=shared_cluster().url, ENABLE_WORKER="false")
-    client = await aiohttp_client(ServiceTestServer(create_app(settings)))
+    client: TestClient[web.Request, None] = await aiohttp_client(ServiceTestServer(create_app(settings)))
 
     async with client.get("/ready") as response:
         body = await response.json()
@@ -138,7 +140,7 @@ async def test_ready_includes_the_limiters_cluster(aiohttp_client: AiohttpClient
 async def test_ready_pings_a_separate_single_limiter_redis(aiohttp_client: AiohttpClient, redis: Redis) -> None:
     other_database = redis_url().rsplit("/", 1)[0] + "/1"
     settings = make_settings(RATE_LIMIT_REDIS_URL=other_database, ENABLE_WORKER="false")
-    client = await aiohttp_client(ServiceTestServer(create_app(settings)))
+    client: TestClient[web.Request, None] = await aiohttp_client(ServiceTestServer(create_app(settings)))
 
     async with client.get("/ready") as response:
         body = await response.json()
