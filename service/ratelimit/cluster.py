@@ -123,6 +123,7 @@ class ClusterTransport:
         self._max_connections = max_connections
         self._client_name = client_name
         self._owners: list[str | None] = [None] * SLOTS
+        self._primaries: list[str] = []
         self._links: dict[str, Redis] = {}
         self._down_until: dict[str, float] = {}
         self._refreshing: asyncio.Task[None] | None = None
@@ -132,7 +133,7 @@ class ClusterTransport:
     @property
     def primaries(self) -> list[str]:
         """The addresses (``host:port``) of the nodes that serve slots, as last read."""
-        return sorted({owner for owner in self._owners if owner is not None})
+        return self._primaries
 
     def owner(self, caller: str, route: RouteBuckets) -> str | None:
         return self._owners[slot_of(caller, route)]
@@ -201,7 +202,7 @@ class ClusterTransport:
             if kind in _REDIRECT and hops - pauses < MAX_REDIRECTS:
                 target = rest.split(" ")[-1]
                 if kind == "MOVED":
-                    self._owners[int(rest.split(" ")[0])] = target
+                    self._owners[int(rest.split(" ")[0])] = target  # until the refresh reads the whole map
                     self._refresh_soon()
                 again.setdefault((target, kind == "ASK"), []).append(group)
             elif kind in _NOT_RUN and (kind != "NOSCRIPT" or hops - pauses < MAX_REDIRECTS):  # the deadline ends others
@@ -290,6 +291,7 @@ class ClusterTransport:
                 host = asked.rpartition(":")[0]
             owners[int(start) : int(end) + 1] = [f"{host}:{int(primary[1])}"] * (int(end) - int(start) + 1)
         self._owners = owners
+        self._primaries = sorted({owner for owner in owners if owner is not None})
 
     async def health(self) -> ClusterHealth:
         """Cluster state and slot coverage from one node, then a PING to every primary."""
