@@ -49,7 +49,7 @@ from redis.exceptions import (
 from service.logging import get_logger
 from service.ratelimit.policy import RouteBuckets
 from service.ratelimit.script import bucket_key
-from service.redis import connection_pool
+from service.redis import connection_pool, round_trip
 from service.settings import RedisURL
 
 __all__ = ["SLOTS", "BatchOwner", "ClusterHealth", "ClusterTransport", "is_cluster"]
@@ -337,17 +337,6 @@ async def _exchange(link: Redis, commands: list[bytes]) -> list[Any]:
     """One write of ``commands`` on one connection; error replies come back in place, a connection failure raises."""
     pool = link.connection_pool
     connection = await pool.get_connection()
-    try:
-        await connection.send_packed_command(commands, check_health=False)
-        replies: list[Any] = []
-        for _ in commands:
-            try:
-                replies.append(await connection.read_response(disable_decoding=True))
-            except ResponseError as error:
-                replies.append(error)
-    except BaseException:
-        await connection.disconnect(nowait=True)  # a reply may still be on its way: never reuse it
-        await pool.release(connection)
-        raise
+    replies = await round_trip(pool, connection, commands)
     await pool.release(connection)
     return replies

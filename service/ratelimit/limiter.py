@@ -45,7 +45,7 @@ from service.ratelimit.script import (
     BatchFramer,
     bucket_reply,
 )
-from service.redis import IDLE_CONNECTION_MAX_S
+from service.redis import IDLE_CONNECTION_MAX_S, round_trip
 
 __all__ = ["Decision", "Limiter", "Outcome"]
 
@@ -239,19 +239,7 @@ class Limiter:
         private ``_reader``): ``tests/test_redis_contract.py`` pins each member they use.
         """
         connection = await self._connection()
-        try:
-            await connection.send_packed_command(commands, check_health=False)
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(await connection.read_response(disable_decoding=True))
-                except ResponseError as error:
-                    replies.append(error)
-        except BaseException:
-            # A reply may still be on its way: this connection must never be reused.
-            await connection.disconnect(nowait=True)
-            await self._pool.release(connection)
-            raise
+        replies = await round_trip(self._pool, connection, commands)
         self._idle.append((connection, self._clock()))
         return replies
 
