@@ -12,10 +12,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError
 
 from service.app import create_app
 from service.doctor_limiter import diagnose_limiter_redis
 from service.ratelimit import cluster as cluster_module
+from service.ratelimit import limiter_redis
 from service.ratelimit.cluster import ClusterTransport, slot_of
 from service.ratelimit.limiter import Limiter, Outcome
 from service.ratelimit.policy import parse_policies
@@ -171,3 +173,52 @@ async def test_doctor_checks_the_limiters_cluster() -> None:
 
 async def test_doctor_says_nothing_of_a_limiter_on_the_main_redis() -> None:
     assert await diagnose_limiter_redis(make_settings()) == []
+
+
+async def test_a_hung_primary_holds_up_only_its_own_callers(transport: ClusterTransport) -> None:
+    limiter = Limiter(Redis(), deadline_s=0.3, cluster=transport)
+    callers = [f"hung-{n}" for n in range(30)]
+    await asyncio.gather(*(limiter.decide(caller, ROUTE) for caller in callers))  # connections and script in place
+    cluster = shared_cluster()
+    hung = cluster.servers[0]
+    address = f"127.0.0.1:{hung.port}"
+    hung.pause()  # SIGSTOP: its connections stay open and nothing answers
+    try:
+        decisions = await asyncio.gather(*(limiter.decide(caller, ROUTE) for caller in callers))
+    finally:
+        hung.resume()
+
+    outcomes = {caller: d.outcome for caller, d in zip(callers, decisions, strict=True)}
+    on_hung = {caller for caller in callers if transport.owner(caller, ROUTE) == address}
+    assert 0 < len(on_hung) < len(callers)
+    assert {outcomes[caller] for caller in on_hung} == {Outcome.FAIL_OPEN}  # at the deadline
+    assert {outcome for caller, outcome in outcomes.items() if caller not in on_hung} == {Outcome.ALLOWED}
+    await limiter.close()
+
+
+async def test_a_limiter_redis_that_answers_only_later_is_still_found_to_be_a_cluster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked = 0
+
+    async def is_cluster_later(client: Redis) -> bool:
+        nonlocal asked
+        asked += 1
+        if asked == 1:
+            raise ConnectionError("not yet")
+        return True
+
+    monkeypatch.setattr(limiter_redis, "is_cluster", is_cluster_later)
+    monkeypatch.setattr(limiter_redis, "DETECT_EVERY_S", 0.01)
+    settings = make_settings(RATE_LIMIT_REDIS_URL=shared_cluster().url)
+    limiter = Limiter(Redis(), deadline_s=1.0)
+    detection = limiter_redis.ClusterDetection(Redis(), settings)
+    with pytest.raises(ConnectionError):
+        await detection.detect(1.0)  # at start: no answer, so the limiter starts as for a single server
+
+    await asyncio.wait_for(detection.follow(limiter), 10)
+
+    assert limiter.cluster is not None
+    assert (await limiter.decide("late", ROUTE)).outcome == Outcome.ALLOWED
+    await limiter.cluster.close()
+    await limiter.close()
