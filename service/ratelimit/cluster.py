@@ -49,7 +49,7 @@ from redis.exceptions import (
 from service.logging import get_logger
 from service.ratelimit.policy import RouteBuckets
 from service.ratelimit.script import bucket_key
-from service.redis import connection_pool, round_trip
+from service.redis import cancel_until_done, connection_pool, round_trip
 from service.settings import RedisURL
 
 __all__ = ["SLOTS", "BatchOwner", "ClusterHealth", "ClusterTransport", "is_cluster"]
@@ -147,7 +147,7 @@ class ClusterTransport:
 
     async def close(self) -> None:
         if self._refreshing is not None:
-            self._refreshing.cancel()
+            await cancel_until_done(self._refreshing)
         for link in self._links.values():
             await link.aclose()
         self._links.clear()
@@ -217,7 +217,11 @@ class ClusterTransport:
         if not again:
             return
         if reload:
-            await owner.load_script(link)
+            try:
+                await owner.load_script(link)
+            except (RedisError, OSError) as exc:  # the others' replies are in; these cannot be decided now
+                owner.give_up([group for part in again.values() for group in part], "connection", f"{node}: {exc}")
+                return
         if pause:
             await asyncio.sleep(RETRY_PAUSE_S[min(pauses, len(RETRY_PAUSE_S) - 1)])
         await asyncio.gather(
