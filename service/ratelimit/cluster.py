@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -84,6 +83,9 @@ class BatchOwner(Protocol):
     def give_up(self, groups: Sequence[Group], kind: str, error: str) -> None:
         """Answer the undecided callers of ``groups`` by their fail-open/closed rule."""
 
+    def cluster_reply(self, code: str) -> None:
+        """Count a reply that says the call did not run (``MOVED``, ``ASK``, ``TRYAGAIN``, ...)."""
+
 
 @dataclass(frozen=True)
 class ClusterHealth:
@@ -128,7 +130,6 @@ class ClusterTransport:
         self._down_until: dict[str, float] = {}
         self._refreshing: asyncio.Task[None] | None = None
         self._refreshed_at = -math.inf
-        self.error_replies: Counter[str] = Counter()  # by code (MOVED, ASK, TRYAGAIN, ...): what the cluster said
 
     @property
     def primaries(self) -> list[str]:
@@ -197,8 +198,8 @@ class ClusterTransport:
         reload = pause = False
         for group, reply in zip(groups, replies, strict=True):
             kind, rest = _error_kind(reply)
-            if kind:
-                self.error_replies[kind] += 1
+            if kind in _REDIRECT or (kind in _NOT_RUN and kind != "NOSCRIPT"):  # the limiter counts NOSCRIPT itself
+                owner.cluster_reply(kind)
             if kind in _REDIRECT and hops - pauses < MAX_REDIRECTS:
                 target = rest.split(" ")[-1]
                 if kind == "MOVED":

@@ -217,6 +217,10 @@ class Limiter:
         else:
             self._resolve(group, reply, sent)
 
+    def cluster_reply(self, code: str) -> None:
+        """A cluster's reply that the call did not run and goes elsewhere or again: ``ratelimit_redis_errors_total``."""
+        self._metrics.redis_error(code.lower())
+
     async def load_script(self, redis: Redis) -> None:
         """After a ``NOSCRIPT`` reply: load the script on the server behind ``redis``.
 
