@@ -145,7 +145,9 @@ async def test_a_slot_migrated_under_load_admits_exactly_capacity(
     assert cluster.owner(slot) is target
 
 
-DEADLINE_MS = 250
+# Long enough that no busy test machine misses it while Redis answers (then limits must be
+# exact); a dead primary's callers are answered long before it (connection refused).
+DEADLINE_MS = 1000
 MARGIN_S = 1.5  # to parse, route and answer on a busy 2-core machine, beside the deadline
 
 
