@@ -47,7 +47,13 @@ from redis.exceptions import (
 
 from service.logging import get_logger
 from service.ratelimit.policy import RouteBuckets
-from service.ratelimit.script import bucket_key
+from service.ratelimit.script import (
+    CROSS_SLOT_SCRIPT,
+    CROSS_SLOT_SCRIPT_SHA,
+    REPLY_PER_BUCKET,
+    BatchFramer,
+    bucket_key,
+)
 from service.redis import cancel_until_done, connection_pool, round_trip
 from service.settings import RedisURL
 
@@ -130,6 +136,9 @@ class ClusterTransport:
         self._down_until: dict[str, float] = {}
         self._refreshing: asyncio.Task[None] | None = None
         self._refreshed_at = -math.inf
+        # One call per node and turn for the callers of all its slots, until a node cannot load the script.
+        self._across_framer = BatchFramer(CROSS_SLOT_SCRIPT_SHA, keys_in_argv=True)
+        self._across_ok = True
 
     @property
     def primaries(self) -> list[str]:
@@ -183,8 +192,10 @@ class ClusterTransport:
             owner.give_up(groups, "connection", f"no reachable primary for this slot ({node or 'unknown'})")
             return
         link = self._link(node)
-        commands = [owner.frame(group) for group in groups]
         try:
+            if hops == 0 and len(groups) > 1 and self._across_ok and await self._across(link, groups, owner, sent):
+                return
+            commands = [owner.frame(group) for group in groups]
             if asking:
                 replies = (await _exchange(link, [part for command in commands for part in (_ASKING, command)]))[1::2]
             else:
@@ -231,6 +242,35 @@ class ClusterTransport:
                 for (target, ask), part in again.items()
             )
         )
+
+    async def _across(self, link: Redis, groups: list[Group], owner: BatchOwner, sent: float) -> bool:
+        """Decide every group of one node in one script call (``CROSS_SLOT_SCRIPT``); False: it did not run.
+
+        It does not run when a key it would touch is not served by the node (a slot on the
+        move, a stale map) or the cluster is down; the groups then go one slot at a time, which
+        follows the redirects. A Redis before 7 cannot load the script: one slot at a time from then on.
+        """
+        calls = [call for group in groups for call in group]
+        reply: Any = None
+        for _ in range(2):  # a NOSCRIPT loads it, once
+            [reply] = await _exchange(link, [self._across_framer.evalsha(calls)])
+            if not isinstance(reply, NoScriptError):
+                break
+            owner.cluster_reply("NOSCRIPT")
+            try:
+                await link.script_load(CROSS_SLOT_SCRIPT)
+            except ResponseError:
+                self._across_ok = False
+                return False
+        if isinstance(reply, ResponseError):
+            owner.cluster_reply("SPLIT")
+            return False
+        at = 0
+        for group in groups:
+            size = sum(1 + REPLY_PER_BUCKET * len(route.buckets) for _, route, _ in group)
+            owner.answer(group, reply[at : at + size], sent)
+            at += size
+        return True
 
     def _link(self, address: str) -> Redis:
         link = self._links.get(address)
