@@ -2,8 +2,8 @@
 
 - **Batching.** Decisions that arrive in the same loop turn go to Redis together, in one
   round trip: one ``EVALSHA`` for all of them on a single Redis server, or, on Redis
-  Cluster (where a script may touch one hash slot only), one ``EVALSHA`` per slot and one
-  write per primary (``cluster.py``); a caller's keys share its hash tag's slot.
+  Cluster, one call per primary for the callers of its slots (``cluster.py``); a caller's
+  keys share its hash tag's slot.
 - **Exact local refusals.** When Redis has said a bucket held ``r`` units, at most
   ``r + rate * (now - sent)`` can be there now (``sent`` is when that call left, so the
   bound errs high: other processes only spend). While that bound is below the cost, the
