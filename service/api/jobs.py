@@ -256,14 +256,11 @@ async def get_job(request: web.Request) -> web.Response:
 )
 async def delete_job(request: web.Request) -> web.Response:
     job_id = request.match_info["job_id"]
-    tenant = _tenant(request)
-    queue = request.app[JOB_QUEUE]
-    outcome = await queue.abort(tenant, job_id)
+    outcome, view = await request.app[JOB_QUEUE].abort(_tenant(request), job_id)
     if outcome == "missing":
         raise _not_found(job_id)
     if outcome == "finished":
         raise Problem(409, f"job {job_id!r} has already finished", type_="job-finished")
-    view = await queue.get(tenant, job_id)
     if view is None:
         raise _not_found(job_id)
     return _job_response(view, 202)
