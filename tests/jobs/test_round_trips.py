@@ -3,6 +3,7 @@ commands (a script call counts once, as a metered Redis bills), through a ``MONI
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from bench.redis_stats import Monitor
 from jobs.redis_keys import index_key
 from service.app import create_app
 from service.app_keys import API_KEYS
+from service.ratelimit.policy import DEFAULT_POLICIES_TOML
 from tests.conftest import ServiceTestServer, make_settings
 from tests.jobs.support import Client, auth, enqueue
 from tests.servers import redis_url
@@ -24,20 +26,8 @@ REQUESTS = 5
 # What redis-py sends to keep its connections: opening one (names, protocol) or checking one that sat idle.
 # Not a request's work, and when it happens depends on the pool, not on the route.
 UPKEEP = frozenset({"client", "hello", "auth", "select", "ping"})
-
-
-# The shipped default plan's buckets, with room for every request of a test: each still spends its tokens.
-ROOMY_POLICIES = """
-[plans.default]
-"*" = [
-  { name = "burst", capacity = 1000, per_second = 10 },
-  { name = "sustained", capacity = 1000, per_second = 10 },
-]
-"POST /v1/jobs" = [{ name = "enqueue", capacity = 1000, per_second = 1 }]
-
-[anonymous]
-"*" = [{ name = "address", capacity = 10, per_second = 1 }]
-"""
+# The shipped policies with room for every request of a test: each request still spends its tokens.
+ROOMY_POLICIES = re.sub(r"capacity = \d+", "capacity = 1000", DEFAULT_POLICIES_TOML)
 
 
 @pytest.fixture
