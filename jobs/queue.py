@@ -112,16 +112,23 @@ def _state_of(reply: Sequence[Any], at: int) -> Sequence[bytes | None] | None:
 
 
 class JobQueue:
-    """The web process's handle on the jobs of every tenant."""
+    """The web process's handle on the jobs of every tenant.
 
-    def __init__(self, redis: Redis, settings: Settings, registry: Registry = TASKS) -> None:
+    ``redis`` sends what must run at most once (enqueue, abort): a client without retries.
+    ``reads`` (default ``redis``) sends the reads, which are safe to retry; on a pool of
+    their own they never wait behind, or crowd out, the calls that must not be retried.
+    """
+
+    def __init__(
+        self, redis: Redis, settings: Settings, registry: Registry = TASKS, *, reads: Redis | None = None
+    ) -> None:
         self._redis = redis
         self._settings = settings
         self._registry = registry
         self._enqueue = load_script(redis, "enqueue", include=["job_state"])
         self._abort = load_script(redis, "abort", include=["job_state"])
-        self._read_job = load_script(redis, "read_job", include=["job_state"])
-        self._page = load_script(redis, "job_page", include=["job_state"])
+        self._read_job = load_script(reads or redis, "read_job", include=["job_state"])
+        self._page = load_script(reads or redis, "job_page", include=["job_state"])
 
     @property
     def _retention_ms(self) -> int:

@@ -21,7 +21,7 @@ from jobs.queue import (
     TooManyUnfinishedJobs,
 )
 from jobs.registry import InvalidArguments, Registry, Task, UnknownTask
-from service.app_keys import IDENTITY, JOB_QUEUE, REDIS_ONCE, SETTINGS
+from service.app_keys import IDENTITY, JOB_QUEUE, REDIS, REDIS_ONCE, SETTINGS
 from service.errors import Problem
 from service.openapi import Access, Answer, TaggedUnion, operation
 
@@ -288,8 +288,8 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 
 async def _queue_ctx(app: web.Application, *, registry: Registry) -> AsyncIterator[None]:
-    """The queue on the process's no-retry client: an enqueue must never be sent twice."""
-    app[JOB_QUEUE] = JobQueue(app[REDIS_ONCE], app[SETTINGS], registry)
+    """The queue on the process's no-retry client (an enqueue must never be sent twice), its reads on the other."""
+    app[JOB_QUEUE] = JobQueue(app[REDIS_ONCE], app[SETTINGS], registry, reads=app[REDIS])
     yield
 
 
