@@ -223,7 +223,7 @@ async def post_retry(request: web.Request) -> web.Response:
 )
 async def post_abort(request: web.Request) -> web.Response:
     failed = await _failed(request)
-    outcome = await request.app[JOB_QUEUE].abort(failed.tenant, failed.job_id)
+    outcome, _ = await request.app[JOB_QUEUE].abort(failed.tenant, failed.job_id)
     if outcome == "missing":
         raise Problem(404, f"job {failed.job_id!r} no longer exists", type_="not-found")
     if outcome == "finished":

@@ -232,6 +232,37 @@ async def test_list_is_newest_first_filtered_by_status_and_paged_by_cursor(clien
     assert pages == (queued + deferred)[::-1]
 
 
+async def _all_pages(client: Client, key: str, query: str) -> list[str]:
+    ids: list[str] = []
+    cursor = None
+    while True:
+        url = f"/v1/jobs?{query}" + (f"&cursor={cursor}" if cursor else "")
+        page = await (await client.get(url, headers=auth(key))).json()
+        ids += [j["id"] for j in page["jobs"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return ids
+
+
+async def test_paging_shows_jobs_enqueued_in_the_same_microsecond_once_each(
+    client: Client, api_key: str, redis: Redis
+) -> None:
+    job_ids = [await enqueue(client, api_key, "diagnostics.ping") for _ in range(5)]
+    await redis.zadd("jobs:index:acme", dict.fromkeys(job_ids, 1_764_412_800_000_000))
+
+    for query in ("limit=1", "limit=2", "limit=1&status=queued"):
+        assert await _all_pages(client, api_key, query) == sorted(job_ids, reverse=True), query
+
+
+async def test_the_list_drops_index_entries_of_jobs_that_are_gone(client: Client, api_key: str, redis: Redis) -> None:
+    kept, gone, also_kept = [await enqueue(client, api_key, "diagnostics.ping") for _ in range(3)]
+    await redis.delete(f"arq:job:{gone}")
+
+    assert await _all_pages(client, api_key, "limit=1") == [also_kept, kept]
+    assert await redis.zscore("jobs:index:acme", gone) is None
+    assert (await client.get(f"/v1/jobs/{gone}", headers=auth(api_key))).status == 404
+
+
 async def test_list_refuses_bad_query_with_422(client: Client, api_key: str) -> None:
     for query in ("limit=101", "status=sleeping", "cursor=not-a-cursor", "colour=blue"):
         response = await client.get(f"/v1/jobs?{query}", headers=auth(api_key))
