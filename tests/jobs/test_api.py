@@ -13,7 +13,8 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
-from jobs.worker import Worker, running_worker
+from jobs.running import running_worker
+from jobs.worker import Worker
 from service.app import create_app
 from service.app_keys import API_KEYS
 from tests.jobs.support import Attempts, Client, auth, enqueue, job, jobs_settings, wait_for

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from jobs.cron import CronJob, RunId, Schedule
 from jobs.crontab import Crontab
 from jobs.redis_keys import QUEUE_KEY, SYSTEM_TENANT, ready_key
-from jobs.worker import running_worker
+from jobs.running import running_worker
 from service.app import create_app
 from service.doctor import diagnose
 from service.settings import Settings

@@ -21,7 +21,8 @@ from redis.asyncio import Redis
 from jobs.heartbeat import live_workers
 from jobs.queue import JobQueue
 from jobs.registry import Registry
-from jobs.worker import Worker, running_worker
+from jobs.running import running_worker
+from jobs.worker import Worker
 from service.settings import Settings
 from tests.conftest import make_settings
 from tests.jobs.test_processes import Proc, worker_env

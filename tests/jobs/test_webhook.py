@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from jobs import webhook_tenants
 from jobs.queue import JobQueue
 from jobs.registry import InvalidArguments
-from jobs.worker import running_worker
+from jobs.running import running_worker
 from service.app import create_app
 from service.app_keys import API_KEYS
 from service.settings import Settings
