@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from aiohttp import web
@@ -24,7 +24,10 @@ from service.app_keys import API_KEYS
 from service.http_server import ServiceRunner
 from service.logging import configure_logging
 from service.settings import Settings
-from tests.servers import SilentServer, missing_redis_server, redis_url, stop_all
+from tests.servers import RedisServer, SilentServer, missing_redis_server, new_redis_server, redis_url, stop_all
+
+if TYPE_CHECKING:  # tests.processes imports this module
+    from tests.processes import Proc
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,6 +95,23 @@ def logs() -> Iterator[io.StringIO]:
     finally:
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    """The child processes a test starts (``tests.processes.Proc``): any left running are killed after it."""
+    started: list[Proc] = []
+    yield started
+    for proc in started:
+        proc.kill()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A Redis of the test's own (its keys, heartbeats and INFO counts are the test's alone), stopped after it."""
+    server = new_redis_server()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ from jobs.running import running_worker
 from service.app import create_app
 from service.app_keys import API_KEYS
 from service.settings import Settings
-from tests.conftest import PYTHON, ROOT, subprocess_env
 from tests.jobs.support import Client, auth, enqueue, jobs_settings, wait_for
+from tests.processes import run_python
 from tests.servers import redis_url
 
 MASTER = "whsec-master-0123456789"
@@ -336,13 +336,8 @@ async def test_worker_checks_the_host_again_at_delivery(
 
 
 def _webhooks_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, "-m", "service", "webhooks", *args],
-        cwd=ROOT,
-        env=subprocess_env(REDIS_URL=redis_url(), LOG_FORMAT="console", **env),
-        capture_output=True,
-        text=True,
-        timeout=30,
+    return run_python(
+        "-m", "service", "webhooks", *args, env={"REDIS_URL": redis_url(), "LOG_FORMAT": "console", **env}
     )
 
 
