@@ -18,8 +18,13 @@ install: $(STAMP)
 run: $(STAMP)
 	LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/python -m service dev
 
+# Two pytest workers (pytest-xdist), each with its own private Redis and PostgreSQL: most tests wait on
+# processes and timers, not the CPU. The chaos scenarios share one worker (xdist_group). One worker when
+# TEST_REDIS_URL or TEST_DATABASE_URL names a server, which two workers would empty under each other.
+PYTEST_WORKERS = $(if $(TEST_REDIS_URL)$(TEST_DATABASE_URL),,-n 2 --dist loadgroup)
+
 test: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_WORKERS)
 
 # The whole chaos suite at full length (a shorter run of it is part of `make test`);
 # appends its figures to bench/RESULTS.md.
