@@ -59,7 +59,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# wrk is the load generator (Debian's, installed here when missing and apt-get can run; else the
+# benches fall back to bench/http_load.py, which is slower than the server it loads).
 bench: $(STAMP)
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; } || echo 'wrk not installed: using bench/http_load.py' >&2
 	$(BIN)/python -m bench
 
 # requirements.lock: the image's exact dependencies, with hashes (and the setuptools that builds the
