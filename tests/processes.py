@@ -53,6 +53,15 @@ class Proc:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def wait_for_line(self, text: str, timeout_s: float = 60.0) -> str:
+        """The first line of its output that holds ``text``, once there is one; fails if it exits first."""
+        deadline = time.monotonic() + timeout_s
+        while not (lines := [line for line in self.output().splitlines() if text in line]):
+            assert self.alive, self.output()
+            assert time.monotonic() < deadline, f"no line with {text!r} within {timeout_s} s:\n{self.output()}"
+            time.sleep(0.05)
+        return lines[0]
+
     async def exited(self, timeout_s: float) -> int:
         """Wait for the exit code; fail with the output if it takes longer than ``timeout_s``."""
         deadline = time.monotonic() + timeout_s

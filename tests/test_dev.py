@@ -41,11 +41,7 @@ class Dev(Proc):
 
     def wait_for_banner(self, timeout_s: float = 60.0) -> str:
         """The API key the banner shows, once dev says it is up."""
-        deadline = time.monotonic() + timeout_s
-        while "ottoai dev is up" not in self.output():
-            assert self.alive, self.output()
-            assert time.monotonic() < deadline, self.output()
-            time.sleep(0.05)
+        self.wait_for_line("ottoai dev is up", timeout_s)
         [line] = [line for line in self.output().splitlines() if line.startswith('API key of tenant "dev"')]
         return line.rsplit(" ", 1)[1]
 
@@ -106,7 +102,8 @@ def test_dev_listens_on_loopback_whatever_host_says(tmp_path: Path, procs: list[
     dev = Dev(tmp_path, free_port(), 1, HOST="0.0.0.0")
     procs.append(dev)
     dev.wait_for_banner()
-    assert "host=127.0.0.1" in dev.output()
+    # It prints its banner while the app starts, then binds and logs the address it listens on.
+    assert "host=127.0.0.1" in dev.wait_for_line("listening")
     assert dev.interrupt_group() == 0
 
 

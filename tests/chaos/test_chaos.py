@@ -38,9 +38,7 @@ from tests.conftest import make_settings
 from tests.proxy import DelayProxy
 from tests.servers import RedisServer, new_redis_server
 
-# One xdist worker runs the scenarios one after another: two clusters of four processes under load at once
-# would measure the machine, not the service.
-pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600), pytest.mark.xdist_group("chaos")]
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
 
 SCALE = float(os.environ.get("CHAOS_SCALE", "1"))
 REPORT = os.environ.get("CHAOS_REPORT")
