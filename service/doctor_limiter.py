@@ -15,7 +15,8 @@ import time
 from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError, RedisError
 
-from service.doctor import AUTH_ADVICE, SLOW_PING_MS, Finding, reach, step_timeout_s
+from service.doctor import AUTH_ADVICE, step_timeout_s
+from service.doctor_network import SLOW_PING_MS, Finding, reach
 from service.ratelimit.cluster import SLOTS, ClusterTransport, is_cluster
 from service.redis import connection_pool
 from service.settings import RedisURL, Settings
