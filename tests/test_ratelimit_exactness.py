@@ -1,4 +1,4 @@
-"""Two web processes hammer one tenant: exactly ``capacity`` requests get through, no more.
+"""Two web processes hammer two tenants: exactly ``capacity`` requests of each get through, no more.
 
 On the main Redis, and on a three-primary Redis Cluster as ``RATE_LIMIT_REDIS_URL``.
 """
@@ -53,18 +53,35 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
         process.wait(timeout=10)
 
 
+def neighbour_of(tenant: str, cluster_url: str | None) -> str:
+    """Another tenant: on a cluster, one of another slot on the same primary (so both share its one call per turn)."""
+    if cluster_url is None:
+        return f"{tenant}-2"
+    cluster = shared_cluster()
+    owner = cluster.owner(key_slot(bucket_key(tenant, "burst").encode()))
+    own_slot = key_slot(bucket_key(tenant, "burst").encode())
+    n = 0
+    while True:
+        name = f"{tenant}-{n}"
+        slot = key_slot(bucket_key(name, "burst").encode())
+        if slot != own_slot and any(server is owner and slot in slots for server, slots in cluster.slot_map()):
+            return name
+        n += 1
+
+
 @pytest.mark.parametrize("limiter_redis", ["main", "cluster"])
-async def test_two_processes_admit_exactly_capacity_for_one_tenant(
+async def test_two_processes_admit_exactly_capacity_per_tenant(
     redis: Redis, tmp_path: Path, limiter_redis: str
 ) -> None:
-    key = await ApiKeyStore(redis).create("hammered")
+    cluster_url = shared_cluster().url if limiter_redis == "cluster" else None
+    tenants = ["hammered", neighbour_of("hammered", cluster_url)]
+    keys = {tenant: await ApiKeyStore(redis).create(tenant) for tenant in tenants}
     policy_file = tmp_path / "policies.toml"
     policy_file.write_text(POLICIES)
     first, second = free_port(), free_port()
     while second == first:  # free_port closes its socket, so the same port can come back at once
         second = free_port()
     ports = [first, second]
-    cluster_url = shared_cluster().url if limiter_redis == "cluster" else None
     processes = [_start_serve(port, policy_file, cluster_url) for port in ports]
     try:
         for port, process in zip(ports, processes, strict=True):
@@ -72,21 +89,25 @@ async def test_two_processes_admit_exactly_capacity_for_one_tenant(
         connector = aiohttp.TCPConnector(limit=40)
         async with aiohttp.ClientSession(connector=connector) as session:
 
-            async def hit(port: int) -> int:
-                async with session.get(f"http://127.0.0.1:{port}/v1/anything", headers={"X-API-Key": key}) as r:
+            async def hit(port: int, tenant: str) -> tuple[str, int]:
+                headers = {"X-API-Key": keys[tenant]}
+                async with session.get(f"http://127.0.0.1:{port}/v1/anything", headers=headers) as r:
                     await r.read()
-                    return r.status
+                    return tenant, r.status
 
-            statuses = await asyncio.gather(*(hit(port) for _ in range(REQUESTS_PER_PROCESS) for port in ports))
+            answers = await asyncio.gather(
+                *(hit(port, tenant) for _ in range(REQUESTS_PER_PROCESS) for port in ports for tenant in tenants)
+            )
             metrics = [await (await session.get(f"http://127.0.0.1:{port}/metrics")).text() for port in ports]
     finally:
         _stop(processes)
 
     assert all('outcome="fail_open"' not in text for text in metrics)
-    counted = Counter(statuses)
-    assert counted[404] == CAPACITY  # admitted by the limiter, then no such route
-    assert counted[429] == 2 * REQUESTS_PER_PROCESS - CAPACITY
-    assert set(counted) == {404, 429}
+    for tenant in tenants:
+        counted = Counter(status for who, status in answers if who == tenant)
+        assert counted[404] == CAPACITY, tenant  # admitted by the limiter, then no such route
+        assert counted[429] == 2 * REQUESTS_PER_PROCESS - CAPACITY
+        assert set(counted) == {404, 429}
     bucket = bucket_key("hammered", "burst")
     if cluster_url is not None:  # the buckets live in the cluster, not in the main Redis
         cluster = shared_cluster()
