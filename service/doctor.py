@@ -214,10 +214,11 @@ def render(findings: list[Finding], as_json: bool) -> str:
         }
         return json.dumps(document, indent=2)
     lines = []
+    width = max([12, *(len(finding.check) for finding in findings)])  # limiter/... checks are longer
     for finding in findings:
-        lines.append(f"{finding.status:<8} {finding.check:<12} {finding.detail}")
+        lines.append(f"{finding.status:<8} {finding.check:<{width}} {finding.detail}")
         if finding.advice:
-            lines.append(f"{'':<8} {'':<12} → {finding.advice}")
+            lines.append(f"{'':<8} {'':<{width}} → {finding.advice}")
     if not healthy(findings):
         lines.append(f"{sum(f.status == 'problem' for f in findings)} problem(s) found")
     else:
