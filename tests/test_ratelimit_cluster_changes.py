@@ -12,10 +12,11 @@ import contextlib
 import time
 import tomllib
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
@@ -157,10 +158,20 @@ DEADLINE_MS = 1000
 MARGIN_S = 1.5  # to parse, route and answer on a busy 2-core machine, beside the deadline
 
 
+@pytest.fixture
+def own_cluster() -> Iterator[LocalCluster]:
+    """A cluster of the test's own (it loses a node), stopped when the test ends."""
+    cluster = new_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 async def test_a_killed_primary_is_replaced_without_a_restart_and_limits_are_exact_again(
-    aiohttp_client: AiohttpClient, redis: Redis, tmp_path: Path
+    aiohttp_client: AiohttpClient, redis: Redis, tmp_path: Path, own_cluster: LocalCluster
 ) -> None:
-    cluster = new_cluster()  # of its own: this one loses a node
+    cluster = own_cluster
     victim = cluster.servers[1]  # not the seed the app was given
     replica = cluster.add_replica(victim)
     app = await start_app(aiohttp_client, tmp_path, cluster, deadline_ms=DEADLINE_MS)
