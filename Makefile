@@ -18,8 +18,15 @@ install: $(STAMP)
 run: $(STAMP)
 	LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/python -m service dev
 
+# Two pytest workers (pytest-xdist), each with its own private Redis and PostgreSQL: most tests wait on
+# processes and timers, not the CPU. One worker when TEST_REDIS_URL or TEST_DATABASE_URL names a server,
+# which two workers would empty under each other. Then the chaos scenarios, alone: they hold request
+# latencies to a deadline, which other tests running beside them would measure instead.
+PYTEST_WORKERS = $(if $(TEST_REDIS_URL)$(TEST_DATABASE_URL),,-n 2)
+
 test: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_WORKERS) -m 'not browser and not chaos'
+	$(BIN)/pytest -m chaos tests/chaos
 
 # The whole chaos suite at full length (a shorter run of it is part of `make test`);
 # appends its figures to bench/RESULTS.md.

@@ -20,7 +20,7 @@ from jobs import cron_cli
 from jobs.cron import SCHEDULE, Schedule
 from jobs.fleet_metrics import FleetMetrics
 from jobs.heartbeat import live_workers
-from jobs.worker import running_worker
+from jobs.running import running_worker
 from service import event_loop
 from service.logging import configure_logging, get_logger, redact_text
 from service.metrics import Metrics, metrics_listener

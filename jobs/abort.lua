@@ -15,21 +15,28 @@
 -- ARGV[3]  result TTL (ms)
 -- ARGV[4]  queue name (for the result)
 -- ARGV[5]  the tenant
--- Returns "missing" (not this tenant's, or gone), "finished", "running" or "aborted".
+-- Returns {"missing"} (not this tenant's, or gone) or {"finished"}; or {"running"} or
+-- {"aborted"} followed by the job's state as it is now (job_state.lua: result, job, lease,
+-- due ms, tries), so that the caller answers with the job without reading it again.
+
+local function with_state(outcome)
+  local state = job_state(KEYS[5], KEYS[2], KEYS[4], KEYS[7], KEYS[3], ARGV[1])
+  return {outcome, state[1], state[2], state[3], state[4], state[5]}
+end
 
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  return 'missing'
+  return {'missing'}
 end
 if redis.call('EXISTS', KEYS[5]) == 1 then
-  return 'finished'
+  return {'finished'}
 end
 local raw = redis.call('GET', KEYS[2])
 if not raw then
-  return 'missing'
+  return {'missing'}
 end
 if redis.call('EXISTS', KEYS[4]) == 1 then
   redis.call('ZADD', KEYS[6], ARGV[2], ARGV[1])
-  return 'running'
+  return with_state('running')
 end
 
 local job = cjson.decode(raw)
@@ -51,4 +58,4 @@ redis.call('ZREM', KEYS[8], ARGV[1])
 if redis.call('EXISTS', KEYS[8]) == 0 then
   redis.call('ZREM', KEYS[9], ARGV[5])
 end
-return 'aborted'
+return with_state('aborted')

@@ -21,13 +21,26 @@
 -- ARGV[10] wake-up tokens kept at most
 -- ARGV[11] the tenant
 -- ARGV[12] unfinished jobs a tenant may have at most
--- Returns {1} when the job was enqueued, {0, record} when the idempotency key already
--- names a job, {2, unfinished} when the tenant is at its cap (nothing is written then).
+-- ARGV[13] result key prefix (arq:result:)
+-- ARGV[14] job key prefix (arq:job:)
+-- ARGV[15] in-progress key prefix (arq:in-progress:)
+-- ARGV[16] retry key prefix (arq:retry:)
+-- Returns {1} when the job was enqueued; {0, record, result, job, lease, due ms, tries}
+-- when the idempotency key already names a job, with that job's state (job_state.lua; only
+-- {0, record} when the job is no longer in the tenant's index), so that a replay is
+-- answered in this one call; {2, unfinished} when the tenant is at its cap (nothing is
+-- written then).
 
 if ARGV[8] ~= '' then
   local existing = redis.call('GET', KEYS[4])
   if existing then
-    return {0, existing}
+    local ok, record = pcall(cjson.decode, existing)
+    local id = ok and type(record) == 'table' and record['job_id']
+    if type(id) ~= 'string' or not redis.call('ZSCORE', KEYS[3], id) then
+      return {0, existing}
+    end
+    local state = job_state(ARGV[13] .. id, ARGV[14] .. id, ARGV[15] .. id, ARGV[16] .. id, KEYS[2], id)
+    return {0, existing, state[1], state[2], state[3], state[4], state[5]}
   end
 end
 local unfinished = redis.call('ZCARD', KEYS[6])

@@ -16,20 +16,25 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
 from arq.jobs import Deserializer, deserialize_result
+from arq.utils import timestamp_ms, to_ms
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from jobs import redis_keys
+from jobs import failures, redis_keys
+from jobs.cron import is_cron_run
+from jobs.metrics import Outcome
 from jobs.outage import Outage
+from jobs.registry import TryEnd
 from jobs.scripts import load_script
+from jobs.serialization import ABORTED, deserialize, stored_error
 from service.backoff import Backoff
 from service.logging import get_logger
 
-__all__ = ["Finisher"]
+__all__ = ["Finisher", "never_started"]
 
 log = get_logger(__name__)
 
@@ -84,23 +89,24 @@ class Finisher:
         tenant: str,
         finish: bool,
         result_data: bytes | None,
-        keep_ms: int | str,
-        incr_score: int | str,
-        keep_in_progress_ms: int | str,
         *,
-        counted: str = "",
-        failure: str = "",
+        keep_result_s: float | None,
+        incr_score: int | None,
+        keep_in_progress_s: float | None,
+        end: TryEnd | None,
     ) -> None:
-        """Run ``finish.lua`` for one run of ``tenant``'s ``job_id`` (``finish``: its result, else requeue it).
+        """Run ``finish.lua`` for one run of ``tenant``'s ``job_id`` (``finish``: its result, else requeue it),
+        with arq's ``finish_job`` arguments (``keep_result_s`` None: kept for ever).
 
-        ``counted`` is the outcome added to the minute's counts and ``failure`` the failed try
-        listed (``jobs.failures``), both only when recorded.
+        How the try ended (``end``, from its runner) is added to the minute's counts and, a failed
+        try, listed (``jobs.failures``), both only when recorded.
         """
         held = self.held.get(job_id)
         if held is None:
             log.warning("job result not recorded: its lease was lost; it runs again elsewhere", job_id=job_id)
             await self._look_again()
             return
+        counted, failure = _what_ended(job_id, tenant, end)
         task = asyncio.current_task()
         assert task is not None
         self._recording.add(task)
@@ -112,9 +118,9 @@ class Finisher:
                     job_id,
                     "1" if finish else "0",
                     result_data or "",
-                    keep_ms,
-                    incr_score,
-                    keep_in_progress_ms,
+                    "" if keep_result_s is None else to_ms(keep_result_s),
+                    incr_score or "",
+                    "" if keep_in_progress_s is None else to_ms(keep_in_progress_s),
                     "1" if job_id in self.handing_back else "0",
                     redis_keys.WAKE_TOKENS_MAX,
                     tenant,
@@ -182,3 +188,43 @@ class Finisher:
             else:
                 self._outage.succeeded()
                 return bool(recorded)
+
+
+class _Function(Protocol):
+    """arq's ``Function`` or ``CronJob``, as far as ``never_started`` reads it."""
+
+    @property
+    def max_tries(self) -> int | None: ...
+
+
+def never_started(result_data: bytes, functions: Mapping[str, _Function]) -> TryEnd:
+    """How a job that never started ended (it expired, was aborted before it started, or ran out of
+    tries), from the result arq wrote for it; ``functions``: the worker's, by name."""
+    ended = deserialize_result(result_data, deserializer=deserialize)
+    aborted = isinstance(ended.result, dict) and ended.result.get("type") == ABORTED
+    outcome: Outcome = "aborted" if aborted else "failed"
+    tries = int(ended.job_try or 0)
+    function = functions.get(ended.function)
+    max_tries = function.max_tries if function is not None and function.max_tries else tries
+    return TryEnd(ended.function, outcome, tries, max_tries, None if aborted else stored_error(ended.result))
+
+
+def _what_ended(job_id: str, tenant: str, end: TryEnd | None) -> tuple[str, str]:
+    """What ``finish.lua`` adds for this end of a try: the outcome it counts for the minute ("": none,
+    for a hand-back or a cron run) and the failed try it lists (JSON, or "": none, or a job no tenant
+    enqueued, which no operator can enqueue again)."""
+    if end is None or end.outcome == "handed_back" or is_cron_run(job_id):
+        return "", ""
+    failure = ""
+    if end.error is not None and tenant != redis_keys.SYSTEM_TENANT:
+        failure = failures.failed_try(
+            job_id=job_id,
+            task=end.task,
+            tenant=tenant,
+            error=end.error,
+            try_number=end.try_number,
+            max_tries=end.max_tries,
+            will_retry=end.outcome == "retried",
+            at_ms=timestamp_ms(),
+        )
+    return end.outcome, failure

@@ -1,13 +1,11 @@
 """Enqueue, look up, abort and list jobs: what the web API does with the queue.
 
 Jobs are arq jobs (``arq:job:<id>`` in the queue ``arq:queue``), written in arq's format
-with JSON. A job's state is read from arq's own keys, so it is never a copy that could
-disagree with what the workers do:
-
-- ``arq:result:<id>`` exists: ``complete``, ``failed`` or ``aborted``;
-- ``arq:in-progress:<id>`` exists (a worker's lease): ``in_progress``;
-- otherwise the job's due time in ``arq:queue``: ``deferred`` if it is in the future,
-  else ``queued``.
+with JSON. A job's state is read from arq's own keys (``jobs.views``), and every request
+reads it in one script call: ``read_job.lua`` for one job, ``job_page.lua`` for a page of
+the list, and the enqueue (idempotent replay) and abort scripts answer it with their
+outcome. A script call is one reply for redis-py to parse and one command for a metered
+Redis to bill.
 
 Each tenant has an index, ``jobs:index:<tenant>``, of its job ids by enqueue time (µs); it
 proves ownership (another tenant's job is simply not found) and is how jobs are listed.
@@ -27,18 +25,15 @@ tenant stops enqueueing. Idempotency keys live 24 h.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import time
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from arq.constants import expires_extra_ms
-from arq.jobs import deserialize_job, deserialize_result, serialize_job
+from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 from redis.asyncio import Redis
 
@@ -59,8 +54,9 @@ from jobs.redis_keys import (
 )
 from jobs.registry import EnqueueContext, InvalidArguments, Registry
 from jobs.scripts import load_script
-from jobs.serialization import ABORTED, deserialize, iso, iso_from_ms, serialize, stored_error, to_json
+from jobs.serialization import iso_from_ms, serialize, to_json
 from jobs.tasks import TASKS
+from jobs.views import STATE_KEY_PREFIXES, STATE_SIZE, STATUSES, JobView, Status, decode_cursor, encode_cursor, view_of
 from service.settings import Settings
 
 __all__ = [
@@ -73,11 +69,11 @@ __all__ = [
     "TooManyUnfinishedJobs",
 ]
 
-Status = Literal["queued", "deferred", "in_progress", "complete", "failed", "aborted"]
-STATUSES: tuple[Status, ...] = ("queued", "deferred", "in_progress", "complete", "failed", "aborted")
 AbortOutcome = Literal["aborted", "running", "finished", "missing"]
 
 MAX_DEFER_S = 86_400
+# A filtered list examines at most _LIST_SCAN_MAX index entries per request, _LIST_BATCH per
+# script call (each answers the states of the live ones among them).
 _LIST_BATCH = 100
 _LIST_SCAN_MAX = 1_000
 
@@ -105,126 +101,34 @@ class TooManyUnfinishedJobs(Exception):
         self.limit = limit
 
 
-@dataclass(frozen=True)
-class JobView:
-    """A job as the API shows it."""
-
-    id: str
-    task: str
-    status: Status
-    tries: int
-    enqueued_at: str
-    started_at: str | None = None
-    finished_at: str | None = None
-    result: Any = None
-    error: dict[str, str] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "id": self.id,
-            "task": self.task,
-            "status": self.status,
-            "tries": self.tries,
-            "enqueued_at": self.enqueued_at,
-        }
-        if self.started_at is not None:
-            body["started_at"] = self.started_at
-        if self.finished_at is not None:
-            body["finished_at"] = self.finished_at
-        if self.status == "complete":
-            body["result"] = self.result
-        if self.error is not None:
-            body["error"] = self.error
-        return body
-
-
 def _fingerprint(task: str, args: Mapping[str, Any], defer_s: float) -> str:
     canonical = json.dumps({"task": task, "args": args, "defer_seconds": defer_s}, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _int(raw: bytes | None) -> int:
-    return int(raw) if raw else 0
-
-
-def _deserialize_result(raw: bytes) -> dict[str, Any]:
-    """Our deserializer for arq's ``deserialize_result``: a job aborted before it started
-    (``abort.lua``) has no start time, which arq's result records as 0 (the epoch)."""
-    data = deserialize(raw)
-    data["st"] = data.get("st") or 0
-    return data
-
-
-def _finished_view(job_id: str, result: bytes) -> JobView:
-    outcome = deserialize_result(result, deserializer=_deserialize_result)
-    common: dict[str, Any] = {
-        "id": job_id,
-        "task": outcome.function,
-        "tries": int(outcome.job_try or 0),
-        "enqueued_at": iso(outcome.enqueue_time),
-        "started_at": iso(outcome.start_time) if outcome.start_time.timestamp() > 0 else None,
-        "finished_at": iso(outcome.finish_time),
-    }
-    if outcome.success:
-        return JobView(status="complete", result=outcome.result, **common)
-    error = stored_error(outcome.result)
-    return JobView(status="aborted" if error["type"] == ABORTED else "failed", error=error, **common)
-
-
-def _view(
-    job_id: str,
-    result: bytes | None,
-    job: bytes | None,
-    in_progress: bytes | None,
-    score: float | None,
-    retry: bytes | None,
-    now_ms: int,
-) -> JobView | None:
-    if result is not None:
-        return _finished_view(job_id, result)
-    if job is None:
-        return None
-    queued = deserialize_job(job, deserializer=deserialize)
-    common: dict[str, Any] = {
-        "id": job_id,
-        "task": queued.function,
-        "tries": _int(retry),
-        "enqueued_at": iso(queued.enqueue_time),
-    }
-    if in_progress is not None:
-        started = in_progress.split(b":", 1)[0]  # "<started ms>:<worker id>" (claim.lua)
-        started_ms = int(started) if started.isdigit() and int(started) > 1 else None
-        return JobView(status="in_progress", started_at=iso_from_ms(started_ms) if started_ms else None, **common)
-    if score is not None and score > now_ms:
-        return JobView(status="deferred", **common)
-    return JobView(status="queued", **common)
-
-
-def encode_cursor(score: float, job_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{int(score)}:{job_id}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[int, str]:
-    """``ValueError`` for a cursor this API did not hand out."""
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        score, _, job_id = text.partition(":")
-        if not job_id:
-            raise ValueError
-        return int(score), job_id
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise ValueError("not a cursor from this API") from None
+def _state_of(reply: Sequence[Any], at: int) -> Sequence[bytes | None] | None:
+    """The state (``jobs.views``) that starts at ``reply[at]``, or ``None`` when the reply ends before it."""
+    return reply[at : at + STATE_SIZE] if len(reply) >= at + STATE_SIZE else None
 
 
 class JobQueue:
-    """The web process's handle on the jobs of every tenant."""
+    """The web process's handle on the jobs of every tenant.
 
-    def __init__(self, redis: Redis, settings: Settings, registry: Registry = TASKS) -> None:
+    ``redis`` sends what must run at most once (enqueue, abort): a client without retries.
+    ``reads`` (default ``redis``) sends the reads, which are safe to retry; on a pool of
+    their own they never wait behind, or crowd out, the calls that must not be retried.
+    """
+
+    def __init__(
+        self, redis: Redis, settings: Settings, registry: Registry = TASKS, *, reads: Redis | None = None
+    ) -> None:
         self._redis = redis
         self._settings = settings
         self._registry = registry
-        self._enqueue = load_script(redis, "enqueue")
-        self._abort = load_script(redis, "abort")
+        self._enqueue = load_script(redis, "enqueue", include=["job_state"])
+        self._abort = load_script(redis, "abort", include=["job_state"])
+        self._read_job = load_script(reads or redis, "read_job", include=["job_state"])
+        self._page = load_script(reads or redis, "job_page", include=["job_state"])
 
     @property
     def _retention_ms(self) -> int:
@@ -279,6 +183,7 @@ class JobQueue:
                 WAKE_TOKENS_MAX,
                 tenant,
                 self._settings.job_unfinished_max,
+                *STATE_KEY_PREFIXES,
             ],
         )
         if int(reply[0]) == 2:
@@ -287,7 +192,8 @@ class JobQueue:
             existing = json.loads(reply[1])
             if existing["fingerprint"] != fingerprint:
                 raise IdempotencyConflict("this Idempotency-Key was used with a different request body")
-            view = await self.get(tenant, existing["job_id"])
+            state = _state_of(reply, 2)
+            view = view_of(existing["job_id"], state, timestamp_ms()) if state is not None else None
             if view is None:
                 raise IdempotencyConflict("the job of this Idempotency-Key no longer exists")
             return view, False
@@ -312,26 +218,24 @@ class JobQueue:
 
     async def get(self, tenant: str, job_id: str) -> JobView | None:
         """The job, or ``None`` when it is not this tenant's or no longer exists."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zscore(index_key(tenant), job_id)
-            self._read(pipe, job_id)
-            owned, result, job, in_progress, score, retry = await pipe.execute()
-        if owned is None:
-            return None
-        return _view(job_id, result, job, in_progress, score, retry, timestamp_ms())
+        state = await self._read_job(
+            keys=[
+                index_key(tenant),
+                RESULT_PREFIX + job_id,
+                JOB_PREFIX + job_id,
+                IN_PROGRESS_PREFIX + job_id,
+                RETRY_PREFIX + job_id,
+                QUEUE_KEY,
+            ],
+            args=[job_id],
+        )
+        return view_of(job_id, state, timestamp_ms()) if state else None
 
-    @staticmethod
-    def _read(pipe: Any, job_id: str) -> None:
-        pipe.get(RESULT_PREFIX + job_id)
-        pipe.get(JOB_PREFIX + job_id)
-        pipe.get(IN_PROGRESS_PREFIX + job_id)
-        pipe.zscore(QUEUE_KEY, job_id)
-        pipe.get(RETRY_PREFIX + job_id)
-
-    async def abort(self, tenant: str, job_id: str) -> AbortOutcome:
+    async def abort(self, tenant: str, job_id: str) -> tuple[AbortOutcome, JobView | None]:
         """Abort the job: ``aborted`` (it had not started), ``running`` (its worker will
-        cancel it), ``finished`` (too late) or ``missing``."""
-        outcome = await self._abort(
+        cancel it), ``finished`` (too late) or ``missing``; with the job as it is now after
+        ``aborted`` and ``running``."""
+        reply = await self._abort(
             keys=[
                 index_key(tenant),
                 JOB_PREFIX + job_id,
@@ -345,75 +249,53 @@ class JobQueue:
             ],
             args=[job_id, timestamp_ms(), self._retention_ms, QUEUE_KEY, tenant],
         )
-        value = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
-        assert value in ("aborted", "running", "finished", "missing"), value
-        return value  # type: ignore[return-value]
+        outcome = reply[0].decode()
+        assert outcome in ("aborted", "running", "finished", "missing"), outcome
+        state = _state_of(reply, 1)
+        return outcome, view_of(job_id, state, timestamp_ms()) if state is not None else None
 
     async def list_jobs(
         self, tenant: str, *, status: Status | None = None, limit: int = 20, cursor: str | None = None
     ) -> tuple[list[JobView], str | None]:
         """The tenant's jobs, newest first, and the cursor of the next page (``None`` at the end).
 
-        With ``status``, at most ``_LIST_SCAN_MAX`` index entries are examined per call; the
-        cursor then continues from the last one examined. ``ValueError`` for a bad cursor.
+        One script call without ``status``. With it, at most ``_LIST_SCAN_MAX`` index entries
+        are examined per call, ``_LIST_BATCH`` per script call; the cursor then continues from
+        the last one examined. ``ValueError`` for a bad cursor.
         """
-        index = index_key(tenant)
         after = decode_cursor(cursor) if cursor is not None else None
         found: list[JobView] = []
-        last: tuple[float, str] | None = None
         scanned = 0
-        offset = 0
-        more = False
         while True:
-            max_score: float | str = after[0] if after is not None else "+inf"
-            rows: list[tuple[bytes, float]] = await self._redis.zrevrangebyscore(
-                index, max_score, "-inf", start=offset, num=_LIST_BATCH, withscores=True
-            )
-            end_of_index = len(rows) < _LIST_BATCH
-            # Entries sharing the cursor's score come in descending id order: skip those
-            # at or before the cursor.
-            fresh = [
-                (member.decode(), score)
-                for member, score in rows
-                if after is None or score < after[0] or member.decode() < after[1]
-            ]
-            if not fresh:
-                if end_of_index:
-                    break
-                offset += len(rows)  # a run of entries with the cursor's very score
-                continue
-            offset = 0
-            views = await self._views([job_id for job_id, _ in fresh])
-            stale = []
-            for (job_id, score), view in zip(fresh, views, strict=True):
-                scanned += 1
-                last = (score, job_id)
-                if view is None:
-                    stale.append(job_id)
-                elif status is None or view.status == status:
+            # Without a status every live job is shown: one call asks for the page itself.
+            want, scan = (limit, _LIST_SCAN_MAX) if status is None else (_LIST_BATCH, _LIST_BATCH)
+            more, last, jobs = await self._read_page(tenant, after, want, scan)
+            for i, (score, view) in enumerate(jobs):
+                if status is None or view.status == status:
                     found.append(view)
                     if len(found) == limit:
-                        break
-            if stale:
-                await self._redis.zrem(index, *stale)
-            if len(found) == limit or scanned >= _LIST_SCAN_MAX:
-                more = not (end_of_index and last == (fresh[-1][1], fresh[-1][0]))
-                break
-            if end_of_index:
-                break
-            after = (int(fresh[-1][1]), fresh[-1][0])
-        return found, encode_cursor(*last) if more and last is not None else None
+                        return found, encode_cursor(score, view.id) if more or i + 1 < len(jobs) else None
+            scanned += scan  # a page short of `scan` examined is the index's last
+            if not more or last is None:
+                return found, None
+            if scanned >= _LIST_SCAN_MAX:
+                return found, encode_cursor(*last)
+            after = last
 
-    async def _views(self, job_ids: list[str]) -> list[JobView | None]:
-        if not job_ids:
-            return []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                self._read(pipe, job_id)
-            replies = await pipe.execute()
+    async def _read_page(
+        self, tenant: str, after: tuple[int, str] | None, want: int, scan: int
+    ) -> tuple[bool, tuple[int, str] | None, list[tuple[int, JobView]]]:
+        """``job_page.lua`` from ``after`` (a cursor's score and id): whether entries follow the
+        last one examined, that entry, and the live jobs among those examined."""
+        newest, after_id = after if after is not None else ("+inf", "")
+        reply = await self._page(
+            keys=[index_key(tenant), QUEUE_KEY], args=[newest, after_id, want, scan, *STATE_KEY_PREFIXES]
+        )
         now_ms = timestamp_ms()
-        views = []
-        for i, job_id in enumerate(job_ids):
-            result, job, in_progress, score, retry = replies[i * 5 : i * 5 + 5]
-            views.append(_view(job_id, result, job, in_progress, score, retry, now_ms))
-        return views
+        jobs: list[tuple[int, JobView]] = []
+        for at in range(3, len(reply), 2 + STATE_SIZE):
+            view = view_of(reply[at].decode(), reply[at + 2 : at + 2 + STATE_SIZE], now_ms)
+            if view is not None:
+                jobs.append((int(float(reply[at + 1])), view))
+        last = (int(float(reply[1])), reply[2].decode()) if reply[2] else None
+        return bool(int(reply[0])), last, jobs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib.resources import files
 
 from redis.asyncio import Redis
@@ -10,6 +11,11 @@ from redis.commands.core import AsyncScript
 __all__ = ["load_script"]
 
 
-def load_script(redis: Redis, name: str) -> AsyncScript:
-    """``jobs/<name>.lua`` registered on ``redis``."""
-    return redis.register_script(files("jobs").joinpath(f"{name}.lua").read_text())
+def _text(name: str) -> str:
+    return files("jobs").joinpath(f"{name}.lua").read_text()
+
+
+def load_script(redis: Redis, name: str, *, include: Sequence[str] = ()) -> AsyncScript:
+    """``jobs/<name>.lua`` registered on ``redis``, after the Lua of each ``include``: functions that
+    several scripts share (a script cannot call another), e.g. ``job_state.lua``."""
+    return redis.register_script("".join(_text(part) + "\n" for part in include) + _text(name))

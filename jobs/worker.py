@@ -1,37 +1,10 @@
 """The worker: arq's ``Worker`` with leases, wake-ups, per-worker heartbeats and hand-back.
 
-What it changes in stock arq, and why (see ``FINDINGS.md``):
-
-- **Fair claims**: tenants are served in turn (``claim.lua``, keys in ``jobs.redis_keys``),
-  not first-in first-out across tenants, so one tenant's backlog cannot hold another's
-  job back by more than about one job's run time.
-- **Claims** go through one Lua call (``claim.lua``) that gives each due job a short
-  in-progress *lease* (``JOB_LEASE_S``, 10 s) instead of arq's "longest timeout + 10 s";
-  the lease keeper (``jobs.leases``) renews the leases of running jobs every quarter
-  lease. The job of a killed worker is free again when its lease runs out, whatever the
-  tasks' timeouts.
-- **No polling**: an idle worker blocks on ``BLPOP jobs:wake`` (``jobs.wakeups``), which
-  every enqueue pushes to, until the next thing it knows of is due: a deferred job (a
-  cron job's next slot is one), the end of another worker's lease, or the fallback poll
-  (``JOB_IDLE_POLL_S``, 30 s). When there are peers, a claim pushes a token too, so an
-  idle peer wakes and watches the new leases run out.
-- **Heartbeats** are one key per worker with a TTL (``jobs.heartbeat``), not arq's one
-  shared health-check key that any closing worker deletes (arq's ``record_health`` never runs).
-- **Stopping** (``stop``): take no new jobs, let running ones finish within
-  ``JOB_GRACE_S``, then cancel the rest and hand them back: they are due at once for
-  another worker and the interrupted try is not counted.
-- **Redis outages** do not end it: every loop, renewal and finish that cannot reach Redis
-  retries with capped, jittered backoff (``jobs.outage`` logs one line when Redis is lost
-  and one when it is back). A run is recorded only while its lease still holds this
-  claim's token (``jobs.finishing``): one whose lease ran out meanwhile runs again
-  elsewhere. Only refused credentials (a configuration error) end the main loop.
-- Jobs and results are JSON (``jobs.serialization``), never pickle.
-- **Cron** (``jobs.cron``) in place of arq's: with ``ENABLE_CRON`` the worker runs cron
-  runs (jobs named ``cron:...``) and records their ends (``jobs.cron_runner``); without it,
-  its claims pass them by.
-
-Every arq option comes from ``WorkerSettings``; what else this module relies on in arq is
-pinned by ``tests/jobs/test_arq_contract.py``.
+What it changes in stock arq, and why, is in the package's docstring (``jobs/__init__.py``):
+each change has its own module, and this class ties them to arq's job running. Every arq
+option comes from ``WorkerSettings`` (``jobs.worker_settings``); ``jobs.running`` builds and
+runs workers. What else this module relies on in arq is pinned by
+``tests/jobs/test_arq_contract.py``.
 """
 
 from __future__ import annotations
@@ -44,82 +17,37 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, fields
 from typing import Any
 
 from arq.connections import ArqRedis, log_redis_info
-from arq.jobs import Deserializer, Serializer, deserialize_result
-from arq.utils import timestamp_ms, to_ms
-from arq.worker import Function
+from arq.utils import timestamp_ms
 from arq.worker import Worker as ArqWorker
 from redis.exceptions import AuthenticationError, RedisError
 
-from jobs import failures, heartbeat, redis_keys
-from jobs.cron import SCHEDULE, Schedule, is_cron_run
-from jobs.cron_runner import CronRunner, arq_functions
-from jobs.finishing import Finisher
+from jobs import heartbeat, redis_keys
+from jobs.claims import ClaimedJob, Claimer
+from jobs.cron import Schedule, is_cron_run
+from jobs.cron_runner import CronRunner
+from jobs.finishing import Finisher, never_started
 from jobs.leases import LeaseKeeper
 from jobs.metrics import JobMetrics, Outcome
 from jobs.outage import Outage
-from jobs.registry import Registry, TryEnd
-from jobs.scripts import load_script
-from jobs.serialization import ABORTED, deserialize, serialize, stored_error
-from jobs.tasks import TASKS
+from jobs.registry import TryEnd
 from jobs.wakeups import WakeUps
+from jobs.worker_settings import WorkerSettings
 from service.backoff import Backoff
 from service.logging import get_logger
 from service.metrics import Metrics
-from service.redis import cancel_until_done, connection_pool
+from service.redis import cancel_until_done
 from service.settings import Settings
 
-__all__ = ["Worker", "WorkerSettings", "create_worker", "running_worker"]
+__all__ = ["Worker", "WorkerSettings"]  # WorkerSettings: arq's options, ``jobs.worker.WorkerSettings`` as arq names it
 
 log = get_logger(__name__)
 
-# Queue entries one claim examines at most (running jobs stay in arq's queue).
-CLAIM_SCAN_MAX = 1000
 # The waits while Redis cannot be reached: up to 0.2 s, 0.4 s, ... 2 s (a worker is back
 # within 2 s of Redis; a fleet's failed connects are cheap).
 RECONNECT_BACKOFF = Backoff(base_s=0.2, cap_s=2.0)
-
-
-@dataclass(frozen=True)
-class WorkerSettings:
-    """arq's ``WorkerSettings``: the options of arq's ``Worker``, under arq's names.
-
-    ``from_settings`` fills the per-deployment ones from ``Settings``; the worker passes
-    every field, and nothing else, to arq's ``Worker`` (beside its Redis pool).
-    """
-
-    functions: Sequence[Function]
-    max_jobs: int
-    keep_result: float
-    burst: bool = False
-    queue_name: str = redis_keys.QUEUE_KEY
-    job_serializer: Serializer = serialize
-    job_deserializer: Deserializer = deserialize
-    allow_abort_jobs: bool = True
-    # ``stop`` ends a worker (``python -m jobs`` calls it on SIGTERM and SIGINT) and hands its jobs back.
-    handle_signals: bool = False
-
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, *, registry: Registry = TASKS, schedule: Schedule | None = None, **options: Any
-    ) -> WorkerSettings:
-        """The options of a worker running ``registry``'s tasks and, when given, the cron ``schedule``;
-        ``options`` set other fields (``burst``, ...)."""
-        cron = arq_functions(schedule, registry) if schedule is not None else []
-        return cls(
-            functions=[*registry.arq_functions(keep_result_s=settings.job_retention_s), *cron],
-            max_jobs=settings.worker_concurrency,
-            keep_result=settings.job_retention_s,
-            **options,
-        )
-
-    def arq_options(self) -> dict[str, Any]:
-        """The keyword arguments of arq's ``Worker``."""
-        return {field.name: getattr(self, field.name) for field in fields(self)}
 
 
 class Worker(ArqWorker):
@@ -183,7 +111,13 @@ class Worker(ArqWorker):
         self._stop_requested = asyncio.Event()
         self._wake_ups = WakeUps(settings, worker_id=self.worker_id, redis=redis_pool)
         self._started_at = time.time()
-        self._claim_script = load_script(redis_pool, "claim")
+        self._claimer = Claimer(
+            redis_pool,
+            worker_id=self.worker_id,
+            queue_name=self.queue_name,
+            lease_ms=self._leases.lease_ms,
+            with_cron=self._cron is not None,
+        )
         self._metrics = metrics
         if metrics is not None:  # the process's /metrics shows this worker's runs and pools
             metrics.registry.register(self.job_metrics)
@@ -225,13 +159,11 @@ class Worker(ArqWorker):
                     await self._wake_ups.wait(self._seconds_to_wait(next_ms))
             except AuthenticationError:
                 raise  # the credentials are wrong: waiting cannot fix a configuration error
-            except (RedisError, OSError) as exc:
+            except Exception as exc:
                 failures += 1
-                self._outage.failed(exc)
-                await self._pause(RECONNECT_BACKOFF.delay_s(failures))
-            except Exception:
-                failures += 1
-                if failures == 1:  # a bug, not an outage: its traceback once, then the same backoff
+                if isinstance(exc, RedisError | OSError):
+                    self._outage.failed(exc)
+                elif failures == 1:  # a bug, not an outage: its traceback once, then the same backoff
                     log.exception("worker loop failed; retrying with backoff", worker_id=self.worker_id)
                 await self._pause(RECONNECT_BACKOFF.delay_s(failures))
 
@@ -258,35 +190,19 @@ class Worker(ArqWorker):
         self._reap()
         if not self.allow_pick_jobs or self.job_counter >= self.max_jobs:
             return -1
-        now_ms = timestamp_ms()
-        reply = await self._claim_script(
-            keys=[redis_keys.TENANTS_KEY, redis_keys.WAKE_KEY, redis_keys.WORKERS_KEY, self.queue_name],
-            args=[
-                now_ms,
-                self.max_jobs - self.job_counter,
-                self._leases.lease_ms,
-                redis_keys.IN_PROGRESS_PREFIX,
-                CLAIM_SCAN_MAX,
-                redis_keys.WAKE_TOKENS_MAX,
-                redis_keys.READY_PREFIX,
-                "" if self._cron is not None else redis_keys.SYSTEM_TENANT,
-                self.worker_id,
-                *self._finisher.held,  # not a job this worker let go (a lost lease): it may be claimable again
-            ],
-        )
-        lease = f"{now_ms}:{self.worker_id}"  # the value of the claimed jobs' leases, as claim.lua wrote it
-        for i in range(1, len(reply), 3):
-            await self._start(reply[i].decode(), int(reply[i + 1]), reply[i + 2].decode(), lease)
-        return int(reply[0])
+        claim = await self._claimer.claim(self.max_jobs - self.job_counter, held=self._finisher.held)
+        for job in claim.jobs:
+            await self._start(job, claim.lease)
+        return claim.next_ms
 
-    async def _start(self, job_id: str, score: int, tenant: str, lease: str) -> None:
+    async def _start(self, job: ClaimedJob, lease: str) -> None:
         await self.sem.acquire()  # never waits: the claim took no more jobs than free slots
         self.job_counter += 1
-        self._job_tenants[job_id] = tenant
-        self._finisher.held[job_id] = lease
-        task = self.loop.create_task(self.run_job(job_id, score))
-        task.add_done_callback(functools.partial(self._on_job_done, job_id, lease))
-        self.tasks[job_id] = task
+        self._job_tenants[job.job_id] = job.tenant
+        self._finisher.held[job.job_id] = lease
+        task = self.loop.create_task(self.run_job(job.job_id, job.score))
+        task.add_done_callback(functools.partial(self._on_job_done, job.job_id, lease))
+        self.tasks[job.job_id] = task
 
     def _on_job_done(self, job_id: str, lease: str, _: asyncio.Task[Any]) -> None:
         self._release_sem_dec_counter_on_complete()
@@ -387,19 +303,15 @@ class Worker(ArqWorker):
             await self._cron.finish(job_id, result_data)
             self._finisher.log_if_complete(job_id, result_data)
             return
-        keep_ms = "" if keep_result_forever or result_timeout_s is None else to_ms(result_timeout_s)
-        tenant = self._job_tenants.get(job_id, redis_keys.SYSTEM_TENANT)
-        counted, failure = _what_ended(job_id, tenant, end)
         await self._finisher.record(
             job_id,
-            tenant,
+            self._job_tenants.get(job_id, redis_keys.SYSTEM_TENANT),
             finish,
             result_data,
-            keep_ms,
-            incr_score or "",
-            "" if keep_in_progress is None else to_ms(keep_in_progress),
-            counted=counted,
-            failure=failure,
+            keep_result_s=None if keep_result_forever else result_timeout_s,
+            incr_score=incr_score,
+            keep_in_progress_s=keep_in_progress,
+            end=end,
         )
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
@@ -407,15 +319,9 @@ class Worker(ArqWorker):
         tries) through ``finish_job`` too, so the job leaves its tenant's unfinished jobs (a cron run is
         recorded by cron); the job metrics count it as a run that never started."""
         if result_data is not None and not is_cron_run(job_id):
-            ended = deserialize_result(result_data, deserializer=deserialize)
-            aborted = isinstance(ended.result, dict) and ended.result.get("type") == ABORTED
-            outcome: Outcome = "aborted" if aborted else "failed"
-            self.job_metrics.record(ended.function, outcome)
-            tries = int(ended.job_try or 0)
-            function = self.functions.get(ended.function)
-            max_tries = function.max_tries if function is not None and function.max_tries else tries
-            error = None if aborted else stored_error(ended.result)
-            self.try_ends[job_id] = TryEnd(ended.function, outcome, tries, max_tries, error)
+            end = never_started(result_data, self.functions)
+            self.job_metrics.record(end.task, end.outcome)
+            self.try_ends[job_id] = end
         await self.finish_job(job_id, True, result_data, self.keep_result_s, self.keep_result_forever, None, None)
 
     async def _look_again(self) -> None:
@@ -483,74 +389,3 @@ class Worker(ArqWorker):
             self._metrics.registry.unregister(self.job_metrics)
             self._metrics.pools.forget("worker")
             self._metrics.pools.forget("worker-wake")
-
-
-def _what_ended(job_id: str, tenant: str, end: TryEnd | None) -> tuple[str, str]:
-    """What ``finish.lua`` adds for this end of a try: the outcome it counts for the minute ("": none,
-    for a hand-back or a cron run) and the failed try it lists (JSON, or "": none, or a job no tenant
-    enqueued, which no operator can enqueue again)."""
-    if end is None or end.outcome == "handed_back" or is_cron_run(job_id):
-        return "", ""
-    failure = ""
-    if end.error is not None and tenant != redis_keys.SYSTEM_TENANT:
-        failure = failures.failed_try(
-            job_id=job_id,
-            task=end.task,
-            tenant=tenant,
-            error=end.error,
-            try_number=end.try_number,
-            max_tries=end.max_tries,
-            will_retry=end.outcome == "retried",
-            at_ms=timestamp_ms(),
-        )
-    return end.outcome, failure
-
-
-def create_worker(
-    settings: Settings,
-    *,
-    registry: Registry = TASKS,
-    schedule: Schedule = SCHEDULE,
-    metrics: Metrics | None = None,
-    **options: Any,
-) -> Worker:
-    """A worker on its own Redis pools, built from ``WorkerSettings`` (``options`` set its fields: ``burst``, ...).
-
-    It runs the cron ``schedule`` with ``ENABLE_CRON``, unless in burst mode (a burst worker
-    stops when nothing is due, and a cron job always has a run to come). With ``metrics``
-    (the process's registry) it reports its job runs and pools there. Call it inside the
-    event loop that will run the worker.
-    """
-    cron = schedule if settings.enable_cron and not options.get("burst") else None
-    worker_settings = WorkerSettings.from_settings(settings, registry=registry, schedule=cron, **options)
-    pool = ArqRedis(
-        connection_pool(
-            settings.require_redis(),
-            max_connections=settings.worker_concurrency + 5,
-            timeout_s=settings.redis_timeout_s,
-            retries=0,  # a claim or a finish must never be sent twice
-            client_name="ottoai-worker",
-        ),
-        job_serializer=worker_settings.job_serializer,
-        job_deserializer=worker_settings.job_deserializer,
-        default_queue_name=worker_settings.queue_name,
-    )
-    return Worker(settings, worker_settings, redis_pool=pool, schedule=cron, metrics=metrics)
-
-
-@contextlib.asynccontextmanager
-async def running_worker(
-    settings: Settings,
-    *,
-    registry: Registry = TASKS,
-    schedule: Schedule = SCHEDULE,
-    metrics: Metrics | None = None,
-    **options: Any,
-) -> AsyncIterator[Worker]:
-    """A worker running in this event loop; leaving stops it gracefully (``JOB_GRACE_S``)."""
-    worker = create_worker(settings, registry=registry, schedule=schedule, metrics=metrics, **options)
-    await worker.start()
-    try:
-        yield worker
-    finally:
-        await worker.stop(settings.job_grace_s)

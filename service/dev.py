@@ -21,7 +21,7 @@ from pathlib import Path
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from jobs.worker import running_worker
+from jobs.running import running_worker
 from service.app_keys import API_KEYS, METRICS
 from service.auth import ApiKeyStore
 from service.logging import get_logger

@@ -30,7 +30,10 @@ from service.errors import PROBLEM_TYPE_BASE, Problem
 from service.request_body import JsonBodyParser
 from service.settings import SERVICE_NAME
 
-__all__ = ["Access", "Answer", "TaggedUnion", "operation", "schema_ref", "setup"]
+__all__ = ["REDIS_DOWN", "Access", "Answer", "TaggedUnion", "operation", "schema_ref", "setup"]
+
+# What a 503 of an operation that needs Redis means, when nothing else can make it one.
+REDIS_DOWN = "Redis cannot answer now; retry after `Retry-After`."
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 

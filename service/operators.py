@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service.app_keys import OPERATOR_SESSIONS
+from service.app_keys import OPERATOR_SESSIONS, SETTINGS
 from service.auth import bearer_token_matches, require_internal
 from service.errors import Problem
 from service.sessions import COOKIE_NAME, CSRF_HEADER, Session
@@ -34,8 +34,9 @@ __all__ = ["require_operator"]
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def require_operator(request: web.Request, internal_token: str | None) -> Session | None:
+def require_operator(request: web.Request) -> Session | None:
     """Let an operator through (see the module's docstring), or raise 401/403; the session used, if any."""
+    internal_token = request.app[SETTINGS].internal_token
     if bearer_token_matches(request, internal_token):
         return None
     sessions = request.app[OPERATOR_SESSIONS]

@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from aiohttp import web
@@ -25,9 +25,29 @@ from service.app_keys import API_KEYS
 from service.http_server import ServiceRunner
 from service.logging import configure_logging
 from service.settings import Settings
-from tests.servers import SilentServer, missing_redis_server, redis_url, stop_all
+from tests.servers import (
+    DATABASE_ENV,
+    REDIS_ENV,
+    RedisServer,
+    SilentServer,
+    missing_redis_server,
+    new_redis_server,
+    redis_url,
+    stop_all,
+)
+
+if TYPE_CHECKING:  # tests.processes imports this module
+    from tests.processes import Proc
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+async def get_json(client: TestClient[web.Request, web.Application], path: str) -> dict[str, Any]:
+    """The JSON object that ``GET path`` answers with 200."""
+    response = await client.get(path)
+    assert response.status == 200, await response.text()
+    body: dict[str, Any] = await response.json()
+    return body
 
 
 def make_settings(**env: str) -> Settings:
@@ -64,6 +84,13 @@ def pytest_configure(config: pytest.Config) -> None:
     problem = missing_redis_server()
     if problem:
         pytest.exit(problem, returncode=2)
+    named = [name for name in (REDIS_ENV, DATABASE_ENV) if os.environ.get(name)]
+    if named and getattr(config.option, "numprocesses", None):
+        pytest.exit(
+            f"{' and '.join(named)} {'name servers' if len(named) > 1 else 'names a server'} that the xdist"
+            " workers (-n) would share and empty under each other: run pytest without -n",
+            returncode=2,
+        )
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -95,6 +122,23 @@ def logs() -> Iterator[io.StringIO]:
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
         service_logging._access_lines = saved_access_lines
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    """The child processes a test starts (``tests.processes.Proc``): any left running are killed after it."""
+    started: list[Proc] = []
+    yield started
+    for proc in started:
+        proc.kill()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A Redis of the test's own (its keys, heartbeats and INFO counts are the test's alone), stopped after it."""
+    server = new_redis_server()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

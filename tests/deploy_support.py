@@ -1,15 +1,13 @@
-"""What the deploy tests share: the deploy files as Fly reads them, and child processes to run them."""
+"""What the deploy tests share: the deploy files as Fly reads them, and the environment of their processes."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import shlex
-import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,39 +66,6 @@ def argv(command: str) -> list[str]:
     return [sys.executable, *words[1:]]
 
 
-class Proc:
-    """A child process whose output goes to a file (no pipe to fill up); killed by ``kill`` if left running."""
-
-    def __init__(self, args: Sequence[str], log: Path, env: Mapping[str, str], cwd: Path = ROOT) -> None:
-        self.log = log
-        with log.open("wb") as out:
-            self.popen = subprocess.Popen(list(args), cwd=cwd, env=dict(env), stdout=out, stderr=subprocess.STDOUT)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    async def exited(self, timeout_s: float) -> int:
-        """Wait for the exit code; fail with the output if it takes longer than ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        while self.popen.poll() is None:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"still running after {timeout_s} s:\n{self.output()}")
-            await asyncio.sleep(0.02)
-        return self.popen.returncode
-
-    async def stop(self, timeout_s: float) -> tuple[int, float]:
-        """SIGTERM, as Fly's kill_signal; the exit code and the seconds it took."""
-        started = time.monotonic()
-        self.popen.terminate()
-        code = await self.exited(timeout_s)
-        return code, time.monotonic() - started
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait()
-
-
 def child_env(**settings: str) -> dict[str, str]:
     """The environment of a deployed process: this one minus service settings and ``PYTHONPATH``, plus ``settings``."""
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "UPSTASH_REDIS_URL", "PYTHONPATH")}
@@ -113,25 +78,6 @@ def machine_env(redis_url: str, **extra: str) -> dict[str, str]:
     """A Fly machine's environment: fly.toml's [env] and a REDIS_URL secret, on loopback ports of its own."""
     env = {**fly_env(), "REDIS_URL": redis_url, "HOST": "127.0.0.1", "METRICS_PORT": str(free_port())}
     return child_env(**{**env, **extra})
-
-
-async def wait_for_status(
-    session: aiohttp.ClientSession, url: str, status: int, proc: Proc, timeout_s: float = 30.0
-) -> None:
-    """Poll ``url`` until it answers ``status``; fail early if ``proc`` dies."""
-    deadline = time.monotonic() + timeout_s
-    last: object = None
-    while True:
-        assert proc.popen.poll() is None, f"exited with {proc.popen.returncode}:\n{proc.output()}"
-        try:
-            async with session.get(url) as response:
-                last = response.status
-                if response.status == status:
-                    return
-        except aiohttp.ClientConnectionError as exc:
-            last = exc
-        assert time.monotonic() < deadline, f"{url} answered {last!r}, not {status}, for {timeout_s} s"
-        await asyncio.sleep(0.05)
 
 
 async def enqueue(

@@ -14,7 +14,7 @@ from typing import Any
 
 import schemathesis
 
-from jobs.queue import encode_cursor
+from jobs.views import encode_cursor
 
 RECEIVER_ENV = "SCHEMATHESIS_WEBHOOK_RECEIVER"
 

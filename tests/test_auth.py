@@ -16,7 +16,8 @@ from redis.asyncio import Redis
 from service import auth
 from service.app_keys import API_KEYS
 from service.redis import cancel_until_done, redis_client
-from tests.conftest import PYTHON, ROOT, make_settings, subprocess_env
+from tests.conftest import make_settings
+from tests.processes import run_python
 from tests.servers import new_redis_server, redis_url
 
 Client = TestClient[web.Request, web.Application]
@@ -170,14 +171,7 @@ async def test_revoke_errors_show_at_most_a_prefix(redis: Redis) -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, "-m", "service", "keys", *args],
-        cwd=ROOT,
-        env=subprocess_env(REDIS_URL=redis_url(), LOG_FORMAT="console"),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    return run_python("-m", "service", "keys", *args, env={"REDIS_URL": redis_url(), "LOG_FORMAT": "console"})
 
 
 async def test_keys_cli_creates_lists_and_revokes(client: Client) -> None:

@@ -18,17 +18,14 @@ from service.app_keys import API_KEYS, LIMIT_USAGE
 from service.auth import REVOCATIONS_CHANNEL
 from service.dashboard.snapshot import ROUND_TRIPS_MAX
 from service.ratelimit.usage import ANONYMOUS_CALLER
-from tests.conftest import ServiceTestServer, make_settings
+from tests.conftest import ServiceTestServer, get_json, make_settings
 from tests.waiting import until
 
 Client = TestClient[web.Request, web.Application]
 
 
 async def _document(client: Client) -> dict[str, Any]:
-    response = await client.get("/internal/dashboard.json")
-    assert response.status == 200
-    document: dict[str, Any] = await response.json()
-    return document
+    return await get_json(client, "/internal/dashboard.json")
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import stat
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,35 +22,26 @@ from redis.asyncio import Redis
 
 from service.auth import ApiKeyStore
 from tests.conftest import PYTHON, ROOT, subprocess_env
+from tests.processes import Proc
 from tests.servers import free_port, redis_url
 
 
-class Dev:
+class Dev(Proc):
     """``python -m service dev`` in ``folder``, in a process group of its own (as a terminal starts it)."""
 
     def __init__(self, folder: Path, port: int, run: int, **env: str) -> None:
+        super().__init__(
+            [PYTHON, "-m", "service", "dev"],
+            folder / f"dev-{run}.log",
+            subprocess_env(PORT=str(port), LOG_FORMAT="console", JOB_GRACE_S="0.5", **env),
+            cwd=folder,
+            new_session=True,
+        )
         self.port = port
-        self.log = folder / f"dev-{run}.log"
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [PYTHON, "-m", "service", "dev"],
-                cwd=folder,
-                env=subprocess_env(PORT=str(port), LOG_FORMAT="console", JOB_GRACE_S="0.5", **env),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
 
     def wait_for_banner(self, timeout_s: float = 60.0) -> str:
         """The API key the banner shows, once dev says it is up."""
-        deadline = time.monotonic() + timeout_s
-        while "ottoai dev is up" not in self.output():
-            assert self.process.poll() is None, self.output()
-            assert time.monotonic() < deadline, self.output()
-            time.sleep(0.05)
+        self.wait_for_line("ottoai dev is up", timeout_s)
         [line] = [line for line in self.output().splitlines() if line.startswith('API key of tenant "dev"')]
         return line.rsplit(" ", 1)[1]
 
@@ -75,29 +65,16 @@ class Dev:
 
     def interrupt_group(self, timeout_s: float = 20.0) -> int:
         """Ctrl-C at the terminal: SIGINT to the whole process group."""
-        os.killpg(self.process.pid, signal.SIGINT)
-        return self.process.wait(timeout=timeout_s)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
-@pytest.fixture
-def devs() -> Iterator[list[Dev]]:
-    started: list[Dev] = []
-    yield started
-    for dev in started:
-        dev.kill()
+        os.killpg(self.popen.pid, signal.SIGINT)
+        return self.popen.wait(timeout=timeout_s)
 
 
 def test_sigint_to_devs_group_mid_job_exits_0_and_the_job_completes_after_the_next_start(
-    tmp_path: Path, devs: list[Dev]
+    tmp_path: Path, procs: list[Proc]
 ) -> None:
     port = free_port()
     first = Dev(tmp_path, port, 1)
-    devs.append(first)
+    procs.append(first)
     key = first.wait_for_banner()
     job = first.request("POST", "/v1/jobs", key, {"task": "diagnostics.sleep", "args": {"seconds": 3}})
     first.wait_for_status(key, job["id"], "in_progress", timeout_s=10)
@@ -111,7 +88,7 @@ def test_sigint_to_devs_group_mid_job_exits_0_and_the_job_completes_after_the_ne
     assert "handing jobs back to the queue" in output
 
     second = Dev(tmp_path, port, 2)
-    devs.append(second)
+    procs.append(second)
     assert second.wait_for_banner() == key  # the same key, read back from .dev-data
     done = second.wait_for_status(key, job["id"], "complete", timeout_s=20)
     assert done["tries"] == 1  # handed back, not spent
@@ -121,11 +98,12 @@ def test_sigint_to_devs_group_mid_job_exits_0_and_the_job_completes_after_the_ne
     assert stat.S_IMODE((tmp_path / ".dev-data" / "api-key").stat().st_mode) == 0o600
 
 
-def test_dev_listens_on_loopback_whatever_host_says(tmp_path: Path, devs: list[Dev]) -> None:
+def test_dev_listens_on_loopback_whatever_host_says(tmp_path: Path, procs: list[Proc]) -> None:
     dev = Dev(tmp_path, free_port(), 1, HOST="0.0.0.0")
-    devs.append(dev)
+    procs.append(dev)
     dev.wait_for_banner()
-    assert "host=127.0.0.1" in dev.output()
+    # It prints its banner while the app starts, then binds and logs the address it listens on.
+    assert "host=127.0.0.1" in dev.wait_for_line("listening")
     assert dev.interrupt_group() == 0
 
 

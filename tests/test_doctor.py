@@ -15,7 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from jobs.heartbeat import live_workers
-from jobs.worker import running_worker
+from jobs.running import running_worker
 from service.doctor import Finding, diagnose, security
 from service.settings import RedisURL, Settings
 from tests.conftest import PYTHON, ROOT, make_settings, subprocess_env

@@ -25,8 +25,7 @@ from pathlib import Path
 import pytest
 
 from service.auth import PREFIX_LEN
-from tests.conftest import PYTHON, ROOT, subprocess_env
-from tests.processes import Child, run_service
+from tests.processes import Child, run_python, run_service
 from tests.servers import new_redis_server
 
 REDIS_PASSWORD = "redis-pw-sentinel-7f3a"
@@ -64,14 +63,7 @@ def receiver() -> Iterator[int]:
 
 
 def cli(*args: str, redis_url: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, "-m", "service", *args],
-        cwd=ROOT,
-        env=subprocess_env(REDIS_URL=redis_url, LOG_FORMAT="json", **env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_python("-m", "service", *args, env={"REDIS_URL": redis_url, "LOG_FORMAT": "json", **env}, timeout_s=60)
 
 
 def request(child: Child, method: str, path: str, headers: dict[str, str], body: bytes | None = None) -> int:

@@ -6,33 +6,21 @@ import asyncio
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from redis.asyncio import Redis
 
 from jobs.cron_store import CronStore
 from jobs.queue import JobQueue
 from tests.conftest import make_settings
 from tests.jobs.cron_worker import SCHEDULES
-from tests.jobs.test_processes import Proc, live_ids, start_worker, worker_env
-from tests.processes import run_service
+from tests.jobs.test_processes import live_ids, start_worker, worker_env
+from tests.processes import Proc, run_service
 from tests.prometheus import Samples, names, parse, value
-from tests.servers import RedisServer, free_port, new_redis_server
+from tests.servers import RedisServer, free_port
 
 TOKEN = "metrics-token-for-tests"
 FLY_SCRAPER = {"Fly-Client-IP": "203.0.113.9"}  # a caller outside loopback, as Fly's proxy names it
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    """A Redis of the test's own, so that its INFO counts are the test's processes' alone."""
-    server = new_redis_server()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
@@ -105,29 +93,24 @@ async def test_web_process_serves_metrics_on_both_ports_and_reads_info_once_per_
 
 
 async def test_worker_process_serves_its_job_runs_and_the_fleet_on_the_metrics_port(
-    private_redis: RedisServer, tmp_path: Path
+    private_redis: RedisServer, procs: list[Proc], tmp_path: Path
 ) -> None:
     metrics_port = free_port()
-    procs: list[Proc] = []
     worker = start_worker(
         procs, tmp_path / "worker.log", REDIS_URL=private_redis.url, METRICS_PORT=str(metrics_port), ENABLE_CRON="false"
     )
-    try:
-        async with Redis.from_url(private_redis.url) as redis:
-            await live_ids(redis, 1)  # its first heartbeat, before the first scrape caches the fleet
-            scrape_port(metrics_port)
-            queue = JobQueue(redis, make_settings(REDIS_URL=private_redis.url))
-            queued, _ = await queue.enqueue("acme", "diagnostics.ping", {})
-            deadline = time.monotonic() + 15
-            while (view := await queue.get("acme", queued.id)) is None or view.status != "complete":
-                assert time.monotonic() < deadline, view
-                await asyncio.sleep(0.05)
-        samples = scrape_port(metrics_port)
-        worker.popen.terminate()
-        assert await worker.exited(10) == 0, worker.output()
-    finally:
-        for proc in procs:
-            proc.stop()
+    async with Redis.from_url(private_redis.url) as redis:
+        await live_ids(redis, 1)  # its first heartbeat, before the first scrape caches the fleet
+        scrape_port(metrics_port)
+        queue = JobQueue(redis, make_settings(REDIS_URL=private_redis.url))
+        queued, _ = await queue.enqueue("acme", "diagnostics.ping", {})
+        deadline = time.monotonic() + 15
+        while (view := await queue.get("acme", queued.id)) is None or view.status != "complete":
+            assert time.monotonic() < deadline, view
+            await asyncio.sleep(0.05)
+    samples = scrape_port(metrics_port)
+    code, _ = await worker.stop(timeout_s=10)
+    assert code == 0, worker.output()
 
     assert value(samples, "job_runs_total", task="diagnostics.ping", outcome="complete") == 1
     assert value(samples, "job_run_duration_seconds_count", task="diagnostics.ping") == 1
@@ -138,24 +121,22 @@ async def test_worker_process_serves_its_job_runs_and_the_fleet_on_the_metrics_p
 
 
 async def test_worker_process_shows_cron_runs_as_jobs_and_by_cron_outcome(
-    private_redis: RedisServer, tmp_path: Path
+    private_redis: RedisServer, procs: list[Proc], tmp_path: Path
 ) -> None:
     metrics_port = free_port()
-    worker = Proc(
+    worker = Proc.python(
         ["-m", "tests.jobs.cron_worker", "tick"],  # diagnostics.ping every second
         tmp_path / "worker.log",
         worker_env(REDIS_URL=private_redis.url, METRICS_PORT=str(metrics_port)),
     )
-    try:
-        async with Redis.from_url(private_redis.url) as redis:
-            store = CronStore(redis, SCHEDULES["tick"])
-            deadline = time.monotonic() + 20
-            while (await store.status(history=False))[0].runs_by_outcome["complete"] < 2:
-                assert time.monotonic() < deadline, worker.output()
-                await asyncio.sleep(0.1)
-        samples = scrape_port(metrics_port)
-    finally:
-        worker.stop()
+    procs.append(worker)
+    async with Redis.from_url(private_redis.url) as redis:
+        store = CronStore(redis, SCHEDULES["tick"])
+        deadline = time.monotonic() + 20
+        while (await store.status(history=False))[0].runs_by_outcome["complete"] < 2:
+            assert time.monotonic() < deadline, worker.output()
+            await asyncio.sleep(0.1)
+    samples = scrape_port(metrics_port)
 
     assert value(samples, "cron_runs_total", job="tick", outcome="complete") >= 2
     assert value(samples, "cron_runs_total", job="tick", outcome="failed") == 0

@@ -26,16 +26,13 @@ from service.backoff import Backoff
 from service.middleware import request_context_middleware
 from service.ratelimit.middleware import v1_middleware
 from service.settings import Settings
-from tests.conftest import make_settings
+from tests.conftest import get_json, make_settings
 
 Client = TestClient[web.Request, web.Application]
 
 
 async def _document(client: Client) -> dict[str, Any]:
-    response = await client.get("/openapi.json")
-    assert response.status == 200
-    document: dict[str, Any] = await response.json()
-    return document
+    return await get_json(client, "/openapi.json")
 
 
 def _resolved(document: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:

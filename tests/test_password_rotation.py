@@ -22,7 +22,8 @@ from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError
 
 from service.auth import ApiKeyStore
-from tests.deploy_support import Proc, argv, fly_config, machine_env, procfile, wait_for_status
+from tests.deploy_support import argv, fly_config, machine_env, procfile
+from tests.processes import Proc, wait_for_status
 from tests.servers import RedisServer, free_port, new_redis_server
 
 OLD = "old-password-2025"

@@ -11,8 +11,7 @@ import pytest
 import redis
 
 from service.auth import REVOCATIONS_CHANNEL
-from tests.conftest import PYTHON, ROOT, subprocess_env
-from tests.processes import run_service
+from tests.processes import run_python, run_service
 from tests.servers import free_port, redis_url
 
 
@@ -103,15 +102,8 @@ def test_dev_without_any_redis_server_says_how_to_get_one(
 
 
 def _keys(*args: str) -> str:
-    result = subprocess.run(
-        [PYTHON, "-m", "service", "keys", *args],
-        cwd=ROOT,
-        env=subprocess_env(REDIS_URL=redis_url()),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
+    result = run_python("-m", "service", "keys", *args, env={"REDIS_URL": redis_url()})
+    assert result.returncode == 0, result.stderr
     return result.stdout
 
 

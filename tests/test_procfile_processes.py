@@ -7,16 +7,13 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 from redis.asyncio import Redis
 
 from service.auth import ApiKeyStore
 from tests.deploy_support import (
-    Proc,
     argv,
     enqueue,
     fly_config,
@@ -24,28 +21,12 @@ from tests.deploy_support import (
     job_reaches,
     machine_env,
     procfile,
-    wait_for_status,
 )
-from tests.servers import RedisServer, free_port, new_redis_server
+from tests.processes import Proc, wait_for_status
+from tests.servers import RedisServer, free_port
 
 # The job outlives the worker's grace (JOB_GRACE_S, 3 s by default), so it must be handed back.
 SLEEP_S = 5
-
-
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    """A Redis of this test's own: the worker heartbeats it sees are this test's only."""
-    started = new_redis_server()
-    yield started
-    started.stop()
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for proc in started:
-        proc.kill()
 
 
 def start(procs: list[Proc], group: str, log: Path, env: dict[str, str]) -> Proc:
@@ -67,15 +48,15 @@ async def wait_for_worker(env: dict[str, str], worker: Proc, timeout_s: float = 
 
 
 async def test_web_is_ready_only_with_a_worker_and_both_stop_within_kill_timeout_handing_the_job_back(
-    server: RedisServer, procs: list[Proc], tmp_path: Path
+    private_redis: RedisServer, procs: list[Proc], tmp_path: Path
 ) -> None:
     kill_timeout_s = fly_config()["kill_timeout"]
     ready_path = fly_config()["checks"]["ready"]["path"]
     port = free_port()
-    web_env = machine_env(server.url, PORT=str(port))
-    worker_env = machine_env(server.url)
+    web_env = machine_env(private_redis.url, PORT=str(port))
+    worker_env = machine_env(private_redis.url)
     base = f"http://127.0.0.1:{port}"
-    client = Redis.from_url(server.url)
+    client = Redis.from_url(private_redis.url)
     key = await ApiKeyStore(client).create("acme")
     await client.aclose()
 

@@ -11,7 +11,7 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
-from jobs.worker import running_worker
+from jobs.running import running_worker
 from service.api import readiness as readiness_api
 from service.api.readiness import check_redis
 from service.app import create_app

@@ -1,8 +1,14 @@
-"""The imports of ``service`` and ``jobs`` are a one-way street, read from the source.
+"""The modules of ``service`` and ``jobs``: small, and their imports a one-way street, read from the source.
 
-Foundations (settings, redis, logging, backoff, metrics) <- jobs <- the web layer of ``service``. Every import
-statement counts, at top level, inside a function or under ``if TYPE_CHECKING:``: a cycle that
-only the type checker sees still ties two modules into one.
+How import cycles are checked: every ``.py`` file under ``service/`` and ``jobs/`` is parsed with
+``ast``, each ``import`` and ``from ... import`` statement (at top level, inside a function or under
+``if TYPE_CHECKING:``: a cycle that only the type checker sees still ties two modules into one) is
+resolved to the project module it names (``from service.x import f`` imports ``service.x``), and
+``graphlib.TopologicalSorter`` orders the resulting graph, raising ``CycleError`` with the cycle's
+modules if there is one. The layers are checked on the same graph: foundations (settings, redis,
+logging, backoff, metrics) <- jobs <- the web layer of ``service``.
+
+A module past ``MAX_MODULE_LINES`` lines is usually two modules (``STYLE.md``).
 """
 
 from __future__ import annotations
@@ -11,7 +17,11 @@ import ast
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT
+
+MAX_MODULE_LINES = 400
 
 FOUNDATIONS = frozenset(
     {
@@ -86,3 +96,19 @@ def test_rate_limit_headers_need_nothing_of_the_limiter_and_policy_no_wire_forma
     graph = import_graph()
     assert graph["service.ratelimit.headers"] == set()  # the IETF header formats
     assert "service.ratelimit.script" not in graph["service.ratelimit.policy"]  # TOML -> buckets only
+
+
+# Modules over the limit that another branch is changing now (issue 7 left them to it). Strict xfail:
+# once one is short enough this test fails until its entry goes.
+OVER_THE_LIMIT_FOR_NOW: dict[str, str] = {}  # none now
+
+
+def _limit_case(module: str) -> object:
+    reason = OVER_THE_LIMIT_FOR_NOW.get(module)
+    return pytest.param(module, marks=pytest.mark.xfail(strict=True, reason=reason)) if reason else module
+
+
+@pytest.mark.parametrize("module", [_limit_case(module) for module in sorted(MODULES)])
+def test_module_is_at_most_400_lines(module: str) -> None:
+    lines = len(MODULES[module].read_text(encoding="utf-8").splitlines())
+    assert lines <= MAX_MODULE_LINES, f"{MODULES[module].relative_to(ROOT)}: {lines} lines"

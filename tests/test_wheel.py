@@ -16,22 +16,15 @@ import sys
 import sysconfig
 import venv
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from tests.conftest import ROOT
-from tests.deploy_support import Proc, child_env, dockerfile_copy_sources, enqueue, job_reaches, wait_for_status
-from tests.servers import RedisServer, free_port, new_redis_server
-
-
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    started = new_redis_server()
-    yield started
-    started.stop()
+from tests.deploy_support import child_env, dockerfile_copy_sources, enqueue, job_reaches
+from tests.processes import Proc, wait_for_status
+from tests.servers import RedisServer, free_port
 
 
 def run(*args: str | Path, cwd: Path, **env: str) -> str:
@@ -100,7 +93,7 @@ def test_wheel_ships_the_dashboards_script_style_sheet_and_templates(wheel: Path
 
 
 async def test_wheel_in_a_fresh_venv_serves_runs_a_job_and_stops_cleanly(
-    wheel: Path, server: RedisServer, tmp_path: Path
+    wheel: Path, private_redis: RedisServer, tmp_path: Path
 ) -> None:
     python = fresh_venv(tmp_path, wheel)
     empty = tmp_path / "empty"
@@ -109,7 +102,12 @@ async def test_wheel_in_a_fresh_venv_serves_runs_a_job_and_stops_cleanly(
     located = json.loads(run(python, "-c", where, cwd=empty))
     assert all(path.startswith(str(tmp_path / "venv")) for path in located), located
 
-    env = {"REDIS_URL": server.url, "LOG_FORMAT": "console", "HOST": "127.0.0.1", "METRICS_PORT": str(free_port())}
+    env = {
+        "REDIS_URL": private_redis.url,
+        "LOG_FORMAT": "console",
+        "HOST": "127.0.0.1",
+        "METRICS_PORT": str(free_port()),
+    }
     key = run(python, "-m", "service", "keys", "create", "--tenant", "t", cwd=empty, **env).strip()
     port = free_port()
     web = Proc([str(python), "-m", "service", "serve"], tmp_path / "web.log", child_env(**env, PORT=str(port)), empty)

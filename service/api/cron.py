@@ -7,16 +7,16 @@ it. Plain JSON APIs: the same as ``python -m jobs cron ...``.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from marshmallow import Schema, fields, validate
 
 from jobs.cron import Schedule
-from jobs.cron_store import OUTCOMES, CronJobRunning, CronStore
-from service.app_keys import CRON_STORE, REDIS_ONCE, SETTINGS
+from jobs.cron_store import OUTCOMES, CronJobRunning, CronJobStatus, CronStore
+from service.app_keys import CRON_STORE, REDIS_ONCE
 from service.errors import Problem
-from service.openapi import Access, Answer, operation
+from service.openapi import REDIS_DOWN, Access, Answer, operation
 from service.operators import require_operator
 
 __all__ = ["setup"]
@@ -73,7 +73,7 @@ class CronRunQueuedSchema(Schema):
 
 
 def _store(request: web.Request) -> CronStore:
-    require_operator(request, request.app[SETTINGS].internal_token)
+    require_operator(request)
     return request.app[CRON_STORE]
 
 
@@ -90,7 +90,7 @@ def _name(request: web.Request) -> str:
     summary="The cron schedule: each job's next run, pause state and last runs",
     access=Access.INTERNAL,
     answers=[Answer(200, "Every cron job of the schedule.", CronJobsSchema, headers={"Cache-Control": True})],
-    problems={503: "Redis cannot answer now; retry after `Retry-After`."},
+    problems={503: REDIS_DOWN},
 )
 async def get_cron(request: web.Request) -> web.Response:
     statuses = await _store(request).status()
@@ -110,7 +110,7 @@ async def get_cron(request: web.Request) -> web.Response:
     problems={
         404: _NOT_FOUND,
         409: "A run of the job is in progress; try again when it has finished.",
-        503: "Redis cannot answer now; retry after `Retry-After`.",
+        503: REDIS_DOWN,
     },
 )
 async def post_run(request: web.Request) -> web.Response:
@@ -123,17 +123,22 @@ async def post_run(request: web.Request) -> web.Response:
     return web.json_response({"name": name, "job_id": job_id}, status=202)
 
 
+async def _changed(request: web.Request, change: Callable[[CronStore, str], Awaitable[CronJobStatus]]) -> web.Response:
+    """Apply ``change`` (pause or resume) to the named job; the job as it is now."""
+    store = _store(request)
+    return web.json_response((await change(store, _name(request))).to_json())
+
+
 @operation(
     operation_id="pauseCronJob",
     tags=["operations"],
     summary="Pause a cron job: its pending run is removed (a running one finishes)",
     access=Access.INTERNAL,
     answers=[Answer(200, "Paused: the job as it is now.", CronJobSchema)],
-    problems={404: _NOT_FOUND, 503: "Redis cannot answer now; retry after `Retry-After`."},
+    problems={404: _NOT_FOUND, 503: REDIS_DOWN},
 )
 async def post_pause(request: web.Request) -> web.Response:
-    store = _store(request)
-    return web.json_response((await store.pause(_name(request))).to_json())
+    return await _changed(request, CronStore.pause)
 
 
 @operation(
@@ -142,11 +147,10 @@ async def post_pause(request: web.Request) -> web.Response:
     summary="Resume a paused cron job at its next slot",
     access=Access.INTERNAL,
     answers=[Answer(200, "Resumed: the job as it is now.", CronJobSchema)],
-    problems={404: _NOT_FOUND, 503: "Redis cannot answer now; retry after `Retry-After`."},
+    problems={404: _NOT_FOUND, 503: REDIS_DOWN},
 )
 async def post_resume(request: web.Request) -> web.Response:
-    store = _store(request)
-    return web.json_response((await store.resume(_name(request))).to_json())
+    return await _changed(request, CronStore.resume)
 
 
 async def _store_ctx(app: web.Application, *, schedule: Schedule) -> AsyncIterator[None]:

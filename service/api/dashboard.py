@@ -60,9 +60,8 @@ _TO_LOGIN = "/dashboard/login"
     problems={403: "From outside loopback while `INTERNAL_TOKEN` is not set (no login is possible)."},
 )
 async def get_page(request: web.Request) -> web.StreamResponse:
-    settings = request.app[SETTINGS]
     try:
-        session = require_operator(request, settings.internal_token)
+        session = require_operator(request)
     except Problem as problem:
         if problem.status == 401:
             raise web.HTTPSeeOther(_TO_LOGIN) from None
@@ -141,7 +140,7 @@ async def post_login(request: web.Request) -> web.Response:
     answers=[Answer(200, "The session cookie is cleared.", SignedOutSchema)],
 )
 async def post_logout(request: web.Request) -> web.Response:
-    require_operator(request, request.app[SETTINGS].internal_token)
+    require_operator(request)
     response = web.json_response({"signed_out": True})
     response.del_cookie(COOKIE_NAME, path="/", secure=True, httponly=True, samesite="Strict")
     return response
@@ -162,7 +161,7 @@ async def post_logout(request: web.Request) -> web.Response:
     answers=[Answer(200, "The document.", DashboardSchema, headers={"Cache-Control": True})],
 )
 async def get_document(request: web.Request) -> web.Response:
-    require_operator(request, request.app[SETTINGS].internal_token)
+    require_operator(request)
     document = await request.app[DASHBOARD].get()
     return web.json_response(document, headers={"Cache-Control": "no-store"})
 
@@ -171,7 +170,7 @@ _JOB_ID_PARAMETER = {"in": "path", "name": "job_id", "required": True, "schema":
 
 
 async def _failed(request: web.Request) -> FailedTry:
-    require_operator(request, request.app[SETTINGS].internal_token)
+    require_operator(request)
     job_id = request.match_info["job_id"]
     failed = await failures.latest(request.app[REDIS], job_id)
     if failed is None:
@@ -223,7 +222,7 @@ async def post_retry(request: web.Request) -> web.Response:
 )
 async def post_abort(request: web.Request) -> web.Response:
     failed = await _failed(request)
-    outcome = await request.app[JOB_QUEUE].abort(failed.tenant, failed.job_id)
+    outcome, _ = await request.app[JOB_QUEUE].abort(failed.tenant, failed.job_id)
     if outcome == "missing":
         raise Problem(404, f"job {failed.job_id!r} no longer exists", type_="not-found")
     if outcome == "finished":

@@ -6,8 +6,8 @@ from aiohttp import web
 from marshmallow import Schema, fields
 
 from jobs.heartbeat import live_workers
-from service.app_keys import REDIS, SETTINGS
-from service.openapi import Access, Answer, operation
+from service.app_keys import REDIS
+from service.openapi import REDIS_DOWN, Access, Answer, operation
 from service.operators import require_operator
 
 
@@ -36,10 +36,10 @@ class WorkersSchema(Schema):
     summary="Live workers and their job counters (loopback, or Bearer $INTERNAL_TOKEN)",
     access=Access.INTERNAL,
     answers=[Answer(200, "The workers whose heartbeat is live.", WorkersSchema)],
-    problems={503: "Redis cannot answer now; retry after `Retry-After`."},
+    problems={503: REDIS_DOWN},
 )
 async def get_worker_heartbeat(request: web.Request) -> web.Response:
-    require_operator(request, request.app[SETTINGS].internal_token)
+    require_operator(request)
     return web.json_response({"workers": await live_workers(request.app[REDIS])})
 
 

@@ -21,7 +21,7 @@ from jobs.queue import (
     TooManyUnfinishedJobs,
 )
 from jobs.registry import InvalidArguments, Registry, Task, UnknownTask
-from service.app_keys import IDENTITY, JOB_QUEUE, REDIS_ONCE, SETTINGS
+from service.app_keys import IDENTITY, JOB_QUEUE, REDIS, REDIS_ONCE, SETTINGS
 from service.errors import Problem
 from service.openapi import Access, Answer, TaggedUnion, operation
 
@@ -256,14 +256,11 @@ async def get_job(request: web.Request) -> web.Response:
 )
 async def delete_job(request: web.Request) -> web.Response:
     job_id = request.match_info["job_id"]
-    tenant = _tenant(request)
-    queue = request.app[JOB_QUEUE]
-    outcome = await queue.abort(tenant, job_id)
+    outcome, view = await request.app[JOB_QUEUE].abort(_tenant(request), job_id)
     if outcome == "missing":
         raise _not_found(job_id)
     if outcome == "finished":
         raise Problem(409, f"job {job_id!r} has already finished", type_="job-finished")
-    view = await queue.get(tenant, job_id)
     if view is None:
         raise _not_found(job_id)
     return _job_response(view, 202)
@@ -291,8 +288,8 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 
 async def _queue_ctx(app: web.Application, *, registry: Registry) -> AsyncIterator[None]:
-    """The queue on the process's no-retry client: an enqueue must never be sent twice."""
-    app[JOB_QUEUE] = JobQueue(app[REDIS_ONCE], app[SETTINGS], registry)
+    """The queue on the process's no-retry client (an enqueue must never be sent twice), its reads on the other."""
+    app[JOB_QUEUE] = JobQueue(app[REDIS_ONCE], app[SETTINGS], registry, reads=app[REDIS])
     yield
 
 

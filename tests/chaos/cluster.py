@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +18,8 @@ import aiohttp
 from redis.asyncio import Redis
 
 from jobs.heartbeat import live_workers
-from tests.conftest import PYTHON, ROOT, subprocess_env
+from tests.conftest import PYTHON, subprocess_env
+from tests.processes import Proc
 from tests.servers import free_port
 
 __all__ = ["Cluster", "Process"]
@@ -50,24 +49,13 @@ ENV = {
 }
 
 
-class Process:
-    """One child process, its output in ``log``."""
+class Process(Proc):
+    """One ``python ARGS`` of the cluster, named, its output in ``log``."""
 
     def __init__(self, name: str, args: list[str], log: Path, env: dict[str, str]) -> None:
+        super().__init__([PYTHON, *args], log, subprocess_env(**env))
         self.name = name
-        self.log = log
         self.port = int(env.get("PORT", 0))
-        with log.open("wb") as out:
-            self.popen = subprocess.Popen(
-                [PYTHON, *args], cwd=ROOT, env=subprocess_env(**env), stdout=out, stderr=subprocess.STDOUT
-            )
-
-    @property
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
 
     def events(self) -> Iterator[dict[str, Any]]:
         """The JSON log lines (other lines, such as a banner, are skipped)."""
@@ -77,20 +65,6 @@ class Process:
                     yield json.loads(line)
                 except json.JSONDecodeError:
                     continue
-
-    def kill(self) -> None:
-        if self.alive:
-            self.popen.kill()
-            self.popen.wait()
-
-    def terminate(self, timeout_s: float = 15.0) -> int:
-        if self.alive:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                return self.popen.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.popen.returncode
 
 
 class Cluster:

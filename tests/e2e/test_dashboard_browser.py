@@ -24,7 +24,7 @@ from service.auth import ApiKeyStore
 from service.sessions import COOKIE_NAME
 from tests.e2e.browser import Browser, started_browser
 from tests.processes import Child, run_service
-from tests.servers import RedisServer, free_port, new_redis_server
+from tests.servers import RedisServer, free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
@@ -34,22 +34,15 @@ PROXIED = {"Fly-Client-IP": "203.0.113.7"}
 
 
 @pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = new_redis_server()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def closed_port() -> int:
     """A loopback port nothing listens on: a webhook to it fails, and is retried."""
     return free_port()
 
 
 @pytest.fixture
-def dev(tmp_path: Path, redis_server: RedisServer, closed_port: int) -> Iterator[Child]:
+def dev(tmp_path: Path, private_redis: RedisServer, closed_port: int) -> Iterator[Child]:
     env = {
-        "REDIS_URL": redis_server.url,
+        "REDIS_URL": private_redis.url,
         "INTERNAL_TOKEN": TOKEN,
         "WEBHOOK_ALLOWED_HOSTS": f"127.0.0.1:{closed_port}",
         "WEBHOOK_SECRET": SECRET,
@@ -82,10 +75,10 @@ async def _enqueue(session: aiohttp.ClientSession, base: str, key: str, body: di
 
 
 async def test_dashboard_in_chromium_logs_in_shows_live_work_and_runs_a_cron_job(
-    dev: Child, redis_server: RedisServer, closed_port: int, tmp_path: Path
+    dev: Child, private_redis: RedisServer, closed_port: int, tmp_path: Path
 ) -> None:
     base = dev.base_url
-    redis = Redis.from_url(redis_server.url)
+    redis = Redis.from_url(private_redis.url)
     key = await ApiKeyStore(redis).create("acme")
     await webhook_tenants.rotate_secret(redis, "acme", SECRET)  # what `python -m service webhooks ...` does
     await webhook_tenants.set_receivers(redis, "acme", (f"127.0.0.1:{closed_port}",))

@@ -13,8 +13,9 @@ from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
 from jobs.registry import JobContext, Registry, RetryLater, Task
+from jobs.running import running_worker
 from jobs.tasks import TASKS
-from jobs.worker import Worker, running_worker
+from jobs.worker import Worker
 from service.app import create_app
 from service.app_keys import API_KEYS
 from service.backoff import Backoff

@@ -29,9 +29,9 @@ from jobs.redis_keys import (
     WORKERS_KEY,
 )
 from jobs.registry import Registry, Task
+from jobs.running import running_worker
 from jobs.scripts import load_script
 from jobs.tasks import TASKS
-from jobs.worker import running_worker
 from service.backoff import Backoff
 from service.settings import Settings
 from tests.jobs.conftest import NoArgs

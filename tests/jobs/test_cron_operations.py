@@ -13,13 +13,13 @@ from redis.asyncio import Redis
 from jobs.cron import CronJob, RunId, Schedule
 from jobs.crontab import Crontab
 from jobs.redis_keys import QUEUE_KEY, SYSTEM_TENANT, ready_key
-from jobs.worker import running_worker
+from jobs.running import running_worker
 from service.app import create_app
 from service.doctor import diagnose
 from service.settings import Settings
-from tests.conftest import PYTHON, ROOT, subprocess_env
 from tests.jobs.support import Client, jobs_settings
 from tests.jobs.test_cron import eventually
+from tests.processes import run_python
 from tests.servers import redis_url
 
 HOURLY = Crontab.parse("0 * * * *")
@@ -108,14 +108,7 @@ async def test_cron_routes_are_closed_beyond_loopback_without_the_internal_token
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, "-m", "jobs", "cron", *args],
-        cwd=ROOT,
-        env=subprocess_env(REDIS_URL=redis_url(), LOG_FORMAT="console"),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    return run_python("-m", "jobs", "cron", *args, env={"REDIS_URL": redis_url(), "LOG_FORMAT": "console"})
 
 
 async def test_command_line_lists_runs_pauses_and_resumes_the_built_in_schedule(redis: Redis) -> None:

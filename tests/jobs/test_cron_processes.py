@@ -7,12 +7,10 @@ import re
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
@@ -23,23 +21,16 @@ from service.app import create_app
 from tests.jobs.cron_worker import SCHEDULES
 from tests.jobs.support import jobs_settings
 from tests.jobs.test_cron import eventually
-from tests.jobs.test_processes import Proc, completions, live_ids, runner_of, worker_env
+from tests.jobs.test_processes import completions, live_ids, runner_of, start_dev, worker_env
+from tests.processes import Proc
 from tests.servers import free_port
 
 HEARTBEAT_S = 1.0
 
 
-@pytest.fixture
-def fleet() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for proc in started:
-        proc.stop()
-
-
-def start(fleet: list[Proc], log: Path, schedule: str) -> Proc:
-    proc = Proc(["-m", "tests.jobs.cron_worker", schedule], log, worker_env(WORKER_HEARTBEAT_S=str(HEARTBEAT_S)))
-    fleet.append(proc)
+def start(procs: list[Proc], log: Path, schedule: str) -> Proc:
+    proc = Proc.python(["-m", "tests.jobs.cron_worker", schedule], log, worker_env(WORKER_HEARTBEAT_S=str(HEARTBEAT_S)))
+    procs.append(proc)
     return proc
 
 
@@ -48,28 +39,28 @@ async def status(store: CronStore) -> CronJobStatus:
     return found
 
 
-def completed_runs(name: str, fleet: list[Proc]) -> Counter[str]:
+def completed_runs(name: str, procs: list[Proc]) -> Counter[str]:
     """How many times each run of ``name`` was logged complete, over every worker's log."""
     pattern = re.compile(rf"job complete .*job_id=(cron:{name}:\d+)")
-    return Counter(match.group(1) for proc in fleet for match in pattern.finditer(proc.output()))
+    return Counter(match.group(1) for proc in procs for match in pattern.finditer(proc.output()))
 
 
 async def test_three_workers_run_every_slot_of_a_job_every_second_exactly_once(
-    redis: Redis, fleet: list[Proc], tmp_path: Path
+    redis: Redis, procs: list[Proc], tmp_path: Path
 ) -> None:
     store = CronStore(redis, SCHEDULES["tick"])
     for name in "abc":
-        start(fleet, tmp_path / f"{name}.log", "tick")
+        start(procs, tmp_path / f"{name}.log", "tick")
     await live_ids(redis, 3)
     first = await eventually(lambda: _oldest_run(store))
     await eventually(lambda: _has_run_for(store, first.slot_ms + 19_000), timeout_s=40)  # 20 slots
     await store.pause("tick")  # no run after the window, so the history (20 runs) holds it all
-    for proc in fleet:
+    for proc in procs:
         proc.popen.send_signal(signal.SIGTERM)
-    for proc in fleet:
+    for proc in procs:
         assert await proc.exited(timeout_s=10) == 0
 
-    logged = completed_runs("tick", fleet)
+    logged = completed_runs("tick", procs)
     assert set(logged.values()) == {1}  # no run of any slot by two workers, nor twice by one
     history = list(reversed((await status(store)).runs))  # the last 20 runs, oldest first
     assert {run.job_id for run in history} <= set(logged)
@@ -90,10 +81,10 @@ async def _has_run_for(store: CronStore, slot_ms: int) -> bool:
 
 
 async def test_run_of_a_killed_worker_completes_on_another_worker(
-    redis: Redis, fleet: list[Proc], tmp_path: Path
+    redis: Redis, procs: list[Proc], tmp_path: Path
 ) -> None:
     store = CronStore(redis, SCHEDULES["slow"])
-    workers = [start(fleet, tmp_path / "a.log", "slow"), start(fleet, tmp_path / "b.log", "slow")]
+    workers = [start(procs, tmp_path / "a.log", "slow"), start(procs, tmp_path / "b.log", "slow")]
     await live_ids(redis, 2)
 
     async def running_run() -> str | None:
@@ -116,7 +107,7 @@ async def test_run_of_a_killed_worker_completes_on_another_worker(
 
 
 async def test_ready_says_scheduler_false_within_the_heartbeat_window_once_no_worker_runs_cron(
-    aiohttp_client: AiohttpClient, redis: Redis, fleet: list[Proc], tmp_path: Path
+    aiohttp_client: AiohttpClient, redis: Redis, procs: list[Proc], tmp_path: Path
 ) -> None:
     client = await aiohttp_client(create_app(jobs_settings(), schedule=SCHEDULES["tick"]))
 
@@ -124,7 +115,7 @@ async def test_ready_says_scheduler_false_within_the_heartbeat_window_once_no_wo
         body: dict[str, Any] = await (await client.get("/ready")).json()
         return {"passed": body["components"]["scheduler"], **body["details"]["scheduler"]}
 
-    worker = start(fleet, tmp_path / "a.log", "tick")
+    worker = start(procs, tmp_path / "a.log", "tick")
     await eventually(lambda: _passed(scheduler))
     worker.popen.send_signal(signal.SIGKILL)  # no clean stop: its heartbeat key has to expire
     killed_at = time.monotonic()
@@ -140,12 +131,9 @@ async def _passed(check: Any) -> bool:
     return bool((await check())["passed"])
 
 
-async def test_dev_runs_the_cron_schedule_too(redis: Redis, fleet: list[Proc], tmp_path: Path) -> None:
+async def test_dev_runs_the_cron_schedule_too(redis: Redis, procs: list[Proc], tmp_path: Path) -> None:
     port = free_port()
-    dev = Proc(
-        ["-m", "service", "dev"], tmp_path / "dev.log", worker_env(HOST="127.0.0.1", PORT=str(port)), cwd=tmp_path
-    )  # dev keeps its key in .dev-data under its working folder
-    fleet.append(dev)
+    start_dev(procs, tmp_path, port)
 
     async def ready() -> dict[str, Any] | None:
         try:

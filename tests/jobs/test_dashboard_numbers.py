@@ -15,8 +15,9 @@ from jobs.failures import FailedTry
 from jobs.heartbeat import live_workers
 from jobs.redis_keys import FAILURES_KEY, MINUTE_STATS_PREFIX
 from jobs.registry import JobContext, Registry, RetryLater, Task
+from jobs.running import running_worker
 from jobs.tasks import TASKS
-from jobs.worker import Worker, running_worker
+from jobs.worker import Worker
 from service.app import create_app
 from service.app_keys import API_KEYS
 from service.backoff import Backoff

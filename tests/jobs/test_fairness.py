@@ -12,8 +12,8 @@ from redis.asyncio import Redis
 from jobs.queue import JobQueue
 from jobs.redis_keys import TENANTS_KEY
 from jobs.registry import JobContext, Registry, Task
+from jobs.running import running_worker
 from jobs.tasks import TASKS
-from jobs.worker import running_worker
 from service.backoff import Backoff
 from service.settings import Settings
 from tests.jobs.support import jobs_settings

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from jobs.redis_keys import RETRY_PREFIX
 from jobs.registry import Registry
-from jobs.worker import running_worker
+from jobs.running import running_worker
 from service.metrics import Metrics
 from tests.jobs.support import Client, auth, enqueue, jobs_settings, wait_for
 from tests.prometheus import parse, value

@@ -33,7 +33,7 @@ from jobs.redis_keys import (
     worker_key,
 )
 from jobs.registry import JobContext
-from jobs.worker import running_worker
+from jobs.running import running_worker
 from service.metrics import Metrics
 from tests.jobs.support import Client, auth, jobs_settings
 from tests.prometheus import Samples, parse, value

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,12 @@ from redis.asyncio import Redis
 from jobs.heartbeat import live_workers
 from jobs.queue import JobQueue
 from jobs.registry import Registry
-from jobs.worker import Worker, running_worker
+from jobs.running import running_worker
+from jobs.worker import Worker
 from service.settings import Settings
 from tests.conftest import make_settings
-from tests.jobs.test_processes import Proc, worker_env
+from tests.jobs.test_processes import worker_env
+from tests.processes import Proc
 from tests.servers import RedisServer, free_port, new_redis_server
 
 AOF = ("--appendonly", "yes", "--appendfsync", "everysec")
@@ -53,14 +55,6 @@ async def completed_within(queue: JobQueue, job_id: str, timeout_s: float) -> di
     return body
 
 
-@pytest.fixture
-async def procs() -> AsyncIterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for proc in started:
-        proc.stop()
-
-
 async def dev_ping(session: aiohttp.ClientSession, base: str, key: str, timeout_s: float) -> dict[str, Any]:
     """Enqueue a ping through dev's API and wait until it is complete."""
     headers = {"Authorization": f"Bearer {key}"}
@@ -82,9 +76,9 @@ async def test_a_worker_and_devs_worker_each_run_a_new_ping_within_5_s_of_redis_
 ) -> None:
     jobs_redis, dev_redis = new_redis_server(*AOF), new_redis_server(*AOF)
     port = free_port()
-    worker = Proc(["-m", "jobs"], tmp_path / "jobs.log", worker_env(REDIS_URL=jobs_redis.url))
+    worker = Proc.python(["-m", "jobs"], tmp_path / "jobs.log", worker_env(REDIS_URL=jobs_redis.url))
     dev_env = worker_env(REDIS_URL=dev_redis.url, PORT=str(port), RATE_LIMIT_ENABLED="false")
-    dev = Proc(["-m", "service", "dev"], tmp_path / "dev.log", dev_env, cwd=tmp_path)
+    dev = Proc.python(["-m", "service", "dev"], tmp_path / "dev.log", dev_env, cwd=tmp_path)
     procs += [worker, dev]
     base = f"http://127.0.0.1:{port}"
     jobs_client = Redis.from_url(jobs_redis.url)
@@ -146,7 +140,11 @@ def own_redis() -> RedisServer:
 
 
 def own_settings(server: RedisServer, **env: str) -> Settings:
-    return make_settings(REDIS_URL=server.url, RATE_LIMIT_ENABLED="false", WORKER_HEARTBEAT_S="1", **env)
+    """Without cron: a cron slot that falls inside a test (the canary's, every 15 minutes) would add a run to
+    the worker's counts."""
+    return make_settings(
+        REDIS_URL=server.url, RATE_LIMIT_ENABLED="false", WORKER_HEARTBEAT_S="1", ENABLE_CRON="false", **env
+    )
 
 
 async def test_a_job_whose_lease_another_worker_took_is_stopped_and_not_recorded_here(
@@ -167,21 +165,35 @@ async def test_a_job_whose_lease_another_worker_took_is_stopped_and_not_recorded
     assert worker.jobs_complete == 1
 
 
+async def _job_ending_while_redis_is_away(
+    server: RedisServer, tasks: Registry, *, lease_s: int, job_s: float, away_after_s: float, timeout_s: float
+) -> tuple[dict[str, Any], Worker]:
+    """A ``job_s`` sleep on a worker with ``lease_s`` leases; Redis stops while it runs and starts again
+    ``away_after_s`` after the job ended. The job once complete (within ``timeout_s``), and the worker,
+    whose main loop was still running then."""
+    settings = own_settings(server, JOB_LEASE_S=str(lease_s))
+    async with Redis.from_url(server.url) as redis:
+        queue = JobQueue(redis, settings, tasks)
+        async with running_worker(settings, registry=tasks) as worker:
+            job, _ = await queue.enqueue("acme", "diagnostics.sleep", {"seconds": job_s})
+            await wait_until(lambda: _in_progress(queue, job.id), 5, "in progress")
+            server.stop()
+            await wait_until(lambda: _ran(worker), 5, "the job ran while Redis was away")
+            await asyncio.sleep(away_after_s)
+            server.start()
+            body = await completed_within(queue, job.id, timeout_s=timeout_s)
+            assert worker.main_task is not None
+            assert not worker.main_task.done()
+    return body, worker
+
+
 async def test_a_job_that_ends_while_redis_is_away_is_recorded_when_it_is_back(
     own_redis: RedisServer, test_tasks: Registry
 ) -> None:
-    settings = own_settings(own_redis, JOB_LEASE_S="10")
-    async with Redis.from_url(own_redis.url) as redis:
-        queue = JobQueue(redis, settings, test_tasks)
-        async with running_worker(settings, registry=test_tasks) as worker:
-            job, _ = await queue.enqueue("acme", "diagnostics.sleep", {"seconds": 0.5})
-            await wait_until(lambda: _in_progress(queue, job.id), 5, "in progress")
-            own_redis.stop()
-            await wait_until(lambda: _ran(worker), 5, "the job ran while Redis was away")
-            own_redis.start()  # within the lease: the finish that kept trying is recorded
-            body = await completed_within(queue, job.id, timeout_s=10)
-            assert worker.main_task is not None
-            assert not worker.main_task.done()
+    # Back within the lease: the finish that kept trying is recorded.
+    body, worker = await _job_ending_while_redis_is_away(
+        own_redis, test_tasks, lease_s=10, job_s=0.5, away_after_s=0, timeout_s=10
+    )
 
     assert body["tries"] == 1
     assert body["result"]["worker"] == worker.worker_id
@@ -190,17 +202,10 @@ async def test_a_job_that_ends_while_redis_is_away_is_recorded_when_it_is_back(
 async def test_a_job_whose_lease_ran_out_while_redis_was_away_runs_again_and_completes_once(
     own_redis: RedisServer, test_tasks: Registry
 ) -> None:
-    settings = own_settings(own_redis, JOB_LEASE_S="1")
-    async with Redis.from_url(own_redis.url) as redis:
-        queue = JobQueue(redis, settings, test_tasks)
-        async with running_worker(settings, registry=test_tasks) as worker:
-            job, _ = await queue.enqueue("acme", "diagnostics.sleep", {"seconds": 0.3})
-            await wait_until(lambda: _in_progress(queue, job.id), 5, "in progress")
-            own_redis.stop()
-            await wait_until(lambda: _ran(worker), 5, "the job ran while Redis was away")
-            await asyncio.sleep(1.5)  # longer than the lease: on Redis's clock it has run out
-            own_redis.start()
-            body = await completed_within(queue, job.id, timeout_s=15)
+    # Back after longer than the lease (1.5 s after the job ended): on Redis's clock it has run out.
+    body, worker = await _job_ending_while_redis_is_away(
+        own_redis, test_tasks, lease_s=1, job_s=0.3, away_after_s=1.5, timeout_s=15
+    )
 
     assert body["tries"] == 2  # the first run's finish was refused; it ran again and completed once
     assert worker.jobs_complete == 2  # the function did end twice; only the second was recorded

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 import time
-from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -15,8 +13,8 @@ from redis.asyncio import Redis
 
 from jobs.heartbeat import live_workers
 from service.auth import ApiKeyStore
-from tests.conftest import PYTHON, ROOT, subprocess_env
 from tests.jobs.support import Client, auth, enqueue, wait_for
+from tests.processes import Proc, run_python, wait_for_status
 from tests.servers import free_port, redis_url
 
 
@@ -33,43 +31,17 @@ def worker_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-class Proc:
-    """A child process whose output goes to a file (no pipe to fill up)."""
-
-    def __init__(self, args: list[str], log: Path, env: Mapping[str, str], cwd: Path = ROOT) -> None:
-        self.log = log
-        with log.open("wb") as out:
-            self.popen = subprocess.Popen(
-                [PYTHON, *args], cwd=cwd, env=subprocess_env(**env), stdout=out, stderr=subprocess.STDOUT
-            )
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    async def exited(self, timeout_s: float) -> int:
-        deadline = time.monotonic() + timeout_s
-        while self.popen.poll() is None:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"process still running after {timeout_s} s:\n{self.output()}")
-            await asyncio.sleep(0.05)
-        return self.popen.returncode
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait()
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for proc in started:
-        proc.stop()
-
-
 def start_worker(procs: list[Proc], log: Path, **env: str) -> Proc:
-    proc = Proc(["-m", "jobs"], log, worker_env(**env))
+    proc = Proc.python(["-m", "jobs"], log, worker_env(**env))
+    procs.append(proc)
+    return proc
+
+
+def start_dev(procs: list[Proc], folder: Path, port: int) -> Proc:
+    """``python -m service dev`` on ``port`` in ``folder`` (it keeps its key in ``.dev-data`` there)."""
+    proc = Proc.python(
+        ["-m", "service", "dev"], folder / "dev.log", worker_env(HOST="127.0.0.1", PORT=str(port)), folder
+    )
     procs.append(proc)
     return proc
 
@@ -152,9 +124,7 @@ async def test_check_exits_zero_only_while_a_worker_heartbeat_is_live(
     redis: Redis, procs: list[Proc], tmp_path: Path
 ) -> None:
     def check() -> int:
-        return subprocess.run(
-            [PYTHON, "-m", "jobs", "--check"], cwd=ROOT, env=subprocess_env(**worker_env()), capture_output=True
-        ).returncode
+        return run_python("-m", "jobs", "--check", env=worker_env()).returncode
 
     assert check() == 1
     worker = start_worker(procs, tmp_path / "a.log")
@@ -174,32 +144,18 @@ async def test_check_exits_zero_only_while_a_worker_heartbeat_is_live(
     ],
 )
 def test_worker_with_bad_settings_exits_2_with_one_line(env: dict[str, str], message: str) -> None:
-    done = subprocess.run(
-        [PYTHON, "-m", "jobs"], cwd=ROOT, env=subprocess_env(**worker_env(**env)), capture_output=True, text=True
-    )
+    done = run_python("-m", "jobs", env=worker_env(**env))
     assert done.returncode == 2
     assert done.stderr.strip() == message
 
 
 async def test_dev_runs_web_and_worker_in_one_process(redis: Redis, procs: list[Proc], tmp_path: Path) -> None:
     port = free_port()
-    dev = Proc(
-        ["-m", "service", "dev"], tmp_path / "dev.log", worker_env(HOST="127.0.0.1", PORT=str(port)), cwd=tmp_path
-    )  # dev keeps its key in .dev-data under its working folder
-    procs.append(dev)
+    dev = start_dev(procs, tmp_path, port)
     key = await ApiKeyStore(redis).create("acme")
     base = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as session:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                async with session.get(f"{base}/health") as response:
-                    if response.status == 200:
-                        break
-            except aiohttp.ClientConnectionError:
-                pass
-            assert time.monotonic() < deadline, dev.output()
-            await asyncio.sleep(0.1)
+        await wait_for_status(session, f"{base}/health", 200, dev, timeout_s=15)
         async with session.post(f"{base}/v1/jobs", json={"task": "diagnostics.ping"}, headers=auth(key)) as response:
             assert response.status == 202
             location = response.headers["Location"]

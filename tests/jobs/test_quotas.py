@@ -8,7 +8,7 @@ from redis.asyncio import Redis
 from jobs.queue import JobQueue
 from jobs.redis_keys import JOB_PREFIX, RESULT_PREFIX, TENANTS_KEY, ready_key
 from jobs.registry import Registry
-from jobs.worker import running_worker
+from jobs.running import running_worker
 from service.app_keys import API_KEYS, JOB_QUEUE
 from service.settings import Settings
 from tests.jobs.support import Client, auth, enqueue, jobs_settings, wait_for

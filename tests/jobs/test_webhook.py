@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -20,12 +21,12 @@ from redis.asyncio import Redis
 from jobs import webhook_tenants
 from jobs.queue import JobQueue
 from jobs.registry import InvalidArguments
-from jobs.worker import running_worker
+from jobs.running import running_worker
 from service.app import create_app
 from service.app_keys import API_KEYS
 from service.settings import Settings
-from tests.conftest import PYTHON, ROOT, subprocess_env
 from tests.jobs.support import Client, auth, enqueue, jobs_settings, wait_for
+from tests.processes import run_python
 from tests.servers import redis_url
 
 MASTER = "whsec-master-0123456789"
@@ -138,18 +139,25 @@ async def test_delivery_verifies_with_its_tenants_secret_and_names_the_tenant(
     assert abs(timestamp - time.time()) < 10
 
 
+async def _refused_url(client: Client, key: str, server: TestServer, payload: dict[str, Any]) -> str:
+    """Enqueue a delivery to the test receiver with ``key``; the one error its 422 names for the URL."""
+    response = await client.post(
+        "/v1/jobs",
+        json={"task": "webhook.deliver", "args": {"url": hook_url(server), "payload": payload}},
+        headers=auth(key),
+    )
+    assert response.status == 422
+    [message] = (await response.json())["errors"]["args"]["url"]
+    assert isinstance(message, str)
+    return message
+
+
 async def test_a_tenant_cannot_send_to_another_tenants_receiver(
     hook_client: Client, globex_key: str, server: TestServer, receiver: Receiver
 ) -> None:
     # The host is inside WEBHOOK_ALLOWED_HOSTS, but it is acme's receiver, not globex's.
-    response = await hook_client.post(
-        "/v1/jobs",
-        json={"task": "webhook.deliver", "args": {"url": hook_url(server), "payload": {"as": "acme"}}},
-        headers=auth(globex_key),
-    )
+    message = await _refused_url(hook_client, globex_key, server, {"as": "acme"})
 
-    assert response.status == 422
-    [message] = (await response.json())["errors"]["args"]["url"]
     assert "not among the webhook receivers of tenant 'globex'" in message
     assert receiver.received == []
 
@@ -201,13 +209,7 @@ async def test_webhook_of_a_tenant_without_a_secret_is_refused_at_enqueue_naming
     hook_client: Client, server: TestServer
 ) -> None:
     key = await hook_client.app[API_KEYS].create("initech")
-    response = await hook_client.post(
-        "/v1/jobs",
-        json={"task": "webhook.deliver", "args": {"url": hook_url(server), "payload": {}}},
-        headers=auth(key),
-    )
-    assert response.status == 422
-    [message] = (await response.json())["errors"]["args"]["url"]
+    message = await _refused_url(hook_client, key, server, {})
     assert "python -m service webhooks secret --tenant initech" in message
 
 
@@ -288,13 +290,7 @@ async def test_receiver_outside_the_deployments_fence_is_refused(
     settings = jobs_settings(WEBHOOK_ALLOWED_HOSTS="hooks.example.com", WEBHOOK_SECRET=MASTER)
     client: Client = await aiohttp_client(create_app(settings))
     key = await client.app[API_KEYS].create("acme")
-    response = await client.post(
-        "/v1/jobs",
-        json={"task": "webhook.deliver", "args": {"url": hook_url(server), "payload": {}}},
-        headers=auth(key),
-    )
-    assert response.status == 422
-    assert "WEBHOOK_ALLOWED_HOSTS" in (await response.json())["errors"]["args"]["url"][0]
+    assert "WEBHOOK_ALLOWED_HOSTS" in await _refused_url(client, key, server, {})
 
 
 async def test_listed_name_that_resolves_to_loopback_is_refused(
@@ -336,13 +332,8 @@ async def test_worker_checks_the_host_again_at_delivery(
 
 
 def _webhooks_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, "-m", "service", "webhooks", *args],
-        cwd=ROOT,
-        env=subprocess_env(REDIS_URL=redis_url(), LOG_FORMAT="console", **env),
-        capture_output=True,
-        text=True,
-        timeout=30,
+    return run_python(
+        "-m", "service", "webhooks", *args, env={"REDIS_URL": redis_url(), "LOG_FORMAT": "console", **env}
     )
 
 

@@ -12,7 +12,7 @@ from jobs.cron import CronJob, Schedule
 from jobs.cron_store import CronStore
 from jobs.crontab import Crontab
 from jobs.queue import JobQueue
-from jobs.worker import create_worker, running_worker
+from jobs.running import create_worker, running_worker
 from service.settings import Settings
 
 
