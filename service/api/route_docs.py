@@ -9,11 +9,11 @@ forget part of its kind's document.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from service.openapi import REDIS_DOWN, Access, Answer, operation
+from service.openapi import REDIS_DOWN, Access, operation
 
 __all__ = ["browser_operation", "operator_operation", "query_parameter", "v1_operation"]
 
@@ -21,6 +21,7 @@ Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 v1_operation = functools.partial(operation, access=Access.API_KEY)
 browser_operation = functools.partial(operation, tags=["dashboard"], access=Access.PUBLIC)
+_operator = functools.partial(operation, tags=["operations"], access=Access.INTERNAL)
 
 
 def query_parameter(name: str, description: str) -> dict[str, Any]:
@@ -29,28 +30,11 @@ def query_parameter(name: str, description: str) -> dict[str, Any]:
 
 
 def operator_operation(
-    *,
-    operation_id: str,
-    summary: str,
-    answers: Sequence[Answer],
-    problems: Mapping[int, str] = MappingProxyType({}),
-    description: str | None = None,
-    parameters: Sequence[Mapping[str, Any]] = (),
-    tags: Sequence[str] = ("operations",),
-    reads_redis: bool = True,
+    *, problems: Mapping[int, str] = MappingProxyType({}), reads_redis: bool = True, **declaration: Any
 ) -> Callable[[Handler], Handler]:
-    """``service.openapi.operation`` for a route of operators only.
+    """``service.openapi.operation`` for a route of operators only (``declaration``: its other arguments).
 
     ``reads_redis``: it answers 503 (``REDIS_DOWN`` unless ``problems`` words it otherwise)
-    when Redis cannot answer.
+    when Redis cannot answer. A wrong argument fails when the handler's module is imported.
     """
-    return operation(
-        operation_id=operation_id,
-        tags=tags,
-        summary=summary,
-        description=description,
-        access=Access.INTERNAL,
-        parameters=parameters,
-        answers=answers,
-        problems={503: REDIS_DOWN, **problems} if reads_redis else problems,
-    )
+    return _operator(problems={503: REDIS_DOWN, **problems} if reads_redis else problems, **declaration)
