@@ -1,6 +1,6 @@
 """``make bench``: every benchmark in one run; each appends its figures to bench/RESULTS.md.
 
-``python -m bench [limiter] [queue] [cron] [api]`` runs the ones named, in that order.
+``python -m bench [limiter] [limiter-cluster] [queue] [cron] [api]`` runs the ones named, in that order.
 """
 
 from __future__ import annotations
@@ -8,9 +8,15 @@ from __future__ import annotations
 import sys
 import time
 
-from bench import api, cron, limiter, queue
+from bench import api, cron, limiter, limiter_cluster, queue
 
-BENCHMARKS = {"limiter": limiter.main, "queue": queue.main, "cron": cron.main, "api": api.main}
+BENCHMARKS = {
+    "limiter": limiter.main,
+    "limiter-cluster": limiter_cluster.main,
+    "queue": queue.main,
+    "cron": cron.main,
+    "api": api.main,
+}
 
 
 def main(argv: list[str]) -> int:

@@ -40,9 +40,11 @@ from typing import Any
 from redis.asyncio import Redis
 
 from bench import harness
+from service.ratelimit.cluster import ClusterTransport
 from service.ratelimit.limiter import Limiter
 from service.ratelimit.policy import RouteBuckets
 from service.ratelimit.script import SCRIPT_SHA, argv, bucket_key
+from service.settings import RedisURL
 
 TENANTS = 1000
 SECONDS = 10
@@ -185,8 +187,11 @@ def _serve(mode: str, port: int, redis_url: str, folder: Path) -> None:
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
-def _batched_limiter(redis_url: str, folder: Path, pipelined: bool = False) -> Any:
-    """The service's limiter on the bare app: the tenant is the key's tail, no key look-up."""
+def _batched_limiter(redis_url: str, folder: Path, pipelined: bool = False, cluster: bool = False) -> Any:
+    """The service's limiter on the bare app: the tenant is the key's tail, no key look-up.
+
+    With ``cluster``, ``redis_url`` is a Redis Cluster node and the limiter sends through its cluster transport.
+    """
     import tomllib
 
     from aiohttp import web
@@ -199,9 +204,15 @@ def _batched_limiter(redis_url: str, folder: Path, pipelined: bool = False) -> A
     roomy, hot = policies.plan("default").for_route(None), policies.plan("hot").for_route(None)
     hot_key = (folder / "hot.targets").read_text().split()[1]
     limiter = (_PipelinedLimiter if pipelined else Limiter)(Redis.from_url(redis_url), deadline_s=0.05)
+    if cluster:
+        limiter.cluster = ClusterTransport(
+            RedisURL.parse("RATE_LIMIT_REDIS_URL", redis_url), timeout_s=5.0, max_connections=50, client_name="bench"
+        )
 
     @web.middleware
     async def batched(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if limiter.cluster is not None and not limiter.cluster.primaries:
+            await limiter.cluster.start()  # the slot map, on the first request (there is no start-up hook here)
         key = request.headers.get("X-API-Key", "")
         decision = await limiter.decide(key[-16:], hot if key == hot_key else roomy)
         if decision.outcome == Outcome.LIMITED:
@@ -248,15 +259,17 @@ def _naive_limiter(mode: str, redis_url: str, folder: Path) -> list[Any]:
 
     if mode == "bare":
         return []
-    if mode in ("batched", "pipelined"):
-        return [_batched_limiter(redis_url, folder, pipelined=mode == "pipelined")]
-    if mode == "evalsha":
+    if mode in ("batched", "pipelined", "batched-cluster"):
+        return [_batched_limiter(redis_url, folder, pipelined=mode == "pipelined", cluster=mode == "batched-cluster")]
+    if mode in ("evalsha", "evalsha-cluster"):  # the latter through redis-py's RedisCluster
         import tomllib
+
+        from redis.asyncio import RedisCluster
 
         from service.ratelimit.policy import parse_policies
         from service.ratelimit.script import SCRIPT
 
-        redis = Redis.from_url(redis_url)
+        redis = RedisCluster.from_url(redis_url) if mode == "evalsha-cluster" else Redis.from_url(redis_url)
         roomy = parse_policies(tomllib.loads(POLICY_TOML)).plan("default").for_route(None).buckets
         args = argv([(roomy, 0)])
         loaded = False

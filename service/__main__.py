@@ -24,7 +24,8 @@ from service.app import create_app
 from service.app_keys import METRICS
 from service.auth import ApiKeyStore, validate_tenant
 from service.dev import DEV_HOST, Context, DevRun
-from service.doctor import diagnose, healthy, render
+from service.doctor import Finding, diagnose, healthy, render
+from service.doctor_limiter import diagnose_limiter_redis
 from service.embedded_redis import DEV_DATA_DIR, EmbeddedRedisError, embedded_redis
 from service.logging import configure_logging, get_logger, redact_text
 from service.metrics import metrics_listener
@@ -237,6 +238,11 @@ async def _webhooks(settings: Settings, args: argparse.Namespace) -> int:
         await client.aclose()
 
 
+async def _doctor(settings: Settings) -> list[Finding]:
+    """The main Redis's findings, then the limiter's own Redis's (when ``RATE_LIMIT_REDIS_URL`` names one)."""
+    return [*await diagnose(settings), *await diagnose_limiter_redis(settings)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -247,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return dev(settings)
         settings.require_redis()
         if args.command == "doctor":
-            findings = asyncio.run(diagnose(settings))
+            findings = asyncio.run(_doctor(settings))
             print(render(findings, args.json))
             return 0 if healthy(findings) else 1
         configure_logging(settings.log_format, secrets=settings.secrets)

@@ -34,6 +34,7 @@ DATABASE: web.AppKey[asyncpg.Pool] = web.AppKey("database")
 READINESS: web.AppKey[SharedResult[dict[str, Any]]] = web.AppKey("readiness")  # one /ready body, shared
 POLICIES: web.AppKey[Policies] = web.AppKey("rate_limit_policies")
 LIMITER: web.AppKey[Limiter] = web.AppKey("rate_limiter")
+LIMITER_REDIS = web.AppKey("rate_limiter_redis", Redis)  # RATE_LIMIT_REDIS_URL's (a cluster's seed node), or REDIS_ONCE
 LIMIT_USAGE: web.AppKey[LimitUsage] = web.AppKey("rate_limit_usage")  # tenants near their limits, 429s a minute
 JOB_QUEUE: web.AppKey[JobQueue] = web.AppKey("job_queue")
 CRON_STORE: web.AppKey[CronStore] = web.AppKey("cron_store")

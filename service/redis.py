@@ -29,7 +29,7 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import AbstractBackoff, NoBackoff
-from redis.exceptions import AuthenticationError, ConnectionError, RedisError, TimeoutError
+from redis.exceptions import AuthenticationError, ConnectionError, RedisError, ResponseError, TimeoutError
 
 from service.backoff import Backoff
 from service.settings import RedisURL, Settings
@@ -42,6 +42,7 @@ __all__ = [
     "connection_pool",
     "describe",
     "redis_client",
+    "round_trip",
 ]
 
 # A pooled connection idle longer than this is closed before reuse (the old health check's interval).
@@ -144,10 +145,15 @@ def connection_pool(
     return Pool.from_url(url.url, **options)
 
 
-def redis_client(settings: Settings, *, client_name: str = "ottoai", retries: int = 2) -> Redis:
-    """A client with its own pool, sized and timed from ``settings``; close it with ``aclose()``."""
+def redis_client(
+    settings: Settings, *, client_name: str = "ottoai", retries: int = 2, url: RedisURL | None = None
+) -> Redis:
+    """A client with its own pool, sized and timed from ``settings``; close it with ``aclose()``.
+
+    It connects to ``url``, by default the main Redis (``REDIS_URL``).
+    """
     pool = connection_pool(
-        settings.require_redis(),
+        url or settings.require_redis(),
         max_connections=settings.redis_max_connections,
         timeout_s=settings.redis_timeout_s,
         retries=retries,
@@ -167,6 +173,27 @@ def describe(exc: BaseException, url: RedisURL) -> str:
     if isinstance(exc, RedisError | OSError):
         return f"cannot use Redis at {where}: {detail}"
     return f"Redis at {where}: {type(exc).__name__}: {detail}"
+
+
+async def round_trip(pool: ConnectionPool, connection: AbstractConnection, commands: list[bytes]) -> list[Any]:
+    """Send ``commands`` (packed) in one write and read their replies in order, error replies in place.
+
+    A connection failure (or a cancel) raises, after closing the connection and handing it
+    back to ``pool``: a reply may still be on its way, so it must never be reused.
+    """
+    try:
+        await connection.send_packed_command(commands, check_health=False)
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(await connection.read_response(disable_decoding=True))
+            except ResponseError as error:
+                replies.append(error)
+    except BaseException:
+        await connection.disconnect(nowait=True)
+        await pool.release(connection)
+        raise
+    return replies
 
 
 async def cancel_until_done(task: asyncio.Task[None], *, every_s: float = 0.1) -> None:

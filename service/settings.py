@@ -271,6 +271,8 @@ class Settings:
 
     # REDIS_URL, or UPSTASH_REDIS_URL when it is unset: read by _redis_from_env.
     redis: RedisURL | None = None
+    # The limiter's own Redis (a single server or a Redis Cluster node); None: the limiter uses ``redis``.
+    rate_limit_redis: RedisURL | None = _from("RATE_LIMIT_REDIS_URL", RedisURL.parse, None)
     enable_worker: bool = _from("ENABLE_WORKER", _bool, True, old_name="ENABLE_CELERY")
     enable_cron: bool = _from("ENABLE_CRON", _bool, True, old_name="ENABLE_CELERY_BEAT")
     rate_limit_enabled: bool = _from("RATE_LIMIT_ENABLED", _bool, True)
@@ -329,6 +331,15 @@ class Settings:
             raise SettingsError("REDIS_URL", "not set (set REDIS_URL, or UPSTASH_REDIS_URL for Upstash)")
         return self.redis
 
+    def limiter_redis(self) -> RedisURL:
+        """The limiter's Redis: ``RATE_LIMIT_REDIS_URL`` when set, else the main Redis."""
+        return self.rate_limit_redis or self.require_redis()
+
+    @property
+    def separate_limiter_redis(self) -> bool:
+        """Whether the limiter has a Redis of its own (readiness and doctor check it too)."""
+        return self.rate_limit_redis is not None and (self.redis is None or self.rate_limit_redis.url != self.redis.url)
+
     def with_redis(self, url: str) -> Settings:
         """A copy that uses ``url`` (used by ``dev`` once its embedded Redis is up)."""
         return replace(self, redis=RedisURL.parse("REDIS_URL", url))
@@ -337,8 +348,9 @@ class Settings:
     def secrets(self) -> tuple[str, ...]:
         """Every secret value in force, for log redaction."""
         values = [self.webhook_secret, self.metrics_token, self.internal_token]
-        if self.redis is not None:
-            values.append(self.redis.password)
+        for url in (self.redis, self.rate_limit_redis):
+            if url is not None:
+                values.append(url.password)
         if self.database_url:
             values.append(urlsplit(self.database_url).password)
         return tuple(v for v in values if v)

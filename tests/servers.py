@@ -24,18 +24,22 @@ from pathlib import Path
 
 import redis
 
+from service.embedded_cluster import LocalCluster
 from service.embedded_redis import HOW_TO_GET_ONE, RedisServer, die_with_parent, find_redis_server
 
 __all__ = [
     "HOW_TO_GET_ONE",
+    "LocalCluster",
     "PostgresServer",
     "RedisServer",
     "SilentServer",
     "database_url",
     "free_port",
     "missing_redis_server",
+    "new_cluster",
     "new_redis_server",
     "redis_url",
+    "shared_cluster",
     "stop_all",
 ]
 
@@ -45,6 +49,7 @@ DATABASE_ENV = "TEST_DATABASE_URL"
 _started: list[Callable[[], None]] = []
 _redis_url: str | None = None
 _database_url: str | None = None
+_cluster: LocalCluster | None = None
 
 
 def free_port() -> int:
@@ -91,6 +96,21 @@ def redis_url() -> str:
         else:
             _redis_url = new_redis_server().url
     return _redis_url
+
+
+def new_cluster(primaries: int = 3) -> LocalCluster:
+    """A started private Redis Cluster (``primaries`` nodes on loopback), stopped at the end of the session."""
+    cluster = LocalCluster(primaries)
+    _started.append(cluster.stop)
+    return cluster.start()
+
+
+def shared_cluster() -> LocalCluster:
+    """The session's three-primary Redis Cluster, started on first use; tests that break a node start their own."""
+    global _cluster
+    if _cluster is None:
+        _cluster = new_cluster()
+    return _cluster
 
 
 class PostgresServer:
@@ -237,10 +257,11 @@ def database_url() -> str:
 
 def stop_all() -> None:
     """Stop every server the session started (newest first)."""
-    global _redis_url, _database_url
+    global _redis_url, _database_url, _cluster
     while _started:
         _started.pop()()
     _redis_url = _database_url = None
+    _cluster = None
 
 
 atexit.register(stop_all)  # a safety net: pytest_sessionfinish stops them first

@@ -1,4 +1,4 @@
-"""The limiter itself: batching per loop turn, slot grouping, and never sending a call twice."""
+"""The limiter itself: batching per loop turn, and never sending a call twice (on a cluster: test_ratelimit_cluster)."""
 
 from __future__ import annotations
 
@@ -42,9 +42,8 @@ async def limiter_redis(redis: Redis) -> AsyncIterator[Redis]:
         await client.aclose()
 
 
-@pytest.mark.parametrize("group_by_slot", [False, True])
-async def test_decisions_of_one_loop_turn_share_one_round_trip(limiter_redis: Redis, group_by_slot: bool) -> None:
-    limiter = Limiter(limiter_redis, deadline_s=1.0, group_by_slot=group_by_slot)
+async def test_decisions_of_one_loop_turn_share_one_round_trip(limiter_redis: Redis) -> None:
+    limiter = Limiter(limiter_redis, deadline_s=1.0)
     callers = [f"tenant-{n}" for n in range(10)]
 
     decisions = await asyncio.gather(*(limiter.decide(caller, ROUTE) for caller in callers * 4))

@@ -73,6 +73,8 @@ def test_variable_is_read(env: dict[str, str], attribute: str, expected: object)
         ({"REDIS_URL": "redis://host/abc"}, "REDIS_URL", "database must be a number"),
         ({"REDIS_URL": "unix://"}, "REDIS_URL", "socket path"),
         ({"UPSTASH_REDIS_URL": "ftp://h"}, "UPSTASH_REDIS_URL", "scheme must be"),
+        ({"RATE_LIMIT_REDIS_URL": "http://x"}, "RATE_LIMIT_REDIS_URL", "scheme must be redis, rediss or unix"),
+        ({"RATE_LIMIT_REDIS_URL": "redis://"}, "RATE_LIMIT_REDIS_URL", "no host"),
         ({"RATE_LIMIT_ENABLED": "maybe"}, "RATE_LIMIT_ENABLED", "1/0/true/false/yes/no/on/off"),
         ({"ENABLE_WORKER": "2"}, "ENABLE_WORKER", "got '2'"),
         ({"ENABLE_CELERY": "y"}, "ENABLE_CELERY", "got 'y'"),
@@ -237,6 +239,21 @@ def test_missing_redis_url_is_an_error_only_when_required() -> None:
         settings.require_redis()
 
 
+def test_the_limiter_uses_the_main_redis_unless_it_has_its_own() -> None:
+    main = Settings.from_env({"REDIS_URL": "redis://:main-pass@a:6379/0"})
+    own = Settings.from_env({"REDIS_URL": "redis://a:6379/0", "RATE_LIMIT_REDIS_URL": "rediss://:rl-pass@b:6380"})
+    same = Settings.from_env({"REDIS_URL": "redis://a:6379/0", "RATE_LIMIT_REDIS_URL": "redis://a:6379/0"})
+
+    assert main.limiter_redis() is main.redis
+    assert not main.separate_limiter_redis
+    assert own.limiter_redis().variable == "RATE_LIMIT_REDIS_URL"
+    assert own.limiter_redis().tls
+    assert own.separate_limiter_redis
+    assert not same.separate_limiter_redis  # readiness and doctor would check the same server twice
+    assert "rl-pass" in own.secrets  # redacted from every log line
+    assert "rl-pass" not in repr(own)
+
+
 def test_settings_repr_hides_secrets() -> None:
     settings = Settings.from_env(
         {"REDIS_URL": "redis://:pw-in-url@h:6379", "WEBHOOK_SECRET": "hook-secret-1", "INTERNAL_TOKEN": "tok-12345678"}
@@ -251,6 +268,7 @@ def test_settings_repr_hides_secrets() -> None:
     [
         ({"REDIS_URL": "http://x"}, "REDIS_URL: scheme must be redis, rediss or unix, got http"),
         ({}, "REDIS_URL: not set"),
+        ({"REDIS_URL": "redis://127.0.0.1:6379/15", "RATE_LIMIT_REDIS_URL": "ftp://h"}, "RATE_LIMIT_REDIS_URL: scheme"),
         ({"REDIS_URL": "redis://127.0.0.1:6379/15", "PORT": "eighty"}, "PORT: must be a port number"),
     ],
 )

@@ -4,6 +4,9 @@ The script's test seam is its first argument: a time in microseconds instead of 
 ``TIME``, so the model and the script see the same clock, stepping forwards and back.
 The model counts tokens as exact fractions, independently of the script's integer units.
 Arguments and reply go through ``service.ratelimit.script``, the limiter's own layout.
+Each test runs on a single Redis, on a Redis Cluster node (cluster mode checks every key a
+script touches against the slot of its declared keys), and there as ``CROSS_SLOT_SCRIPT``
+(no declared keys, the keys in ARGV: how the limiter decides a node's batch in one call).
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis import Redis
+from redis.crc import key_slot
 
 from service.ratelimit.policy import Bucket
 from service.ratelimit.script import (
+    CROSS_SLOT_SCRIPT,
+    CROSS_SLOT_SCRIPT_SHA,
     FULL_IN_US,
     OK,
     REMAINING_UNITS,
@@ -31,17 +37,28 @@ from service.ratelimit.script import (
     argv,
     bucket_key,
 )
-from tests.servers import redis_url
+from tests.servers import redis_url, shared_cluster
 
 START_US = 1_700_000_000_000_000
 CALLER = "model"
 
 
-@pytest.fixture(scope="module")
-def sync_redis() -> Iterator[Redis]:
-    client = Redis.from_url(redis_url())
+class KeysInArgv(Redis):
+    """A cluster node's client on which the script runs as ``CROSS_SLOT_SCRIPT`` (keys in ARGV), as per node."""
+
+
+@pytest.fixture(scope="module", params=["single", "cluster", "cluster-keys-in-argv"])
+def sync_redis(request: pytest.FixtureRequest) -> Iterator[Redis]:
+    """A single Redis, or the Redis Cluster node that serves the model caller's slot (where the script runs there)."""
+    if request.param == "single":
+        client = Redis.from_url(redis_url())
+    else:
+        cluster = shared_cluster()
+        server = cluster.owner(key_slot(key_of(Bucket("any", 1, Fraction(1))).encode()))
+        client = (KeysInArgv if request.param == "cluster-keys-in-argv" else Redis)(port=server.port)
     client.flushdb()
     client.script_load(SCRIPT)
+    client.script_load(CROSS_SLOT_SCRIPT)
     try:
         yield client
     finally:
@@ -61,6 +78,13 @@ class Reading:
     retry_in_us: int
 
 
+def script_call(redis: Redis, keys: list[str], args: list[str]) -> tuple[str, int, list[str]]:
+    """EVALSHA's SHA, number of keys, keys and arguments; for ``KeysInArgv`` no keys, and the keys first in ARGV."""
+    if isinstance(redis, KeysInArgv):
+        return CROSS_SLOT_SCRIPT_SHA, 0, [str(len(keys)), *keys, *args]
+    return SCRIPT_SHA, len(keys), [*keys, *args]
+
+
 def run_script(
     redis: Redis,
     now_us: int | None,
@@ -76,11 +100,13 @@ def run_script(
     wire = argv([([replace(b, cost=cost) for b, cost in items], read_only) for read_only, items in decisions], now_us)
     args = [arg.decode() for arg in wire]
     if ttls_ms is None:
-        flat = cast(list[int], redis.evalsha(SCRIPT_SHA, len(keys), *keys, *args))
+        sha, numkeys, keys_and_args = script_call(redis, keys, args)
+        flat = cast(list[int], redis.evalsha(sha, numkeys, *keys_and_args))
     else:
         unique = list(dict.fromkeys(keys))
         pipe = redis.pipeline(transaction=True)
-        pipe.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
+        sha, numkeys, keys_and_args = script_call(redis, keys, args)
+        pipe.evalsha(sha, numkeys, *keys_and_args)
         for key in unique:
             pipe.pttl(key)
             pipe.persist(key)

@@ -1,7 +1,8 @@
 """``GET /ready``: every included component passes (200) or not (503), with details of each.
 
-The components are Redis, the workers (when this deployment runs them), the cron scheduler
-(when it runs cron too) and PostgreSQL (when ``DATABASE_URL`` is set);
+The components are Redis, the limiter's own Redis (when ``RATE_LIMIT_REDIS_URL`` names
+one: a single server, or a cluster), the workers (when this deployment runs them), the cron
+scheduler (when it runs cron too) and PostgreSQL (when ``DATABASE_URL`` is set);
 ``service/readiness.py`` runs their checks under a deadline. One run's answer serves every
 ``/ready`` of this process for ``FRESH_S``.
 """
@@ -16,7 +17,7 @@ from aiohttp import web
 from marshmallow import Schema, fields
 
 from jobs.heartbeat import live_workers
-from service.app_keys import CRON_STORE, DATABASE, READINESS, REDIS, SETTINGS
+from service.app_keys import CRON_STORE, DATABASE, LIMITER, LIMITER_REDIS, READINESS, REDIS, SETTINGS
 from service.database import database_ctx
 from service.openapi import Access, Answer, operation
 from service.readiness import CHECK_TIMEOUT_S, Check, run_checks
@@ -30,6 +31,24 @@ async def check_redis(app: web.Application) -> tuple[bool, dict[str, Any]]:
     started = time.perf_counter()
     await app[REDIS].ping()
     return True, {"latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+async def check_ratelimit_redis(app: web.Application) -> tuple[bool, dict[str, Any]]:
+    """The limiter's own Redis: a PING; on a cluster, its state, all slots served and every primary answering."""
+    limiter = app[LIMITER]
+    if limiter.cluster is None:
+        started = time.perf_counter()
+        await app[LIMITER_REDIS].ping()
+        return True, {"latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+    health = await limiter.cluster.health()
+    details: dict[str, Any] = {
+        "cluster_state": health.state,
+        "slots_covered": health.slots_covered,
+        "primaries": len(health.primaries),
+    }
+    if health.unreachable:
+        details["unreachable"] = health.unreachable
+    return health.ok, details
 
 
 async def check_workers(app: web.Application) -> tuple[bool, dict[str, Any]]:
@@ -63,6 +82,8 @@ async def check_database(app: web.Application) -> tuple[bool, dict[str, Any]]:
 def included_checks(settings: Settings) -> dict[str, Check]:
     """The components that this deployment's settings turn on, by name."""
     checks: dict[str, Check] = {"redis": check_redis}
+    if settings.rate_limit_enabled and settings.separate_limiter_redis:
+        checks["ratelimit_redis"] = check_ratelimit_redis
     if settings.enable_worker:
         checks["workers"] = check_workers
         if settings.enable_cron:  # cron runs on the workers

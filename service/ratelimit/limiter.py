@@ -1,9 +1,9 @@
 """The limiter: every decision atomic in Redis (all its buckets pay, or none), batched per loop turn.
 
 - **Batching.** Decisions that arrive in the same loop turn go to Redis together, in one
-  round trip: one ``EVALSHA`` for all of them on a single Redis server, or, with
-  ``group_by_slot`` (Redis Cluster, where a script may touch one hash slot only), one
-  ``EVALSHA`` per slot in one pipeline; a caller's keys share its hash tag's slot.
+  round trip: one ``EVALSHA`` for all of them on a single Redis server, or, on Redis
+  Cluster, one call per primary for the callers of its slots (``cluster.py``); a caller's
+  keys share its hash tag's slot.
 - **Exact local refusals.** When Redis has said a bucket held ``r`` units, at most
   ``r + rate * (now - sent)`` can be there now (``sent`` is when that call left, so the
   bound errs high: other processes only spend). While that bound is below the cost, the
@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
-from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from service.logging import get_logger
+from service.ratelimit.cluster import ClusterTransport, Group
 from service.ratelimit.decision import Decision, Outcome
 from service.ratelimit.metrics import LimiterMetrics
 from service.ratelimit.policy import RouteBuckets
@@ -43,10 +43,9 @@ from service.ratelimit.script import (
     SCRIPT,
     SCRIPT_SHA,
     BatchFramer,
-    bucket_key,
     bucket_reply,
 )
-from service.redis import IDLE_CONNECTION_MAX_S
+from service.redis import IDLE_CONNECTION_MAX_S, round_trip
 
 __all__ = ["Decision", "Limiter", "Outcome"]
 
@@ -72,14 +71,15 @@ class Limiter:
         deadline_s: float,
         metrics: LimiterMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
-        group_by_slot: bool = False,
+        cluster: ClusterTransport | None = None,
     ) -> None:
         self._redis = redis
         self._pool = redis.connection_pool
         self._deadline_s = deadline_s
         self._metrics = metrics or LimiterMetrics()
         self._clock = clock
-        self._group_by_slot = group_by_slot
+        # Set: the limiter's Redis is a cluster, and batches go through this (``redis`` is then unused).
+        self.cluster = cluster
         # Connections kept between batches, with when each was last used: the pool's hand-out
         # check costs a read per batch.
         self._idle: list[tuple[AbstractConnection, float]] = []
@@ -159,67 +159,82 @@ class Limiter:
 
     def _flush(self) -> None:
         calls, self._pending = self._pending, []
-        if self._group_by_slot:
-            slots: dict[int, list[_Call]] = {}
-            for call in calls:
-                caller, route = call[0], call[1]
-                slots.setdefault(key_slot(bucket_key(caller, route.buckets[0].name).encode()), []).append(call)
-            groups = list(slots.values())
-        else:
-            groups = [calls]
+        groups = [calls] if self.cluster is None else self.cluster.split(calls)
         task = asyncio.get_running_loop().create_task(self._run(groups))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
-    async def _run(self, groups: list[list[_Call]]) -> None:
-        commands = [self._framer.evalsha(group) for group in groups]
+    async def _run(self, groups: Sequence[Group]) -> None:
         sent = self._clock()
         started = time.perf_counter()
         # A timer answers the batch at the deadline too: the timeout's cancel alone can be lost,
         # as Python 3.11's wait_for (around redis-py's writes) swallows a cancel that lands while
         # the write completes (cpython #86296), and the batch would then wait on for Redis.
         expiry = asyncio.get_running_loop().call_later(
-            self._deadline_s, self._give_up, groups, "timeout", "no answer within the deadline"
+            self._deadline_s, self.give_up, groups, "timeout", "no answer within the deadline"
         )
         try:
             async with asyncio.timeout(self._deadline_s):
-                replies = await self._send(commands)
-                for _ in range(_NOSCRIPT_RELOADS):
-                    retry = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-                    if not retry:
-                        break
-                    # NOSCRIPT: the script did not run, so sending it again cannot spend twice (and a
-                    # SCRIPT FLUSH may land again between the load and the resend).
-                    self._metrics.redis_error("noscript")
-                    await self._load_script()
-                    commands = [self._framer.evalsha(group) for group in groups]  # the SHA may have changed
-                    for i, reply in zip(retry, await self._send([commands[i] for i in retry]), strict=True):
-                        replies[i] = reply
+                if self.cluster is not None:
+                    await self.cluster.send(groups, self, sent)  # answers each group as its primary replies
+                else:
+                    await self._send_batch(groups, sent)
         except (RedisError, OSError, TimeoutError) as exc:
             kind = "timeout" if isinstance(exc, TimeoutError) else "connection"
-            self._give_up(groups, kind, str(exc) or type(exc).__name__)
+            self.give_up(groups, kind, str(exc) or type(exc).__name__)
             return
         finally:
             expiry.cancel()
         self._metrics.redis_latency.observe(time.perf_counter() - started)
-        for group, reply in zip(groups, replies, strict=True):
-            if isinstance(reply, Exception):
-                self._metrics.redis_error("reply")
-                self._warn("rate limiter script failed", reason="reply", error=str(reply))
-                self._fail(group)
-            else:
-                self._resolve(group, reply, sent)
 
-    async def _load_script(self) -> None:
-        """Load the script; a Redis before 7 refuses the allow-oom flag line, and gets the plain script from then on."""
+    async def _send_batch(self, groups: Sequence[Group], sent: float) -> None:
+        """The single-server round trip: every group's call in one write, on one connection."""
+        commands = [self._framer.evalsha(group) for group in groups]
+        replies = await self._send(commands)
+        for _ in range(_NOSCRIPT_RELOADS):
+            retry = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if not retry:
+                break
+            # NOSCRIPT: the script did not run, so sending it again cannot spend twice (and a
+            # SCRIPT FLUSH may land again between the load and the resend).
+            await self.load_script(self._redis)
+            commands = [self._framer.evalsha(group) for group in groups]  # the SHA may have changed
+            for i, reply in zip(retry, await self._send([commands[i] for i in retry]), strict=True):
+                replies[i] = reply
+        for group, reply in zip(groups, replies, strict=True):
+            self.answer(group, reply, sent)
+
+    def frame(self, group: Group) -> bytes:
+        """One ``EVALSHA`` deciding ``group`` (the cluster transport frames per slot)."""
+        return self._framer.evalsha(group)
+
+    def answer(self, group: Group, reply: list[int] | ResponseError, sent: float) -> None:
+        """Resolve ``group`` from its script's reply; an error reply answers it by the fail-open/closed rule."""
+        if isinstance(reply, Exception):
+            self._metrics.redis_error("reply")
+            self._warn("rate limiter script failed", reason="reply", error=str(reply))
+            self._fail(group)
+        else:
+            self._resolve(group, reply, sent)
+
+    def cluster_reply(self, code: str) -> None:
+        """A cluster's reply that the call did not run and goes elsewhere or again: ``ratelimit_redis_errors_total``."""
+        self._metrics.redis_error(code.lower())
+
+    async def load_script(self, redis: Redis) -> None:
+        """After a ``NOSCRIPT`` reply: load the script on the server behind ``redis``.
+
+        A Redis before 7 refuses the allow-oom flag line, and gets the plain script from then on.
+        """
+        self._metrics.redis_error("noscript")
         try:
-            await self._redis.script_load(self._script)
+            await redis.script_load(self._script)
         except ResponseError:
             if self._script == SCRIPT:
                 raise
             self._script = SCRIPT
             self._framer = BatchFramer(SCRIPT_SHA)
-            await self._redis.script_load(SCRIPT)
+            await redis.script_load(SCRIPT)
 
     async def _send(self, commands: list[bytes]) -> list[Any]:
         """One round trip; error replies come back in place (a connection failure raises).
@@ -228,19 +243,7 @@ class Limiter:
         private ``_reader``): ``tests/test_redis_contract.py`` pins each member they use.
         """
         connection = await self._connection()
-        try:
-            await connection.send_packed_command(commands, check_health=False)
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(await connection.read_response(disable_decoding=True))
-                except ResponseError as error:
-                    replies.append(error)
-        except BaseException:
-            # A reply may still be on its way: this connection must never be reused.
-            await connection.disconnect(nowait=True)
-            await self._pool.release(connection)
-            raise
+        replies = await round_trip(self._pool, connection, commands)
         self._idle.append((connection, self._clock()))
         return replies
 
@@ -265,7 +268,7 @@ class Limiter:
             self._last_warning_at = now
             log.warning(event, **fields)
 
-    def _give_up(self, groups: list[list[_Call]], kind: str, error: str) -> None:
+    def give_up(self, groups: Sequence[Group], kind: str, error: str) -> None:
         """Answer a batch's undecided calls by their fail-open/closed rule (once, whoever comes first)."""
         if all(future.done() for group in groups for *_, future in group):
             return
@@ -274,7 +277,7 @@ class Limiter:
         for group in groups:
             self._fail(group)
 
-    def _fail(self, group: list[_Call]) -> None:
+    def _fail(self, group: Group) -> None:
         for _, route, future in group:
             if future.done():  # answered already (at the deadline)
                 continue
@@ -282,7 +285,7 @@ class Limiter:
             self._metrics.count(outcome, route.plan)
             future.set_result(Decision(route, outcome))
 
-    def _resolve(self, group: list[_Call], reply: list[int], sent: float) -> None:
+    def _resolve(self, group: Group, reply: list[int], sent: float) -> None:
         at = 0
         refusals = self._refusals
         count = self._metrics.count

@@ -34,6 +34,7 @@ from service.auth import address_caller, client_address, key_required, presented
 from service.errors import PROBLEM_CONTENT_TYPE, Problem, problem_body
 from service.ratelimit.decision import Decision, Outcome
 from service.ratelimit.limiter import Limiter
+from service.ratelimit.limiter_redis import limiter_redis
 from service.ratelimit.usage import LimitUsage
 from service.redis import cancel_until_done
 
@@ -131,19 +132,25 @@ def _quota_exceeded_body(violated: tuple[str, ...], retry_after: str) -> bytes:
 
 
 async def limiter_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The limiter on the process's no-retry client (a script call may already have run), and its usage counts.
+    """The limiter on a no-retry client (a script call may already have run), and its usage counts.
 
+    The limiter's Redis is ``RATE_LIMIT_REDIS_URL`` when set (a single server or a Redis
+    Cluster: ``service/ratelimit/limiter_redis.py`` tells which), else the process's own.
     The usage is flushed every few seconds and once more on the way out, within the Redis timeout.
     """
-    limiter = Limiter(app[REDIS_ONCE], deadline_s=app[SETTINGS].rate_limit_deadline_ms / 1000)
-    limiter.metrics.register(app[METRICS].registry)
-    app[LIMITER] = limiter
-    usage = app[LIMIT_USAGE] = LimitUsage(app[REDIS_ONCE])  # a counted increment must not be sent twice
-    flushing = asyncio.get_running_loop().create_task(usage.run())
-    try:
-        yield
-    finally:
-        await cancel_until_done(flushing)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(usage.flush(), app[SETTINGS].redis_timeout_s)
-        await limiter.close()
+    settings = app[SETTINGS]
+    async with limiter_redis(app, settings) as (client, clusters):
+        limiter = Limiter(client, deadline_s=settings.rate_limit_deadline_ms / 1000, cluster=clusters.cluster)
+        limiter.metrics.register(app[METRICS].registry)
+        app[LIMITER] = limiter
+        usage = app[LIMIT_USAGE] = LimitUsage(app[REDIS_ONCE])  # a counted increment must not be sent twice
+        flushing = asyncio.get_running_loop().create_task(usage.run())
+        following = asyncio.get_running_loop().create_task(clusters.follow(limiter))
+        try:
+            yield
+        finally:
+            await cancel_until_done(following)
+            await cancel_until_done(flushing)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(usage.flush(), settings.redis_timeout_s)
+            await limiter.close()

@@ -21,6 +21,8 @@ from service.ratelimit.policy import Bucket, RouteBuckets
 __all__ = [
     "ALLOW_OOM_SCRIPT",
     "ALLOW_OOM_SCRIPT_SHA",
+    "CROSS_SLOT_SCRIPT",
+    "CROSS_SLOT_SCRIPT_SHA",
     "FULL_IN_US",
     "NOW_FROM_REDIS",
     "OK",
@@ -43,6 +45,11 @@ SCRIPT_SHA: Final = hashlib.sha1(SCRIPT.encode()).hexdigest()
 # decide would admit everyone. Redis 6.2 cannot read the flag line (the limiter falls back).
 ALLOW_OOM_SCRIPT: Final = "#!lua flags=allow-oom\n" + SCRIPT
 ALLOW_OOM_SCRIPT_SHA: Final = hashlib.sha1(ALLOW_OOM_SCRIPT.encode()).hexdigest()
+# On Redis Cluster (Redis >= 7) one call decides the callers of every slot one primary
+# serves: keys_from_argv.lua says how, and why such a call that fails changed nothing.
+_KEYS_FROM_ARGV = resources.files("service.ratelimit").joinpath("keys_from_argv.lua").read_text(encoding="utf-8")
+CROSS_SLOT_SCRIPT: Final = "#!lua flags=allow-oom,allow-cross-slot-keys\n" + _KEYS_FROM_ARGV + SCRIPT
+CROSS_SLOT_SCRIPT_SHA: Final = hashlib.sha1(CROSS_SLOT_SCRIPT.encode()).hexdigest()
 
 # ARGV[1]: the time in microseconds, or this to use Redis TIME. Only tests pass a time
 # (the seam that lets a model and the script share a clock); the limiter always uses TIME.
@@ -98,6 +105,7 @@ def resp_bulk(value: bytes) -> bytes:
 
 
 _NOW_FROM_REDIS = resp_bulk(NOW_FROM_REDIS)
+_NO_KEYS = resp_bulk(b"0")
 
 
 def _framed(args: list[bytes]) -> bytes:
@@ -111,13 +119,18 @@ class BatchFramer:
     already framed; a batch is one ``join`` of those pieces.
     """
 
-    def __init__(self, script_sha: str = SCRIPT_SHA) -> None:
+    def __init__(self, script_sha: str = SCRIPT_SHA, *, keys_in_argv: bool = False) -> None:
         self._evalsha = resp_bulk(b"EVALSHA") + resp_bulk(script_sha.encode())
+        # CROSS_SLOT_SCRIPT's layout: no declared keys; ARGV starts with the key count and the keys.
+        self._keys_in_argv = keys_in_argv
         self._routes: dict[RouteBuckets, bytes] = {}
         self._callers: dict[tuple[str, RouteBuckets], tuple[bytes, int, bytes]] = {}  # -> keys, key count, args
 
     def evalsha(self, decisions: Sequence[tuple[str, RouteBuckets, object]]) -> bytes:
-        """One ``EVALSHA`` deciding each (caller, route, _) in order; every key must share one hash slot."""
+        """One ``EVALSHA`` deciding each (caller, route, _) in order.
+
+        Every key must share one hash slot, or with ``keys_in_argv`` be served by one cluster node.
+        """
         callers = self._callers
         keys_wire = []
         args_wire = []
@@ -131,11 +144,12 @@ class BatchFramer:
             args_wire.append(args)
             key_count += count
         arg_count = 2 + 2 * len(decisions) + _ARGS_PER_BUCKET * key_count
+        head = [b"*%d\r\n" % (3 + key_count + arg_count), self._evalsha, resp_bulk(b"%d" % key_count)]
+        if self._keys_in_argv:
+            head = [b"*%d\r\n" % (4 + key_count + arg_count), self._evalsha, _NO_KEYS, resp_bulk(b"%d" % key_count)]
         return b"".join(
             [
-                b"*%d\r\n" % (3 + key_count + arg_count),
-                self._evalsha,
-                resp_bulk(b"%d" % key_count),
+                *head,
                 *keys_wire,
                 _NOW_FROM_REDIS,
                 resp_bulk(b"%d" % len(decisions)),
