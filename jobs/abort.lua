@@ -18,6 +18,7 @@
 -- Returns {"missing"} (not this tenant's, or gone) or {"finished"}; or {"running"} or
 -- {"aborted"} followed by the job's state as it is now (job_state.lua: result, job, lease,
 -- due ms, tries), so that the caller answers with the job without reading it again.
+-- leave_queue() is leave_queue.lua's (load_script puts it before this script).
 
 local function with_state(outcome)
   local state = job_state(KEYS[5], KEYS[2], KEYS[4], KEYS[7], KEYS[3], ARGV[1])
@@ -53,9 +54,5 @@ local result = '{"t":' .. tries
   .. '}'
 redis.call('SET', KEYS[5], result, 'PX', ARGV[3])
 redis.call('DEL', KEYS[2], KEYS[7])
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('ZREM', KEYS[8], ARGV[1])
-if redis.call('EXISTS', KEYS[8]) == 0 then
-  redis.call('ZREM', KEYS[9], ARGV[5])
-end
+leave_queue(KEYS[3], KEYS[8], KEYS[9], ARGV[1], ARGV[5])
 return with_state('aborted')

@@ -30,6 +30,7 @@
 -- ARGV[13] failed tries kept
 -- ARGV[14] the lease's value as the worker claimed it (claim.lua)
 -- Returns 1 when recorded, 0 when the lease is no longer this claim's (nothing changed).
+-- leave_queue() is leave_queue.lua's (load_script puts it before this script).
 
 if redis.call('GET', KEYS[1]) ~= ARGV[14] then
   return 0
@@ -62,11 +63,7 @@ if ARGV[2] == '1' then
   end
   redis.call('DEL', KEYS[3], KEYS[4])
   redis.call('ZREM', KEYS[5], ARGV[1])
-  redis.call('ZREM', KEYS[6], ARGV[1])
-  redis.call('ZREM', KEYS[8], ARGV[1])
-  if redis.call('EXISTS', KEYS[8]) == 0 then
-    redis.call('ZREM', KEYS[9], ARGV[9])
-  end
+  leave_queue(KEYS[6], KEYS[8], KEYS[9], ARGV[1], ARGV[9])
 else
   if ARGV[5] ~= '' then
     redis.call('ZINCRBY', KEYS[6], ARGV[5], ARGV[1])

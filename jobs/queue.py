@@ -126,7 +126,7 @@ class JobQueue:
         self._settings = settings
         self._registry = registry
         self._enqueue = load_script(redis, "enqueue", include=["job_state"])
-        self._abort = load_script(redis, "abort", include=["job_state"])
+        self._abort = load_script(redis, "abort", include=["job_state", "leave_queue"])
         self._read_job = load_script(reads or redis, "read_job", include=["job_state"])
         self._page = load_script(reads or redis, "job_page", include=["job_state"])
 

@@ -19,6 +19,7 @@ from service.auth import REVOCATIONS_CHANNEL
 from service.dashboard.snapshot import ROUND_TRIPS_MAX
 from service.ratelimit.usage import ANONYMOUS_CALLER
 from tests.conftest import ServiceTestServer, get_json, make_settings
+from tests.policies import policies_file
 from tests.waiting import until
 
 Client = TestClient[web.Request, web.Application]
@@ -86,13 +87,13 @@ async def test_an_open_dashboard_costs_redis_one_bounded_read_per_process_shared
 async def test_429s_and_the_tenants_nearest_their_limits_are_the_limiters(
     aiohttp_client: AiohttpClient, redis: Redis, tmp_path: Path
 ) -> None:
-    policies = tmp_path / "policies.toml"
-    policies.write_text(
+    policies = policies_file(
+        tmp_path,
         '[plans.default]\n"*" = [{ name = "burst", capacity = 4, per_second = 0.01 }]\n'
         '[plans.big]\n"*" = [{ name = "burst", capacity = 100, per_second = 0.01 }]\n'
-        '[anonymous]\n"*" = [{ name = "address", capacity = 1, per_second = 0.01 }]\n'
+        '[anonymous]\n"*" = [{ name = "address", capacity = 1, per_second = 0.01 }]\n',
     )
-    app = create_app(make_settings(RATE_LIMITS_FILE=str(policies), METRICS_PORT="0"))
+    app = create_app(make_settings(RATE_LIMITS_FILE=policies, METRICS_PORT="0"))
     client = cast(Client, await aiohttp_client(ServiceTestServer(app)))
     acme = await app[API_KEYS].create("acme")
     globex = await app[API_KEYS].create("globex", plan="big")

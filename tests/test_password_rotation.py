@@ -23,6 +23,7 @@ from redis.exceptions import AuthenticationError
 
 from service.auth import ApiKeyStore
 from tests.deploy_support import argv, fly_config, machine_env, procfile
+from tests.policies import GENEROUS_POLICIES, policies_file
 from tests.processes import Proc, wait_for_status
 from tests.servers import RedisServer, free_port, new_redis_server
 
@@ -31,17 +32,6 @@ NEW = "new-password-2026"
 # /v1/rate-limit answers 503 when the limiter's 50 ms deadline passes, which a busy shared test
 # machine causes now and then whatever the password; a password Redis refuses is a 503 all the same.
 DEADLINE_MS = "1000"
-# The load would empty the built-in plans' buckets; this test is about the password, not limits.
-POLICIES = """
-[plans.default]
-"*" = [{ name = "burst", capacity = 20, per_second = 10 }]
-"POST /v1/jobs" = [{ name = "enqueue", capacity = 5, per_second = 1 }]
-[plans.load]
-"*" = [{ name = "burst", capacity = 10000, per_second = 10000 }]
-"POST /v1/jobs" = [{ name = "enqueue", capacity = 10000, per_second = 10000 }]
-[anonymous]
-"*" = [{ name = "address", capacity = 10, per_second = 1 }]
-"""
 LOADERS = 4
 PAUSE_S = 0.02  # each loader: at most ~50 requests/s, ~200/s in all
 
@@ -145,15 +135,15 @@ async def serves(router: Router, web: Web, requests: int, timeout_s: float = 20.
 async def test_rotating_the_redis_password_fails_no_request(server: RedisServer, tmp_path: Path) -> None:
     kill_timeout_s = fly_config()["kill_timeout"]
     admin = Redis.from_url(url(server, OLD))
-    router = Router(await ApiKeyStore(admin).create("acme", "load"))
-    policies = tmp_path / "policies.toml"
-    policies.write_text(POLICIES)
+    router = Router(await ApiKeyStore(admin).create("acme"))
+    # The load would empty the built-in plans' buckets; this test is about the password, not limits.
+    policies = policies_file(tmp_path, GENEROUS_POLICIES)
     started: list[Proc] = []
 
     async def start_web(password: str, name: str) -> Web:
         port = free_port()
         env = machine_env(
-            url(server, password), PORT=str(port), RATE_LIMIT_DEADLINE_MS=DEADLINE_MS, RATE_LIMITS_FILE=str(policies)
+            url(server, password), PORT=str(port), RATE_LIMIT_DEADLINE_MS=DEADLINE_MS, RATE_LIMITS_FILE=policies
         )
         web = Web(Proc(argv(procfile()["web"]), tmp_path / f"{name}.log", env), port)
         started.append(web.proc)

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from service.app import create_app
 from service.app_keys import API_KEYS
 from tests.conftest import make_settings
+from tests.policies import policies_file
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
@@ -56,9 +57,7 @@ async def echo(request: web.Request) -> web.Response:
 @pytest.fixture
 def make_client(aiohttp_client: AiohttpClient, redis: Redis, tmp_path: Path) -> MakeClient:
     async def make(policies: str = POLICIES, **env: str) -> Client:
-        path = tmp_path / "policies.toml"
-        path.write_text(policies)
-        app = create_app(make_settings(RATE_LIMITS_FILE=str(path), **env))
+        app = create_app(make_settings(RATE_LIMITS_FILE=policies_file(tmp_path, policies), **env))
         app.router.add_post("/v1/echo", echo)
         return await aiohttp_client(app)
 

@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 from jobs import webhook_tenants
 from service.auth import ApiKeyStore
 from tests.conftest import PYTHON, subprocess_env
+from tests.policies import GENEROUS_POLICIES, policies_file
 from tests.processes import run_service
 from tests.schemathesis_hooks import RECEIVER_ENV
 from tests.servers import free_port, redis_url
@@ -36,16 +37,6 @@ from tests.servers import free_port, redis_url
 INTERNAL_TOKEN = "schemathesis-internal-token"
 METRICS_TOKEN = "schemathesis-metrics-token"
 WEBHOOK_SECRET = "schemathesis-webhook-secret"
-
-# Enough that the run is never refused; the default policies get a run of their own.
-GENEROUS_POLICIES = """
-[plans.default]
-"*" = [{ name = "burst", capacity = 1000000, per_second = 100000 }]
-"POST /v1/jobs" = [{ name = "enqueue", capacity = 1000000, per_second = 100000 }]
-
-[anonymous]
-"*" = [{ name = "address", capacity = 1000000, per_second = 100000 }]
-"""
 
 CONFIG = """
 hooks = "tests.schemathesis_hooks"
@@ -105,8 +96,7 @@ async def _schemathesis(redis: Redis, tmp_path: Path, *, policies: str | None, c
         "LOG_FORMAT": "json",
     }
     if policies is not None:
-        (tmp_path / "policies.toml").write_text(policies)
-        env["RATE_LIMITS_FILE"] = str(tmp_path / "policies.toml")
+        env["RATE_LIMITS_FILE"] = policies_file(tmp_path, policies)
     (tmp_path / "schemathesis.toml").write_text(config)
     report_path = tmp_path / "report.json"
     with run_service("dev", cwd=tmp_path, log=tmp_path / "service.log", **env) as child:

@@ -107,15 +107,15 @@ def test_malformed_value_names_the_variable(env: dict[str, str], variable: str, 
     assert fragment in str(caught.value)
 
 
-WHOLE_NUMBER_ERRORS = [
+NUMBER_ERRORS = [
+    # whole numbers
     ("REDIS_MAX_CONNECTIONS", "many", "must be a whole number, got 'many'"),
     ("REDIS_MAX_CONNECTIONS", "0", "must be from 1 to 10000, got 0"),
     ("JOB_RETENTION_S", "0059", "must be from 60 to 2592000, got 59"),
     ("JOB_RETENTION_S", "1.5", "must be a whole number, got '1.5'"),
     ("WORKER_CONCURRENCY", "1001", "must be from 1 to 1000, got 1001"),
     ("METRICS_PORT", "65536", "must be from 0 to 65535, got 65536"),
-]
-DECIMAL_ERRORS = [  # bounds in short form, the value as written
+    # decimals: bounds in short form, the value as written
     ("REDIS_TIMEOUT_S", "0.01", "must be from 0.05 to 300, got 0.01"),
     ("RATE_LIMIT_DEADLINE_MS", "nan", "must be from 1 to 10000, got nan"),
     ("SHUTDOWN_TIMEOUT_S", "-1", "must be from 0 to 300, got -1"),
@@ -126,7 +126,7 @@ DECIMAL_ERRORS = [  # bounds in short form, the value as written
 ]
 
 
-@pytest.mark.parametrize(("variable", "value", "problem"), [*WHOLE_NUMBER_ERRORS, *DECIMAL_ERRORS])
+@pytest.mark.parametrize(("variable", "value", "problem"), NUMBER_ERRORS)
 def test_number_out_of_range_or_malformed_is_one_exact_line(variable: str, value: str, problem: str) -> None:
     with pytest.raises(SettingsError) as caught:
         Settings.from_env({**REDIS, variable: value})

@@ -14,9 +14,11 @@ from marshmallow import Schema, fields, validate
 
 from jobs.cron import Schedule
 from jobs.cron_store import OUTCOMES, CronJobRunning, CronJobStatus, CronStore
+from service.api.job_error import ErrorSchema
+from service.api.route_docs import operator_operation
 from service.app_keys import CRON_STORE, REDIS_ONCE
 from service.errors import Problem
-from service.openapi import REDIS_DOWN, Access, Answer, operation
+from service.openapi import Answer
 from service.operators import require_operator
 
 __all__ = ["setup"]
@@ -24,9 +26,8 @@ __all__ = ["setup"]
 _NOT_FOUND = "No cron job has this name."
 
 
-class RunErrorSchema(Schema):
-    type = fields.String(required=True)
-    message = fields.String(required=True)
+class RunErrorSchema(ErrorSchema):
+    """A cron run's error: its own component of the document, under its own name."""
 
 
 class CronRunSchema(Schema):
@@ -84,34 +85,25 @@ def _name(request: web.Request) -> str:
     return name
 
 
-@operation(
+@operator_operation(
     operation_id="getCron",
-    tags=["operations"],
     summary="The cron schedule: each job's next run, pause state and last runs",
-    access=Access.INTERNAL,
     answers=[Answer(200, "Every cron job of the schedule.", CronJobsSchema, headers={"Cache-Control": True})],
-    problems={503: REDIS_DOWN},
 )
 async def get_cron(request: web.Request) -> web.Response:
     statuses = await _store(request).status()
     return web.json_response({"jobs": [status.to_json() for status in statuses]}, headers={"Cache-Control": "no-store"})
 
 
-@operation(
+@operator_operation(
     operation_id="runCronJob",
-    tags=["operations"],
     summary="Run a cron job now",
     description=(
         "The run takes the place of the job's pending run (the schedule goes on after it); a paused job runs "
         "once and stays paused."
     ),
-    access=Access.INTERNAL,
     answers=[Answer(202, "Queued: the run's job id.", CronRunQueuedSchema)],
-    problems={
-        404: _NOT_FOUND,
-        409: "A run of the job is in progress; try again when it has finished.",
-        503: REDIS_DOWN,
-    },
+    problems={404: _NOT_FOUND, 409: "A run of the job is in progress; try again when it has finished."},
 )
 async def post_run(request: web.Request) -> web.Response:
     store = _store(request)
@@ -123,34 +115,33 @@ async def post_run(request: web.Request) -> web.Response:
     return web.json_response({"name": name, "job_id": job_id}, status=202)
 
 
-async def _changed(request: web.Request, change: Callable[[CronStore, str], Awaitable[CronJobStatus]]) -> web.Response:
-    """Apply ``change`` (pause or resume) to the named job; the job as it is now."""
-    store = _store(request)
-    return web.json_response((await change(store, _name(request))).to_json())
+def _change_route(
+    change: Callable[[CronStore, str], Awaitable[CronJobStatus]], *, operation_id: str, summary: str, done: str
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The route that applies ``change`` (pause or resume) to the named job and answers with the job as it is now."""
+
+    @operator_operation(
+        operation_id=operation_id,
+        summary=summary,
+        answers=[Answer(200, f"{done}: the job as it is now.", CronJobSchema)],
+        problems={404: _NOT_FOUND},
+    )
+    async def post_change(request: web.Request) -> web.Response:
+        store = _store(request)
+        return web.json_response((await change(store, _name(request))).to_json())
+
+    return post_change
 
 
-@operation(
+post_pause = _change_route(
+    CronStore.pause,
     operation_id="pauseCronJob",
-    tags=["operations"],
     summary="Pause a cron job: its pending run is removed (a running one finishes)",
-    access=Access.INTERNAL,
-    answers=[Answer(200, "Paused: the job as it is now.", CronJobSchema)],
-    problems={404: _NOT_FOUND, 503: REDIS_DOWN},
+    done="Paused",
 )
-async def post_pause(request: web.Request) -> web.Response:
-    return await _changed(request, CronStore.pause)
-
-
-@operation(
-    operation_id="resumeCronJob",
-    tags=["operations"],
-    summary="Resume a paused cron job at its next slot",
-    access=Access.INTERNAL,
-    answers=[Answer(200, "Resumed: the job as it is now.", CronJobSchema)],
-    problems={404: _NOT_FOUND, 503: REDIS_DOWN},
+post_resume = _change_route(
+    CronStore.resume, operation_id="resumeCronJob", summary="Resume a paused cron job at its next slot", done="Resumed"
 )
-async def post_resume(request: web.Request) -> web.Response:
-    return await _changed(request, CronStore.resume)
 
 
 async def _store_ctx(app: web.Application, *, schedule: Schedule) -> AsyncIterator[None]:

@@ -8,6 +8,7 @@ the login form sends the browser back to the form, which says so.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -16,6 +17,7 @@ from marshmallow import ValidationError
 from jobs import failures
 from jobs.failures import FailedTry
 from service.api.jobs import enqueue_for
+from service.api.route_docs import browser_operation, operator_operation, query_parameter
 from service.app_keys import (
     CRON_STORE,
     DASHBOARD,
@@ -31,7 +33,7 @@ from service.dashboard.page import StaticFile
 from service.dashboard.schemas import AbortedSchema, DashboardSchema, LoginFormSchema, RetriedSchema, SignedOutSchema
 from service.dashboard.snapshot import Dashboard
 from service.errors import Problem
-from service.openapi import Access, Answer, operation
+from service.openapi import Answer
 from service.operators import require_operator
 from service.sessions import COOKIE_NAME, Sessions
 from service.settings import SERVICE_NAME
@@ -44,15 +46,13 @@ _REDIRECT = {"type": "string", "description": "aiohttp's short text; `Location` 
 _TO_LOGIN = "/dashboard/login"
 
 
-@operation(
+@browser_operation(
     operation_id="getDashboardPage",
-    tags=["dashboard"],
     summary="The live operations page (for a browser)",
     description=(
         "For operators (loopback, `Authorization: Bearer $INTERNAL_TOKEN`, or the session the login form "
         "sets); a visit without a session gets one. Anyone else is sent to the login form."
     ),
-    access=Access.PUBLIC,
     answers=[
         Answer(200, "The page; it polls `GET /internal/dashboard.json`.", _HTML, "text/html", {"Cache-Control": True}),
         Answer(303, "Not an operator: to the login form.", _REDIRECT, "text/plain"),
@@ -75,19 +75,10 @@ async def get_page(request: web.Request) -> web.StreamResponse:
     return response
 
 
-@operation(
+@browser_operation(
     operation_id="getDashboardLogin",
-    tags=["dashboard"],
     summary="The dashboard's login form (for a browser)",
-    access=Access.PUBLIC,
-    parameters=[
-        {
-            "in": "query",
-            "name": "failed",
-            "schema": {"type": "string"},
-            "description": "Present after a wrong token: the form says so.",
-        }
-    ],
+    parameters=[query_parameter("failed", "Present after a wrong token: the form says so.")],
     answers=[Answer(200, "The form (without `INTERNAL_TOKEN`, why there is none).", _HTML, "text/html")],
 )
 async def get_login(request: web.Request) -> web.Response:
@@ -95,15 +86,13 @@ async def get_login(request: web.Request) -> web.Response:
     return page.login_page(SERVICE_NAME, token_configured=token_configured, failed="failed" in request.query)
 
 
-@operation(
+@browser_operation(
     operation_id="postDashboardLogin",
-    tags=["dashboard"],
     summary="Sign in to the dashboard with the internal token",
     description=(
         "The right token gets a session cookie (`__Host-ottoai-dashboard`: `Secure; HttpOnly; SameSite=Strict`, "
         "12 h) and is sent to the page; a wrong one back to the form, which says so. The token never goes in a URL."
     ),
-    access=Access.PUBLIC,
     form=LoginFormSchema,
     answers=[Answer(303, "To the page (signed in), or back to the form (`?failed`).", _REDIRECT, "text/plain")],
     problems={
@@ -132,12 +121,12 @@ async def post_login(request: web.Request) -> web.Response:
     raise redirect
 
 
-@operation(
+@operator_operation(
     operation_id="postDashboardLogout",
     tags=["dashboard"],
     summary="Sign out of the dashboard (the session's CSRF token required)",
-    access=Access.INTERNAL,
     answers=[Answer(200, "The session cookie is cleared.", SignedOutSchema)],
+    reads_redis=False,
 )
 async def post_logout(request: web.Request) -> web.Response:
     require_operator(request)
@@ -146,9 +135,8 @@ async def post_logout(request: web.Request) -> web.Response:
     return response
 
 
-@operation(
+@operator_operation(
     operation_id="getDashboard",
-    tags=["operations"],
     summary="Everything the dashboard shows, in one document (loopback, Bearer $INTERNAL_TOKEN, or its session)",
     description=(
         "Readiness, the queue, jobs finished per minute over the last hour, live workers, cron jobs, the "
@@ -157,8 +145,8 @@ async def post_logout(request: web.Request) -> web.Response:
         "costs Redis a bounded number of round trips. A section that cannot be read now is null and named "
         "in `unavailable`."
     ),
-    access=Access.INTERNAL,
     answers=[Answer(200, "The document.", DashboardSchema, headers={"Cache-Control": True})],
+    reads_redis=False,  # a section that cannot be read is null, and named in `unavailable`
 )
 async def get_document(request: web.Request) -> web.Response:
     require_operator(request)
@@ -166,7 +154,10 @@ async def get_document(request: web.Request) -> web.Response:
     return web.json_response(document, headers={"Cache-Control": "no-store"})
 
 
-_JOB_ID_PARAMETER = {"in": "path", "name": "job_id", "required": True, "schema": {"type": "string"}}
+# The actions on a failed job: its id in the path, found by ``_failed``.
+_failure_action = functools.partial(
+    operator_operation, parameters=[{"in": "path", "name": "job_id", "required": True, "schema": {"type": "string"}}]
+)
 
 
 async def _failed(request: web.Request) -> FailedTry:
@@ -178,16 +169,13 @@ async def _failed(request: web.Request) -> FailedTry:
     return failed
 
 
-@operation(
+@_failure_action(
     operation_id="retryFailedJob",
-    tags=["operations"],
     summary="Enqueue a failed job again, for its tenant (loopback, Bearer $INTERNAL_TOKEN, or the dashboard's session)",
     description=(
         "A new job with the same task and arguments, through the tenant's quotas like `POST /v1/jobs`; "
         "the failed one stays as it is. Only a job that has failed for good: one waiting for its next try is 409."
     ),
-    access=Access.INTERNAL,
-    parameters=[_JOB_ID_PARAMETER],
     answers=[Answer(202, "The new job is queued.", RetriedSchema)],
     problems={
         404: "The job is not among the recent failed jobs.",
@@ -207,12 +195,9 @@ async def post_retry(request: web.Request) -> web.Response:
     return web.json_response(body, status=202)
 
 
-@operation(
+@_failure_action(
     operation_id="abortFailingJob",
-    tags=["operations"],
     summary="Abort a job that failed a try and waits for its next (loopback, Bearer $INTERNAL_TOKEN, or the session)",
-    access=Access.INTERNAL,
-    parameters=[_JOB_ID_PARAMETER],
     answers=[Answer(202, "Abort accepted.", AbortedSchema)],
     problems={
         404: "The job is not among the recent failed jobs, or no longer exists.",
@@ -231,19 +216,10 @@ async def post_abort(request: web.Request) -> web.Response:
 
 
 def _static_route(static: StaticFile) -> Callable[[web.Request], Awaitable[web.Response]]:
-    @operation(
+    @browser_operation(
         operation_id="getDashboard" + static.name.partition(".")[2].capitalize(),
-        tags=["dashboard"],
         summary=f"The dashboard's {static.name}",
-        access=Access.PUBLIC,
-        parameters=[
-            {
-                "in": "query",
-                "name": "v",
-                "schema": {"type": "string"},
-                "description": "The content's hash, as the page names it: that URL may be cached for good.",
-            }
-        ],
+        parameters=[query_parameter("v", "The content's hash, as the page names it: that URL may be cached for good.")],
         answers=[Answer(200, "The file.", {"type": "string"}, static.content_type)],
     )
     async def get_static(request: web.Request) -> web.Response:

@@ -6,8 +6,9 @@ from aiohttp import web
 from marshmallow import Schema, fields
 
 from jobs.heartbeat import live_workers
+from service.api.route_docs import operator_operation
 from service.app_keys import REDIS
-from service.openapi import REDIS_DOWN, Access, Answer, operation
+from service.openapi import Answer
 from service.operators import require_operator
 
 
@@ -30,13 +31,10 @@ class WorkersSchema(Schema):
     workers = fields.List(fields.Nested(WorkerSchema), required=True)
 
 
-@operation(
+@operator_operation(
     operation_id="getWorkerHeartbeats",
-    tags=["operations"],
     summary="Live workers and their job counters (loopback, or Bearer $INTERNAL_TOKEN)",
-    access=Access.INTERNAL,
     answers=[Answer(200, "The workers whose heartbeat is live.", WorkersSchema)],
-    problems={503: REDIS_DOWN},
 )
 async def get_worker_heartbeat(request: web.Request) -> web.Response:
     require_operator(request)

@@ -21,9 +21,11 @@ from jobs.queue import (
     TooManyUnfinishedJobs,
 )
 from jobs.registry import InvalidArguments, Registry, Task, UnknownTask
+from service.api.job_error import ErrorSchema
+from service.api.route_docs import v1_operation
 from service.app_keys import IDENTITY, JOB_QUEUE, REDIS, REDIS_ONCE, SETTINGS
 from service.errors import Problem
-from service.openapi import Access, Answer, TaggedUnion, operation
+from service.openapi import Answer, TaggedUnion
 
 __all__ = ["enqueue_body", "enqueue_for", "setup"]
 
@@ -62,11 +64,6 @@ class EnqueueHeadersSchema(Schema):
         ),
         metadata={"description": "A retry with the same key and body returns the same job for 24 h."},
     )
-
-
-class ErrorSchema(Schema):
-    type = fields.String(required=True)
-    message = fields.String(required=True)
 
 
 class JobSchema(Schema):
@@ -136,7 +133,7 @@ def _not_found(job_id: str) -> Problem:
     return Problem(404, f"no job {job_id!r}", type_="not-found")
 
 
-@operation(
+@v1_operation(
     operation_id="enqueueJob",
     tags=["jobs"],
     summary="Enqueue a background job",
@@ -147,7 +144,6 @@ def _not_found(job_id: str) -> Problem:
         "as JSON (413), and a tenant has at most `JOB_UNFINISHED_MAX` jobs queued, deferred or running (429 with "
         "type `too-many-unfinished-jobs`)."
     ),
-    access=Access.API_KEY,
     request_body="Enqueue",
     answers=[
         Answer(
@@ -226,11 +222,10 @@ async def enqueue_for(
         ) from None
 
 
-@operation(
+@v1_operation(
     operation_id="getJob",
     tags=["jobs"],
     summary="A job of the caller's tenant",
-    access=Access.API_KEY,
     answers=[Answer(200, "The job.", JobSchema, links={"abortJob": _JOB_LINKS["abortJob"]})],
     problems={404: "No such job for this tenant (another tenant's job is not found either)."},
 )
@@ -242,7 +237,7 @@ async def get_job(request: web.Request) -> web.Response:
     return _job_response(view)
 
 
-@operation(
+@v1_operation(
     operation_id="abortJob",
     tags=["jobs"],
     summary="Abort a queued or running job",
@@ -250,7 +245,6 @@ async def get_job(request: web.Request) -> web.Response:
         "A job that has not started is aborted at once; a running one is cancelled by its worker shortly. "
         "The job stays readable (status `aborted`) for as long as finished jobs are kept."
     ),
-    access=Access.API_KEY,
     answers=[Answer(202, "Abort accepted: the job as it is now.", JobSchema)],
     problems={404: "No such job for this tenant.", 409: "The job has already finished."},
 )
@@ -266,12 +260,11 @@ async def delete_job(request: web.Request) -> web.Response:
     return _job_response(view, 202)
 
 
-@operation(
+@v1_operation(
     operation_id="listJobs",
     tags=["jobs"],
     summary="The caller's jobs, newest first",
     description="`next_cursor` is null on the last page; pass it as `cursor` to get the next one.",
-    access=Access.API_KEY,
     answers=[Answer(200, "A page of jobs.", JobListSchema)],
     problems={422: "A query parameter out of range, or a `cursor` this API did not hand out."},
 )

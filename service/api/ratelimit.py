@@ -5,9 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 from marshmallow import Schema, fields
 
+from service.api.route_docs import v1_operation
 from service.app_keys import IDENTITY, POLICIES, RATE_LIMIT
 from service.errors import Problem
-from service.openapi import Access, Answer, operation
+from service.openapi import Answer
 from service.ratelimit.decision import Outcome
 
 
@@ -28,11 +29,10 @@ class RateLimitSchema(Schema):
     buckets = fields.List(fields.Nested(BucketSchema), required=True)
 
 
-@operation(
+@v1_operation(
     operation_id="getRateLimit",
     tags=["rate limits"],
     summary="The caller's rate-limit buckets, read without spending a token",
-    access=Access.API_KEY,
     answers=[Answer(200, "The buckets of the caller's plan (none when rate limiting is off).", RateLimitSchema)],
     problems={503: "Redis did not answer within the limiter's deadline, or cannot answer now."},
 )

@@ -60,7 +60,10 @@ def _template(name: str) -> Template:
     return Template(files("service.dashboard").joinpath("templates", name).read_text(encoding="utf-8"))
 
 
+# Every HTML answer is ``document.html`` around a body: ``page.html`` or ``login.html``.
+_DOCUMENT = _template("document.html")
 _PAGE = _template("page.html")
+_PAGE_HEAD = Template('<meta name="csrf-token" content="${csrf_token}">\n<script src="${js}" defer></script>\n')
 _LOGIN = _template("login.html")
 _LOGIN_FORM = files("service.dashboard").joinpath("templates", "login_form.html").read_text(encoding="utf-8")
 _NO_TOKEN = (
@@ -70,32 +73,22 @@ _NO_TOKEN = (
 _WRONG_TOKEN = '<p class="problem" role="alert">That is not the internal token.</p>'
 
 
-def _html(body: str) -> web.Response:
-    return web.Response(text=body, content_type="text/html", headers=SECURITY_HEADERS)
+def _html(title: str, body: str, head: str = "") -> web.Response:
+    """``body`` in the document shared by every page, titled ``title``; ``head``: more of its ``<head>``."""
+    css = STATIC["dashboard.css"].url
+    document = _DOCUMENT.substitute(title=escape(title), css=css, head=head, body=body)
+    return web.Response(text=document, content_type="text/html", headers=SECURITY_HEADERS)
 
 
 def page(service: str, csrf_token: str) -> web.Response:
     """The dashboard for a session whose CSRF token is ``csrf_token``."""
-    return _html(
-        _PAGE.substitute(
-            title=escape(f"{service} operations"),
-            service=escape(service),
-            csrf_token=escape(csrf_token),
-            css=STATIC["dashboard.css"].url,
-            js=STATIC["dashboard.js"].url,
-        )
-    )
+    head = _PAGE_HEAD.substitute(csrf_token=escape(csrf_token), js=STATIC["dashboard.js"].url)
+    return _html(f"{service} operations", _PAGE.substitute(service=escape(service)), head)
 
 
 def login_page(service: str, *, token_configured: bool, failed: bool = False) -> web.Response:
     """The login form; without ``INTERNAL_TOKEN`` it says why there is none."""
     message = _NO_TOKEN if not token_configured else _WRONG_TOKEN if failed else ""
-    return _html(
-        _LOGIN.substitute(
-            title=escape(f"{service} operations: sign in"),
-            service=escape(service),
-            css=STATIC["dashboard.css"].url,
-            message=message,
-            form=_LOGIN_FORM if token_configured else "",
-        )
-    )
+    form = _LOGIN_FORM if token_configured else ""
+    body = _LOGIN.substitute(service=escape(service), message=message, form=form)
+    return _html(f"{service} operations: sign in", body)

@@ -6,6 +6,7 @@ from marshmallow import Schema, fields, validate
 
 from service.api.cron import CronJobSchema
 from service.api.internal import WorkerSchema
+from service.api.job_error import ErrorSchema
 from service.api.readiness import ReadySchema
 
 __all__ = [
@@ -40,9 +41,8 @@ class DashboardCronSchema(Schema):
     )
 
 
-class FailureErrorSchema(Schema):
-    type = fields.String(required=True)
-    message = fields.String(required=True)
+class FailureErrorSchema(ErrorSchema):
+    """A failed try's error: its own component of the document, under its own name."""
 
 
 class FailureSchema(Schema):
