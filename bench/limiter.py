@@ -43,7 +43,7 @@ from bench import harness
 from service.ratelimit.cluster import ClusterTransport
 from service.ratelimit.limiter import Limiter
 from service.ratelimit.policy import RouteBuckets
-from service.ratelimit.script import SCRIPT_SHA, argv, bucket_key
+from service.ratelimit.script import ALLOW_OOM_SCRIPT_SHA, SCRIPT_SHA, BatchFramer, argv, bucket_key
 from service.settings import RedisURL
 
 TENANTS = 1000
@@ -227,9 +227,13 @@ def _batched_limiter(redis_url: str, folder: Path, pipelined: bool = False, clus
 class _RedisPyCommand:
     """Stands in for the limiter's ``BatchFramer``: a batch's ``EVALSHA`` as plain arguments, for redis-py to pack."""
 
+    def __init__(self, script_sha: str) -> None:
+        self.script_sha = script_sha
+
     def evalsha(self, decisions: Sequence[tuple[str, RouteBuckets, object]]) -> tuple[Any, ...]:
         keys = [bucket_key(caller, bucket.name) for caller, route, _ in decisions for bucket in route.buckets]
-        return (SCRIPT_SHA, len(keys), *keys, *argv([(route.buckets, route.read_only) for _, route, _ in decisions]))
+        args = argv([(route.buckets, route.read_only) for _, route, _ in decisions])
+        return (self.script_sha, len(keys), *keys, *args)
 
 
 class _PipelinedLimiter(Limiter):
@@ -242,7 +246,14 @@ class _PipelinedLimiter(Limiter):
 
     def __init__(self, redis: Redis, *, deadline_s: float) -> None:
         super().__init__(redis, deadline_s=deadline_s)
-        self._framer = _RedisPyCommand()  # type: ignore[assignment]
+        # The script the limiter loads (flagged allow-oom), as the hand framing sends: not the plain
+        # script's SHA, which nothing loads, so that every call would come back NOSCRIPT and fail open.
+        self._framer = _RedisPyCommand(ALLOW_OOM_SCRIPT_SHA)  # type: ignore[assignment]
+
+    async def load_script(self, redis: Redis) -> None:
+        await super().load_script(redis)
+        if isinstance(self._framer, BatchFramer):  # a Redis before 7: the limiter fell back to the plain script
+            self._framer = _RedisPyCommand(SCRIPT_SHA)  # type: ignore[assignment]
 
     async def _send(self, commands: list[Any]) -> list[Any]:
         async with self._redis.pipeline(transaction=False) as pipe:

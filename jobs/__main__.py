@@ -21,6 +21,7 @@ from jobs.cron import SCHEDULE, Schedule
 from jobs.fleet_metrics import FleetMetrics
 from jobs.heartbeat import live_workers
 from jobs.running import running_worker
+from service import event_loop
 from service.logging import configure_logging, get_logger, redact_text
 from service.metrics import Metrics, metrics_listener
 from service.redis import describe, redis_client
@@ -92,7 +93,7 @@ def main(argv: Sequence[str] | None = None, *, schedule: Schedule = SCHEDULE) ->
             return asyncio.run(_cron(settings, schedule, args))
         if args.check:
             return asyncio.run(_check(settings))
-        return asyncio.run(_run(settings, schedule))
+        return event_loop.run(_run(settings, schedule))
     except (RedisError, OSError) as exc:
         print(redact_text(f"jobs: {describe(exc, settings.require_redis())}"), file=sys.stderr)
         return 2 if isinstance(exc, AuthenticationError) else 1

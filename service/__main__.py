@@ -19,7 +19,7 @@ from jobs import webhook_tenants
 from jobs.destinations import outside_fence
 from jobs.serialization import iso_from_ms
 from jobs.webhook_tenants import ROTATION_OVERLAP_S
-from service import http_server
+from service import event_loop, http_server
 from service.app import create_app
 from service.app_keys import METRICS
 from service.auth import ApiKeyStore, validate_tenant
@@ -85,7 +85,12 @@ def _log_start(settings: Settings, command: str) -> None:
     configure_logging(settings.log_format, secrets=settings.secrets)
     for warning in settings.warnings:
         log.warning(warning)
-    log.info("starting", command=command, redis=settings.redis.redacted if settings.redis else None)
+    log.info(
+        "starting",
+        command=command,
+        redis=settings.redis.redacted if settings.redis else None,
+        event_loop=event_loop.loop_name(),
+    )
 
 
 def _metrics_port(settings: Settings, host: str | None) -> Context:

@@ -83,7 +83,7 @@ def create_app(
     settings.require_redis()
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
-        middlewares=[request_context_middleware, v1_middleware, openapi.validation_middleware],
+        middlewares=[request_context_middleware, v1_middleware],
         # aiohttp (3.14) runs its keep-alive timer from the moment a connection opens and after
         # each response, and closes a connection still waiting for a whole request when it
         # fires: so it is also the deadline of a slow or half-sent request head.

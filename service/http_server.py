@@ -44,9 +44,10 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from service import event_loop
 from service.access_log import AccessLogger
 from service.errors import Problem, problem_response
-from service.logging import get_logger
+from service.logging import flush_access_lines, get_logger
 from service.request_body import MAX_BODY_BYTES
 
 __all__ = ["GuardedRequestHandler", "GuardedServer", "ServiceRunner", "serve"]
@@ -185,8 +186,9 @@ async def _serve(app: web.Application, sock: socket.socket, shutdown_timeout_s: 
         await _until_stop_signal()
     finally:
         await runner.cleanup()  # stops listening, drains requests for up to shutdown_timeout_s, then cleanup_ctx
+        flush_access_lines()  # the last turn's lines, before the process logs that it stopped
 
 
 def serve(app: web.Application, *, sock: socket.socket, shutdown_timeout_s: float) -> None:
     """Serve ``app`` on the bound ``sock`` until SIGTERM or SIGINT, then stop gracefully (as ``web.run_app`` does)."""
-    asyncio.run(_serve(app, sock, shutdown_timeout_s))
+    event_loop.run(_serve(app, sock, shutdown_timeout_s))

@@ -18,7 +18,7 @@ from aiohttp.typedefs import Handler
 
 from service.app_keys import METRICS, REQUEST_ID
 from service.errors import CLIENT_CLOSED_REQUEST, Problem, error_response
-from service.logging import bind_context
+from service.logging import bind_request_id
 from service.request_body import MAX_BODY_BYTES
 
 __all__ = ["request_context_middleware"]
@@ -53,7 +53,7 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
     request[REQUEST_ID] = request_id
     # No clear_contextvars() first: aiohttp runs each request in a task of its own, with a
     # copy of the connection's context, so nothing an earlier request bound is visible here.
-    bind_context(request_id=request_id)
+    bind_request_id(request_id)
     started = time.perf_counter()
     status = 500
     try:

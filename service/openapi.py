@@ -1,24 +1,27 @@
 """The OpenAPI 3 document (``/openapi.json``, Swagger UI at ``/docs``), built by aiohttp-apigami.
 
 Everything that knows about apigami beyond the ``@request_schema`` decorators on the handlers
-lives here: its set-up, its request validation middleware, the turning of its validation
-errors into the one problem+json error path, and ``operation``, the one way a handler
-documents itself. ``operation`` writes every answer an operation can give from a few
-facts (who may call it, its success bodies, the problems its own code raises), so the
-statuses, problem bodies and headers that every route shares are written once, here.
+lives here: its set-up, its request validation, the turning of its validation errors into
+the one problem+json error path, and ``operation``, the one way a handler documents itself.
+``operation`` writes every answer an operation can give from a few facts (who may call it,
+its success bodies, the problems its own code raises), so the statuses, problem bodies and
+headers that every route shares are written once, here. apigami validates in a middleware,
+a layer that every request of every route passes through; ``operation`` instead puts the
+validation in front of the handlers that declare a ``@request_schema``, and only those.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 
 from aiohttp import web
 from aiohttp_apigami import docs, setup_aiohttp_apispec, validation_middleware
-from aiohttp_apigami.constants import APISPEC_PARSER, SWAGGER_DICT
+from aiohttp_apigami.constants import APISPEC_PARSER, SCHEMAS_ATTR, SWAGGER_DICT
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import INCLUDE, Schema, fields, validate
 
@@ -27,7 +30,7 @@ from service.errors import PROBLEM_TYPE_BASE, Problem
 from service.request_body import JsonBodyParser
 from service.settings import SERVICE_NAME
 
-__all__ = ["REDIS_DOWN", "Access", "Answer", "TaggedUnion", "operation", "schema_ref", "setup", "validation_middleware"]
+__all__ = ["REDIS_DOWN", "Access", "Answer", "TaggedUnion", "operation", "schema_ref", "setup"]
 
 # What a 503 of an operation that needs Redis means, when nothing else can make it one.
 REDIS_DOWN = "Redis cannot answer now; retry after `Retry-After`."
@@ -280,7 +283,7 @@ def operation(
     if form is not None:
         content = {"application/x-www-form-urlencoded": {"schema": schema_ref(form)}}
         extra["requestBody"] = {"required": True, "content": content}
-    return docs(
+    document = docs(
         tags=list(tags),
         summary=summary,
         description=description,
@@ -288,6 +291,25 @@ def operation(
         responses=_responses(access, answers, problems),  # type: ignore[arg-type]  # apigami types the codes as int
         **extra,
     )
+
+    def decorate(handler: Handler) -> Handler:
+        documented = document(handler)
+        # apigami's docs() gives every handler a list of schemas; only @request_schema fills it.
+        return _validating(documented) if getattr(documented, SCHEMAS_ATTR, None) else documented
+
+    return decorate
+
+
+def _validating(handler: Handler) -> Handler:
+    """``handler`` behind apigami's validation of its ``@request_schema``s (the wrapper keeps its documentation)."""
+
+    @functools.wraps(handler)
+    async def validated(request: web.Request) -> web.StreamResponse:
+        # apigami's middleware, called for this route alone: it reads the schemas from the route's
+        # handler (this wrapper, which carries them), validates, and calls ``handler``.
+        return await validation_middleware(request, handler)
+
+    return cast(Handler, validated)
 
 
 @dataclass(frozen=True)

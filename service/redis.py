@@ -21,8 +21,11 @@ rate-limit script call, say) must never be sent twice, so the limiter asks for n
 from __future__ import annotations
 
 import asyncio
+import builtins
+import contextlib
 import socket
 import time
+from collections import deque
 from typing import Any
 
 from redis.asyncio import ConnectionPool, Redis
@@ -64,7 +67,7 @@ class RedisBackoff(AbstractBackoff):
 
 
 class Pool(ConnectionPool):
-    """redis-py's pool, changed where a stock pool can hang or hand out a broken connection.
+    """redis-py's pool, changed where a stock pool can hang, fail or hand out a broken connection.
 
     - Connecting has one budget (``connect_budget_s``) for TCP, TLS and the handshake, and a
       connection whose connect failed or was cancelled half-way is closed, never handed
@@ -72,6 +75,13 @@ class Pool(ConnectionPool):
     - Connects run side by side: the stock pool holds a lock while it connects, so against
       a server that answers nothing the tenth caller waits ten timeouts (redis-py #3842).
     - A connection idle longer than ``idle_max_s`` is closed before it is handed out.
+    - With every connection in use, a caller waits its turn for one (up to
+      ``connect_budget_s``) instead of failing at once with "Too many connections": a burst
+      of requests one over ``max_connections`` was a burst of 503s.
+    - A connection handed out again is checked the cheap way: its stream is open and holds
+      no unread byte. The stock check (``can_read_destructive``) tries a read under a zero
+      timeout, which costs a loop turn and ~20 µs per command; redis-py closes a connection
+      whose command was cut short, so there is nothing for a read to find.
 
     ``tests/test_redis_contract.py`` pins the redis-py members this relies on.
     """
@@ -81,14 +91,22 @@ class Pool(ConnectionPool):
         self.connect_budget_s = connect_budget_s
         self.idle_max_s = idle_max_s
         self._released_at: dict[AbstractConnection, float] = {}
+        self._waiters: deque[asyncio.Future[None]] = deque()  # callers waiting for a connection, first first
 
     async def get_connection(self, *_: Any, **__: Any) -> AbstractConnection:
+        loop = asyncio.get_running_loop()
+        budget_ends = None
+        if self._waiters or not self.can_get_connection():
+            budget_ends = loop.time() + self.connect_budget_s  # waiting and connecting share the budget
+            await self._wait_for_a_connection(budget_ends)
         connection: AbstractConnection = self.get_available_connection()  # type: ignore[no-untyped-call]
         released_at = self._released_at.pop(connection, None)
         try:
             if released_at is not None and time.monotonic() - released_at > self.idle_max_s:
                 await connection.disconnect(nowait=True)
-            async with asyncio.timeout(self.connect_budget_s):
+            elif _reusable(connection):
+                return connection
+            async with asyncio.timeout_at(budget_ends or loop.time() + self.connect_budget_s):
                 await self.ensure_connection(connection)
         except BaseException as exc:
             await connection.disconnect(nowait=True)
@@ -98,9 +116,53 @@ class Pool(ConnectionPool):
             raise
         return connection
 
+    async def _wait_for_a_connection(self, budget_ends: float) -> None:
+        """Wait in line until a connection can be had; ``ConnectionError`` when the budget ends (loop time)."""
+        loop = asyncio.get_running_loop()
+        again = False
+        try:
+            async with asyncio.timeout_at(budget_ends):
+                while True:
+                    waiter = loop.create_future()
+                    if again:  # woken, but a caller that did not wait took it: first in line for the next one
+                        self._waiters.appendleft(waiter)
+                    else:
+                        self._waiters.append(waiter)
+                    try:
+                        await waiter
+                    except BaseException:  # cancelled, or the wait is over
+                        if not waiter.done() or waiter.cancelled():
+                            with contextlib.suppress(ValueError):
+                                self._waiters.remove(waiter)
+                        elif self.can_get_connection():  # woken, and leaving: the turn passes on
+                            self._wake_next()
+                        raise
+                    if self.can_get_connection():
+                        return
+                    again = True
+        except builtins.TimeoutError:
+            raise ConnectionError(
+                f"no Redis connection free within {self.connect_budget_s:g} s: all {self.max_connections} in use"
+            ) from None
+
+    def _wake_next(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
     async def release(self, connection: AbstractConnection) -> None:
         self._released_at[connection] = time.monotonic()
         await super().release(connection)
+        if self._waiters:
+            self._wake_next()
+
+
+def _reusable(connection: AbstractConnection) -> bool:
+    """Whether a pooled connection is open with nothing unread: ready for a command without a check on the wire."""
+    reader = connection._reader
+    return reader is not None and not reader.at_eof() and not reader._buffer  # type: ignore[attr-defined]
 
 
 def connection_pool(

@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
+from service import logging as service_logging
 from service.app import create_app
 from service.app_keys import API_KEYS
 from service.http_server import ServiceRunner
@@ -113,12 +114,14 @@ def logs() -> Iterator[io.StringIO]:
     stream = io.StringIO()
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
+    saved_access_lines = service_logging._access_lines
     configure_logging("json", stream=stream)
     try:
         yield stream
     finally:
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
+        service_logging._access_lines = saved_access_lines
 
 
 @pytest.fixture

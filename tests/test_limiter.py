@@ -12,7 +12,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from service.ratelimit.limiter import Limiter, Outcome
+from service.ratelimit.limiter import BATCHES_IN_FLIGHT_MAX, Limiter, Outcome
 from service.ratelimit.policy import parse_policies
 from service.ratelimit.script import ALLOW_OOM_SCRIPT, SCRIPT
 from service.redis import IDLE_CONNECTION_MAX_S
@@ -156,4 +156,67 @@ async def test_a_connection_idle_past_the_limit_is_replaced_before_a_batch(limit
     [(connection, _)] = limiter._idle
     assert decision.outcome == Outcome.ALLOWED
     assert connection._reader is not first_stream  # closed and opened again, not reused as it was
+    await limiter.close()
+
+
+async def test_decisions_arriving_while_batches_are_unanswered_wait_and_go_out_together(
+    limiter_redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limiter = Limiter(limiter_redis, deadline_s=5.0)
+    sizes: list[int] = []
+    evalsha = limiter._framer.evalsha
+
+    def counted_evalsha(group: list[Any]) -> bytes:
+        sizes.append(len(group))
+        return evalsha(group)
+
+    monkeypatch.setattr(limiter._framer, "evalsha", counted_evalsha)
+    answering = asyncio.Event()
+    send = limiter._send
+
+    async def held_send(commands: list[bytes]) -> list[Any]:
+        await answering.wait()
+        return await send(commands)
+
+    monkeypatch.setattr(limiter, "_send", held_send)
+    decisions = []
+    turns = BATCHES_IN_FLIGHT_MAX + 3
+    for turn in range(turns):  # a few loop turns apart, three decisions each
+        decisions += [asyncio.ensure_future(limiter.decide(f"tenant-{turn}-{n}", ROUTE)) for n in range(3)]
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    assert sizes == [3] * BATCHES_IN_FLIGHT_MAX  # the rest wait for an answer
+    answering.set()
+    outcomes = [decision.outcome for decision in await asyncio.gather(*decisions)]
+
+    assert outcomes == [Outcome.ALLOWED] * 3 * turns
+    assert sizes == [3] * BATCHES_IN_FLIGHT_MAX + [3 * 3]  # the last three turns' in one round trip
+    await limiter.close()
+
+
+async def test_a_decision_waiting_behind_hung_batches_is_answered_by_its_own_deadline(
+    limiter_redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limiter = Limiter(limiter_redis, deadline_s=0.1)
+
+    async def hung_send(commands: list[bytes]) -> list[Any]:
+        await asyncio.sleep(5)
+        return []
+
+    monkeypatch.setattr(limiter, "_send", hung_send)
+    holding = []
+    for n in range(BATCHES_IN_FLIGHT_MAX):  # each a batch of its own, holding a place in flight
+        holding.append(asyncio.ensure_future(limiter.decide(f"tenant-{n}", ROUTE)))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert len(limiter._inflight) == n + 1
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    decision = await limiter.decide("waiting", ROUTE)
+    waited_s = time.monotonic() - started
+
+    assert decision.outcome == Outcome.FAIL_OPEN
+    assert waited_s < 0.1 + 0.4  # its deadline, plus slack for a loaded machine
+    assert [task.result().outcome for task in holding] == [Outcome.FAIL_OPEN] * BATCHES_IN_FLIGHT_MAX
     await limiter.close()

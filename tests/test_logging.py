@@ -1,24 +1,35 @@
-"""Logs are structured and never carry a password or a configured secret."""
+"""Logs are structured and never carry a password or a configured secret; the access log's JSON lines too."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+import signal
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import structlog
 from aiohttp import web
+from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
 from service import logging as service_logging
+from service.access_log import access_line
 from service.app import create_app
-from service.logging import bind_context, configure_logging, get_logger
+from service.logging import LineBuffer, bind_context, configure_logging, get_logger
 from service.settings import Settings
+from tests.processes import run_service
+from tests.servers import redis_url
+from tests.waiting import until
 
+Client = TestClient[web.Request, web.Application]
 SENTINEL = "sentinel-pw-4242"
+API_KEY = "otto_" + "0123456789abcdef" * 3
 
 
 @pytest.fixture
@@ -28,7 +39,7 @@ def captured() -> Iterator[io.StringIO]:
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
     saved_structlog = structlog.get_config()
-    saved_secrets = service_logging._secrets
+    saved_secrets, saved_access_lines = service_logging._secrets, service_logging._access_lines
     configure_logging("json", secrets=[SENTINEL], stream=stream)
     try:
         yield stream
@@ -36,7 +47,7 @@ def captured() -> Iterator[io.StringIO]:
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
         structlog.configure(**saved_structlog)
-        service_logging._secrets = saved_secrets
+        service_logging._secrets, service_logging._access_lines = saved_secrets, saved_access_lines
 
 
 def test_json_lines_carry_fields_not_interpolated_text(captured: io.StringIO) -> None:
@@ -108,3 +119,113 @@ def test_tenant_webhook_secrets_are_hidden_by_their_shape(captured: io.StringIO)
     output = captured.getvalue()
     assert secret not in output
     assert output.count("whsec_***") == 2
+
+
+def _access_lines(stream: io.StringIO) -> list[dict[str, object]]:
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    return [line for line in lines if line["logger"] == "ottoai.access"]
+
+
+async def _written(stream: io.StringIO, count: int) -> list[dict[str, object]]:
+    """The access lines in ``stream`` once there are ``count`` (they are written at the end of a loop turn)."""
+
+    async def enough() -> list[dict[str, object]]:
+        lines = _access_lines(stream)
+        return lines if len(lines) >= count else []
+
+    return await until(enough, what=f"{count} access line(s)")
+
+
+async def test_each_request_gets_one_json_line_with_the_fields_of_every_log_line(
+    captured: io.StringIO, client: Client
+) -> None:
+    answer = await client.get("/health?token=hidden", headers={"X-Request-ID": "req-1"})
+    [line] = await _written(captured, 1)
+    assert list(line) == [
+        "method", "path", "status", "duration_ms", "request_id", "remote", "event", "level", "logger", "timestamp",
+    ]  # fmt: skip
+    assert (line["method"], line["path"], line["status"]) == ("GET", "/health", answer.status)
+    assert line["request_id"] == answer.headers["X-Request-ID"] == "req-1"
+    assert (line["event"], line["level"]) == ("request", "info")
+    assert isinstance(line["duration_ms"], float)
+    assert str(line["timestamp"]).endswith("Z")
+
+
+async def test_secrets_in_a_path_or_request_id_are_hidden(captured: io.StringIO, client: Client) -> None:
+    await client.get(f"/v1/jobs/{API_KEY}", headers={"X-API-Key": API_KEY})
+    await client.get(f"/nowhere/{SENTINEL}/%22quoted%22", headers={"X-Request-ID": API_KEY})
+    first, second = await _written(captured, 2)
+
+    output = captured.getvalue()
+    assert API_KEY[13:] not in output
+    assert SENTINEL not in output
+    assert first["path"] == "/v1/jobs/otto_01234567***"
+    assert second["path"] == '/nowhere/***/"quoted"'
+    assert second["request_id"] == "otto_01234567***"
+
+
+def test_a_line_matches_what_json_would_write() -> None:
+    line = access_line("GET", '/a/"b"\\/\u00e9\x01', 404, 0.0123456, None, "::1", 1764412800.25)
+    assert json.loads(line) == {
+        "method": "GET",
+        "path": '/a/"b"\\/\u00e9\x01',
+        "status": 404,
+        "duration_ms": 12.35,
+        "request_id": None,
+        "remote": "::1",
+        "event": "request",
+        "level": "info",
+        "logger": "ottoai.access",
+        "timestamp": "2025-11-29T10:40:00.250000Z",
+    }
+    assert line.endswith("}\n")
+    assert line.count("\n") == 1
+
+
+async def test_lines_of_one_loop_turn_are_written_together_at_its_end() -> None:
+    stream = io.StringIO()
+    lines = LineBuffer(stream)
+    lines.write("one\n")
+    lines.write("two\n")
+    assert stream.getvalue() == ""
+    await asyncio.sleep(0)
+    assert stream.getvalue() == "one\ntwo\n"
+
+
+def test_a_line_written_outside_a_loop_is_written_at_once() -> None:
+    stream = io.StringIO()
+    LineBuffer(stream).write("alone\n")
+    assert stream.getvalue() == "alone\n"
+
+
+def test_a_line_kept_by_a_loop_that_stopped_is_written_by_the_next() -> None:
+    stream = io.StringIO()
+    lines = LineBuffer(stream)
+
+    async def write(line: str) -> None:
+        lines.write(line)
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(write("first\n"))  # the loop stops before the turn that would flush
+    finally:
+        loop.close()
+    asyncio.run(write("second\n"))
+    assert stream.getvalue() == "first\nsecond\n"
+
+
+def test_every_answered_request_has_its_line_after_a_sigterm(tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    ids = [f"stop-{n}" for n in range(200)]
+    with run_service("serve", log=log, REDIS_URL=redis_url(), LOG_FORMAT="json") as child:
+        child.wait_healthy()
+        for request_id in ids:
+            request = urllib.request.Request(child.base_url + "/health", headers={"X-Request-ID": request_id})
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                assert answer.status == 200
+        code, _, _ = child.stop(signal.SIGTERM)
+    assert code == 0
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    logged = [r["request_id"] for r in records if r["event"] == "request" and r["request_id"] in ids]
+    assert logged == ids
+    assert records[-1]["event"] == "stopped"

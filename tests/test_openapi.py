@@ -23,6 +23,8 @@ from jobs.tasks import TASKS
 from service.app import create_app
 from service.app_keys import API_KEYS
 from service.backoff import Backoff
+from service.middleware import request_context_middleware
+from service.ratelimit.middleware import v1_middleware
 from service.settings import Settings
 from tests.conftest import get_json, make_settings
 
@@ -147,3 +149,16 @@ async def test_enqueue_body_is_documented_for_each_task_a_tenant_may_enqueue(
     assert validator.is_valid({"task": "test.echo", "args": {"text": "hi"}})
     assert not validator.is_valid({"task": "test.echo", "args": {}})
     assert not validator.is_valid({"task": "diagnostics.sleep", "args": {"text": "hi"}})
+
+
+def test_only_routes_with_a_request_schema_pass_through_validation(settings: Settings) -> None:
+    # Validation is a wrapper on those handlers alone, not a middleware every request pays for.
+    app = create_app(settings)
+    validated = {
+        f"{route.method} {route.resource.canonical}"
+        for route in app.router.routes()
+        if route.resource is not None and hasattr(route.handler, "__wrapped__")
+    }
+
+    assert validated == {"POST /v1/jobs", "GET /v1/jobs"}
+    assert list(app.middlewares) == [request_context_middleware, v1_middleware]

@@ -32,6 +32,7 @@ FOUNDATIONS = frozenset(
         "service.backoff",
         "service.metrics",
         "service.shared_result",
+        "service.event_loop",
     }
 )
 

@@ -3,7 +3,11 @@
 - **Batching.** Decisions that arrive in the same loop turn go to Redis together, in one
   round trip: one ``EVALSHA`` for all of them on a single Redis server, or, on Redis
   Cluster, one call per primary for the callers of its slots (``cluster.py``); a caller's
-  keys share its hash tag's slot.
+  keys share its hash tag's slot. At most ``BATCHES_IN_FLIGHT_MAX`` batches are unanswered
+  at once; decisions arriving meanwhile wait for the next one, so a busy process sends
+  fewer, larger batches (each costs a task, a write, a read and a timer, however small) on
+  a few connections, not one per loop turn and a whole pool of them. A waiting decision's
+  deadline runs from when it was queued.
 - **Exact local refusals.** When Redis has said a bucket held ``r`` units, at most
   ``r + rate * (now - sent)`` can be there now (``sent`` is when that call left, so the
   bound errs high: other processes only spend). While that bound is below the cost, the
@@ -52,6 +56,7 @@ __all__ = ["Decision", "Limiter", "Outcome"]
 _REFUSAL_CACHE_MAX = 100_000  # callers
 _WARN_EVERY_S = 1.0
 _NOSCRIPT_RELOADS = 3  # per batch, within its deadline
+BATCHES_IN_FLIGHT_MAX = 4  # a few connections; Redis reads the next batches while this process reads a reply
 
 log = get_logger(__name__)
 
@@ -59,6 +64,16 @@ log = get_logger(__name__)
 # A decision waiting for its batch: caller, route, and its future.
 # A plain tuple: one is made per request, and a class's __init__ would cost more than the rest.
 _Call = tuple[str, RouteBuckets, "asyncio.Future[Decision]"]
+
+
+class _Batch:
+    """The decisions of one round trip, and whether its place among the batches in flight was given back."""
+
+    __slots__ = ("groups", "settled")
+
+    def __init__(self, groups: Sequence[Group]) -> None:
+        self.groups = groups
+        self.settled = False
 
 
 class Limiter:
@@ -84,6 +99,8 @@ class Limiter:
         # check costs a read per batch.
         self._idle: list[tuple[AbstractConnection, float]] = []
         self._pending: list[_Call] = []
+        self._pending_since = 0.0  # loop time the first pending decision was queued: its deadline runs from then
+        self._unanswered = 0  # batches sent and neither answered nor given up, at most BATCHES_IN_FLIGHT_MAX
         self._inflight: set[asyncio.Task[None]] = set()
         # caller -> bucket name -> (remaining units Redis reported, local time the call was sent);
         # only near-empty buckets.
@@ -113,13 +130,14 @@ class Limiter:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Decision] = loop.create_future()
         if not self._pending:
+            self._pending_since = loop.time()
             loop.call_soon(self._flush)
         self._pending.append((caller, route, future))
         return future
 
     async def close(self) -> None:
         """Wait for batches in flight (each ends by its deadline), then hand the connections back."""
-        if self._inflight:
+        while self._inflight:  # an answered batch may send the decisions that waited for it
             await asyncio.gather(*self._inflight, return_exceptions=True)
         while self._idle:
             await self._pool.release(self._idle.pop()[0])
@@ -158,23 +176,42 @@ class Limiter:
         return Decision(route, Outcome.LIMITED, tuple(violated), reply)
 
     def _flush(self) -> None:
+        if not self._pending or self._unanswered >= BATCHES_IN_FLIGHT_MAX:
+            return  # nothing to send, or it waits for an answer (``_settle`` sends it then)
         calls, self._pending = self._pending, []
         groups = [calls] if self.cluster is None else self.cluster.split(calls)
-        task = asyncio.get_running_loop().create_task(self._run(groups))
+        self._unanswered += 1
+        batch = _Batch(groups)
+        task = asyncio.get_running_loop().create_task(self._run(batch, self._pending_since + self._deadline_s))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
-    async def _run(self, groups: Sequence[Group]) -> None:
+    def _settle(self, batch: _Batch) -> None:
+        """Give the batch's place in flight back (once), and send the decisions that waited for it."""
+        if not batch.settled:
+            batch.settled = True
+            self._unanswered -= 1
+            self._flush()
+
+    def _expire(self, batch: _Batch) -> None:
+        self.give_up(batch.groups, "timeout", "no answer within the deadline")
+        self._settle(batch)
+
+    async def _run(self, batch: _Batch, deadline_at: float) -> None:
+        try:
+            await self._decide(batch.groups, deadline_at, batch)
+        finally:
+            self._settle(batch)
+
+    async def _decide(self, groups: Sequence[Group], deadline_at: float, batch: _Batch) -> None:
         sent = self._clock()
         started = time.perf_counter()
         # A timer answers the batch at the deadline too: the timeout's cancel alone can be lost,
         # as Python 3.11's wait_for (around redis-py's writes) swallows a cancel that lands while
         # the write completes (cpython #86296), and the batch would then wait on for Redis.
-        expiry = asyncio.get_running_loop().call_later(
-            self._deadline_s, self.give_up, groups, "timeout", "no answer within the deadline"
-        )
+        expiry = asyncio.get_running_loop().call_at(deadline_at, self._expire, batch)
         try:
-            async with asyncio.timeout(self._deadline_s):
+            async with asyncio.timeout_at(deadline_at):
                 if self.cluster is not None:
                     await self.cluster.send(groups, self, sent)  # answers each group as its primary replies
                 else:

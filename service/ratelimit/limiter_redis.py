@@ -17,7 +17,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from service.app_keys import LIMITER_REDIS, REDIS_ONCE
+from service.app_keys import LIMITER_REDIS, METRICS
 from service.logging import get_logger
 from service.ratelimit.cluster import ClusterTransport, is_cluster
 from service.ratelimit.limiter import Limiter
@@ -72,11 +72,19 @@ class ClusterDetection:
 async def limiter_redis(app: web.Application, settings: Settings) -> AsyncIterator[tuple[Redis, ClusterDetection]]:
     """The limiter's no-retry client (in ``app[LIMITER_REDIS]``) and its cluster detection, closed on the way out."""
     if not settings.separate_limiter_redis:
-        client = app[LIMITER_REDIS] = app[REDIS_ONCE]
-        yield client, ClusterDetection(client, settings)
+        # REDIS_URL, but a pool of its own: on the no-retry pool it shared with the job reads, 50
+        # requests in flight held every connection, and the limiter's batches waited in line for one
+        # past their deadline and failed open.
+        client = app[LIMITER_REDIS] = redis_client(settings, client_name="ottoai-web-limiter", retries=0)
+        app[METRICS].pools.track("web-limiter", client.connection_pool)
+        try:
+            yield client, ClusterDetection(client, settings)
+        finally:
+            await client.aclose()
         return
     url = settings.limiter_redis()
     client = app[LIMITER_REDIS] = redis_client(settings, client_name="ottoai-web-limiter", retries=0, url=url)
+    app[METRICS].pools.track("web-limiter", client.connection_pool)
     detection = ClusterDetection(client, settings)
     try:
         try:
