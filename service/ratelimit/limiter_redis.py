@@ -70,29 +70,26 @@ class ClusterDetection:
 
 @asynccontextmanager
 async def limiter_redis(app: web.Application, settings: Settings) -> AsyncIterator[tuple[Redis, ClusterDetection]]:
-    """The limiter's no-retry client (in ``app[LIMITER_REDIS]``) and its cluster detection, closed on the way out."""
-    if not settings.separate_limiter_redis:
-        # REDIS_URL, but a pool of its own: on the no-retry pool it shared with the job reads, 50
-        # requests in flight held every connection, and the limiter's batches waited in line for one
-        # past their deadline and failed open.
-        client = app[LIMITER_REDIS] = redis_client(settings, client_name="ottoai-web-limiter", retries=0)
-        app[METRICS].pools.track("web-limiter", client.connection_pool)
-        try:
-            yield client, ClusterDetection(client, settings)
-        finally:
-            await client.aclose()
-        return
+    """The limiter's no-retry client (in ``app[LIMITER_REDIS]``) and its cluster detection, closed on the way out.
+
+    On ``REDIS_URL`` too the limiter has a pool of its own: on the no-retry pool it shared with
+    the job reads, 50 requests in flight held every connection, and the limiter's batches
+    waited in line for one past their deadline and failed open.
+    """
     url = settings.limiter_redis()
     client = app[LIMITER_REDIS] = redis_client(settings, client_name="ottoai-web-limiter", retries=0, url=url)
     app[METRICS].pools.track("web-limiter", client.connection_pool)
     detection = ClusterDetection(client, settings)
     try:
-        try:
-            await detection.detect(min(FIRST_DETECTION_S, settings.redis_timeout_s))
-        except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("the limiter's Redis does not answer yet", redis=url.redacted, error=str(exc) or "timeout")
-        if detection.cluster is not None:
-            log.info("the limiter's Redis is a cluster", redis=url.redacted, primaries=len(detection.cluster.primaries))
+        if not detection.known:
+            try:
+                await detection.detect(min(FIRST_DETECTION_S, settings.redis_timeout_s))
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.warning("the limiter's Redis does not answer yet", redis=url.redacted, error=str(exc) or "timeout")
+            if detection.cluster is not None:
+                log.info(
+                    "the limiter's Redis is a cluster", redis=url.redacted, primaries=len(detection.cluster.primaries)
+                )
         yield client, detection
     finally:
         if detection.cluster is not None:
