@@ -9,11 +9,13 @@ forget part of its kind's document.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from service.openapi import REDIS_DOWN, Access, operation
+from marshmallow import Schema
+
+from service.openapi import REDIS_DOWN, Access, Answer, operation
 
 __all__ = ["browser_operation", "operator_operation", "query_parameter", "v1_operation"]
 
@@ -21,7 +23,7 @@ Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 v1_operation = functools.partial(operation, access=Access.API_KEY)
 browser_operation = functools.partial(operation, tags=["dashboard"], access=Access.PUBLIC)
-_operator = functools.partial(operation, tags=["operations"], access=Access.INTERNAL)
+_operator = functools.partial(operation, access=Access.INTERNAL)
 
 
 def query_parameter(name: str, description: str) -> dict[str, Any]:
@@ -30,11 +32,29 @@ def query_parameter(name: str, description: str) -> dict[str, Any]:
 
 
 def operator_operation(
-    *, problems: Mapping[int, str] = MappingProxyType({}), reads_redis: bool = True, **declaration: Any
+    *,
+    operation_id: str,
+    summary: str,
+    answers: Sequence[Answer],
+    tags: Sequence[str] = ("operations",),
+    problems: Mapping[int, str] = MappingProxyType({}),
+    reads_redis: bool = True,
+    description: str | None = None,
+    parameters: Sequence[Mapping[str, Any]] = (),
+    form: type[Schema] | None = None,
 ) -> Callable[[Handler], Handler]:
-    """``service.openapi.operation`` for a route of operators only (``declaration``: its other arguments).
+    """``service.openapi.operation`` for a route of operators only.
 
     ``reads_redis``: it answers 503 (``REDIS_DOWN`` unless ``problems`` words it otherwise)
-    when Redis cannot answer. A wrong argument fails when the handler's module is imported.
+    when Redis cannot answer.
     """
-    return _operator(problems={503: REDIS_DOWN, **problems} if reads_redis else problems, **declaration)
+    return _operator(
+        operation_id=operation_id,
+        summary=summary,
+        answers=answers,
+        tags=tags,
+        problems={503: REDIS_DOWN, **problems} if reads_redis else problems,
+        description=description,
+        parameters=parameters,
+        form=form,
+    )
