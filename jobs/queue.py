@@ -53,10 +53,11 @@ from jobs.redis_keys import (
     ready_key,
 )
 from jobs.registry import EnqueueContext, InvalidArguments, Registry
-from jobs.scripts import load_script
+from jobs.scripts import script_text
 from jobs.serialization import iso_from_ms, serialize, to_json
 from jobs.tasks import TASKS
 from jobs.views import STATE_KEY_PREFIXES, STATE_SIZE, STATUSES, JobView, Status, decode_cursor, encode_cursor, view_of
+from service.script_calls import Script, ScriptCalls
 from service.settings import Settings
 
 __all__ = [
@@ -101,6 +102,12 @@ class TooManyUnfinishedJobs(Exception):
         self.limit = limit
 
 
+_ENQUEUE = Script(script_text("enqueue", include=["job_state"]))
+_ABORT = Script(script_text("abort", include=["job_state", "leave_queue"]))
+_READ_JOB = Script(script_text("read_job", include=["job_state"]))
+_PAGE = Script(script_text("job_page", include=["job_state"]))
+
+
 def _fingerprint(task: str, args: Mapping[str, Any], defer_s: float) -> str:
     canonical = json.dumps({"task": task, "args": args, "defer_seconds": defer_s}, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -115,8 +122,10 @@ class JobQueue:
     """The web process's handle on the jobs of every tenant.
 
     ``redis`` sends what must run at most once (enqueue, abort): a client without retries.
-    ``reads`` (default ``redis``) sends the reads, which are safe to retry; on a pool of
-    their own they never wait behind, or crowd out, the calls that must not be retried.
+    ``reads`` (default ``redis``) sends the reads, which are safe to send again; on a pool
+    of their own they never wait behind, or crowd out, the calls that must not be.
+    The scripts go through ``ScriptCalls`` on those clients' pools: the calls of one loop
+    turn share one round trip. ``close()`` waits for the calls in flight.
     """
 
     def __init__(
@@ -125,10 +134,14 @@ class JobQueue:
         self._redis = redis
         self._settings = settings
         self._registry = registry
-        self._enqueue = load_script(redis, "enqueue", include=["job_state"])
-        self._abort = load_script(redis, "abort", include=["job_state", "leave_queue"])
-        self._read_job = load_script(reads or redis, "read_job", include=["job_state"])
-        self._page = load_script(reads or redis, "job_page", include=["job_state"])
+        self._calls = ScriptCalls(redis.connection_pool, timeout_s=settings.redis_timeout_s)
+        self._reads = (
+            self._calls if reads is None else ScriptCalls(reads.connection_pool, timeout_s=settings.redis_timeout_s)
+        )
+
+    async def close(self) -> None:
+        await self._calls.close()
+        await self._reads.close()
 
     @property
     def _retention_ms(self) -> int:
@@ -160,8 +173,9 @@ class JobQueue:
         # An index entry outlives every state its job can be in: deferred, then pending for
         # arq's expiry window, then its result's retention.
         horizon_ms = MAX_DEFER_S * 1000 + expires_extra_ms + self._retention_ms
-        reply = await self._enqueue(
-            keys=[
+        reply = await self._calls.call(
+            _ENQUEUE,
+            [
                 JOB_PREFIX + job_id,
                 QUEUE_KEY,
                 index_key(tenant),
@@ -170,7 +184,7 @@ class JobQueue:
                 ready_key(tenant),
                 TENANTS_KEY,
             ],
-            args=[
+            [
                 job_id,
                 payload,
                 due_ms,
@@ -218,8 +232,9 @@ class JobQueue:
 
     async def get(self, tenant: str, job_id: str) -> JobView | None:
         """The job, or ``None`` when it is not this tenant's or no longer exists."""
-        state = await self._read_job(
-            keys=[
+        state = await self._reads.call(
+            _READ_JOB,
+            [
                 index_key(tenant),
                 RESULT_PREFIX + job_id,
                 JOB_PREFIX + job_id,
@@ -227,7 +242,8 @@ class JobQueue:
                 RETRY_PREFIX + job_id,
                 QUEUE_KEY,
             ],
-            args=[job_id],
+            [job_id],
+            idempotent=True,
         )
         return view_of(job_id, state, timestamp_ms()) if state else None
 
@@ -235,8 +251,9 @@ class JobQueue:
         """Abort the job: ``aborted`` (it had not started), ``running`` (its worker will
         cancel it), ``finished`` (too late) or ``missing``; with the job as it is now after
         ``aborted`` and ``running``."""
-        reply = await self._abort(
-            keys=[
+        reply = await self._calls.call(
+            _ABORT,
+            [
                 index_key(tenant),
                 JOB_PREFIX + job_id,
                 QUEUE_KEY,
@@ -247,7 +264,7 @@ class JobQueue:
                 ready_key(tenant),
                 TENANTS_KEY,
             ],
-            args=[job_id, timestamp_ms(), self._retention_ms, QUEUE_KEY, tenant],
+            [job_id, timestamp_ms(), self._retention_ms, QUEUE_KEY, tenant],
         )
         outcome = reply[0].decode()
         assert outcome in ("aborted", "running", "finished", "missing"), outcome
@@ -288,8 +305,11 @@ class JobQueue:
         """``job_page.lua`` from ``after`` (a cursor's score and id): whether entries follow the
         last one examined, that entry, and the live jobs among those examined."""
         newest, after_id = after if after is not None else ("+inf", "")
-        reply = await self._page(
-            keys=[index_key(tenant), QUEUE_KEY], args=[newest, after_id, want, scan, *STATE_KEY_PREFIXES]
+        reply = await self._reads.call(
+            _PAGE,
+            [index_key(tenant), QUEUE_KEY],
+            [newest, after_id, want, scan, *STATE_KEY_PREFIXES],
+            idempotent=True,
         )
         now_ms = timestamp_ms()
         jobs: list[tuple[int, JobView]] = []

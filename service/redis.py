@@ -32,7 +32,7 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import AbstractBackoff, NoBackoff
-from redis.exceptions import AuthenticationError, ConnectionError, RedisError, ResponseError, TimeoutError
+from redis.exceptions import AuthenticationError, ConnectionError, RedisError, TimeoutError
 
 from service.backoff import Backoff
 from service.settings import RedisURL, Settings
@@ -240,22 +240,30 @@ def describe(exc: BaseException, url: RedisURL) -> str:
 async def round_trip(pool: ConnectionPool, connection: AbstractConnection, commands: list[bytes]) -> list[Any]:
     """Send ``commands`` (packed) in one write and read their replies in order, error replies in place.
 
-    A connection failure (or a cancel) raises, after closing the connection and handing it
-    back to ``pool``: a reply may still be on its way, so it must never be reused.
+    The caller bounds the whole round trip (``asyncio.timeout``): nothing here waits on a
+    timer of its own. redis-py's ``send_packed_command`` and ``read_response`` would add a
+    task for the write (``asyncio.wait_for``) and a timeout per reply, the largest part of a
+    small call; this writes to the connection's stream and reads its parser directly
+    (``tests/test_redis_contract.py`` pins both). A connection failure (or a cancel) raises,
+    after closing the connection and handing it back to ``pool``: a reply may still be on
+    its way, so it must never be reused.
     """
     try:
-        await connection.send_packed_command(commands, check_health=False)
-        replies: list[Any] = []
-        for _ in commands:
-            try:
-                replies.append(await connection.read_response(disable_decoding=True))
-            except ResponseError as error:
-                replies.append(error)
-    except BaseException:
+        if not connection.is_connected:
+            await connection.connect()  # type: ignore[no-untyped-call]
+        writer = connection._writer
+        parser: Any = connection._parser  # the async parsers' read_response; BaseParser declares none
+        assert writer is not None
+        writer.writelines(commands)
+        await writer.drain()
+        # The parser answers an error reply as a ResponseError value, and raises ConnectionError at EOF.
+        return [await parser.read_response(disable_decoding=True) for _ in commands]
+    except BaseException as exc:
         await connection.disconnect(nowait=True)
         await pool.release(connection)
+        if isinstance(exc, OSError) and not isinstance(exc, builtins.TimeoutError):
+            raise ConnectionError(f"Redis connection failed: {exc}") from exc
         raise
-    return replies
 
 
 async def cancel_until_done(task: asyncio.Task[None], *, every_s: float = 0.1) -> None:

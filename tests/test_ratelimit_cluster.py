@@ -106,6 +106,8 @@ async def test_a_stale_slot_map_is_followed_and_each_call_spends_once(transport:
 async def test_a_primary_without_the_script_gets_it_and_the_call_is_answered(transport: ClusterTransport) -> None:
     limiter = Limiter(Redis(), deadline_s=5.0, cluster=transport)
     assert (await limiter.decide("flushed", ROUTE)).outcome == Outcome.ALLOWED
+    # On a fresh cluster the first call loads the script too: count from here.
+    loaded_before = limiter.metrics.redis_errors.get("noscript", 0)
     for server in shared_cluster().servers:
         with shared_cluster().client(server) as client:
             client.script_flush()  # as a newly promoted primary that never saw the script
@@ -114,7 +116,7 @@ async def test_a_primary_without_the_script_gets_it_and_the_call_is_answered(tra
 
     assert decision.outcome == Outcome.ALLOWED
     assert [state.remaining for state in decision.states] == [1, 98]
-    assert limiter.metrics.redis_errors == {"noscript": 1}
+    assert limiter.metrics.redis_errors == {"noscript": loaded_before + 1}
     await limiter.close()
 
 

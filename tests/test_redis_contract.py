@@ -1,8 +1,11 @@
 """What the project takes from redis-py beyond its documented commands, pinned so an upgrade fails by name.
 
-``Limiter`` (``service/ratelimit/limiter.py``) keeps connections between batches, writes
-its hand-framed ``EVALSHA`` with ``send_packed_command`` and reads raw replies with
-``read_response``. Before reusing an idle connection it asks the private
+``service.redis.round_trip`` (the limiter's batches and ``ScriptCalls``' script calls)
+writes hand-framed commands to a connection's private ``_writer`` stream and reads raw
+replies from its private ``_parser``, under the caller's one timeout: redis-py's
+``send_packed_command`` and ``read_response`` add a task per write and a timeout per reply,
+which were most of a small call. ``Limiter`` (``service/ratelimit/limiter.py``) keeps
+connections between batches; before reusing an idle one it asks the private
 ``connection._reader`` whether the server closed it: the public check,
 ``can_read_destructive()`` (what the pool runs when it hands a connection out), cost
 about 25 µs a call here against 55 ns for ``_reader.at_eof()``, once per batch.
@@ -31,11 +34,11 @@ from typing import Any
 import pytest
 import redis.crc
 from redis.asyncio import ConnectionPool, Redis
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, DefaultParser
 from redis.asyncio.retry import Retry
 from redis.exceptions import AuthenticationError, ConnectionError, NoScriptError, ResponseError, TimeoutError
 
-from service.redis import Pool, connection_pool
+from service.redis import Pool, connection_pool, round_trip
 from service.settings import RedisURL
 from tests.proxy import DelayProxy
 from tests.servers import SilentServer, new_redis_server, redis_url
@@ -79,8 +82,11 @@ class Pinned:
 
 PINNED = [
     Pinned(AbstractConnection, "_reader", called=False, awaited=False),
-    Pinned(AbstractConnection, "send_packed_command", (b"",), {"check_health": False}),
-    Pinned(AbstractConnection, "read_response", kwargs={"disable_decoding": True}),
+    Pinned(AbstractConnection, "_writer", called=False, awaited=False),
+    Pinned(AbstractConnection, "_parser", called=False, awaited=False),
+    Pinned(AbstractConnection, "is_connected", called=False, awaited=False),
+    Pinned(AbstractConnection, "connect"),
+    Pinned(DefaultParser, "read_response", kwargs={"disable_decoding": True}),
     Pinned(AbstractConnection, "disconnect", kwargs={"nowait": True}),
     Pinned(ConnectionPool, "get_connection"),
     Pinned(ConnectionPool, "release", (None,)),
@@ -97,22 +103,22 @@ def test_redis_py_still_has_what_the_limiter_uses(pinned: Pinned) -> None:
 
 
 def test_a_removed_member_is_reported_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delattr(AbstractConnection, "read_response")
+    monkeypatch.delattr(AbstractConnection, "connect")
 
     [gone] = [problem for pinned in PINNED if (problem := pinned.broken())]
 
-    assert gone == "redis.asyncio.connection.AbstractConnection.read_response is gone"
+    assert gone == "redis.asyncio.connection.AbstractConnection.connect is gone"
 
 
 def test_a_changed_signature_is_reported_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def send_packed_command(self: AbstractConnection, command: bytes) -> None: ...
+    async def read_response(self: object) -> None: ...
 
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", send_packed_command)
+    monkeypatch.setattr(DefaultParser, "read_response", read_response)
 
     [changed] = [problem for pinned in PINNED if (problem := pinned.broken())]
 
-    assert changed.startswith("redis.asyncio.connection.AbstractConnection.send_packed_command(self")
-    assert changed.endswith("no longer takes the limiter's call: got an unexpected keyword argument 'check_health'")
+    assert changed.startswith(f"redis.{DefaultParser.__module__.split('.', 1)[1]}.{DefaultParser.__qualname__}")
+    assert changed.endswith("no longer takes the limiter's call: got an unexpected keyword argument 'disable_decoding'")
 
 
 def test_a_hash_tag_decides_the_slot() -> None:
@@ -137,28 +143,24 @@ async def test_raw_replies_arrive_in_order_and_an_error_reply_leaves_the_connect
     pool: ConnectionPool,
 ) -> None:
     connection = await pool.get_connection()
-    try:
-        await connection.send_packed_command(
-            [command(b"EVAL", b"return {1, -1, 2}", b"0"), command(b"EVALSHA", b"0" * 40, b"0"), command(b"PING")],
-            check_health=False,
-        )
-
-        first = await connection.read_response(disable_decoding=True)
-        with pytest.raises(NoScriptError):
-            await connection.read_response(disable_decoding=True)
-        third = await connection.read_response(disable_decoding=True)
-    finally:
-        await pool.release(connection)
+    first, second, third = await round_trip(
+        pool,
+        connection,
+        [command(b"EVAL", b"return {1, -1, 2}", b"0"), command(b"EVALSHA", b"0" * 40, b"0"), command(b"PING")],
+    )
+    fourth = await round_trip(pool, connection, [command(b"PING")])
+    await pool.release(connection)
 
     assert first == [1, -1, 2]
+    assert isinstance(second, NoScriptError)
     assert third == b"PONG"
-    assert issubclass(NoScriptError, ResponseError)  # the limiter catches ResponseError per reply
+    assert fourth == [b"PONG"]
+    assert issubclass(NoScriptError, ResponseError)  # the limiter looks for ResponseError per reply
 
 
 async def test_a_connection_the_server_closed_is_at_eof_and_disconnect_forgets_it(pool: ConnectionPool) -> None:
     connection = await pool.get_connection()
-    await connection.send_packed_command(command(b"CLIENT", b"ID"), check_health=False)
-    client_id = await connection.read_response(disable_decoding=True)
+    [client_id] = await round_trip(pool, connection, [command(b"CLIENT", b"ID")])
     reader = connection._reader
     assert reader is not None
     assert not reader.at_eof()
@@ -174,11 +176,8 @@ async def test_a_connection_the_server_closed_is_at_eof_and_disconnect_forgets_i
 
     assert connection._reader is None
     renewed = await pool.get_connection()
-    try:
-        await renewed.send_packed_command(command(b"PING"), check_health=False)
-        assert await renewed.read_response(disable_decoding=True) == b"PONG"
-    finally:
-        await pool.release(renewed)
+    assert await round_trip(pool, renewed, [command(b"PING")]) == [b"PONG"]
+    await pool.release(renewed)
 
 
 # -- service.redis.Pool: what a sick Redis does to a command ----------------------------------

@@ -28,6 +28,7 @@ FOUNDATIONS = frozenset(
         "service",
         "service.settings",
         "service.redis",
+        "service.script_calls",
         "service.logging",
         "service.backoff",
         "service.metrics",

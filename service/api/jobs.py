@@ -282,8 +282,11 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 async def _queue_ctx(app: web.Application, *, registry: Registry) -> AsyncIterator[None]:
     """The queue on the process's no-retry client (an enqueue must never be sent twice), its reads on the other."""
-    app[JOB_QUEUE] = JobQueue(app[REDIS_ONCE], app[SETTINGS], registry, reads=app[REDIS])
-    yield
+    queue = app[JOB_QUEUE] = JobQueue(app[REDIS_ONCE], app[SETTINGS], registry, reads=app[REDIS])
+    try:
+        yield
+    finally:
+        await queue.close()
 
 
 def setup(app: web.Application, registry: Registry) -> None:

@@ -17,6 +17,7 @@ from importlib import resources
 from typing import Final
 
 from service.ratelimit.policy import Bucket, RouteBuckets
+from service.script_calls import resp_bulk
 
 __all__ = [
     "ALLOW_OOM_SCRIPT",
@@ -35,7 +36,6 @@ __all__ = [
     "argv",
     "bucket_key",
     "bucket_reply",
-    "resp_bulk",
 ]
 
 SCRIPT: Final = resources.files("service.ratelimit").joinpath("token_bucket.lua").read_text(encoding="utf-8")
@@ -99,11 +99,6 @@ def bucket_reply(ok: bool, remaining_units: int, full_in_us: int, retry_in_us: i
     return (1 if ok else 0, remaining_units, full_in_us, retry_in_us)
 
 
-def resp_bulk(value: bytes) -> bytes:
-    """``value`` as a RESP bulk string, the way every command argument travels to Redis."""
-    return b"$%d\r\n%b\r\n" % (len(value), value)
-
-
 _NOW_FROM_REDIS = resp_bulk(NOW_FROM_REDIS)
 _NO_KEYS = resp_bulk(b"0")
 
@@ -113,7 +108,7 @@ def _framed(args: list[bytes]) -> bytes:
 
 
 class BatchFramer:
-    """Frames a batch of decisions as one ``EVALSHA`` command, ready for ``send_packed_command``.
+    """Frames a batch of decisions as one ``EVALSHA`` command, ready for ``service.redis.round_trip``.
 
     Keeps, per route, its arguments, and per (caller, route) the caller's bucket keys, all
     already framed; a batch is one ``join`` of those pieces.
