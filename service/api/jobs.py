@@ -26,8 +26,9 @@ from service.api.route_docs import v1_operation
 from service.app_keys import IDENTITY, JOB_QUEUE, REDIS, REDIS_ONCE, SETTINGS
 from service.errors import Problem
 from service.openapi import Answer, TaggedUnion
+from service.request_body import read_json
 
-__all__ = ["enqueue_body", "enqueue_for", "setup"]
+__all__ = ["enqueue_body", "enqueue_for", "plain_enqueue", "setup"]
 
 # 1 to 255 printable ASCII characters. HTTP drops spaces at either end of a header value,
 # so a key cannot begin or end with one: the server would see another key.
@@ -119,6 +120,46 @@ _JOB_LINKS = {
 }
 
 
+_ENQUEUE_FIELDS = frozenset(EnqueueSchema._declared_fields)
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+# What the quick check loaded: the body as EnqueueSchema loads it, and the Idempotency-Key.
+_PLAIN_ENQUEUE = web.RequestKey("plain_enqueue", tuple[dict[str, Any], str | None])
+
+
+async def _enqueue_is_plain(request: web.Request) -> bool:
+    """``POST /v1/jobs``'s quick check (``operation``): ``plain_enqueue`` of its body and header,
+    into ``request[_PLAIN_ENQUEUE]``."""
+    if not request.body_exists:
+        return False
+    body = await read_json(request)  # its 4xx (not JSON, too slow, ...) are the schemas' too
+    plain = plain_enqueue(body, request.headers.get("Idempotency-Key"))
+    if plain is None:
+        return False
+    request[_PLAIN_ENQUEUE] = plain
+    return True
+
+
+def plain_enqueue(body: Any, key: str | None) -> tuple[dict[str, Any], str | None] | None:
+    """The body and ``Idempotency-Key`` as the schemas would load them, when that is plain to see; else ``None``.
+
+    ``{"task": <string>, "args": <object>, "defer_seconds": <number in range>}``, the last two
+    optional, and no key or a well-formed one. Anything else goes to the schemas, which
+    refuse it in their own words (or accept it).
+    """
+    if type(body) is not dict or not body.keys() <= _ENQUEUE_FIELDS:
+        return None
+    task = body.get("task")
+    args = body.get("args", {})
+    defer_s = body.get("defer_seconds", 0.0)
+    if type(task) is not str or type(args) is not dict or type(defer_s) not in (int, float):
+        return None  # JSON object keys are strings: a dict is what Dict(keys=String()) loads
+    if not 0 <= defer_s <= MAX_DEFER_S:
+        return None
+    if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
+        return None
+    return {"task": task, "args": args, "defer_seconds": float(defer_s)}, key
+
+
 def _tenant(request: web.Request) -> str:
     identity = request[IDENTITY]
     assert identity is not None  # the /v1 middleware has refused it otherwise
@@ -145,6 +186,7 @@ def _not_found(job_id: str) -> Problem:
         "type `too-many-unfinished-jobs`)."
     ),
     request_body="Enqueue",
+    quick_check=_enqueue_is_plain,
     answers=[
         Answer(
             202,
@@ -171,8 +213,7 @@ def _not_found(job_id: str) -> Problem:
 @request_schema(EnqueueSchema)
 @request_schema(EnqueueHeadersSchema, location="headers", put_into="headers")
 async def post_job(request: web.Request) -> web.Response:
-    body: dict[str, Any] = request["data"]
-    key: str | None = request["headers"].get("idempotency_key")
+    body, key = request.get(_PLAIN_ENQUEUE) or (request["data"], request["headers"].get("idempotency_key"))
     view, created = await enqueue_for(
         request.app, _tenant(request), body["task"], body["args"], defer_s=body["defer_seconds"], idempotency=key
     )
