@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -163,7 +163,7 @@ class JobQueue:
         """
         self._check_size(args)
         await self._registry.validate(task, args, EnqueueContext(tenant, self._settings, self._redis))
-        job_id = uuid.uuid4().hex
+        job_id = os.urandom(16).hex()  # 128 random bits as 32 hex digits (uuid4's .hex, without the UUID object)
         now_us = time.time_ns() // 1000
         now_ms = now_us // 1000
         due_ms = now_ms + round(defer_s * 1000)

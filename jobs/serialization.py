@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -71,5 +72,6 @@ def iso(moment: datetime) -> str:
 
 
 def iso_from_ms(ms: float) -> str:
-    """An epoch time in ms as ``iso`` writes it."""
-    return iso(datetime.fromtimestamp(ms / 1000, UTC))
+    """An epoch time in ms as ``iso`` writes it (read per job by the jobs API: no datetime on the way)."""
+    seconds, millis = divmod(int(ms), 1000)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{millis:03d}Z"

@@ -20,10 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from arq.jobs import deserialize_job, deserialize_result
+from arq.jobs import DeserializationError
 
 from jobs.redis_keys import IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX, RETRY_PREFIX
-from jobs.serialization import ABORTED, deserialize, iso, iso_from_ms, stored_error
+from jobs.serialization import ABORTED, deserialize, iso_from_ms, stored_error
 
 __all__ = [
     "STATE_KEY_PREFIXES",
@@ -78,27 +78,43 @@ class JobView:
         return body
 
 
-def _deserialize_result(raw: bytes) -> dict[str, Any]:
-    """Our deserializer for arq's ``deserialize_result``: a job aborted before it started
-    (``abort.lua``) has no start time, which arq's result records as 0 (the epoch)."""
-    data = deserialize(raw)
-    data["st"] = data.get("st") or 0
-    return data
+_JOB_FIELDS = ("f", "et")
+_RESULT_FIELDS = ("f", "et", "s", "ft")
+
+
+def _record(raw: bytes, fields: tuple[str, ...]) -> dict[str, Any]:
+    """A job or result record as arq writes it with our serializer (``jobs.serialization``).
+
+    Read here field by field rather than through arq's ``deserialize_job`` and
+    ``deserialize_result``, which build datetimes that the view only formats again.
+    ``fields`` must be there. The names are arq's (``tests/jobs/arq_contract.py`` pins
+    them): ``f`` the task, ``t`` the try, ``et`` enqueued (ms), and for a result ``s``
+    success, ``r`` the result or error, ``st`` started and ``ft`` finished (ms).
+    """
+    try:
+        record = deserialize(raw)
+    except ValueError as exc:
+        raise DeserializationError("unable to deserialize job") from exc
+    missing = [field for field in fields if field not in record]
+    if missing:
+        raise DeserializationError(f"unable to deserialize job: no {', '.join(missing)}")
+    return record
 
 
 def _finished_view(job_id: str, result: bytes) -> JobView:
-    outcome = deserialize_result(result, deserializer=_deserialize_result)
+    record = _record(result, _RESULT_FIELDS)
+    started_ms = record.get("st") or 0  # a job aborted before it started (abort.lua) has none
     common: dict[str, Any] = {
         "id": job_id,
-        "task": outcome.function,
-        "tries": int(outcome.job_try or 0),
-        "enqueued_at": iso(outcome.enqueue_time),
-        "started_at": iso(outcome.start_time) if outcome.start_time.timestamp() > 0 else None,
-        "finished_at": iso(outcome.finish_time),
+        "task": record["f"],
+        "tries": int(record.get("t") or 0),
+        "enqueued_at": iso_from_ms(record["et"]),
+        "started_at": iso_from_ms(started_ms) if started_ms > 0 else None,
+        "finished_at": iso_from_ms(record["ft"]),
     }
-    if outcome.success:
-        return JobView(status="complete", result=outcome.result, **common)
-    error = stored_error(outcome.result)
+    if record["s"]:
+        return JobView(status="complete", result=record.get("r"), **common)
+    error = stored_error(record.get("r"))
     return JobView(status="aborted" if error["type"] == ABORTED else "failed", error=error, **common)
 
 
@@ -109,20 +125,17 @@ def view_of(job_id: str, state: Sequence[bytes | None], now_ms: int) -> JobView 
         return _finished_view(job_id, result)
     if job is None:
         return None
-    queued = deserialize_job(job, deserializer=deserialize)
-    common: dict[str, Any] = {
-        "id": job_id,
-        "task": queued.function,
-        "tries": int(tries) if tries else 0,
-        "enqueued_at": iso(queued.enqueue_time),
-    }
+    record = _record(job, _JOB_FIELDS)
+    task: str = record["f"]
+    enqueued_at = iso_from_ms(record["et"])
+    tries_so_far = int(tries) if tries else 0
     if lease is not None:
         started = lease.split(b":", 1)[0]  # "<started ms>:<worker id>" (claim.lua)
         started_ms = int(started) if started.isdigit() and int(started) > 1 else None
-        return JobView(status="in_progress", started_at=iso_from_ms(started_ms) if started_ms else None, **common)
-    if due_ms is not None and float(due_ms) > now_ms:
-        return JobView(status="deferred", **common)
-    return JobView(status="queued", **common)
+        started_at = iso_from_ms(started_ms) if started_ms else None
+        return JobView(job_id, task, "in_progress", tries_so_far, enqueued_at, started_at=started_at)
+    status: Status = "deferred" if due_ms is not None and float(due_ms) > now_ms else "queued"
+    return JobView(job_id, task, status, tries_so_far, enqueued_at)
 
 
 def encode_cursor(score: float, job_id: str) -> str:

@@ -256,7 +256,7 @@ CONSTANTS = {
 def _job_format(worker: ArqWorker) -> Problem:
     raw = arq.jobs.serialize_job("t.x", (), {"n": 1}, None, 1_000, serializer=serialize)
     if json.loads(raw) != {"t": None, "f": "t.x", "a": [], "k": {"n": 1}, "et": 1_000}:
-        return f"writes {raw!r}; enqueue.lua and abort.lua read 'f' and 'et'"
+        return f"writes {raw!r}; enqueue.lua, abort.lua and jobs.views read 'f' and 'et'"
     job = arq.jobs.deserialize_job(raw, deserializer=deserialize)
     if (job.function, job.enqueue_time) != ("t.x", datetime.fromtimestamp(1, UTC)):
         return f"deserialize_job reads {job}"
@@ -317,7 +317,7 @@ def _worker_logger(worker: ArqWorker) -> Problem:
 IMPORTED = {
     "arq.connections": ["ArqRedis", "log_redis_info"],
     "arq.constants": list(CONSTANTS),
-    "arq.jobs": ["Deserializer", "Serializer", "deserialize_job", "deserialize_result", "serialize_job"],
+    "arq.jobs": ["DeserializationError", "Deserializer", "Serializer", "deserialize_result", "serialize_job"],
     "arq.typing": ["WorkerCoroutine"],
     "arq.utils": ["timestamp_ms", "to_ms"],
     "arq.worker": ["Function", "Retry", "Worker", "func"],
