@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from service.app_keys import REQUEST_ID
-from service.logging import LineBuffer, access_lines, get_logger, redact_text
+from service.logging import LineBuffer, access_lines, get_logger, redact_text, redacted_json
 
 __all__ = ["AccessLogger", "access_line"]
 
@@ -35,7 +35,7 @@ _second_text = ""
 
 def _text(value: str | None) -> str:
     """A JSON string of ``value`` with its secrets hidden, or ``null``."""
-    return "null" if value is None else encode_basestring_ascii(redact_text(value))
+    return "null" if value is None else redacted_json(value)
 
 
 def access_line(
@@ -51,7 +51,7 @@ def access_line(
         _text(path),
         status,
         round(duration_s * 1000, 2),
-        _text(request_id),
+        "null" if request_id is None else encode_basestring_ascii(redact_text(request_id)),  # new every time
         _text(remote),
         _second_text,
         int((now - second) * 1e6),

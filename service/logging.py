@@ -21,13 +21,22 @@ import re
 import sys
 from collections.abc import Iterable
 from contextvars import ContextVar
+from json.encoder import encode_basestring_ascii
 from typing import Any, TextIO
 
 import structlog
 import structlog.tracebacks
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-__all__ = ["LineBuffer", "access_lines", "configure_logging", "flush_access_lines", "get_logger", "redact_text"]
+__all__ = [
+    "LineBuffer",
+    "access_lines",
+    "configure_logging",
+    "flush_access_lines",
+    "get_logger",
+    "redact_text",
+    "redacted_json",
+]
 
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")
 _API_KEY = re.compile(r"(?P<prefix>otto_[0-9a-fA-F]{8})[0-9a-fA-F]+")
@@ -48,6 +57,23 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
         if secret in text:
             text = text.replace(secret, "***")
     return text
+
+
+# redacted_json's memory: the access log's methods, paths and addresses repeat request after request.
+_json_texts: dict[str, str] = {}
+_JSON_TEXTS_MAX = 4096
+
+
+def redacted_json(text: str) -> str:
+    """``text`` with its secrets hidden (``redact_text``), as a JSON string; remembered for the next time."""
+    try:
+        return _json_texts[text]
+    except KeyError:
+        pass
+    if len(_json_texts) >= _JSON_TEXTS_MAX:
+        _json_texts.clear()
+    json_text = _json_texts[text] = encode_basestring_ascii(redact_text(text))
+    return json_text
 
 
 def _redact_value(value: Any) -> Any:
@@ -126,6 +152,7 @@ def configure_logging(
     """Route stdlib and structlog records through one pipeline to ``stream`` (stderr)."""
     global _secrets, _access_lines
     _secrets = tuple(s for s in secrets if s)
+    _json_texts.clear()  # redacted with the secrets of before
     flush_access_lines()
     _access_lines = LineBuffer(stream or sys.stderr) if log_format == "json" else None
 
