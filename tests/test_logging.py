@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from service import logging as service_logging
 from service.access_log import access_line
 from service.app import create_app
-from service.logging import LineBuffer, bind_context, configure_logging, get_logger
+from service.logging import LineBuffer, bind_context, configure_logging, get_logger, redacted_json
 from service.settings import Settings
 from tests.processes import run_service
 from tests.servers import redis_url
@@ -229,3 +229,13 @@ def test_every_answered_request_has_its_line_after_a_sigterm(tmp_path: Path) -> 
     logged = [r["request_id"] for r in records if r["event"] == "request" and r["request_id"] in ids]
     assert logged == ids
     assert records[-1]["event"] == "stopped"
+
+
+def test_a_text_remembered_before_a_secret_was_configured_is_redacted_once_it_is(captured: io.StringIO) -> None:
+    path = f"/v1/jobs/{SENTINEL}"
+    configure_logging("json", secrets=[], stream=captured)
+    assert SENTINEL in redacted_json(path)  # remembered as it was: no secret was known
+
+    configure_logging("json", secrets=[SENTINEL], stream=captured)
+
+    assert redacted_json(path) == '"/v1/jobs/***"'
