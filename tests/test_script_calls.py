@@ -113,9 +113,14 @@ async def test_a_flushed_script_is_loaded_again_and_its_calls_run_once(round_tri
         server.stop()
 
 
+def handshake_only(data: bytes) -> bytes:
+    """A connection's set-up answered (CLIENT SETINFO, CLIENT SETNAME), and nothing after it."""
+    return b"+OK\r\n" * (data.count(b"SETINFO") + data.count(b"SETNAME"))
+
+
 async def test_a_silent_server_fails_every_call_within_one_timeout() -> None:
     # Past the set-up, nothing is answered: a paused or wedged Redis.
-    silent = await SilentServer(reply=lambda data: b"+OK\r\n" * data.count(b"SETINFO")).start()
+    silent = await SilentServer(reply=handshake_only).start()
     client = Redis.from_pool(pool_for(f"redis://127.0.0.1:{silent.port}"))
     calls = ScriptCalls(client.connection_pool, timeout_s=TIMEOUT_S)
     started = time.monotonic()
@@ -132,6 +137,28 @@ async def test_a_silent_server_fails_every_call_within_one_timeout() -> None:
 
     assert all(isinstance(outcome, TimeoutError) for outcome in outcomes), outcomes
     assert took < TIMEOUT_S + SLACK_S
+
+
+async def test_a_call_queued_behind_a_batch_in_flight_times_out_from_when_it_was_made() -> None:
+    silent = await SilentServer(reply=handshake_only).start()
+    client = Redis.from_pool(pool_for(f"redis://127.0.0.1:{silent.port}"))
+    calls = ScriptCalls(client.connection_pool, timeout_s=1.0)
+    try:
+        first = calls.call(ECHO, ["k"], [1, 2])
+        await asyncio.sleep(0.5)  # the first batch is unanswered: the next call waits for it
+        queued_at = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await calls.call(ECHO, ["k"], [1, 2])
+        waited = time.monotonic() - queued_at
+        with pytest.raises(TimeoutError):
+            await first
+        await calls.close()
+    finally:
+        await client.aclose()
+        await silent.close()
+
+    assert BATCHES_IN_FLIGHT_MAX == 1
+    assert 0.9 < waited < 1.3  # 1 s from when it was made, not the first batch's rest and then 1 s more
 
 
 async def test_a_read_whose_connection_broke_goes_once_more_and_a_write_does_not(
