@@ -20,8 +20,8 @@ from service.api import jobs as jobs_api
 from service.app_keys import API_KEYS, METRICS, POLICIES, REDIS, REDIS_ONCE, SETTINGS
 from service.auth import ApiKeyStore, follow_revocations
 from service.metrics import Metrics
-from service.middleware import request_context_middleware
-from service.ratelimit.middleware import limiter_ctx, v1_middleware
+from service.middleware import request_middleware
+from service.ratelimit.middleware import limiter_ctx, v1_gate
 from service.ratelimit.policy import load_policies
 from service.redis import cancel_until_done, redis_client
 from service.request_body import MAX_BODY_BYTES
@@ -83,7 +83,7 @@ def create_app(
     settings.require_redis()
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
-        middlewares=[request_context_middleware, v1_middleware],
+        middlewares=[request_middleware(v1_gate=v1_gate)],
         # aiohttp (3.14) runs its keep-alive timer from the moment a connection opens and after
         # each response, and closes a connection still waiting for a whole request when it
         # fires: so it is also the deadline of a slow or half-sent request head.

@@ -13,14 +13,13 @@ validation in front of the handlers that declare a ``@request_schema``, and only
 from __future__ import annotations
 
 import enum
-import functools
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, NoReturn, TypeVar, cast
+from typing import Any, NoReturn, TypeVar
 
 from aiohttp import web
-from aiohttp_apigami import docs, setup_aiohttp_apispec, validation_middleware
+from aiohttp_apigami import docs, setup_aiohttp_apispec
 from aiohttp_apigami.constants import APISPEC_PARSER, SCHEMAS_ATTR, SWAGGER_DICT
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import INCLUDE, Schema, fields, validate
@@ -28,6 +27,7 @@ from marshmallow import INCLUDE, Schema, fields, validate
 from service import __version__
 from service.errors import PROBLEM_TYPE_BASE, Problem
 from service.request_body import JsonBodyParser
+from service.request_validation import QuickCheck, validating
 from service.settings import SERVICE_NAME
 
 __all__ = ["REDIS_DOWN", "Access", "Answer", "TaggedUnion", "operation", "schema_ref", "setup"]
@@ -36,8 +36,6 @@ __all__ = ["REDIS_DOWN", "Access", "Answer", "TaggedUnion", "operation", "schema
 REDIS_DOWN = "Redis cannot answer now; retry after `Retry-After`."
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
-# A route's quick test of its common request (``operation``): True when it has filled what the schemas would.
-QuickCheck = Callable[[web.Request], Awaitable[bool]]
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
@@ -304,25 +302,9 @@ def operation(
     def decorate(handler: Handler) -> Handler:
         documented = document(handler)
         # apigami's docs() gives every handler a list of schemas; only @request_schema fills it.
-        if not getattr(documented, SCHEMAS_ATTR, None):
-            return documented
-        return _validating(documented, quick_check)
+        return validating(documented, quick_check) if getattr(documented, SCHEMAS_ATTR, None) else documented
 
     return decorate
-
-
-def _validating(handler: Handler, quick_check: QuickCheck | None) -> Handler:
-    """``handler`` behind apigami's validation of its ``@request_schema``s (the wrapper keeps its documentation)."""
-
-    @functools.wraps(handler)
-    async def validated(request: web.Request) -> web.StreamResponse:
-        if quick_check is not None and await quick_check(request):
-            return cast(web.StreamResponse, await handler(request))
-        # apigami's middleware, called for this route alone: it reads the schemas from the route's
-        # handler (this wrapper, which carries them), validates, and calls ``handler``.
-        return await validation_middleware(request, handler)
-
-    return cast(Handler, validated)
 
 
 @dataclass(frozen=True)

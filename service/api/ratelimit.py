@@ -38,7 +38,7 @@ class RateLimitSchema(Schema):
 )
 async def get_rate_limit(request: web.Request) -> web.Response:
     identity = request[IDENTITY]
-    assert identity is not None  # v1_middleware let the request through
+    assert identity is not None  # v1_gate let the request through
     plan = request.app[POLICIES].plan(identity.plan).name
     decision = request.get(RATE_LIMIT)
     if decision is None:  # the limiter is switched off (RATE_LIMIT_ENABLED=false)

@@ -1,6 +1,6 @@
 """The OpenAPI declarations each kind of route shares, written once per kind.
 
-``/v1`` routes take an API key (``v1_middleware`` checks it for the whole prefix); the
+``/v1`` routes take an API key (``v1_gate`` checks it for the whole prefix); the
 operators' routes (``/internal/*``, the dashboard's actions) are ``Access.INTERNAL`` and
 read Redis; the dashboard's pages for a browser are public. A new route of a kind cannot
 forget part of its kind's document.

@@ -1,7 +1,8 @@
-"""The one middleware of ``/v1/*``: who is calling, whether the limiter admits them, then the key check.
+"""The gate of ``/v1/*``: who is calling, whether the limiter admits them, then the key check.
 
-One layer rather than three (key look-up, limiter, key required): each aiohttp
-middleware layer costs a coroutine and a call per request. The order is the contract's:
+One step rather than three (key look-up, limiter, key required), called by the request
+middleware for that prefix (``service.middleware``) rather than as a middleware of its own:
+each aiohttp middleware layer costs every request a coroutine and a call. The order is the contract's:
 a request without a valid key is limited by client address before it gets its 401, so
 guessing keys is throttled; with ``RATE_LIMIT_ENABLED=false`` it gets its 401 at once.
 Which buckets a request spends, and which it only reads (``GET /v1/rate-limit``), is the
@@ -38,14 +39,12 @@ from service.ratelimit.limiter_redis import limiter_redis
 from service.ratelimit.usage import LimitUsage
 from service.redis import cancel_until_done
 
-__all__ = ["limiter_ctx", "v1_middleware"]
+__all__ = ["limiter_ctx", "v1_gate"]
 
 
-@web.middleware
-async def v1_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Resolve the key into ``request[IDENTITY]``, decide the request, refuse it or add the headers."""
-    if not request.path.startswith("/v1/"):
-        return await handler(request)
+async def v1_gate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """For a ``/v1/`` request: resolve the key into ``request[IDENTITY]``, decide the request, refuse
+    it or add the headers."""
     app = request.app
     key = presented_key(request)
     identity = None
