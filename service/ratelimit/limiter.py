@@ -207,8 +207,9 @@ class Limiter:
         sent = self._clock()
         started = time.perf_counter()
         # A timer answers the batch at the deadline too: the timeout's cancel alone can be lost,
-        # as Python 3.11's wait_for (around redis-py's writes) swallows a cancel that lands while
-        # the write completes (cpython #86296), and the batch would then wait on for Redis.
+        # as Python 3.11's wait_for (around redis-py's writes while it sets up a new connection)
+        # swallows a cancel that lands while the write completes (cpython #86296), and the
+        # batch would then wait on for Redis.
         expiry = asyncio.get_running_loop().call_at(deadline_at, self._expire, batch)
         try:
             async with asyncio.timeout_at(deadline_at):
