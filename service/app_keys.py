@@ -45,3 +45,5 @@ DASHBOARD: web.AppKey[Dashboard] = web.AppKey("dashboard")  # its JSON document,
 REQUEST_ID = web.RequestKey("request_id", str)
 IDENTITY: web.RequestKey[Identity | None] = web.RequestKey("identity")
 RATE_LIMIT: web.RequestKey[Decision] = web.RequestKey("rate_limit")
+# POST /v1/jobs's quick check: the body as its schema loads it, and the Idempotency-Key.
+PLAIN_ENQUEUE: web.RequestKey[tuple[dict[str, Any], str | None]] = web.RequestKey("plain_enqueue")

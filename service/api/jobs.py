@@ -23,7 +23,7 @@ from jobs.queue import (
 from jobs.registry import InvalidArguments, Registry, Task, UnknownTask
 from service.api.job_error import ErrorSchema
 from service.api.route_docs import v1_operation
-from service.app_keys import IDENTITY, JOB_QUEUE, REDIS, REDIS_ONCE, SETTINGS
+from service.app_keys import IDENTITY, JOB_QUEUE, PLAIN_ENQUEUE, REDIS, REDIS_ONCE, SETTINGS
 from service.errors import Problem
 from service.openapi import Answer, TaggedUnion
 from service.request_body import read_json
@@ -122,20 +122,18 @@ _JOB_LINKS = {
 
 _ENQUEUE_FIELDS = frozenset(EnqueueSchema._declared_fields)
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
-# What the quick check loaded: the body as EnqueueSchema loads it, and the Idempotency-Key.
-_PLAIN_ENQUEUE = web.RequestKey("plain_enqueue", tuple[dict[str, Any], str | None])
 
 
 async def _enqueue_is_plain(request: web.Request) -> bool:
     """``POST /v1/jobs``'s quick check (``operation``): ``plain_enqueue`` of its body and header,
-    into ``request[_PLAIN_ENQUEUE]``."""
+    into ``request[PLAIN_ENQUEUE]``."""
     if not request.body_exists:
         return False
     body = await read_json(request)  # its 4xx (not JSON, too slow, ...) are the schemas' too
     plain = plain_enqueue(body, request.headers.get("Idempotency-Key"))
     if plain is None:
         return False
-    request[_PLAIN_ENQUEUE] = plain
+    request[PLAIN_ENQUEUE] = plain
     return True
 
 
@@ -213,7 +211,7 @@ def _not_found(job_id: str) -> Problem:
 @request_schema(EnqueueSchema)
 @request_schema(EnqueueHeadersSchema, location="headers", put_into="headers")
 async def post_job(request: web.Request) -> web.Response:
-    body, key = request.get(_PLAIN_ENQUEUE) or (request["data"], request["headers"].get("idempotency_key"))
+    body, key = request.get(PLAIN_ENQUEUE) or (request["data"], request["headers"].get("idempotency_key"))
     view, created = await enqueue_for(
         request.app, _tenant(request), body["task"], body["args"], defer_s=body["defer_seconds"], idempotency=key
     )
