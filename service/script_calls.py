@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import functools
 import hashlib
 from collections.abc import Sequence
 from typing import Any
@@ -36,12 +37,15 @@ from typing import Any
 from redis.asyncio import ConnectionPool
 from redis.exceptions import ConnectionError, NoScriptError, RedisError, ResponseError, TimeoutError
 
+from service.logging import get_logger
 from service.redis import round_trip
 
 __all__ = ["BATCHES_IN_FLIGHT_MAX", "Script", "ScriptCalls", "resp_bulk"]
 
 BATCHES_IN_FLIGHT_MAX = 1
 _NOSCRIPT_RELOADS = 3
+
+log = get_logger(__name__)
 
 # What a script takes as a key or an argument, encoded as redis-py encodes it.
 Value = str | bytes | int | float
@@ -132,32 +136,41 @@ class ScriptCalls:
 
     def _flush(self) -> None:
         if not self._pending or self._unanswered >= BATCHES_IN_FLIGHT_MAX:
-            return  # nothing to send, or it waits for a batch to be answered (``_run`` sends it then)
+            return  # nothing to send, or it waits for a batch to be answered (``_settle`` sends it then)
         calls, self._pending = self._pending, []
         self._unanswered += 1
         task = asyncio.get_running_loop().create_task(self._run(calls, self._pending_since + self._timeout_s))
         self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        task.add_done_callback(functools.partial(self._settle, calls))
 
     async def _run(self, calls: list[_Call], deadline_at: float) -> None:
         try:
             replies = await self._round_trips(calls, deadline_at)
         except (RedisError, OSError) as exc:  # OSError: the builtin TimeoutError of the batch's timeout too
             self._fail(calls, exc)
-        except BaseException:  # cancelled: the callers must not wait for a reply that will not come
-            self._fail(calls, ConnectionError("the Redis call was cancelled"))
-            raise
-        else:
-            for (_, _, future, _), reply in zip(calls, replies, strict=True):
-                if future.done():  # its caller was cancelled
-                    continue
-                if isinstance(reply, ResponseError):
-                    future.set_exception(reply)
-                else:
-                    future.set_result(reply)
-        finally:
-            self._unanswered -= 1
-            self._flush()
+            return
+        for (_, _, future, _), reply in zip(calls, replies, strict=True):
+            if future.done():  # its caller was cancelled
+                continue
+            if isinstance(reply, ResponseError):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    def _settle(self, calls: list[_Call], task: asyncio.Task[None]) -> None:
+        """A batch's task has ended: free its place, and send the calls that waited for it.
+
+        A task cancelled (the loop is closing), even before it started, or ended by a bug,
+        fails the calls it has not answered, so that no caller waits for a reply that will not come.
+        """
+        self._inflight.discard(task)
+        self._unanswered -= 1
+        if task.cancelled():
+            self._fail(calls, ConnectionError("the Redis call was cancelled"), resend=False)
+        elif (exc := task.exception()) is not None:
+            log.error("script calls failed unexpectedly", exc_info=exc)
+            self._fail(calls, ConnectionError(f"the Redis call failed: {type(exc).__name__}"), resend=False)
+        self._flush()
 
     async def _round_trips(self, calls: list[_Call], deadline_at: float) -> list[Any]:
         """The batch's replies, in order; a ``NOSCRIPT`` one loads the scripts missing and sends their calls again."""
@@ -176,8 +189,8 @@ class ScriptCalls:
         await pool.release(connection)
         return replies
 
-    def _fail(self, calls: list[_Call], exc: BaseException) -> None:
-        """Answer the batch's calls with the failure, or queue the reads that may go again."""
+    def _fail(self, calls: list[_Call], exc: BaseException, *, resend: bool = True) -> None:
+        """Answer the batch's calls with the failure, or (``resend``) queue the reads that may go again."""
         if isinstance(exc, builtins.TimeoutError | TimeoutError):
             failure: type[RedisError] = TimeoutError
             detail = f"no answer from Redis within {self._timeout_s:g} s"
@@ -187,7 +200,7 @@ class ScriptCalls:
         for command, script, future, resends in calls:
             if future.done():
                 continue
-            if resends and failure is ConnectionError:
+            if resend and resends and failure is ConnectionError:
                 self._queue((command, script, future, resends - 1))
             else:
                 future.set_exception(failure(detail))

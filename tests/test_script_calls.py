@@ -161,6 +161,29 @@ async def test_a_call_queued_behind_a_batch_in_flight_times_out_from_when_it_was
     assert 0.9 < waited < 1.3  # 1 s from when it was made, not the first batch's rest and then 1 s more
 
 
+@pytest.mark.parametrize("started", [False, True])
+async def test_a_batch_cancelled_while_the_loop_closes_fails_its_calls_and_sends_nothing_again(started: bool) -> None:
+    silent = await SilentServer(reply=handshake_only).start()
+    client = Redis.from_pool(pool_for(f"redis://127.0.0.1:{silent.port}"))
+    calls = ScriptCalls(client.connection_pool, timeout_s=5.0)
+    try:
+        read = calls.call(ECHO, ["k"], [1, 2], idempotent=True)
+        await asyncio.sleep(0)  # the loop turn that sends the batch: its task is made, not yet started
+        [batch] = calls._inflight
+        if started:
+            await asyncio.sleep(0.2)  # connected, and waiting for a reply that never comes
+        batch.cancel()
+
+        with pytest.raises(ConnectionError, match="cancelled"):
+            await read
+        await calls.close()
+    finally:
+        await client.aclose()
+        await silent.close()
+
+    assert calls._pending == []
+
+
 async def test_a_read_whose_connection_broke_goes_once_more_and_a_write_does_not(
     redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
