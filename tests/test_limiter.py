@@ -94,6 +94,19 @@ async def test_a_call_that_may_have_run_is_never_sent_again() -> None:
     assert server.received.count(b"EVALSHA") == 1
 
 
+async def test_a_batch_cancelled_before_it_started_answers_its_requests_and_frees_its_place() -> None:
+    limiter = Limiter(Redis.from_url("redis://127.0.0.1:1/0"), deadline_s=5.0)
+    decision = limiter.submit("acme", ROUTE)
+    await asyncio.sleep(0)  # the loop turn that sends the batch: its task is made, not yet started
+    [batch] = limiter._inflight
+    batch.cancel()
+
+    assert (await decision).outcome == Outcome.FAIL_OPEN
+    assert limiter._unanswered == 0
+    assert limiter.metrics.redis_errors == {"cancelled": 1}
+    await limiter.close()
+
+
 async def test_a_redis_that_cannot_read_the_allow_oom_flag_gets_the_plain_script(
     limiter_redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -184,7 +185,7 @@ class Limiter:
         batch = _Batch(groups)
         task = asyncio.get_running_loop().create_task(self._run(batch, self._pending_since + self._deadline_s))
         self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        task.add_done_callback(functools.partial(self._ended, batch))
 
     def _settle(self, batch: _Batch) -> None:
         """Give the batch's place in flight back (once), and send the decisions that waited for it."""
@@ -192,6 +193,14 @@ class Limiter:
             batch.settled = True
             self._unanswered -= 1
             self._flush()
+
+    def _ended(self, batch: _Batch, task: asyncio.Task[None]) -> None:
+        """A batch's task has ended; one cancelled (the loop is closing), even before it started,
+        answers its calls by their fail-open/closed rule, so that no request waits on."""
+        self._inflight.discard(task)
+        if task.cancelled():
+            self.give_up(batch.groups, "cancelled", "the batch was cancelled")
+        self._settle(batch)
 
     def _expire(self, batch: _Batch) -> None:
         self.give_up(batch.groups, "timeout", "no answer within the deadline")
