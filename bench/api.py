@@ -492,7 +492,7 @@ def report(rows: dict[str, dict[str, Any]], machine: str, loop: str) -> str:
         caveat = "; ".join(f"{rows[x][share]:.1%} of {x} answered 5xx" for x in uses if rows[x][share])
         spread = _range(rows[label], key) if f"{key}_range" in rows[label] else ""
         lines.append(
-            f"| {what} | {value:.2f} | {spread} | {sign} {bound:g} | {_met(value, comparison, bound)} | {caveat} |"
+            f"| {what} | {value:.3f} | {spread} | {sign} {bound:g} | {_met(value, comparison, bound)} | {caveat} |"
         )
     lines += [
         "",
