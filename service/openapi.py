@@ -275,11 +275,10 @@ def operation(
     the body ``@request_schema`` derives, which has one shape only. ``form``: the body is an
     HTML form's (``application/x-www-form-urlencoded``) with these fields.
 
-    ``quick_check``, for a busy route with ``@request_schema``s: a plain-code test of the
-    common request. When it passes it has put what the schemas would have loaded into the
-    request (under a key of its own, which the handler looks at first) and validation is
-    skipped; when it does not, the schemas validate as usual and word any error. webargs and marshmallow cost more than
-    the rest of such a request's own work.
+    ``quick_check``, for a busy route with ``@request_schema``s: a plain-code test of its
+    common request (``service/request_validation.py``). When it passes it has put what the
+    schemas would have loaded into the request, under a key the handler looks at first, and
+    validation is skipped; when it does not, the schemas validate and word any error.
     """
     extra: dict[str, Any] = {"operation_id": operation_id}
     if access in _SECURITY:

@@ -2,8 +2,8 @@
 
 One step rather than three (key look-up, limiter, key required), called by the request
 middleware for that prefix (``service.middleware``) rather than as a middleware of its own:
-each aiohttp middleware layer costs every request a coroutine and a call. The order is the contract's:
-a request without a valid key is limited by client address before it gets its 401, so
+each aiohttp middleware layer costs every request a coroutine and a call. The order is
+the contract's: a request without a valid key is limited by client address before it gets its 401, so
 guessing keys is throttled; with ``RATE_LIMIT_ENABLED=false`` it gets its 401 at once.
 Which buckets a request spends, and which it only reads (``GET /v1/rate-limit``), is the
 policy's to say (``service/ratelimit/policy.py``).
