@@ -51,6 +51,7 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await app[API_KEYS].close()
         await once.aclose()
         await client.aclose()
 

@@ -9,7 +9,9 @@ A key (``otto_`` and 48 hex digits) is shown once at creation; Redis keeps only 
 Look-ups are cached in the process for ``CACHE_TTL_S`` so that a busy API does not pay a
 Redis round trip per request. Every web process listens for revocations
 (``follow_revocations``) and forgets a revoked key at once; the expiry is the fallback
-for a revocation sent while a process was not listening.
+for a revocation sent while a process was not listening. A key in use is read again in
+the background once its look-up is ``REFRESH_AFTER_S`` old, so that its requests do not
+wait on Redis each time the look-up expires; none is served from the cache past its expiry.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from redis.exceptions import RedisError
 from service.backoff import Backoff
 from service.errors import Problem
 from service.logging import get_logger
+from service.redis import cancel_until_done
 
 __all__ = [
     "ApiKeyStore",
@@ -51,6 +54,7 @@ KEY_PREFIX = "otto_"
 KEY_LEN = len(KEY_PREFIX) + 48
 PREFIX_LEN = len(KEY_PREFIX) + 8
 CACHE_TTL_S = 10.0
+REFRESH_AFTER_S = 7.0
 NEGATIVE_CACHE_TTL_S = 2.0
 TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 PLAN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # as a policy file names its plans
@@ -109,7 +113,15 @@ class ApiKeyStore:
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        self._cache: dict[str, tuple[float, Identity | None]] = {}
+        # digest -> (refresh after, expires at, identity), in loop-independent monotonic time
+        self._cache: dict[str, tuple[float, float, Identity | None]] = {}
+        self._refreshing: dict[str, asyncio.Task[Identity | None]] = {}
+        self._forgets = 0  # how many times a look-up was forgotten: a read that overlapped one is not cached
+
+    async def close(self) -> None:
+        """Stop the background refreshes in flight."""
+        for task in list(self._refreshing.values()):
+            await cancel_until_done(task)
 
     async def create(self, tenant: str, plan: str = "default") -> str:
         """Store a new key for ``tenant`` on ``plan`` and return it (the only time it is seen).
@@ -138,10 +150,17 @@ class ApiKeyStore:
         """
         if not _well_formed(key):
             return None
-        cached = self._cache.get(_digest(key))
-        if cached is None or cached[0] <= time.monotonic():
+        digest = _digest(key)
+        cached = self._cache.get(digest)
+        if cached is None:
             raise KeyError("not cached")
-        return cached[1]
+        refresh_at, expires_at, identity = cached
+        now = time.monotonic()
+        if refresh_at <= now:
+            if expires_at <= now:
+                raise KeyError("expired")
+            self._refresh(digest)
+        return identity
 
     async def lookup(self, key: str) -> Identity | None:
         """The identity of ``key``, or ``None`` when it is unknown or revoked."""
@@ -149,16 +168,35 @@ class ApiKeyStore:
             return self.cached(key)
         except KeyError:
             pass
-        digest = _digest(key)
+        return await self._read(_digest(key))
+
+    async def _read(self, digest: str) -> Identity | None:
+        """The identity of the key with ``digest``, from Redis, into the cache (unless a revocation overlapped)."""
         now = time.monotonic()
+        forgets = self._forgets
         fields = await self._redis.hgetall(f"apikey:{digest}")  # type: ignore[misc]
         identity = None
         if fields:
             identity = Identity(fields[b"tenant"].decode(), fields[b"plan"].decode(), fields[b"prefix"].decode())
+        if forgets != self._forgets:  # a revocation arrived while Redis answered: the answer may predate it
+            return identity
         if len(self._cache) >= _CACHE_MAX:
             self._cache.clear()
-        self._cache[digest] = (now + (CACHE_TTL_S if identity else NEGATIVE_CACHE_TTL_S), identity)
+        ttl_s, refresh_s = (CACHE_TTL_S, REFRESH_AFTER_S) if identity else (NEGATIVE_CACHE_TTL_S, NEGATIVE_CACHE_TTL_S)
+        self._cache[digest] = (now + refresh_s, now + ttl_s, identity)
         return identity
+
+    def _refresh(self, digest: str) -> None:
+        """Read the key with ``digest`` again in the background, once at a time; a failure leaves the
+        cached look-up to expire."""
+        if digest not in self._refreshing:
+            task = self._refreshing[digest] = asyncio.get_running_loop().create_task(self._read(digest))
+            task.add_done_callback(lambda done: self._refreshed(digest, done))
+
+    def _refreshed(self, digest: str, task: asyncio.Task[Identity | None]) -> None:
+        del self._refreshing[digest]
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.debug("API key refresh failed; the cached look-up expires as usual", error=type(error).__name__)
 
     async def list(self) -> list[KeyInfo]:
         """Every key's prefix, tenant, plan and creation time (never the key itself)."""
@@ -213,10 +251,12 @@ class ApiKeyStore:
 
     def forget(self, digest: str) -> None:
         """Drop the cached look-up of the key with this digest (it was revoked)."""
+        self._forgets += 1
         self._cache.pop(digest, None)
 
     def forget_all(self) -> None:
         """Drop every cached look-up (revocations may have been missed)."""
+        self._forgets += 1
         self._cache.clear()
 
 

@@ -266,7 +266,7 @@ async def round_trip(pool: ConnectionPool, connection: AbstractConnection, comma
         raise
 
 
-async def cancel_until_done(task: asyncio.Task[None], *, every_s: float = 0.1) -> None:
+async def cancel_until_done(task: asyncio.Task[Any], *, every_s: float = 0.1) -> None:
     """Cancel ``task`` and wait for it to end, cancelling again while it does not.
 
     Once is not always enough for a task inside redis-py: taking a connection from a pool

@@ -78,10 +78,68 @@ async def test_revoked_key_stops_working_in_other_processes_after_cache_ttl(redi
     key = await writer.create("acme")
     assert await reader.lookup(key) is not None
     await writer.revoke(key[:10])
-    cached_digest = hashlib.sha256(key.encode()).hexdigest()
-    expires, _ = reader._cache[cached_digest]
-    reader._cache[cached_digest] = (expires - auth.CACHE_TTL_S, reader._cache[cached_digest][1])
+    _age(reader, key, auth.CACHE_TTL_S)
     assert await reader.lookup(key) is None
+
+
+def _age(store: auth.ApiKeyStore, key: str, seconds: float) -> None:
+    """Make the cached look-up of ``key`` ``seconds`` older."""
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    refresh_at, expires_at, identity = store._cache[digest]
+    store._cache[digest] = (refresh_at - seconds, expires_at - seconds, identity)
+
+
+async def test_a_key_in_use_is_read_again_in_the_background_before_its_look_up_expires(redis: Redis) -> None:
+    reader, writer = auth.ApiKeyStore(redis), auth.ApiKeyStore(redis)
+    key = await writer.create("acme")
+    identity = await reader.lookup(key)
+    assert identity is not None
+    await writer.revoke(key[:10])  # announced, but the reader does not follow revocations
+    _age(reader, key, auth.REFRESH_AFTER_S)
+    assert reader.cached(key) == identity  # answered at once from the cache, still within its expiry
+    await asyncio.wait_for(_refreshed(reader), 5)
+    assert reader.cached(key) is None  # the background read found it gone
+    await reader.close()
+
+
+async def _refreshed(store: auth.ApiKeyStore) -> None:
+    """Once the background reads in flight have ended (and their done callbacks, registered first, have run)."""
+    if store._refreshing:
+        await asyncio.wait(list(store._refreshing.values()))
+
+
+async def test_a_refreshed_look_up_renews_its_expiry_and_a_revocation_during_the_read_is_not_undone(
+    redis: Redis,
+) -> None:
+    store = auth.ApiKeyStore(redis)
+    key = await store.create("acme")
+    await store.lookup(key)
+    _age(store, key, auth.REFRESH_AFTER_S + 1)
+    store.cached(key)
+    await _refreshed(store)
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    refresh_at, expires_at, _ = store._cache[digest]
+    assert refresh_at > time.monotonic() + auth.REFRESH_AFTER_S - 1
+    assert expires_at > refresh_at
+
+    _age(store, key, auth.REFRESH_AFTER_S + 1)
+    store.cached(key)
+    await asyncio.sleep(0)  # the read is sent; a revocation overtakes its answer
+    store.forget(digest)
+    await _refreshed(store)
+    assert digest not in store._cache  # what Redis answered before the revocation is not cached
+
+
+async def test_closing_the_store_stops_its_refreshes(redis: Redis) -> None:
+    store = auth.ApiKeyStore(redis)
+    key = await store.create("acme")
+    await store.lookup(key)
+    _age(store, key, auth.REFRESH_AFTER_S)
+    store.cached(key)
+    (task,) = store._refreshing.values()
+    await store.close()
+    assert task.done()
+    assert not store._refreshing
 
 
 async def test_revoke_needs_an_unambiguous_prefix(redis: Redis) -> None:
