@@ -33,7 +33,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from arq.constants import expires_extra_ms
-from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 from redis.asyncio import Redis
 
@@ -54,7 +53,7 @@ from jobs.redis_keys import (
 )
 from jobs.registry import EnqueueContext, InvalidArguments, Registry
 from jobs.scripts import script_text
-from jobs.serialization import iso_from_ms, serialize, to_json
+from jobs.serialization import iso_from_ms, job_payload, to_json
 from jobs.tasks import TASKS
 from jobs.views import STATE_KEY_PREFIXES, STATE_SIZE, STATUSES, JobView, Status, decode_cursor, encode_cursor, view_of
 from service.script_calls import Script, ScriptCalls
@@ -161,13 +160,13 @@ class JobQueue:
         Raises ``UnknownTask``, ``InvalidArguments``, ``ArgumentsTooLarge``, ``IdempotencyConflict``
         or ``TooManyUnfinishedJobs``.
         """
-        self._check_size(args)
+        args_json = self._args_json(args)
         await self._registry.validate(task, args, EnqueueContext(tenant, self._settings, self._redis))
         job_id = os.urandom(16).hex()  # 128 random bits as 32 hex digits (uuid4's .hex, without the UUID object)
         now_us = time.time_ns() // 1000
         now_ms = now_us // 1000
         due_ms = now_ms + round(defer_s * 1000)
-        payload = serialize_job(task, (), dict(args), None, now_ms, serializer=serialize)
+        payload = job_payload(task, args_json, now_ms)
         fingerprint = _fingerprint(task, args, defer_s) if idempotency else ""
         record = json.dumps({"job_id": job_id, "fingerprint": fingerprint}) if idempotency else ""
         # An index entry outlives every state its job can be in: deferred, then pending for
@@ -214,17 +213,18 @@ class JobQueue:
         status: Status = "deferred" if due_ms > now_ms else "queued"
         return JobView(job_id, task, status, 0, iso_from_ms(now_ms)), True
 
-    def _check_size(self, args: Mapping[str, Any]) -> None:
-        """Refuse arguments that are not strict JSON or are larger than ``JOB_ARGS_MAX_BYTES`` serialized."""
+    def _args_json(self, args: Mapping[str, Any]) -> bytes:
+        """``args`` as the job stores them; refused when not strict JSON or larger than ``JOB_ARGS_MAX_BYTES``."""
         try:
-            size = len(to_json(args))
+            encoded = to_json(args)
         except (TypeError, ValueError, RecursionError):
             # ValueError: NaN or Infinity; RecursionError: nested deeper than any real payload.
             raise InvalidArguments(
                 {"_schema": ["arguments must be strict JSON: no NaN or Infinity, not nested hundreds of levels deep"]}
             ) from None
-        if size > self._settings.job_args_max_bytes:
-            raise ArgumentsTooLarge(size, self._settings.job_args_max_bytes)
+        if len(encoded) > self._settings.job_args_max_bytes:
+            raise ArgumentsTooLarge(len(encoded), self._settings.job_args_max_bytes)
+        return encoded
 
     async def unfinished(self, tenant: str) -> int:
         """How many of the tenant's jobs are queued, deferred or running (what its cap counts)."""

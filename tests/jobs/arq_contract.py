@@ -28,7 +28,7 @@ from arq.connections import ArqRedis
 from redis.asyncio import ConnectionPool
 
 import jobs.worker
-from jobs.serialization import deserialize, serialize
+from jobs.serialization import deserialize, job_payload, serialize, to_json
 from jobs.tasks import TASKS
 from jobs.worker import WorkerSettings
 
@@ -263,6 +263,16 @@ def _job_format(worker: ArqWorker) -> Problem:
     return None
 
 
+def _job_payload(worker: ArqWorker) -> Problem:
+    """``job_payload`` (the enqueue path's) writes what ``serialize_job`` with ``serialize`` writes, byte for byte."""
+    for task, kwargs in (("t.x", {}), ("webhook.deliver", {"url": "https://x/é", "payload": {"n": [1, 2.5, None]}})):
+        ours = job_payload(task, to_json(kwargs), 1_764_412_800_123)
+        theirs = arq.jobs.serialize_job(task, (), kwargs, None, 1_764_412_800_123, serializer=serialize)
+        if ours != theirs:
+            return f"serialize_job writes {theirs!r}, job_payload {ours!r}"
+    return None
+
+
 def _result_format(worker: ArqWorker) -> Problem:
     raw = arq.jobs.serialize_result(
         "t.x", (), {}, 2, 1_000, True, {"ok": 1}, 2_000, 3_000, "ref", "arq:queue", "id", serializer=serialize
@@ -353,6 +363,7 @@ PINS = [
     _never_read("in_progress_timeout_s", "the worker's leases (JOB_LEASE_S) would have to set it"),
     _never_read("health_check_key", "arq would write or delete its shared health-check key"),
     Pin("arq.jobs job format", _job_format),
+    Pin("arq.jobs job payload written by the enqueue path", _job_payload),
     Pin("arq.jobs result format", _result_format),
     Pin("arq.utils timestamp_ms and to_ms", _helpers),
     Pin("arq.worker.func options", _func),
