@@ -10,7 +10,9 @@ What runs, on loopback, one process each:
   a file; the lines are counted against the requests), metrics recorded, every middleware.
   A fresh process per scenario.
 - **bare**: an aiohttp application with one JSON handler, no middleware, no access log,
-  on the event loop implementation found loaded in the serve processes.
+  on the event loop implementation found loaded in the serve processes; loaded with GETs
+  (the issue's comparison point), and once more with ``POST /v1/jobs``'s body, which it
+  reads and parses before answering 202 (what any aiohttp POST handler pays).
 
 The rate-limit policies (``RATE_LIMITS_FILE``) keep the shipped default plan's buckets and
 routes, so each request pays what it pays in production, but make them roomy (capacity
@@ -84,6 +86,7 @@ RATE_LIMIT_OFF = "GET /v1/rate-limit, RATE_LIMIT_ENABLED=false"
 HEALTH = "GET /health"
 POST = "POST /v1/jobs (diagnostics.ping, {})"
 BARE = "bare aiohttp JSON handler"
+BARE_POST = "bare aiohttp handler, POST of the same body (read, parsed, 202)"
 SCENARIOS = (
     Scenario(HEALTH, "health"),
     Scenario(RATE_LIMIT, "rate-limit"),
@@ -379,12 +382,12 @@ def _trouble(log: bytes, metrics: Counter[str]) -> Counter[str]:
     return trouble
 
 
-def run_bare(loop: str, probe: RedisProbe, folder: Path) -> dict[str, Any]:
+def run_bare(loop: str, probe: RedisProbe, folder: Path, method: str = "GET", body: str = "") -> dict[str, Any]:
     port = harness.free_port()
     command = [sys.executable, "-m", "bench.harness", "bare", str(port), BARE_PATH, loop]
     env = {**os.environ, "PYTHONPATH": str(harness.ROOT)}
     with _running(command, env, port, folder / "bare.log") as process:
-        result = measure(process, (port,), folder / "bare.targets", probe)
+        result = measure(process, (port,), folder / "bare.targets", probe, method, body)
     result["log_lines"] = 0
     return result
 
@@ -406,6 +409,7 @@ def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     ratios = {label: {"vs_bare": r["rps"] / results[BARE]["rps"]} for label, r in results.items()}
     for label, off in ((JOB, JOB_OFF), (HOT, JOB_OFF), (RATE_LIMIT, RATE_LIMIT_OFF)):
         ratios[label]["vs_off"] = results[label]["rps"] / results[off]["rps"]
+    ratios[POST]["vs_bare_post"] = results[POST]["rps"] / results[BARE_POST]["rps"]
     return ratios
 
 
@@ -481,6 +485,11 @@ def report(rows: dict[str, dict[str, Any]], machine: str, loop: str) -> str:
         f"{rows[HOT]['vs_off']:.2f} ({_range(rows[HOT], 'vs_off')}); GET /v1/rate-limit (the cheapest /v1 handler; "
         f"a read, no token spent) {rate_limit_vs_off:.2f} ({_range(rows[RATE_LIMIT], 'vs_off')}).",
         "",
+        f"A POST costs aiohttp more than a GET before any handler code: the bare handler that reads and parses "
+        f"POST /v1/jobs's body does {rows[BARE_POST]['vs_bare']:.2f} ({_range(rows[BARE_POST], 'vs_bare')}) of the "
+        f"bare GET's requests/s. POST /v1/jobs ÷ that bare POST: {rows[POST]['vs_bare_post']:.2f} "
+        f"({_range(rows[POST], 'vs_bare_post')}).",
+        "",
         "| issue 11 target | figure (median) | rounds | target | | caveat |",
         "|---|---|---|---|---|---|",
     ]
@@ -554,8 +563,10 @@ def main() -> None:
                 if len(loops) != 1:
                     raise RuntimeError(f"serve ran on different event loops: {sorted(loops)}")
                 loop = loops.pop()
-                _progress(f"api bench, round {round_number} of {ROUNDS}: {BARE} ({loop}) ...")
-                rounds.append({BARE: run_bare(loop, probe, folder), **results})
+                _progress(f"api bench, round {round_number} of {ROUNDS}: {BARE} and {BARE_POST} ({loop}) ...")
+                bare = run_bare(loop, probe, folder)
+                bare_post = run_bare(loop, probe, folder, "POST", POST_BODY)
+                rounds.append({BARE: bare, BARE_POST: bare_post, **results})
             rows = combine(rounds)
         finally:
             probe.close()

@@ -6,8 +6,9 @@ file*, one request a line, ``PATH<TAB>API-KEY`` (the key may be empty), and rota
 each connection from its own offset; the method and body are the same for every request.
 
 ``python -m bench.harness bare PORT PATH LOOP`` runs the bare comparison point: an aiohttp
-application with one JSON handler at ``PATH``, no middleware, no access log, on the event
-loop ``LOOP`` (``asyncio`` or ``uvloop``).
+application with one JSON handler at ``PATH`` (and, for a POST there, one that reads and
+parses the JSON body and answers 202), no middleware, no access log, on the event loop
+``LOOP`` (``asyncio`` or ``uvloop``).
 """
 
 from __future__ import annotations
@@ -237,8 +238,13 @@ def _serve_bare(port: int, path: str, loop_name: str) -> None:
     async def handler(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
+    async def post_handler(request: web.Request) -> web.Response:
+        await request.json()
+        return web.json_response({"ok": True}, status=202)
+
     app = web.Application()
     app.router.add_get(path, handler, allow_head=False)
+    app.router.add_post(path, post_handler)
     loop = None
     if loop_name == "uvloop":
         import uvloop  # type: ignore[import-not-found,unused-ignore]
