@@ -113,7 +113,7 @@ class ApiKeyStore:
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        # digest -> (refresh after, expires at, identity), in loop-independent monotonic time
+        # digest -> (read again after, expires at, identity), both in time.monotonic() seconds
         self._cache: dict[str, tuple[float, float, Identity | None]] = {}
         self._refreshing: dict[str, asyncio.Task[Identity | None]] = {}
         self._forgets = 0  # how many times a look-up was forgotten: a read that overlapped one is not cached
