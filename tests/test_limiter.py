@@ -233,3 +233,44 @@ async def test_a_decision_waiting_behind_hung_batches_is_answered_by_its_own_dea
     assert waited_s < 0.1 + 0.4  # its deadline, plus slack for a loaded machine
     assert [task.result().outcome for task in holding] == [Outcome.FAIL_OPEN] * BATCHES_IN_FLIGHT_MAX
     await limiter.close()
+
+
+async def _stalled_decision() -> tuple[str, dict[str, int]]:
+    """A decision whose batch is written, after which the process stalls for twice the deadline (a
+    CPU-bound turn, a throttled machine) while Redis answers at once: its outcome, and the Redis
+    errors the limiter counted meanwhile."""
+    client = Redis.from_url(redis_url(), client_name=LIMITER_CLIENT_NAME)
+    limiter = Limiter(client, deadline_s=0.05)
+    try:
+        await limiter.decide("warm-up", ROUTE)  # the connection is open and the script loaded
+        errors = dict(limiter.metrics.redis_errors)
+        loop = asyncio.get_running_loop()
+        decision = limiter.submit(f"acme-{uuid.uuid4().hex}", ROUTE)
+        loop.call_soon(loop.call_soon, time.sleep, 0.1)  # next turn writes the batch; the stall follows it
+        outcome = (await decision).outcome
+        return outcome, {kind: n - errors.get(kind, 0) for kind, n in limiter.metrics.redis_errors.items() if n}
+    finally:
+        await limiter.close()
+        await client.aclose()
+
+
+def _on_uvloop() -> tuple[str, dict[str, int]]:
+    import uvloop  # type: ignore[import-not-found,unused-ignore]
+
+    loop = uvloop.new_event_loop()
+    try:
+        return loop.run_until_complete(_stalled_decision())
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+async def test_a_loop_stalled_past_the_deadline_takes_the_answer_redis_sent_in_time(
+    redis: Redis, event_loop: str
+) -> None:
+    """uvloop (libuv) runs due timers before it polls sockets; asyncio's loop runs them before the
+    reads the poll woke. Either way the deadline's timer comes before the answer is read."""
+    outcome, errors = await (_stalled_decision() if event_loop == "asyncio" else asyncio.to_thread(_on_uvloop))
+
+    assert outcome == Outcome.ALLOWED  # Redis's verdict, not a fail-open
+    assert not any(errors.values())

@@ -14,6 +14,9 @@
   request is refused here, without a round trip. Admissions always go to Redis.
 - **Deadline.** A batch that Redis has not answered within ``deadline_s`` ends as
   fail-open or fail-closed per route; the connection is dropped, never reused mid-reply.
+  When the deadline's timer fires late, this process was busy or not scheduled, not Redis
+  slow: an event loop runs due timers before it reads its sockets, so an answer that came
+  in time may be waiting unread. The batch then gets a few more loop turns to read it.
 - **No double spending.** Nothing is retried except a ``NOSCRIPT`` reply (the script did
   not run: after ``SCRIPT FLUSH`` or a failover), which reloads it and resends (up to
   three times, should flushes keep coming).
@@ -58,6 +61,10 @@ _REFUSAL_CACHE_MAX = 100_000  # callers
 _WARN_EVERY_S = 1.0
 _NOSCRIPT_RELOADS = 3  # per batch, within its deadline
 BATCHES_IN_FLIGHT_MAX = 4  # a few connections; Redis reads the next batches while this process reads a reply
+_LATE_S = 0.005  # a deadline timer this late means the process stalled (timers fire within ~1 ms otherwise)
+_STALL_TURNS = (
+    3  # more loop turns for a stalled batch to read its answer: one does on either loop, more if it comes in pieces
+)
 
 log = get_logger(__name__)
 
@@ -70,11 +77,13 @@ _Call = tuple[str, RouteBuckets, "asyncio.Future[Decision]"]
 class _Batch:
     """The decisions of one round trip, and whether its place among the batches in flight was given back."""
 
-    __slots__ = ("groups", "settled")
+    __slots__ = ("deadline_at", "groups", "settled", "timeout")
 
-    def __init__(self, groups: Sequence[Group]) -> None:
+    def __init__(self, groups: Sequence[Group], deadline_at: float) -> None:
         self.groups = groups
+        self.deadline_at = deadline_at
         self.settled = False
+        self.timeout: asyncio.Timeout | None = None  # its read's, while it reads
 
 
 class Limiter:
@@ -182,8 +191,8 @@ class Limiter:
         calls, self._pending = self._pending, []
         groups = [calls] if self.cluster is None else self.cluster.split(calls)
         self._unanswered += 1
-        batch = _Batch(groups)
-        task = asyncio.get_running_loop().create_task(self._run(batch, self._pending_since + self._deadline_s))
+        batch = _Batch(groups, self._pending_since + self._deadline_s)
+        task = asyncio.get_running_loop().create_task(self._run(batch))
         self._inflight.add(task)
         task.add_done_callback(functools.partial(self._ended, batch))
 
@@ -202,26 +211,34 @@ class Limiter:
             self.give_up(batch.groups, "cancelled", "the batch was cancelled")
         self._settle(batch)
 
-    def _expire(self, batch: _Batch) -> None:
+    def _expire(self, batch: _Batch, turns: int = 0) -> None:
+        """At the batch's deadline: answer it by the fail-open/closed rule and stop its read; after
+        ``_STALL_TURNS`` more loop turns when the deadline found this process stalled."""
+        loop = asyncio.get_running_loop()
+        if turns < _STALL_TURNS and (turns or loop.time() - batch.deadline_at > _LATE_S):
+            loop.call_soon(self._expire, batch, turns + 1)
+            return
         self.give_up(batch.groups, "timeout", "no answer within the deadline")
         self._settle(batch)
+        if batch.timeout is not None:
+            batch.timeout.reschedule(loop.time())
 
-    async def _run(self, batch: _Batch, deadline_at: float) -> None:
+    async def _run(self, batch: _Batch) -> None:
         try:
-            await self._decide(batch.groups, deadline_at, batch)
+            await self._decide(batch.groups, batch)
         finally:
             self._settle(batch)
 
-    async def _decide(self, groups: Sequence[Group], deadline_at: float, batch: _Batch) -> None:
+    async def _decide(self, groups: Sequence[Group], batch: _Batch) -> None:
         sent = self._clock()
         started = time.perf_counter()
-        # A timer answers the batch at the deadline too: the timeout's cancel alone can be lost,
-        # as Python 3.11's wait_for (around redis-py's writes while it sets up a new connection)
-        # swallows a cancel that lands while the write completes (cpython #86296), and the
-        # batch would then wait on for Redis.
-        expiry = asyncio.get_running_loop().call_at(deadline_at, self._expire, batch)
+        # A timer answers the batch at the deadline and then cancels its read (``_expire``): the
+        # cancel alone can be lost, as Python 3.11's wait_for (around redis-py's writes while it
+        # sets up a new connection) swallows a cancel that lands while the write completes
+        # (cpython #86296), and the batch would then wait on for Redis.
+        expiry = asyncio.get_running_loop().call_at(batch.deadline_at, self._expire, batch)
         try:
-            async with asyncio.timeout_at(deadline_at):
+            async with asyncio.timeout(None) as batch.timeout:
                 if self.cluster is not None:
                     await self.cluster.send(groups, self, sent)  # answers each group as its primary replies
                 else:
@@ -231,6 +248,7 @@ class Limiter:
             self.give_up(groups, kind, str(exc) or type(exc).__name__)
             return
         finally:
+            batch.timeout = None
             expiry.cancel()
         self._metrics.redis_latency.observe(time.perf_counter() - started)
 
