@@ -62,9 +62,8 @@ _WARN_EVERY_S = 1.0
 _NOSCRIPT_RELOADS = 3  # per batch, within its deadline
 BATCHES_IN_FLIGHT_MAX = 4  # a few connections; Redis reads the next batches while this process reads a reply
 _LATE_S = 0.005  # a deadline timer this late means the process stalled (timers fire within ~1 ms otherwise)
-_STALL_TURNS = (
-    3  # more loop turns for a stalled batch to read its answer: one does on either loop, more if it comes in pieces
-)
+# More loop turns for a stalled batch to read its answer: one does on either loop, more if it comes in pieces.
+_STALL_TURNS = 3
 
 log = get_logger(__name__)
 
