@@ -21,7 +21,7 @@ from service.app import create_app
 from tests.jobs.cron_worker import SCHEDULES
 from tests.jobs.support import jobs_settings
 from tests.jobs.test_cron import eventually
-from tests.jobs.test_processes import completions, live_ids, runner_of, start_dev, worker_env
+from tests.jobs.test_processes import live_ids, logged_completions, runner_of, start_dev, worker_env
 from tests.processes import Proc
 from tests.servers import free_port
 
@@ -103,7 +103,7 @@ async def test_run_of_a_killed_worker_completes_on_another_worker(
     assert run.outcome == "complete"
     assert run.tries == 2  # the killed try, then the survivor's
     assert f"worker_id={run.worker}" in survivor.output()
-    assert completions(run_id, workers) == 1
+    assert await logged_completions(run_id, workers) == 1
 
 
 async def test_ready_says_scheduler_false_within_the_heartbeat_window_once_no_worker_runs_cron(
