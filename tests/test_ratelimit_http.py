@@ -57,6 +57,9 @@ async def echo(request: web.Request) -> web.Response:
 @pytest.fixture
 def make_client(aiohttp_client: AiohttpClient, redis: Redis, tmp_path: Path) -> MakeClient:
     async def make(policies: str = POLICIES, **env: str) -> Client:
+        # These tests count decisions: a busy test machine must not turn a slow first batch (a new
+        # connection, the script loaded) into a fail-open. The deadline has tests of its own (test_limiter).
+        env.setdefault("RATE_LIMIT_DEADLINE_MS", "5000")
         app = create_app(make_settings(RATE_LIMITS_FILE=policies_file(tmp_path, policies), **env))
         app.router.add_post("/v1/echo", echo)
         return await aiohttp_client(app)
@@ -272,9 +275,7 @@ async def test_refusal_cache_never_refuses_a_bucket_that_has_refilled(make_clien
 
 
 async def test_script_flush_mid_run_causes_no_server_error(make_client: MakeClient, redis: Redis) -> None:
-    # A generous deadline: this test is about NOSCRIPT, and a busy test machine must not turn a
-    # slow reply into a (correct, but here unwanted) fail-open.
-    client = await make_client(RATE_LIMIT_DEADLINE_MS="5000")
+    client = await make_client()
     auths = [await key_for(client, f"tenant-{n}") for n in range(5)]
 
     async def traffic() -> list[int]:
