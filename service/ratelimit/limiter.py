@@ -224,11 +224,12 @@ class Limiter:
 
     async def _run(self, batch: _Batch) -> None:
         try:
-            await self._decide(batch.groups, batch)
+            await self._decide(batch)
         finally:
             self._settle(batch)
 
-    async def _decide(self, groups: Sequence[Group], batch: _Batch) -> None:
+    async def _decide(self, batch: _Batch) -> None:
+        groups = batch.groups
         sent = self._clock()
         started = time.perf_counter()
         # A timer answers the batch at the deadline and then cancels its read (``_expire``): the
