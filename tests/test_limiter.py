@@ -14,7 +14,7 @@ from redis.exceptions import ResponseError
 
 from service.ratelimit.limiter import BATCHES_IN_FLIGHT_MAX, Limiter, Outcome
 from service.ratelimit.policy import parse_policies
-from service.ratelimit.script import ALLOW_OOM_SCRIPT, SCRIPT
+from service.ratelimit.script import ALLOW_OOM_SCRIPT, ALLOW_OOM_SCRIPT_SHA, SCRIPT
 from service.redis import IDLE_CONNECTION_MAX_S
 from tests.servers import SilentServer, redis_url
 
@@ -31,6 +31,10 @@ LIMITER_CLIENT_NAME = f"limiter-test-{uuid.uuid4().hex}"  # finds the limiter's 
 def round_trips(limiter: Limiter) -> float:
     [metric] = limiter.metrics.redis_latency.collect()
     return next(s.value for s in metric.samples if s.name.endswith("_count"))
+
+
+async def _limiter_connection_ids(redis: Redis) -> set[str]:
+    return {client["id"] for client in await redis.client_list() if client["name"] == LIMITER_CLIENT_NAME}
 
 
 @pytest.fixture
@@ -61,8 +65,8 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced_not_failed(
     assert (await limiter.decide("acme", ROUTE)).outcome == Outcome.ALLOWED
     [held] = [client for client in await redis.client_list() if client["name"] == LIMITER_CLIENT_NAME]
     await redis.client_kill_filter(_id=held["id"])  # as a Redis restart or an idle timeout would
-    # Wait until the limiter's idle connection has read the EOF (the state _connection checks).
-    [(idle, _)] = limiter._idle
+    # Wait until the limiter's idle connection has read the EOF (the state KeptConnections checks).
+    [(idle, _)] = limiter._connections.idle
     deadline = time.monotonic() + 5
     while idle._reader is not None and not idle._reader.at_eof():
         assert time.monotonic() < deadline, "the closed connection never read EOF"
@@ -132,6 +136,43 @@ async def test_a_redis_that_cannot_read_the_allow_oom_flag_gets_the_plain_script
     await limiter.close()
 
 
+async def test_warming_up_connects_and_loads_the_script_before_the_first_request(
+    limiter_redis: Redis, redis: Redis
+) -> None:
+    await redis.script_flush()  # a Redis that has not seen the script: the first batch would reload it
+    limiter = Limiter(limiter_redis, deadline_s=1.0)
+
+    await limiter.warm_up(timeout_s=5.0)
+
+    assert await redis.script_exists(ALLOW_OOM_SCRIPT_SHA) == [True]
+    connected = await _limiter_connection_ids(redis)
+    assert len(connected) == BATCHES_IN_FLIGHT_MAX
+    decision = await limiter.decide("acme", ROUTE)
+    assert decision.outcome == Outcome.ALLOWED
+    assert limiter.metrics.redis_errors == {}  # no NOSCRIPT round trip inside the first request's deadline
+    assert await _limiter_connection_ids(redis) == connected  # and no connect: it used one opened already
+    await limiter.close()
+
+
+async def test_warming_up_against_a_redis_that_never_answers_ends_at_its_bound() -> None:
+    server = await SilentServer().start()
+    client = Redis.from_url(f"redis://127.0.0.1:{server.port}/0")
+    limiter = Limiter(client, deadline_s=0.05)
+    try:
+        started = time.monotonic()
+        await limiter.warm_up(timeout_s=0.2)
+        waited_s = time.monotonic() - started
+        decision = await limiter.decide("acme", ROUTE)
+    finally:
+        await limiter.close()
+        await client.aclose()
+        await server.close()
+
+    assert waited_s < 1.0  # its bound (0.2 s), not a wait on the silent server
+    assert decision.outcome == Outcome.FAIL_OPEN  # the batches fall back as on any sick Redis
+    assert limiter.metrics.redis_errors == {"timeout": 1}
+
+
 async def test_a_batch_is_answered_at_its_deadline_even_when_its_cancel_is_lost(
     limiter_redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -160,13 +201,13 @@ async def test_a_connection_idle_past_the_limit_is_replaced_before_a_batch(limit
     now = [0.0]
     limiter = Limiter(limiter_redis, deadline_s=1.0, clock=lambda: now[0])
     assert (await limiter.decide("acme", ROUTE)).outcome == Outcome.ALLOWED
-    [(connection, _)] = limiter._idle
+    [(connection, _)] = limiter._connections.idle
     first_stream = connection._reader
 
     now[0] += IDLE_CONNECTION_MAX_S + 1  # a managed Redis or a NAT may have dropped it silently
     decision = await limiter.decide("acme", ROUTE)
 
-    [(connection, _)] = limiter._idle
+    [(connection, _)] = limiter._connections.idle
     assert decision.outcome == Outcome.ALLOWED
     assert connection._reader is not first_stream  # closed and opened again, not reused as it was
     await limiter.close()

@@ -4,7 +4,7 @@
 writes hand-framed commands to a connection's private ``_writer`` stream and reads raw
 replies from its private ``_parser``, under the caller's one timeout: redis-py's
 ``send_packed_command`` and ``read_response`` add a task per write and a timeout per reply,
-which were most of a small call. ``Limiter`` (``service/ratelimit/limiter.py``) keeps
+which were most of a small call. The limiter (``service/ratelimit/connections.py``) keeps
 connections between batches; before reusing an idle one it asks the private
 ``connection._reader`` whether the server closed it: the public check,
 ``can_read_destructive()`` (what the pool runs when it hands a connection out), cost

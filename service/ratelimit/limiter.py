@@ -33,11 +33,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from service.logging import get_logger
 from service.ratelimit.cluster import ClusterTransport, Group
+from service.ratelimit.connections import KeptConnections
 from service.ratelimit.decision import Decision, Outcome
 from service.ratelimit.metrics import LimiterMetrics
 from service.ratelimit.policy import RouteBuckets
@@ -53,7 +53,6 @@ from service.ratelimit.script import (
     BatchFramer,
     bucket_reply,
 )
-from service.redis import IDLE_CONNECTION_MAX_S, round_trip
 
 __all__ = ["Decision", "Limiter", "Outcome"]
 
@@ -98,15 +97,12 @@ class Limiter:
         cluster: ClusterTransport | None = None,
     ) -> None:
         self._redis = redis
-        self._pool = redis.connection_pool
         self._deadline_s = deadline_s
         self._metrics = metrics or LimiterMetrics()
         self._clock = clock
         # Set: the limiter's Redis is a cluster, and batches go through this (``redis`` is then unused).
         self.cluster = cluster
-        # Connections kept between batches, with when each was last used: the pool's hand-out
-        # check costs a read per batch.
-        self._idle: list[tuple[AbstractConnection, float]] = []
+        self._connections = KeptConnections(redis.connection_pool, clock)
         self._pending: list[_Call] = []
         self._pending_since = 0.0  # loop time the first pending decision was queued: its deadline runs from then
         self._unanswered = 0  # batches sent and neither answered nor given up, at most BATCHES_IN_FLIGHT_MAX
@@ -148,8 +144,7 @@ class Limiter:
         """Wait for batches in flight (each ends by its deadline), then hand the connections back."""
         while self._inflight:  # an answered batch may send the decisions that waited for it
             await asyncio.gather(*self._inflight, return_exceptions=True)
-        while self._idle:
-            await self._pool.release(self._idle.pop()[0])
+        await self._connections.close()
 
     def refuse_locally(self, caller: str, route: RouteBuckets) -> Decision | None:
         """A refusal decided without Redis, when an earlier reply proves a bucket cannot pay yet."""
@@ -286,12 +281,30 @@ class Limiter:
         """A cluster's reply that the call did not run and goes elsewhere or again: ``ratelimit_redis_errors_total``."""
         self._metrics.redis_error(code.lower())
 
-    async def load_script(self, redis: Redis) -> None:
-        """After a ``NOSCRIPT`` reply: load the script on the server behind ``redis``.
+    async def warm_up(self, timeout_s: float) -> None:
+        """Open the connections that batches use and load the script, before requests need them.
 
-        A Redis before 7 refuses the allow-oom flag line, and gets the plain script from then on.
+        Otherwise a new process's first batches connect (TLS and AUTH on a managed Redis) and
+        load the script within the deadline, and on a slow machine or a distant Redis the first
+        requests after a deploy fell back. Bounded by ``timeout_s``; a Redis that does not answer
+        is left to the batches, which fall back as they would on any sick Redis.
         """
+        if self.cluster is not None:
+            return  # the cluster transport connects to each primary itself
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._load(self._redis)
+                await self._connections.open(BATCHES_IN_FLIGHT_MAX)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.info("the rate limiter could not warm up", error=str(exc) or type(exc).__name__)
+
+    async def load_script(self, redis: Redis) -> None:
+        """After a ``NOSCRIPT`` reply: load the script on the server behind ``redis``."""
         self._metrics.redis_error("noscript")
+        await self._load(redis)
+
+    async def _load(self, redis: Redis) -> None:
+        """Load the script; a Redis before 7 refuses the allow-oom flag line, and gets the plain script from then on."""
         try:
             await redis.script_load(self._script)
         except ResponseError:
@@ -302,29 +315,8 @@ class Limiter:
             await redis.script_load(SCRIPT)
 
     async def _send(self, commands: list[bytes]) -> list[Any]:
-        """One round trip; error replies come back in place (a connection failure raises).
-
-        This and ``_connection`` use redis-py's connection API below ``Redis`` (and its
-        private ``_reader``): ``tests/test_redis_contract.py`` pins each member they use.
-        """
-        connection = await self._connection()
-        replies = await round_trip(self._pool, connection, commands)
-        self._idle.append((connection, self._clock()))
-        return replies
-
-    async def _connection(self) -> AbstractConnection:
-        while self._idle:
-            connection, used_at = self._idle.pop()
-            # The public check (can_read_destructive, the pool's) costs a read attempt: ~25 µs, not ~55 ns.
-            reader = connection._reader
-            if reader is not None and not reader.at_eof() and self._clock() - used_at <= IDLE_CONNECTION_MAX_S:
-                return connection
-            # Closed by the server while idle (a restart, a failover), or idle so long that a managed
-            # Redis or a NAT may have dropped it without a word: let the pool renew it.
-            await connection.disconnect(nowait=True)
-            await self._pool.release(connection)
-        fresh: AbstractConnection = await self._pool.get_connection()
-        return fresh
+        """One round trip on a kept connection; error replies come back in place (a connection failure raises)."""
+        return await self._connections.round_trip(commands)
 
     def _warn(self, event: str, **fields: str) -> None:
         """Log a fallback at most once a second: a Redis outage must not flood the logs (metrics count all)."""

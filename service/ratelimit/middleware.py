@@ -136,6 +136,7 @@ async def limiter_ctx(app: web.Application) -> AsyncIterator[None]:
     The limiter's Redis is ``RATE_LIMIT_REDIS_URL`` when set (a single server or a Redis
     Cluster: ``service/ratelimit/limiter_redis.py`` tells which), else the process's own.
     The usage is flushed every few seconds and once more on the way out, within the Redis timeout.
+    The limiter warms up in the background: the process starts while Redis is away.
     """
     settings = app[SETTINGS]
     async with limiter_redis(app, settings) as (client, clusters):
@@ -143,11 +144,14 @@ async def limiter_ctx(app: web.Application) -> AsyncIterator[None]:
         limiter.metrics.register(app[METRICS].registry)
         app[LIMITER] = limiter
         usage = app[LIMIT_USAGE] = LimitUsage(app[REDIS_ONCE])  # a counted increment must not be sent twice
-        flushing = asyncio.get_running_loop().create_task(usage.run())
-        following = asyncio.get_running_loop().create_task(clusters.follow(limiter))
+        loop = asyncio.get_running_loop()
+        warming = loop.create_task(limiter.warm_up(settings.redis_timeout_s))
+        flushing = loop.create_task(usage.run())
+        following = loop.create_task(clusters.follow(limiter))
         try:
             yield
         finally:
+            await cancel_until_done(warming)
             await cancel_until_done(following)
             await cancel_until_done(flushing)
             with contextlib.suppress(TimeoutError):
