@@ -21,6 +21,7 @@ from jobs.queue import (
     TooManyUnfinishedJobs,
 )
 from jobs.registry import InvalidArguments, Registry, Task, UnknownTask
+from jobs.serialization import compact_json
 from service.api.job_error import ErrorSchema
 from service.api.route_docs import v1_operation
 from service.app_keys import IDENTITY, JOB_QUEUE, PLAIN_ENQUEUE, REDIS, REDIS_ONCE, SETTINGS
@@ -164,8 +165,15 @@ def _tenant(request: web.Request) -> str:
     return identity.tenant
 
 
+def _json_response(body: dict[str, Any], status: int = 200, **headers: str) -> web.Response:
+    """``web.json_response`` with orjson (``compact_json``): every job route answers through it."""
+    return web.Response(
+        body=compact_json(body), status=status, content_type="application/json", charset="utf-8", headers=headers
+    )
+
+
 def _job_response(view: JobView, status: int = 200, **headers: str) -> web.Response:
-    return web.json_response(view.to_json(), status=status, headers=headers)
+    return _json_response(view.to_json(), status, **headers)
 
 
 def _not_found(job_id: str) -> Problem:
@@ -316,7 +324,7 @@ async def list_jobs(request: web.Request) -> web.Response:
         )
     except ValueError as exc:
         raise Problem(422, str(exc), type_="validation-error", errors={"cursor": [str(exc)]}) from None
-    return web.json_response({"jobs": [view.to_json() for view in views], "next_cursor": next_cursor})
+    return _json_response({"jobs": [view.to_json() for view in views], "next_cursor": next_cursor})
 
 
 async def _queue_ctx(app: web.Application, *, registry: Registry) -> AsyncIterator[None]:

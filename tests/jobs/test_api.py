@@ -94,6 +94,21 @@ async def test_jobs_and_results_are_stored_as_json_never_pickle(client: Client, 
     assert json.loads(stored_result)["r"]["slept_s"] == 0
 
 
+async def test_a_result_reads_back_exactly_as_the_job_returned_it(client: Client, api_key: str, worker: Worker) -> None:
+    data = {"past_64_bits": 2**64, "below_64_bits": -(2**63) - 1, "fraction": 0.1, "text": "naïve ✓", "none": None}
+    job_id = await enqueue(client, api_key, "test.echo", {"data": data})
+
+    done = await wait_for(client, api_key, job_id)
+    listed = await client.get("/v1/jobs", headers=auth(api_key))
+
+    assert done["status"] == "complete"
+    assert done["result"] == data
+    assert type(done["result"]["past_64_bits"]) is int  # not rounded to a float on the way
+    assert listed.headers["Content-Type"] == "application/json; charset=utf-8"
+    [entry] = [entry for entry in (await listed.json())["jobs"] if entry["id"] == job_id]
+    assert entry["result"] == data
+
+
 async def test_deleting_a_queued_job_aborts_it_and_it_never_runs(client: Client, api_key: str) -> None:
     # A worker without cron: a cron slot inside the test (the canary's, every 15 minutes) would add to its count.
     async with running_worker(jobs_settings(ENABLE_CRON="false")) as worker:

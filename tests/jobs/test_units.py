@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from jobs import heartbeat
 from jobs.redis_keys import WORKERS_KEY, worker_key
-from jobs.serialization import deserialize, error_of, iso_from_ms, serialize
+from jobs.serialization import compact_json, deserialize, error_of, from_json, iso_from_ms, serialize
 from jobs.webhook import _retry_after_s
 from tests.conftest import ROOT
 
@@ -41,6 +44,36 @@ def test_nan_and_infinity_are_refused_by_the_serializer(number: float) -> None:
 def test_non_json_results_are_refused_by_the_serializer() -> None:
     with pytest.raises(TypeError):
         serialize({"r": object()})
+
+
+# What a job's arguments or result can hold: JSON's types, integers of any size (Python's are unbounded).
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(JSON_VALUES)
+def test_the_fast_json_reader_and_writer_agree_with_the_standard_library(value: object) -> None:
+    text = json.dumps(value).encode()
+    read = from_json(text)
+    assert read == json.loads(text)
+    assert repr(read) == repr(json.loads(text))  # the same types too: 2**64 stays an int, never a float
+    assert json.loads(compact_json(read)) == read
+
+
+@pytest.mark.parametrize("number", [2**64, -(2**63) - 1, 10**30, -(10**19)])
+def test_integers_past_64_bits_are_read_and_written_exactly(number: int) -> None:
+    text = json.dumps({"n": number, "list": [number]}).encode()
+    assert from_json(text) == {"n": number, "list": [number]}
+    assert compact_json(from_json(text)) == json.dumps({"n": number, "list": [number]}, separators=(",", ":")).encode()
+
+
+def test_text_the_fast_reader_refuses_is_read_or_refused_as_the_standard_library_does() -> None:
+    assert from_json(b'"\\ud800"') == "\ud800"  # a lone surrogate, which orjson refuses
+    with pytest.raises(json.JSONDecodeError):
+        from_json(b'{"a": ')
 
 
 def test_timestamps_are_iso_8601_utc() -> None:
