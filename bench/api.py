@@ -25,7 +25,9 @@ Per scenario and round (``ROUNDS`` of them; each figure is the median), one time
 ``SECONDS`` (requests/s, latency, CPU of the serve process from ``/proc/<pid>/stat``, Redis
 CPU and server-side commands from ``INFO`` deltas), then a ``COUNT_SECONDS`` counting run
 with a ``MONITOR`` tap that tells the commands the process sent from those Redis scripts
-ran (``bench.redis_stats``). Prints the table, the limiter's cost, issue 11's targets
+ran (``bench.redis_stats``). Each scenario's ratios divide by a bare run of ``PAIRED_SECONDS``
+taken right beside it (before it; the first one, after): on a shared VM the machine's speed drifts, over the minutes of a
+round, by more than the effects measured. Prints the table, the limiter's cost, issue 11's targets
 beside the figures, and appends it all to ``bench/RESULTS.md``.
 """
 
@@ -67,6 +69,7 @@ TINY: dict[str, float] = {"capacity": 10, "per_second": 0.1}
 POST_BODY = json.dumps({"task": "diagnostics.ping", "args": {}})
 BARE_PATH = "/"
 SETTLE_S = 0.5  # after a run, for the requests still in flight to be answered (p99 is far below)
+PAIRED_SECONDS = 4  # the bare run taken just before each scenario, which its ratios divide by
 
 
 @dataclass(frozen=True)
@@ -382,14 +385,30 @@ def _trouble(log: bytes, metrics: Counter[str]) -> Counter[str]:
     return trouble
 
 
-def run_bare(loop: str, probe: RedisProbe, folder: Path, method: str = "GET", body: str = "") -> dict[str, Any]:
+@contextmanager
+def _bare(loop: str, folder: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     port = harness.free_port()
     command = [sys.executable, "-m", "bench.harness", "bare", str(port), BARE_PATH, loop]
     env = {**os.environ, "PYTHONPATH": str(harness.ROOT)}
     with _running(command, env, port, folder / "bare.log") as process:
+        yield process, port
+
+
+def run_bare(loop: str, probe: RedisProbe, folder: Path, method: str = "GET", body: str = "") -> dict[str, Any]:
+    with _bare(loop, folder) as (process, port):
         result = measure(process, (port,), folder / "bare.targets", probe, method, body)
     result["log_lines"] = 0
+    result["bare_rps"] = result["rps"]
     return result
+
+
+def bare_rps(loop: str, folder: Path) -> float:
+    """Requests/s of the bare handler in a short run: what the next scenario's ratios divide by."""
+    with _bare(loop, folder) as (_, port):
+        targets = folder / "bare.targets"
+        _first_request(port, targets, "GET", "")
+        timed = harness.load(port, targets, PAIRED_SECONDS)
+    return timed["requests"] / timed["seconds"]
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -405,10 +424,13 @@ def _met(value: float, comparison: str, bound: float) -> str:
 
 
 def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """One round's ratios by scenario: ÷ bare, and ÷ the same stack with the limiter off where there is one."""
-    ratios = {label: {"vs_bare": r["rps"] / results[BARE]["rps"]} for label, r in results.items()}
+    """One round's ratios by scenario: ÷ the bare run just before it, and ÷ the same stack with the limiter off
+    where there is one (each of the two first divided by its own bare run). The bare POST divides by the bare GET
+    run beside it, and ``POST /v1/jobs`` by that bare POST."""
+    ratios = {label: {"vs_bare": r["rps"] / r["bare_rps"]} for label, r in results.items()}
+    ratios[BARE_POST]["vs_bare"] = results[BARE_POST]["rps"] / results[BARE]["rps"]
     for label, off in ((JOB, JOB_OFF), (HOT, JOB_OFF), (RATE_LIMIT, RATE_LIMIT_OFF)):
-        ratios[label]["vs_off"] = results[label]["rps"] / results[off]["rps"]
+        ratios[label]["vs_off"] = ratios[label]["vs_bare"] / ratios[off]["vs_bare"]
     ratios[POST]["vs_bare_post"] = results[POST]["rps"] / results[BARE_POST]["rps"]
     return ratios
 
@@ -442,7 +464,9 @@ def report(rows: dict[str, dict[str, Any]], machine: str, loop: str) -> str:
         f"{COUNT_SECONDS} s counting run with a MONITOR tap; loopback; one server process each, {loop} event loop "
         f"(as loaded in serve); private redis-server on a unix socket. {ROUNDS} rounds of every scenario, the bare "
         "handler included: each row is the scenario's median round by requests/s, each ratio the median of the "
-        "rounds' ratios (its range beside it).",
+        f"rounds' ratios (its range beside it). Each scenario's ratios divide by a {PAIRED_SECONDS} s run of the "
+        "bare handler taken right beside it (the limiter's on ÷ off divides the two scenarios' ratios), as the "
+        "machine's speed drifts over a round by more than the effects measured.",
         "",
         "serve: `python -m service serve` with fly.toml's [env] ("
         + ", ".join(f"{k}={v}" for k, v in fly_env().items())
@@ -558,11 +582,12 @@ def main() -> None:
                 results: dict[str, dict[str, Any]] = {}
                 for scenario in SCENARIOS:
                     _progress(f"api bench, round {round_number} of {ROUNDS}: {scenario.label} ...")
-                    results[scenario.label] = run_serve(scenario, probe, folder)
-                loops = {r["loop"] for r in results.values()} | ({loop} if loop else set())
-                if len(loops) != 1:
-                    raise RuntimeError(f"serve ran on different event loops: {sorted(loops)}")
-                loop = loops.pop()
+                    paired = bare_rps(loop, folder) if loop else None  # the first scenario ever finds the loop
+                    results[scenario.label] = result = run_serve(scenario, probe, folder)
+                    if loop and result["loop"] != loop:
+                        raise RuntimeError(f"serve ran on different event loops: {loop} and {result['loop']}")
+                    loop = result["loop"]
+                    result["bare_rps"] = paired if paired is not None else bare_rps(loop, folder)
                 _progress(f"api bench, round {round_number} of {ROUNDS}: {BARE} and {BARE_POST} ({loop}) ...")
                 bare = run_bare(loop, probe, folder)
                 bare_post = run_bare(loop, probe, folder, "POST", POST_BODY)
