@@ -11,7 +11,7 @@ Three ways in, checked in this order:
    something also needs the session's CSRF token in ``X-CSRF-Token``, which only a page of
    this origin can read (from the dashboard's HTML). SameSite=Strict alone is not enough: every port of ``localhost`` is
    the same *site*, so a page of another local server would get the cookie sent.
-3. Loopback without credentials (``service.auth.require_internal``), unless a web page made
+3. Loopback without credentials (``service.callers.require_internal``), unless a web page made
    the request (it carries ``Origin``, or ``Sec-Fetch-Site`` other than ``none``). The
    browser is on loopback too, so without that rule any site the operator visits could
    POST to ``http://127.0.0.1:8080/internal/cron/.../pause``, and a DNS-rebinding page
@@ -25,7 +25,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from service.app_keys import OPERATOR_SESSIONS, SETTINGS
-from service.auth import bearer_token_matches, require_internal
+from service.callers import bearer_token_matches, require_internal
 from service.errors import Problem
 from service.sessions import COOKIE_NAME, CSRF_HEADER, Session
 

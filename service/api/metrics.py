@@ -13,7 +13,7 @@ from aiohttp import web
 
 from jobs.fleet_metrics import FleetMetrics
 from service.app_keys import CRON_STORE, FLEET_METRICS, METRICS, REDIS, SETTINGS
-from service.auth import require_internal
+from service.callers import require_internal
 from service.metrics import CONTENT_TYPE
 from service.openapi import Access, Answer, operation
 

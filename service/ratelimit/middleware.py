@@ -31,7 +31,7 @@ from service.app_keys import (
     REDIS_ONCE,
     SETTINGS,
 )
-from service.auth import address_caller, client_address, key_required, presented_key
+from service.callers import address_caller, client_address, key_required, presented_key
 from service.errors import PROBLEM_CONTENT_TYPE, Problem, problem_body
 from service.ratelimit.decision import Decision, Outcome
 from service.ratelimit.limiter import Limiter
