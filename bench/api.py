@@ -26,9 +26,10 @@ Per scenario and round (``ROUNDS`` of them; each figure is the median), one time
 CPU and server-side commands from ``INFO`` deltas), then a ``COUNT_SECONDS`` counting run
 with a ``MONITOR`` tap that tells the commands the process sent from those Redis scripts
 ran (``bench.redis_stats``). Each scenario's ratios divide by a bare run of ``PAIRED_SECONDS``
-taken right beside it (before it; the first one, after): on a shared VM the machine's speed drifts, over the minutes of a
-round, by more than the effects measured. Prints the table, the limiter's cost, issue 11's targets
-beside the figures, and appends it all to ``bench/RESULTS.md``.
+taken right beside it (before it; the first one, after): on a shared VM the machine's speed
+drifts, over the minutes of a round, by more than the effects measured. Prints the table,
+the limiter's cost, issue 11's targets beside the figures, and appends it all to
+``bench/RESULTS.md``.
 """
 
 from __future__ import annotations
