@@ -12,12 +12,15 @@ Redis round trip per request. Every web process listens for revocations
 for a revocation sent while a process was not listening. A key in use is read again in
 the background once its look-up is ``REFRESH_AFTER_S`` old, so that its requests do not
 wait on Redis each time the look-up expires; none is served from the cache past its expiry.
+That age is spread over the ``REFRESH_SPREAD_S`` before it: keys first used together (a
+deploy, a client starting many workers) are then not all read again in the same moment.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
 import re
 import secrets
 import time
@@ -38,6 +41,7 @@ KEY_LEN = len(KEY_PREFIX) + 48
 PREFIX_LEN = len(KEY_PREFIX) + 8
 CACHE_TTL_S = 10.0
 REFRESH_AFTER_S = 7.0
+REFRESH_SPREAD_S = 2.0
 NEGATIVE_CACHE_TTL_S = 2.0
 TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 PLAN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # as a policy file names its plans
@@ -165,7 +169,10 @@ class ApiKeyStore:
             return identity
         if len(self._cache) >= _CACHE_MAX:
             self._cache.clear()
-        ttl_s, refresh_s = (CACHE_TTL_S, REFRESH_AFTER_S) if identity else (NEGATIVE_CACHE_TTL_S, NEGATIVE_CACHE_TTL_S)
+        if identity:
+            ttl_s, refresh_s = CACHE_TTL_S, REFRESH_AFTER_S - REFRESH_SPREAD_S * random.random()
+        else:
+            ttl_s = refresh_s = NEGATIVE_CACHE_TTL_S
         self._cache[digest] = (now + refresh_s, now + ttl_s, identity)
         return identity
 

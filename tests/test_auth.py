@@ -119,7 +119,7 @@ async def test_a_refreshed_look_up_renews_its_expiry_and_a_revocation_during_the
     await _refreshed(store)
     digest = hashlib.sha256(key.encode()).hexdigest()
     refresh_at, expires_at, _ = store._cache[digest]
-    assert refresh_at > time.monotonic() + auth.REFRESH_AFTER_S - 1
+    assert refresh_at > time.monotonic() + auth.REFRESH_AFTER_S - auth.REFRESH_SPREAD_S - 1
     assert expires_at > refresh_at
 
     _age(store, key, auth.REFRESH_AFTER_S + 1)
@@ -128,6 +128,20 @@ async def test_a_refreshed_look_up_renews_its_expiry_and_a_revocation_during_the
     store.forget(digest)
     await _refreshed(store)
     assert digest not in store._cache  # what Redis answered before the revocation is not cached
+
+
+async def test_keys_first_read_together_are_read_again_at_spread_times(redis: Redis) -> None:
+    store = auth.ApiKeyStore(redis)
+    keys = [await store.create(f"tenant-{n}") for n in range(50)]
+    started = time.monotonic()
+    await asyncio.gather(*(store.lookup(key) for key in keys))
+
+    refresh_in_s = sorted(refresh_at - started for refresh_at, _, _ in store._cache.values())
+
+    assert len(refresh_in_s) == 50
+    assert refresh_in_s[0] >= auth.REFRESH_AFTER_S - auth.REFRESH_SPREAD_S
+    assert refresh_in_s[-1] <= auth.REFRESH_AFTER_S + 1
+    assert refresh_in_s[-1] - refresh_in_s[0] > auth.REFRESH_SPREAD_S / 2  # not one burst of reads every 7 s
 
 
 async def test_closing_the_store_stops_its_refreshes(redis: Redis) -> None:
