@@ -137,7 +137,19 @@ class ApiKeyStore:
         """
         if not _well_formed(key):
             return None
+        return self._cached(_digest(key))
+
+    async def lookup(self, key: str) -> Identity | None:
+        """The identity of ``key``, or ``None`` when it is unknown or revoked."""
+        if not _well_formed(key):
+            return None
         digest = _digest(key)
+        try:
+            return self._cached(digest)
+        except KeyError:
+            return await self._read(digest)
+
+    def _cached(self, digest: str) -> Identity | None:
         cached = self._cache.get(digest)
         if cached is None:
             raise KeyError("not cached")
@@ -148,14 +160,6 @@ class ApiKeyStore:
                 raise KeyError("expired")
             self._refresh(digest)
         return identity
-
-    async def lookup(self, key: str) -> Identity | None:
-        """The identity of ``key``, or ``None`` when it is unknown or revoked."""
-        try:
-            return self.cached(key)
-        except KeyError:
-            pass
-        return await self._read(_digest(key))
 
     async def _read(self, digest: str) -> Identity | None:
         """The identity of the key with ``digest``, from Redis, into the cache (unless a revocation overlapped)."""
