@@ -19,6 +19,7 @@ import orjson
 
 __all__ = [
     "ABORTED",
+    "NOT_READ",
     "compact_json",
     "deserialize",
     "error_of",
@@ -26,6 +27,7 @@ __all__ = [
     "iso",
     "iso_from_ms",
     "job_payload",
+    "read_fast",
     "serialize",
     "stored_error",
     "to_json",
@@ -64,19 +66,31 @@ def to_json(value: Any) -> bytes:
     return json.dumps(value, default=_encode, separators=(",", ":"), allow_nan=False).encode()
 
 
-def from_json(raw: bytes) -> Any:
-    """The value of JSON text exactly as ``json.loads`` reads it, in a fifth of the time (orjson).
+# What ``read_fast`` returns for text it leaves to the standard library.
+NOT_READ: Any = object()
+
+
+def read_fast(raw: bytes) -> Any:
+    """The value of JSON text as ``json.loads`` reads it, in a fifth of the time (orjson); ``NOT_READ`` when
+    orjson could read it otherwise or not at all.
 
     orjson reads an integer past 64 bits as a float, losing digits, so text with a run of 19
-    digits (the shortest that can be one) goes to the standard library, as does text orjson
-    refuses (NaN, lone surrogates), which the standard library reads or refuses with its error.
+    digits (the shortest that can be one) is not read here. Nor is text orjson refuses: what
+    is not strict JSON (``NaN``, ``1e999``, a trailing comma), a lone surrogate, invalid UTF-8,
+    nesting past 1,024 levels; the standard library reads it or says why not.
     """
-    if _LONG_DIGITS.search(raw) is None:
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            pass
-    return json.loads(raw)
+    if _LONG_DIGITS.search(raw) is not None:
+        return NOT_READ
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return NOT_READ
+
+
+def from_json(raw: bytes) -> Any:
+    """The value of JSON text exactly as ``json.loads`` reads it, through ``read_fast`` when it can."""
+    value = read_fast(raw)
+    return json.loads(raw) if value is NOT_READ else value
 
 
 def compact_json(value: Any) -> bytes:

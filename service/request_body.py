@@ -31,6 +31,7 @@ from marshmallow import Schema
 from webargs import core
 from webargs.aiohttpparser import AIOHTTPParser
 
+from jobs.serialization import NOT_READ, read_fast
 from service.app_keys import SETTINGS
 from service.errors import ClientDisconnected, Problem
 
@@ -79,13 +80,29 @@ def _not_json(reason: str) -> Problem:
 
 
 def parse_json(body: bytes) -> Any:
-    """``body`` as strict JSON; a 400 ``Problem`` that says why not."""
+    """``body`` as strict JSON; a 400 ``Problem`` that says why not.
+
+    orjson reads most bodies (``read_fast``), and refuses everything refused here: a body it
+    reads is strict JSON. What it leaves, ``_read_strictly`` reads or refuses with the reason.
+    """
+    value = read_fast(body)
+    if value is NOT_READ:
+        value = _read_strictly(body)
+    # Counting brackets is cheap and bounds the depth from above (a string may hold some),
+    # so only a body with many of them pays for the exact walk.
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and _deeper_than(value, MAX_JSON_DEPTH):
+        raise _not_json(f"it nests deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def _read_strictly(body: bytes) -> Any:
+    """``body`` read by the standard library, held to strict JSON; a 400 ``Problem`` that says why not."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _not_json(f"it is not UTF-8 (byte {exc.start})") from None
     try:
-        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:
         raise _not_json(f"it nests deeper than {MAX_JSON_DEPTH} levels") from None
     except json.JSONDecodeError as exc:
@@ -94,11 +111,6 @@ def parse_json(body: bytes) -> Any:
         raise _not_json(str(exc)) from None
     except ValueError:  # int() of a number longer than sys.get_int_max_str_digits()
         raise _not_json("a number has too many digits") from None
-    # Counting brackets is cheap and bounds the depth from above (a string may hold some),
-    # so only a body with many of them pays for the exact walk.
-    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _deeper_than(value, MAX_JSON_DEPTH):
-        raise _not_json(f"it nests deeper than {MAX_JSON_DEPTH} levels")
-    return value
 
 
 def _require_json_media_type(request: web.Request) -> None:
