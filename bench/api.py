@@ -320,6 +320,7 @@ def measure(
         rps=timed["requests"] / timed["seconds"],
         failed_share=failed / served,
         cpu_us=(user_after - user_before + system_after - system_before) * 1e6 / served,
+        busy=(user_after - user_before + system_after - system_before) / timed["seconds"],
         system_us=(system_after - system_before) * 1e6 / served,
         redis_cpu_us=(redis_cpu_after - redis_cpu_before) * 1e6 / served,
         server_commands=commands,
@@ -481,7 +482,9 @@ def report(rows: dict[str, dict[str, Any]], machine: str, loop: str) -> str:
         "Per-request CPU divides by the requests serve answered in the window (its /metrics count), commands by "
         "the requests answered without a 5xx (a 503 for want of a Redis connection sends none of its route's "
         "commands). "
-        "Server CPU: utime + stime of the serve process from /proc. Redis commands, server-side: INFO commandstats "
+        "Server CPU: utime + stime of the serve process from /proc; server busy: those CPU seconds per second of "
+        "the timed run (1.00: the process never waited; below it, it waited for Redis or for the load generator "
+        "with no request it could work on). Redis commands, server-side: INFO commandstats "
         "deltas over the timed run (every command Redis ran, those its scripts ran included; the bench's INFO left "
         "out); client-sent: the counting run's MONITOR tap, a script call counting once (beside it, the share of "
         "that run's requests serve answered 5xx, when not negligible). The missing id "
@@ -490,16 +493,16 @@ def report(rows: dict[str, dict[str, Any]], machine: str, loop: str) -> str:
         "also holds answers to requests the generator abandoned when it stopped.",
         "",
         "| scenario | requests/s | ÷ bare (rounds) | p50 ms | p99 ms | server CPU µs/request (of it system) "
-        "| Redis CPU µs/request | non-2xx (5xx by serve's count) | Redis commands/request, server-side "
+        "| server busy | Redis CPU µs/request | non-2xx (5xx by serve's count) | Redis commands/request, server-side "
         "| Redis commands/request, client-sent | access-log lines/request |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, r in rows.items():
         logged = f"{r['log_lines'] / r['metrics']['answered']:.2f}" if r["metrics"] else "off"
         lines.append(
             f"| {label} | {r['rps']:,.0f} | {r['vs_bare']:.2f} ({_range(r, 'vs_bare')}) "
             f"| {r['p50_us'] / 1000:.2f} | {r['p99_us'] / 1000:.2f} "
-            f"| {r['cpu_us']:.0f} ({r['system_us']:.0f}) | {r['redis_cpu_us']:.1f} "
+            f"| {r['cpu_us']:.0f} ({r['system_us']:.0f}) | {r['busy']:.2f} | {r['redis_cpu_us']:.1f} "
             f"| {r['non_2xx'] / max(1, r['requests']):.1%} ({r['failed_share']:.1%}) "
             f"| {r['server_cmds']:.2f} | {r['client_cmds']:.2f}{_failed(r['count_failed_share'])} | {logged} |"
         )
