@@ -8,13 +8,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from redis.asyncio import ConnectionPool, Redis
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, Connection
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
 import service.script_calls
 from service.redis import Pool, connection_pool, round_trip
-from service.script_calls import BATCHES_IN_FLIGHT_MAX, Script, ScriptCalls
+from service.script_calls import BATCHES_IN_FLIGHT_MAX, Script, ScriptCalls, Value
 from service.settings import RedisURL
 from tests.servers import SilentServer, new_redis_server, redis_url
 
@@ -73,6 +75,17 @@ async def test_keys_and_arguments_are_encoded_as_redis_py_encodes_them(redis: Re
     with pytest.raises(TypeError, match="bool"):
         calls.call(ECHO, ["k"], [True, 1])
     await calls.close()
+
+
+_VALUES = st.lists(
+    st.text() | st.binary() | st.integers() | st.floats(allow_nan=False, allow_infinity=False), max_size=12
+)
+
+
+@given(keys=_VALUES, args=_VALUES)
+def test_a_call_is_framed_as_redis_py_packs_the_same_command(keys: list[Value], args: list[Value]) -> None:
+    packed = Connection().pack_command("EVALSHA", ECHO.sha, len(keys), *keys, *args)
+    assert ECHO.frame(keys, args) == b"".join(packed)
 
 
 async def test_an_error_reply_is_raised_to_its_caller_alone(redis: Redis, round_trips: list[int]) -> None:
