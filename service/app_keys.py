@@ -47,3 +47,5 @@ IDENTITY: web.RequestKey[Identity | None] = web.RequestKey("identity")
 RATE_LIMIT: web.RequestKey[Decision] = web.RequestKey("rate_limit")
 # POST /v1/jobs's quick check: the body as its schema loads it, and the Idempotency-Key.
 PLAIN_ENQUEUE: web.RequestKey[tuple[dict[str, Any], str | None]] = web.RequestKey("plain_enqueue")
+# GET /v1/jobs's quick check: the query as its schema loads it.
+PLAIN_LIST: web.RequestKey[dict[str, Any]] = web.RequestKey("plain_list")

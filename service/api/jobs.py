@@ -10,6 +10,7 @@ from typing import Any, cast
 from aiohttp import web
 from aiohttp_apigami import request_schema
 from marshmallow import EXCLUDE, Schema, fields, validate
+from multidict import MultiMapping
 
 from jobs.queue import (
     MAX_DEFER_S,
@@ -24,12 +25,12 @@ from jobs.registry import InvalidArguments, Registry, Task, UnknownTask
 from jobs.serialization import compact_json
 from service.api.job_error import ErrorSchema
 from service.api.route_docs import v1_operation
-from service.app_keys import IDENTITY, JOB_QUEUE, PLAIN_ENQUEUE, REDIS, REDIS_ONCE, SETTINGS
+from service.app_keys import IDENTITY, JOB_QUEUE, PLAIN_ENQUEUE, PLAIN_LIST, REDIS, REDIS_ONCE, SETTINGS
 from service.errors import Problem
 from service.openapi import Answer, TaggedUnion
 from service.request_body import read_json
 
-__all__ = ["enqueue_body", "enqueue_for", "plain_enqueue", "setup"]
+__all__ = ["enqueue_body", "enqueue_for", "plain_enqueue", "plain_list_query", "setup"]
 
 # 1 to 255 printable ASCII characters. HTTP drops spaces at either end of a header value,
 # so a key cannot begin or end with one: the server would see another key.
@@ -80,9 +81,13 @@ class JobSchema(Schema):
     error = fields.Nested(ErrorSchema)
 
 
+LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX = 20, 100
+_CURSOR = re.compile(rf"[A-Za-z0-9_-]{{1,{CURSOR_MAX}}}")
+
+
 class ListQuerySchema(Schema):
     status = fields.String(validate=validate.OneOf(STATUSES))
-    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    limit = fields.Integer(load_default=LIST_LIMIT_DEFAULT, validate=validate.Range(min=1, max=LIST_LIMIT_MAX))
     cursor = fields.String(
         validate=[validate.Length(min=1, max=CURSOR_MAX), validate.Regexp(r"^[A-Za-z0-9_-]+$")],
         metadata={"description": "The `next_cursor` of the previous page: opaque, only one this API handed out."},
@@ -157,6 +162,47 @@ def plain_enqueue(body: Any, key: str | None) -> tuple[dict[str, Any], str | Non
     if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
         return None
     return {"task": task, "args": args, "defer_seconds": float(defer_s)}, key
+
+
+_LIST_FIELDS = frozenset(ListQuerySchema._declared_fields)
+
+
+async def _list_is_plain(request: web.Request) -> bool:
+    """``GET /v1/jobs``'s quick check (``operation``): ``plain_list_query`` of its query, into
+    ``request[PLAIN_LIST]``."""
+    plain = plain_list_query(request.query)
+    if plain is None:
+        return False
+    request[PLAIN_LIST] = plain
+    return True
+
+
+def plain_list_query(query: MultiMapping[str]) -> dict[str, Any] | None:
+    """The query as ``ListQuerySchema`` would load it, when that is plain to see; else ``None``.
+
+    Each of ``status``, ``limit`` and ``cursor`` at most once, with nothing else: a known
+    status, a limit of 1 to 3 ASCII digits in range, a cursor of the characters one is made
+    of. Anything else goes to the schema, which refuses it in its own words (or accepts it).
+    """
+    if len(query) > len(_LIST_FIELDS) or not query.keys() <= _LIST_FIELDS or len(set(query)) != len(query):
+        return None
+    plain: dict[str, Any] = {"limit": LIST_LIMIT_DEFAULT}
+    limit = query.get("limit")
+    if limit is not None:
+        if not (0 < len(limit) <= 3 and limit.isascii() and limit.isdigit() and 1 <= int(limit) <= LIST_LIMIT_MAX):
+            return None
+        plain["limit"] = int(limit)
+    status = query.get("status")
+    if status is not None:
+        if status not in STATUSES:
+            return None
+        plain["status"] = status
+    cursor = query.get("cursor")
+    if cursor is not None:
+        if not _CURSOR.fullmatch(cursor):
+            return None
+        plain["cursor"] = cursor
+    return plain
 
 
 def _tenant(request: web.Request) -> str:
@@ -314,10 +360,11 @@ async def delete_job(request: web.Request) -> web.Response:
     description="`next_cursor` is null on the last page; pass it as `cursor` to get the next one.",
     answers=[Answer(200, "A page of jobs.", JobListSchema)],
     problems={422: "A query parameter out of range, or a `cursor` this API did not hand out."},
+    quick_check=_list_is_plain,
 )
 @request_schema(ListQuerySchema, location="querystring")
 async def list_jobs(request: web.Request) -> web.Response:
-    query: dict[str, Any] = request["data"]
+    query: dict[str, Any] = request.get(PLAIN_LIST) or request["data"]
     try:
         views, next_cursor = await request.app[JOB_QUEUE].list_jobs(
             _tenant(request), status=query.get("status"), limit=query["limit"], cursor=query.get("cursor")
