@@ -83,7 +83,7 @@ class Script:
         """One ``EVALSHA`` of this script with ``keys`` and ``args``, framed as RESP.
 
         Most values are ASCII text (keys, ids) or integers: those are framed as text and
-        encoded together, which costs a third less than framing each as bytes; the rest
+        encoded together, which costs a fifth less than framing each as bytes; the rest
         (bytes, other text, floats) one by one with ``_bulk``.
         """
         key_count = str(len(keys)).encode()
