@@ -238,8 +238,11 @@ def test_short_password_warning_never_shows_the_password() -> None:
     assert "hunter2-pw" not in password.detail + password.advice
 
 
+# Filled well past each bound (80%, 95%): used memory moves between the fill and the check (buffers
+# freed), and 0.96 once read as 0.95- in CI. A batch of the fill is 1.3% of maxmemory, so 0.97
+# still stops short of noeviction's refusals.
 @pytest.mark.parametrize(
-    ("ratio", "status", "exit_code"), [(0.85, "warning", 0), (0.96, "problem", 1)], ids=["warning", "problem"]
+    ("ratio", "status", "exit_code"), [(0.85, "warning", 0), (0.97, "problem", 1)], ids=["warning", "problem"]
 )
 async def test_memory_warns_from_80_percent_and_is_a_problem_from_95(ratio: float, status: str, exit_code: int) -> None:
     server = new_redis_server("--appendonly", "yes", "--maxmemory", "4mb", "--maxmemory-policy", "noeviction")
