@@ -16,7 +16,7 @@ import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 from aiohttp import web
 from aiohttp_apigami import docs, setup_aiohttp_apispec
@@ -27,15 +27,13 @@ from marshmallow import INCLUDE, Schema, fields, validate
 from service import __version__
 from service.errors import PROBLEM_TYPE_BASE, Problem
 from service.request_body import JsonBodyParser
-from service.request_validation import QuickCheck, validating
+from service.request_validation import Handler, QuickCheck, validating
 from service.settings import SERVICE_NAME
 
 __all__ = ["REDIS_DOWN", "Access", "Answer", "TaggedUnion", "operation", "schema_ref", "setup"]
 
 # What a 503 of an operation that needs Redis means, when nothing else can make it one.
 REDIS_DOWN = "Redis cannot answer now; retry after `Retry-After`."
-
-Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 

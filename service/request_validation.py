@@ -15,8 +15,9 @@ from typing import Any, TypeVar, cast
 from aiohttp import web
 from aiohttp_apigami import validation_middleware
 
-__all__ = ["QuickCheck", "validating"]
+__all__ = ["Handler", "QuickCheck", "validating"]
 
+# A request handler (or a decorator's argument) whose type the decorators keep.
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 # A route's quick test of its common request: True when it has filled in what the schemas would.
 QuickCheck = Callable[[web.Request], Awaitable[bool]]

@@ -11,15 +11,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any
 
 from marshmallow import Schema
 
 from service.openapi import REDIS_DOWN, Access, Answer, operation
+from service.request_validation import Handler
 
 __all__ = ["browser_operation", "operator_operation", "query_parameter", "v1_operation"]
-
-Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 v1_operation = functools.partial(operation, access=Access.API_KEY)
 browser_operation = functools.partial(operation, tags=["dashboard"], access=Access.PUBLIC)
