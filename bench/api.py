@@ -315,12 +315,13 @@ def measure(
     served = max(1.0, _answered(after, timed["requests"]) - _answered(before, 0))
     failed = (after or Counter())["5xx"] - (before or Counter())["5xx"]
     commands = delta(calls_before, calls_after)
+    cpu_s = user_after - user_before + system_after - system_before
     result.update(timed)
     result.update(
         rps=timed["requests"] / timed["seconds"],
         failed_share=failed / served,
-        cpu_us=(user_after - user_before + system_after - system_before) * 1e6 / served,
-        busy=(user_after - user_before + system_after - system_before) / timed["seconds"],
+        cpu_us=cpu_s * 1e6 / served,
+        busy=cpu_s / timed["seconds"],
         system_us=(system_after - system_before) * 1e6 / served,
         redis_cpu_us=(redis_cpu_after - redis_cpu_before) * 1e6 / served,
         server_commands=commands,
