@@ -32,8 +32,9 @@ redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
 redis.call('ZREM', KEYS[10], ARGV[1])
-redis.call('LPUSH', KEYS[8], ARGV[3])
-redis.call('LTRIM', KEYS[8], 0, tonumber(ARGV[5]) - 1)
+if redis.call('LPUSH', KEYS[8], ARGV[3]) > tonumber(ARGV[5]) then
+  redis.call('LTRIM', KEYS[8], 0, tonumber(ARGV[5]) - 1)
+end
 redis.call('HINCRBY', state, name .. ':n:' .. ARGV[4], 1)
 if ARGV[4] == 'complete' then
   redis.call('HSET', state, name .. ':ok', ARGV[9])
@@ -59,6 +60,7 @@ redis.call('ZADD', KEYS[10], ARGV[8], ARGV[6])
 redis.call('ZADD', KEYS[11], 'NX', 0, ARGV[11])
 redis.call('HSET', state, name, ARGV[6])
 -- Idle workers wait for what they knew of when they last looked: tell one about this run.
-redis.call('LPUSH', KEYS[6], '1')
-redis.call('LTRIM', KEYS[6], 0, tonumber(ARGV[10]) - 1)
+if redis.call('LPUSH', KEYS[6], '1') > tonumber(ARGV[10]) then
+  redis.call('LTRIM', KEYS[6], 0, tonumber(ARGV[10]) - 1)
+end
 return ARGV[6]

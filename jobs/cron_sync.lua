@@ -98,7 +98,8 @@ if full then
 end
 
 if #created > 0 then
-  redis.call('LPUSH', KEYS[3], '1')
-  redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[5]) - 1)
+  if redis.call('LPUSH', KEYS[3], '1') > tonumber(ARGV[5]) then
+    redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[5]) - 1)
+  end
 end
 return created

@@ -59,6 +59,7 @@ redis.call('ZADD', KEYS[7], 'NX', 0, ARGV[11])
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[6])
 redis.call('EXPIRE', KEYS[3], ARGV[7])
-redis.call('LPUSH', KEYS[5], '1')
-redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[10]) - 1)
+if redis.call('LPUSH', KEYS[5], '1') > tonumber(ARGV[10]) then
+  redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[10]) - 1)
+end
 return {1}

@@ -72,7 +72,8 @@ else
   if ARGV[7] == '1' then
     redis.call('DECR', KEYS[3])
   end
-  redis.call('LPUSH', KEYS[7], '1')
-  redis.call('LTRIM', KEYS[7], 0, tonumber(ARGV[8]) - 1)
+  if redis.call('LPUSH', KEYS[7], '1') > tonumber(ARGV[8]) then
+    redis.call('LTRIM', KEYS[7], 0, tonumber(ARGV[8]) - 1)
+  end
 end
 return 1

@@ -10,7 +10,7 @@ from marshmallow import Schema
 from redis.asyncio import Redis
 
 from jobs.queue import JobQueue
-from jobs.redis_keys import TENANTS_KEY
+from jobs.redis_keys import TENANTS_KEY, WAKE_KEY, WAKE_TOKENS_MAX
 from jobs.registry import JobContext, Registry, Task
 from jobs.running import running_worker
 from jobs.tasks import TASKS
@@ -88,3 +88,15 @@ async def test_claims_serve_tenants_in_turn_and_leave_no_bookkeeping_behind(redi
     assert order == ["acme", "globex", "initech", "acme", "globex", "acme", "globex", "acme", "globex"]
     assert await redis.zcard(TENANTS_KEY) == 0
     assert await redis.keys("jobs:ready:*") == []
+
+
+async def test_the_wake_list_holds_at_most_its_cap_of_tokens_however_many_jobs_wait(
+    redis: Redis, settings: Settings
+) -> None:
+    queue = JobQueue(redis, settings)
+    lengths = []
+    for _ in range(WAKE_TOKENS_MAX + 3):
+        await queue.enqueue("acme", "diagnostics.ping", {})
+        lengths.append(await redis.llen(WAKE_KEY))  # type: ignore[misc]  # redis-py types it for both clients
+    # One token per job until the cap; no worker takes any, and the list stops growing there.
+    assert lengths == [*range(1, WAKE_TOKENS_MAX + 1), WAKE_TOKENS_MAX, WAKE_TOKENS_MAX, WAKE_TOKENS_MAX]
