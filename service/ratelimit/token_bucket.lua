@@ -64,45 +64,47 @@ local function load(key, capacity, rate)
   return s
 end
 
+-- Per bucket of the decision at hand, reused from one decision to the next (no table per bucket).
+local b_state, b_cost, b_ok, b_spends = {}, {}, {}, {}
+local n = 0   -- #out, counted: the length operator searches for the border each time
 for _ = 1, tonumber(ARGV[2]) do
   local read_only = tonumber(ARGV[argi])
   local count = tonumber(ARGV[argi + 1])
   argi = argi + 2
-  local buckets = {}
   local admitted = true
   for i = 1, count do
     local capacity = tonumber(ARGV[argi])
-    local rate = tonumber(ARGV[argi + 1])
     local cost = tonumber(ARGV[argi + 2])
-    local enforced = ARGV[argi + 3] == "1"
-    argi = argi + 4
-    local s = load(KEYS[keyi], capacity, rate)
-    keyi = keyi + 1
+    local s = load(KEYS[keyi], capacity, tonumber(ARGV[argi + 1]))
     local ok = s.tokens >= cost and cost <= capacity
     local spends = i > read_only
-    if spends and enforced and not ok then
+    if spends and not ok and ARGV[argi + 3] == "1" then
       admitted = false
     end
-    buckets[i] = { s = s, cost = cost, ok = ok, spends = spends }
+    argi = argi + 4
+    keyi = keyi + 1
+    b_state[i], b_cost[i], b_ok[i], b_spends[i] = s, cost, ok, spends
   end
-  out[#out + 1] = admitted and 1 or 0
+  n = n + 1
+  out[n] = admitted and 1 or 0
   for i = 1, count do
-    local b = buckets[i]
-    local s = b.s
-    if b.spends and admitted and b.ok then
-      s.tokens = s.tokens - b.cost
+    local s, cost, ok = b_state[i], b_cost[i], b_ok[i]
+    if ok and admitted and b_spends[i] then
+      s.tokens = s.tokens - cost
       s.dirty = true
     end
+    local tokens, rate = s.tokens, s.rate
     local retry = 0
-    if b.cost > s.capacity then
+    if cost > s.capacity then
       retry = -1
-    elseif s.tokens < b.cost then
-      retry = math.ceil((b.cost - s.tokens) / s.rate)
+    elseif tokens < cost then
+      retry = math.ceil((cost - tokens) / rate)
     end
-    out[#out + 1] = b.ok and 1 or 0
-    out[#out + 1] = s.tokens
-    out[#out + 1] = math.ceil((s.capacity - s.tokens) / s.rate)
-    out[#out + 1] = retry
+    out[n + 1] = ok and 1 or 0
+    out[n + 2] = tokens
+    out[n + 3] = math.ceil((s.capacity - tokens) / rate)
+    out[n + 4] = retry
+    n = n + 4
   end
 end
 
