@@ -56,7 +56,7 @@ from jobs.scripts import script_text
 from jobs.serialization import iso_from_ms, job_payload, to_json
 from jobs.tasks import TASKS
 from jobs.views import STATE_KEY_PREFIXES, STATE_SIZE, STATUSES, JobView, Status, decode_cursor, encode_cursor, view_of
-from service.script_calls import Script, ScriptCalls
+from service.script_calls import Framed, Script, ScriptCalls
 from service.settings import Settings
 
 __all__ = [
@@ -102,6 +102,7 @@ class TooManyUnfinishedJobs(Exception):
 
 
 _ENQUEUE = Script(script_text("enqueue", include=["job_state"]))
+_ENQUEUE_SHARED_KEYS = Framed(QUEUE_KEY, WAKE_KEY, TENANTS_KEY)
 _ABORT = Script(script_text("abort", include=["job_state", "leave_queue"]))
 _READ_JOB = Script(script_text("read_job", include=["job_state"]))
 _PAGE = Script(script_text("job_page", include=["job_state"]))
@@ -134,6 +135,16 @@ class JobQueue:
         self._settings = settings
         self._registry = registry
         self._calls = ScriptCalls(redis.connection_pool, timeout_s=settings.redis_timeout_s)
+        # An index entry outlives every state its job can be in: deferred, then pending for
+        # arq's expiry window, then its result's retention.
+        self._index_horizon_ms = MAX_DEFER_S * 1000 + expires_extra_ms + self._retention_ms
+        self._enqueue_constants = Framed(
+            self._index_horizon_ms // 1000,
+            settings.job_unfinished_max,
+            IDEMPOTENCY_TTL_S,
+            WAKE_TOKENS_MAX,
+            *STATE_KEY_PREFIXES,
+        )
         self._reads = (
             self._calls if reads is None else ScriptCalls(reads.connection_pool, timeout_s=settings.redis_timeout_s)
         )
@@ -169,19 +180,14 @@ class JobQueue:
         payload = job_payload(task, args_json, now_ms)
         fingerprint = _fingerprint(task, args, defer_s) if idempotency else ""
         record = json.dumps({"job_id": job_id, "fingerprint": fingerprint}) if idempotency else ""
-        # An index entry outlives every state its job can be in: deferred, then pending for
-        # arq's expiry window, then its result's retention.
-        horizon_ms = MAX_DEFER_S * 1000 + expires_extra_ms + self._retention_ms
         reply = await self._calls.call(
             _ENQUEUE,
             [
                 JOB_PREFIX + job_id,
-                QUEUE_KEY,
                 index_key(tenant),
                 idempotency_key(tenant, idempotency) if idempotency else index_key(tenant),
-                WAKE_KEY,
                 ready_key(tenant),
-                TENANTS_KEY,
+                _ENQUEUE_SHARED_KEYS,
             ],
             [
                 job_id,
@@ -189,14 +195,10 @@ class JobQueue:
                 due_ms,
                 due_ms - now_ms + expires_extra_ms,
                 now_us,
-                now_us - horizon_ms * 1000,
-                horizon_ms // 1000,
+                now_us - self._index_horizon_ms * 1000,
                 record,
-                IDEMPOTENCY_TTL_S,
-                WAKE_TOKENS_MAX,
                 tenant,
-                self._settings.job_unfinished_max,
-                *STATE_KEY_PREFIXES,
+                self._enqueue_constants,
             ],
         )
         if int(reply[0]) == 2:

@@ -40,7 +40,7 @@ from redis.exceptions import ConnectionError, NoScriptError, RedisError, Respons
 from service.logging import get_logger
 from service.redis import round_trip
 
-__all__ = ["BATCHES_IN_FLIGHT_MAX", "Script", "ScriptCalls", "resp_bulk"]
+__all__ = ["BATCHES_IN_FLIGHT_MAX", "Framed", "Script", "ScriptCalls", "resp_bulk"]
 
 BATCHES_IN_FLIGHT_MAX = 1
 _NOSCRIPT_RELOADS = 3
@@ -68,6 +68,17 @@ def _bulk(value: Value) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(value), value)
 
 
+class Framed:
+    """Keys or arguments that every call of a script sends alike (shared keys, prefixes, caps), framed
+    once; ``Script.frame`` takes it in place of the values, in their place."""
+
+    __slots__ = ("count", "wire")
+
+    def __init__(self, *values: Value) -> None:
+        self.count = len(values)
+        self.wire = b"".join(_bulk(value) for value in values)
+
+
 class Script:
     """A Lua script as ``ScriptCalls`` sends it: ``EVALSHA`` with its SHA, and ``SCRIPT LOAD`` when Redis lacks it."""
 
@@ -79,29 +90,39 @@ class Script:
         self._evalsha = resp_bulk(b"EVALSHA") + resp_bulk(self.sha.encode())
         self.load_command = b"*3\r\n" + resp_bulk(b"SCRIPT") + resp_bulk(b"LOAD") + resp_bulk(text.encode())
 
-    def frame(self, keys: Sequence[Value], args: Sequence[Value]) -> bytes:
+    def frame(self, keys: Sequence[Value | Framed], args: Sequence[Value | Framed]) -> bytes:
         """One ``EVALSHA`` of this script with ``keys`` and ``args``, framed as RESP.
 
         Most values are ASCII text (keys, ids) or integers: those are framed as text and
-        encoded together, which costs a fifth less than framing each as bytes; the rest
-        (bytes, other text, floats) one by one with ``_bulk``.
+        encoded together, which costs a fifth less than framing each as bytes; a ``Framed``
+        run is already framed; the rest (bytes, other text, floats) one by one with ``_bulk``.
         """
-        key_count = str(len(keys)).encode()
-        pieces = [b"*%d\r\n%b$%d\r\n%b\r\n" % (3 + len(keys) + len(args), self._evalsha, len(key_count), key_count)]
+        pieces = [b""]  # the head, once the counts are known
         text: list[str] = []
-        for value in (*keys, *args):
-            if type(value) is str and value.isascii():
-                text.append(f"${len(value)}\r\n{value}\r\n")
-            elif type(value) is int:
-                digits = str(value)
-                text.append(f"${len(digits)}\r\n{digits}\r\n")
-            else:
-                if text:
-                    pieces.append("".join(text).encode())
-                    text = []
-                pieces.append(_bulk(value))
+        counts = []
+        for values in (keys, args):
+            count = len(values)
+            for value in values:
+                if type(value) is str and value.isascii():
+                    text.append(f"${len(value)}\r\n{value}\r\n")
+                elif type(value) is int:
+                    digits = str(value)
+                    text.append(f"${len(digits)}\r\n{digits}\r\n")
+                else:
+                    if text:
+                        pieces.append("".join(text).encode())
+                        text = []
+                    if isinstance(value, Framed):
+                        pieces.append(value.wire)
+                        count += value.count - 1
+                    else:
+                        pieces.append(_bulk(value))
+            counts.append(count)
         if text:
             pieces.append("".join(text).encode())
+        key_count, arg_count = counts
+        keys_wire = str(key_count).encode()
+        pieces[0] = b"*%d\r\n%b$%d\r\n%b\r\n" % (3 + key_count + arg_count, self._evalsha, len(keys_wire), keys_wire)
         return b"".join(pieces)
 
 
@@ -122,7 +143,12 @@ class ScriptCalls:
         self._inflight: set[asyncio.Task[None]] = set()
 
     def call(
-        self, script: Script, keys: Sequence[Value], args: Sequence[Value], *, idempotent: bool = False
+        self,
+        script: Script,
+        keys: Sequence[Value | Framed],
+        args: Sequence[Value | Framed],
+        *,
+        idempotent: bool = False,
     ) -> asyncio.Future[Any]:
         """Queue ``script`` with ``keys`` and ``args`` for this loop turn's batch; the future holds its reply.
 

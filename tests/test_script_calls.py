@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,7 +17,7 @@ from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
 import service.script_calls
 from service.redis import Pool, connection_pool, round_trip
-from service.script_calls import BATCHES_IN_FLIGHT_MAX, Script, ScriptCalls, Value
+from service.script_calls import BATCHES_IN_FLIGHT_MAX, Framed, Script, ScriptCalls, Value
 from service.settings import RedisURL
 from tests.servers import SilentServer, new_redis_server, redis_url
 
@@ -86,6 +87,28 @@ _VALUES = st.lists(
 def test_a_call_is_framed_as_redis_py_packs_the_same_command(keys: list[Value], args: list[Value]) -> None:
     packed = Connection().pack_command("EVALSHA", ECHO.sha, len(keys), *keys, *args)
     assert ECHO.frame(keys, args) == b"".join(packed)
+
+
+def _in_runs(values: list[Value], cuts: list[int]) -> list[Value | Framed]:
+    """``values`` with the stretches between ``cuts`` (odd ones) framed ahead as ``Framed`` runs."""
+    bounds = [0, *sorted(min(cut, len(values)) for cut in cuts), len(values)]
+    parts: list[Value | Framed] = []
+    for n, (start, end) in enumerate(itertools.pairwise(bounds)):
+        parts.extend([Framed(*values[start:end])] if n % 2 else values[start:end])
+    return parts
+
+
+@given(
+    keys=_VALUES,
+    args=_VALUES,
+    key_cuts=st.lists(st.integers(0, 12), max_size=4),
+    arg_cuts=st.lists(st.integers(0, 12), max_size=4),
+)
+def test_framed_runs_frame_as_the_values_they_hold(
+    keys: list[Value], args: list[Value], key_cuts: list[int], arg_cuts: list[int]
+) -> None:
+    packed = Connection().pack_command("EVALSHA", ECHO.sha, len(keys), *keys, *args)
+    assert ECHO.frame(_in_runs(keys, key_cuts), _in_runs(args, arg_cuts)) == b"".join(packed)
 
 
 async def test_an_error_reply_is_raised_to_its_caller_alone(redis: Redis, round_trips: list[int]) -> None:
