@@ -108,6 +108,9 @@ class LineBuffer:
     def write(self, line: str) -> None:
         """Keep ``line`` (ending in a newline) for this turn's write."""
         self._lines.append(line)
+        flush_on = self._flush_on
+        if flush_on is not None and flush_on.is_running():  # this turn's flush is due (cheaper than asking the loop)
+            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop runs: nothing would flush it later

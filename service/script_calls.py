@@ -138,6 +138,7 @@ class ScriptCalls:
         self._pool = pool
         self._timeout_s = timeout_s
         self._pending: list[_Call] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the pending calls, when there are any
         self._pending_since = 0.0  # loop time the first pending call was queued: its timeout runs from then
         self._unanswered = 0  # batches sent and not yet answered, at most BATCHES_IN_FLIGHT_MAX
         self._inflight: set[asyncio.Task[None]] = set()
@@ -154,8 +155,12 @@ class ScriptCalls:
 
         ``idempotent``: running it twice does no harm, so a failed connection may send it again.
         """
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue((script.frame(keys, args), script, future, 1 if idempotent else 0))
+        # The calls of one turn share its loop: only the turn's first call asks for it (a system call on 3.11).
+        loop = self._loop
+        if loop is None or not self._pending:
+            loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue((script.frame(keys, args), script, future, 1 if idempotent else 0), loop)
         return future
 
     async def close(self) -> None:
@@ -166,9 +171,9 @@ class ScriptCalls:
             else:
                 await asyncio.sleep(0)  # a flush is due this loop turn
 
-    def _queue(self, call: _Call) -> None:
+    def _queue(self, call: _Call, loop: asyncio.AbstractEventLoop) -> None:
         if not self._pending:
-            loop = asyncio.get_running_loop()
+            self._loop = loop
             self._pending_since = loop.time()
             loop.call_soon(self._flush)
         self._pending.append(call)
@@ -240,6 +245,6 @@ class ScriptCalls:
             if future.done():
                 continue
             if resend and resends and failure is ConnectionError:
-                self._queue((command, script, future, resends - 1))
+                self._queue((command, script, future, resends - 1), future.get_loop())
             else:
                 future.set_exception(failure(detail))

@@ -104,6 +104,7 @@ class Limiter:
         self.cluster = cluster
         self._connections = KeptConnections(redis.connection_pool, clock)
         self._pending: list[_Call] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the pending decisions, when there are any
         self._pending_since = 0.0  # loop time the first pending decision was queued: its deadline runs from then
         self._unanswered = 0  # batches sent and neither answered nor given up, at most BATCHES_IN_FLIGHT_MAX
         self._inflight: set[asyncio.Task[None]] = set()
@@ -132,11 +133,13 @@ class Limiter:
         ``decide`` is this after ``refuse_locally``; the middleware calls the two itself
         to save a coroutine per request.
         """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Decision] = loop.create_future()
-        if not self._pending:
+        # The decisions of one turn share its loop: only the turn's first asks for it (a system call on 3.11).
+        loop = self._loop
+        if loop is None or not self._pending:
+            loop = self._loop = asyncio.get_running_loop()
             self._pending_since = loop.time()
             loop.call_soon(self._flush)
+        future: asyncio.Future[Decision] = loop.create_future()
         self._pending.append((caller, route, future))
         return future
 
