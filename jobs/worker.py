@@ -150,7 +150,10 @@ class Worker(ArqWorker):
                 self._outage.succeeded()
                 failures = 0
                 if self.burst:
-                    if not self.tasks and next_ms < 0:
+                    # Done only when no job holds a slot either: a finished job's task can be reaped
+                    # before its done callback gives the slot back, and with no slot free the
+                    # iteration returns -1 without having looked for jobs.
+                    if not self.tasks and not self.job_counter and next_ms < 0:
                         return
                     await self._wait_in_burst(next_ms)
                 elif self.job_counter >= self.max_jobs:
@@ -238,6 +241,8 @@ class Worker(ArqWorker):
         timeout_s = self._seconds_to_wait(next_ms) if next_ms >= 0 else None
         if self.tasks:
             await asyncio.wait(list(self.tasks.values()), timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        elif self.job_counter:  # reaped, but its done callback (``_on_job_done``) has yet to free its slot
+            await self._wait_for_slot()
         elif timeout_s:
             await asyncio.sleep(timeout_s)
 
