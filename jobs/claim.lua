@@ -178,8 +178,8 @@ end
 
 -- Leases were just taken: wake one idle peer, which will then watch them run out.
 if count > 0 and redis.call('SCARD', KEYS[3]) > 1 then
-  if redis.call('LPUSH', KEYS[2], '1') > tonumber(ARGV[6]) then
-    redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[6]) - 1)
+  if redis.call('LLEN', KEYS[2]) < tonumber(ARGV[6]) then
+    redis.call('LPUSH', KEYS[2], '1')
   end
 end
 

@@ -36,8 +36,8 @@ local function create()
   redis.call('ZADD', KEYS[4], ARGV[7], ARGV[5])
   redis.call('ZADD', KEYS[5], 'NX', 0, ARGV[9])
   redis.call('HSET', state, name, ARGV[5])
-  if redis.call('LPUSH', KEYS[3], '1') > tonumber(ARGV[8]) then
-    redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[8]) - 1)
+  if redis.call('LLEN', KEYS[3]) < tonumber(ARGV[8]) then
+    redis.call('LPUSH', KEYS[3], '1')
   end
 end
 

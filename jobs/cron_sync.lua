@@ -98,8 +98,8 @@ if full then
 end
 
 if #created > 0 then
-  if redis.call('LPUSH', KEYS[3], '1') > tonumber(ARGV[5]) then
-    redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[5]) - 1)
+  if redis.call('LLEN', KEYS[3]) < tonumber(ARGV[5]) then
+    redis.call('LPUSH', KEYS[3], '1')
   end
 end
 return created

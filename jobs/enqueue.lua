@@ -60,7 +60,7 @@ redis.call('ZADD', KEYS[7], 'NX', 0, ARGV[8])
 redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[6])
 redis.call('EXPIRE', KEYS[2], ARGV[9])
-if redis.call('LPUSH', KEYS[6], '1') > tonumber(ARGV[12]) then
-  redis.call('LTRIM', KEYS[6], 0, tonumber(ARGV[12]) - 1)
+if redis.call('LLEN', KEYS[6]) < tonumber(ARGV[12]) then
+  redis.call('LPUSH', KEYS[6], '1')
 end
 return {1}

@@ -72,8 +72,8 @@ else
   if ARGV[7] == '1' then
     redis.call('DECR', KEYS[3])
   end
-  if redis.call('LPUSH', KEYS[7], '1') > tonumber(ARGV[8]) then
-    redis.call('LTRIM', KEYS[7], 0, tonumber(ARGV[8]) - 1)
+  if redis.call('LLEN', KEYS[7]) < tonumber(ARGV[8]) then
+    redis.call('LPUSH', KEYS[7], '1')
   end
 end
 return 1
