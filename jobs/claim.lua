@@ -178,9 +178,7 @@ end
 
 -- Leases were just taken: wake one idle peer, which will then watch them run out.
 if count > 0 and redis.call('SCARD', KEYS[3]) > 1 then
-  if redis.call('LLEN', KEYS[2]) < tonumber(ARGV[6]) then
-    redis.call('LPUSH', KEYS[2], '1')
-  end
+  wake(KEYS[2], ARGV[6])
 end
 
 local reply = {next_ms}

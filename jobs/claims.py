@@ -43,7 +43,7 @@ class Claimer:
     """One worker's claims (``claim.lua``); ``with_cron`` says whether it takes cron runs too."""
 
     def __init__(self, redis: Redis, *, worker_id: str, queue_name: str, lease_ms: int, with_cron: bool) -> None:
-        self._script = load_script(redis, "claim")
+        self._script = load_script(redis, "claim", include=["wake"])
         self._worker_id = worker_id
         self._queue_name = queue_name
         self._lease_ms = lease_ms

@@ -36,9 +36,7 @@ local function create()
   redis.call('ZADD', KEYS[4], ARGV[7], ARGV[5])
   redis.call('ZADD', KEYS[5], 'NX', 0, ARGV[9])
   redis.call('HSET', state, name, ARGV[5])
-  if redis.call('LLEN', KEYS[3]) < tonumber(ARGV[8]) then
-    redis.call('LPUSH', KEYS[3], '1')
-  end
+  wake(KEYS[3], ARGV[8])
 end
 
 if ARGV[1] == 'pause' then

@@ -60,7 +60,5 @@ redis.call('ZADD', KEYS[10], ARGV[8], ARGV[6])
 redis.call('ZADD', KEYS[11], 'NX', 0, ARGV[11])
 redis.call('HSET', state, name, ARGV[6])
 -- Idle workers wait for what they knew of when they last looked: tell one about this run.
-if redis.call('LLEN', KEYS[6]) < tonumber(ARGV[10]) then
-  redis.call('LPUSH', KEYS[6], '1')
-end
+wake(KEYS[6], ARGV[10])
 return ARGV[6]

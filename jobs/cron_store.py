@@ -165,9 +165,9 @@ class CronStore:
     def __init__(self, redis: Redis, schedule: Schedule) -> None:
         self.redis = redis
         self.schedule = schedule
-        self._sync = load_script(redis, "cron_sync")
-        self._finish = load_script(redis, "cron_finish")
-        self._control = load_script(redis, "cron_control")
+        self._sync = load_script(redis, "cron_sync", include=["wake"])
+        self._finish = load_script(redis, "cron_finish", include=["wake"])
+        self._control = load_script(redis, "cron_control", include=["wake"])
 
     async def sync(self, *, full: bool, now_ms: int | None = None) -> list[str]:
         """Give each job without a pending run one at its next slot after ``now_ms``; the names of those given one.

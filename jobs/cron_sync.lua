@@ -98,8 +98,6 @@ if full then
 end
 
 if #created > 0 then
-  if redis.call('LLEN', KEYS[3]) < tonumber(ARGV[5]) then
-    redis.call('LPUSH', KEYS[3], '1')
-  end
+  wake(KEYS[3], ARGV[5])
 end
 return created

@@ -60,7 +60,5 @@ redis.call('ZADD', KEYS[7], 'NX', 0, ARGV[8])
 redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[6])
 redis.call('EXPIRE', KEYS[2], ARGV[9])
-if redis.call('LLEN', KEYS[6]) < tonumber(ARGV[12]) then
-  redis.call('LPUSH', KEYS[6], '1')
-end
+wake(KEYS[6], ARGV[12])
 return {1}

@@ -72,8 +72,6 @@ else
   if ARGV[7] == '1' then
     redis.call('DECR', KEYS[3])
   end
-  if redis.call('LLEN', KEYS[7]) < tonumber(ARGV[8]) then
-    redis.call('LPUSH', KEYS[7], '1')
-  end
+  wake(KEYS[7], ARGV[8])
 end
 return 1

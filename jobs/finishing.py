@@ -64,7 +64,7 @@ class Finisher:
         self._backoff = backoff
         self._deserializer = deserializer
         self._look_again = look_again
-        self._script = load_script(redis, "finish", include=["leave_queue"])
+        self._script = load_script(redis, "finish", include=["leave_queue", "wake"])
         self._recording: set[asyncio.Task[Any]] = set()
         self._give_up_at: float | None = None
 

@@ -101,7 +101,7 @@ class TooManyUnfinishedJobs(Exception):
         self.limit = limit
 
 
-_ENQUEUE = Script(script_text("enqueue", include=["job_state"]))
+_ENQUEUE = Script(script_text("enqueue", include=["job_state", "wake"]))
 _ENQUEUE_SHARED_KEYS = Framed(QUEUE_KEY, WAKE_KEY, TENANTS_KEY)
 _ABORT = Script(script_text("abort", include=["job_state", "leave_queue"]))
 _READ_JOB = Script(script_text("read_job", include=["job_state"]))

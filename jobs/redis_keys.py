@@ -66,8 +66,7 @@ ABORT_KEY = abort_jobs_ss
 
 # A list that idle workers block on (BLPOP); an enqueue pushes one token. Tokens pile up
 # only while no worker is blocked, so a few are enough to cover the race between a
-# worker's last look at the queue and its next BLPOP; the scripts push none while the
-# list holds WAKE_TOKENS_MAX (a full list has no worker blocked on it to wake).
+# worker's last look at the queue and its next BLPOP (wake.lua pushes none past WAKE_TOKENS_MAX).
 WAKE_KEY = "jobs:wake"
 WAKE_TOKENS_MAX = 8
 

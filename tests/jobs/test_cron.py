@@ -194,7 +194,7 @@ async def test_a_killed_run_with_its_tries_spent_is_recorded_failed_and_the_sche
 async def test_an_idle_claim_while_a_cron_run_waits_reads_one_key(redis: Redis) -> None:
     await CronStore(redis, schedule_of(when=Crontab.parse("0 * * * *"))).sync(full=True)
     [(_, due)] = await redis.zrange(QUEUE_KEY, 0, -1, withscores=True)
-    claim = load_script(redis, "claim")
+    claim = load_script(redis, "claim", include=["wake"])
     await redis.script_load(claim.script)
     await redis.config_resetstat()
 
