@@ -82,14 +82,15 @@ class JobSchema(Schema):
 
 
 LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX = 20, 100
-_CURSOR = re.compile(rf"[A-Za-z0-9_-]{{1,{CURSOR_MAX}}}")
+_CURSOR_CHARACTERS = "[A-Za-z0-9_-]"  # what jobs.views.encode_cursor writes
+_CURSOR = re.compile(rf"{_CURSOR_CHARACTERS}{{1,{CURSOR_MAX}}}")  # the schema's two checks at once
 
 
 class ListQuerySchema(Schema):
     status = fields.String(validate=validate.OneOf(STATUSES))
     limit = fields.Integer(load_default=LIST_LIMIT_DEFAULT, validate=validate.Range(min=1, max=LIST_LIMIT_MAX))
     cursor = fields.String(
-        validate=[validate.Length(min=1, max=CURSOR_MAX), validate.Regexp(r"^[A-Za-z0-9_-]+$")],
+        validate=[validate.Length(min=1, max=CURSOR_MAX), validate.Regexp(rf"^{_CURSOR_CHARACTERS}+$")],
         metadata={"description": "The `next_cursor` of the previous page: opaque, only one this API handed out."},
     )
 
