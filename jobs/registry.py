@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from arq.typing import WorkerCoroutine
@@ -139,8 +139,18 @@ class Task:
     backoff: Backoff
     check: ArgumentCheck | None = None
     internal: bool = False
+    # The schema declares no field and no hook: ``{}`` is then all it loads, as ``{}``, and ``load``
+    # answers that without marshmallow (about 3 µs of a no-argument enqueue, more under load).
+    takes_nothing: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        schema = self.schema
+        hooks = any(schema._hooks.values())  # pre_load, post_load, validates_schema (and their dump kin)
+        object.__setattr__(self, "takes_nothing", not schema.many and not schema.fields and not hooks)
 
     def load(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        if self.takes_nothing and type(args) is dict and not args:
+            return {}
         try:
             loaded: dict[str, Any] = self.schema.load(args)
         except ValidationError as exc:

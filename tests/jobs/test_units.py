@@ -8,16 +8,20 @@ import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from marshmallow import Schema, ValidationError, post_load, validates_schema
 from redis.asyncio import Redis
 
 from jobs import heartbeat
 from jobs.redis_keys import WORKERS_KEY, worker_key
+from jobs.registry import InvalidArguments, Task
 from jobs.serialization import compact_json, deserialize, error_of, from_json, iso_from_ms, serialize
 from jobs.webhook import _retry_after_s
+from service.backoff import Backoff
 from tests.conftest import ROOT
 
 
@@ -121,3 +125,50 @@ async def test_worker_whose_heartbeat_expired_comes_back_with_its_next_beat(redi
 
     await heartbeat.write(redis, beat)
     assert [worker["id"] for worker in await heartbeat.live_workers(redis)] == ["w-stalled"]
+
+
+class _Nothing(Schema):
+    pass
+
+
+class _NothingButAHook(Schema):
+    @validates_schema
+    def refuse(self, data: dict[str, Any], **kwargs: Any) -> None:
+        raise ValidationError("never")
+
+
+class _NothingButADefault(Schema):
+    @post_load
+    def stamp(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        return {**data, "stamped": True}
+
+
+def _task(schema: Schema) -> Task:
+    async def run(job: object) -> None:
+        return None
+
+    return Task("t", run, schema, timeout_s=1.0, max_tries=1, backoff=Backoff())
+
+
+def test_a_schema_without_fields_or_hooks_loads_nothing_without_marshmallow() -> None:
+    task = _task(_Nothing())
+    assert task.takes_nothing
+    assert task.load({}) == {}
+    with pytest.raises(InvalidArguments) as refused:  # anything else still goes to the schema, which words it
+        task.load({"x": 1})
+    assert refused.value.errors == {"x": ["Unknown field."]}
+
+
+@pytest.mark.parametrize("schema", [_NothingButAHook(), _NothingButADefault(), _Nothing(many=True)])
+def test_a_schema_with_a_hook_or_many_loads_through_marshmallow(schema: Schema) -> None:
+    task = _task(schema)
+    assert not task.takes_nothing
+    try:
+        loaded: object = task.load({})
+    except InvalidArguments as exc:
+        loaded = exc.errors
+    try:
+        expected: object = schema.load({})
+    except ValidationError as exc:
+        expected = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+    assert loaded == expected
