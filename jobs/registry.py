@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from arq.typing import WorkerCoroutine
 from arq.worker import Function, Retry, func
@@ -107,9 +107,11 @@ class TryEnd:
     error: dict[str, str] | None  # of a failed try: the error that ended it, as the jobs API shows errors
 
 
-@dataclass(frozen=True)
-class EnqueueContext:
-    """What an enqueue-time argument check may consult: the calling tenant, the deployment and its Redis."""
+class EnqueueContext(NamedTuple):
+    """What an enqueue-time argument check may consult: the calling tenant, the deployment and its Redis.
+
+    A named tuple: every enqueue makes one, and a frozen dataclass costs five times as much to make.
+    """
 
     tenant: str
     settings: Settings
