@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from jobs import heartbeat
 from jobs.redis_keys import WORKERS_KEY, worker_key
 from jobs.registry import InvalidArguments, Task
-from jobs.serialization import compact_json, deserialize, error_of, from_json, iso_from_ms, serialize
+from jobs.serialization import compact_json, deserialize, error_of, from_json, iso_from_ms, serialize, to_json
 from jobs.webhook import _retry_after_s
 from service.backoff import Backoff
 from tests.conftest import ROOT
@@ -56,6 +56,24 @@ JSON_VALUES = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
     max_leaves=20,
 )
+
+
+@given(JSON_VALUES)
+def test_to_json_writes_what_the_standard_library_writes(value: object) -> None:
+    assert to_json(value) == json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+
+
+def test_to_json_refuses_a_value_that_contains_itself_and_then_writes_the_next_as_ever() -> None:
+    inner: list[object] = [1]
+    looped: list[object] = [inner, {"x": float("nan")}]
+    with pytest.raises(ValueError, match="JSON compliant"):  # refused midway, after ``inner`` was written
+        to_json(looped)
+    assert to_json([inner, inner]) == b"[[1],[1]]"  # no memory of the refused call: nothing seen "twice"
+    looped.append(looped)
+    del looped[1]
+    with pytest.raises(RecursionError):
+        to_json(looped)
+    assert to_json({"inner": inner}) == b'{"inner":[1]}'
 
 
 @given(JSON_VALUES)
