@@ -94,10 +94,11 @@ class Pool(ConnectionPool):
         self._waiters: deque[asyncio.Future[None]] = deque()  # callers waiting for a connection, first first
 
     async def get_connection(self, *_: Any, **__: Any) -> AbstractConnection:
-        loop = asyncio.get_running_loop()
         budget_ends = None
         if self._waiters or not self.can_get_connection():
-            budget_ends = loop.time() + self.connect_budget_s  # waiting and connecting share the budget
+            # Waiting and connecting share the budget. (The loop is asked for only off the common
+            # path: on Python 3.11 that is a system call.)
+            budget_ends = asyncio.get_running_loop().time() + self.connect_budget_s
             await self._wait_for_a_connection(budget_ends)
         connection: AbstractConnection = self.get_available_connection()  # type: ignore[no-untyped-call]
         released_at = self._released_at.pop(connection, None)
@@ -106,7 +107,9 @@ class Pool(ConnectionPool):
                 await connection.disconnect(nowait=True)
             elif _reusable(connection):
                 return connection
-            async with asyncio.timeout_at(budget_ends or loop.time() + self.connect_budget_s):
+            if budget_ends is None:
+                budget_ends = asyncio.get_running_loop().time() + self.connect_budget_s
+            async with asyncio.timeout_at(budget_ends):
                 await self.ensure_connection(connection)
         except BaseException as exc:
             await connection.disconnect(nowait=True)
