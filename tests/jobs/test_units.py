@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -17,6 +18,7 @@ from marshmallow import Schema, ValidationError, post_load, validates_schema
 from redis.asyncio import Redis
 
 from jobs import heartbeat
+from jobs.queue import _job_ids
 from jobs.redis_keys import WORKERS_KEY, worker_key
 from jobs.registry import InvalidArguments, Task
 from jobs.serialization import compact_json, deserialize, error_of, from_json, iso_from_ms, serialize, to_json
@@ -190,3 +192,21 @@ def test_a_schema_with_a_hook_or_many_loads_through_marshmallow(schema: Schema) 
     except ValidationError as exc:
         expected = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
     assert loaded == expected
+
+
+def test_job_ids_are_32_hex_digits_and_a_forked_child_hands_out_its_own() -> None:
+    ids = [_job_ids.next() for _ in range(1000)]  # several batches
+    assert len(set(ids)) == len(ids)
+    assert all(len(job_id) == 32 and int(job_id, 16) >= 0 for job_id in ids)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: the ids it would hand out next
+        os.write(write, "".join(_job_ids.next() for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    with os.fdopen(read) as pipe:
+        childs = pipe.read()
+    parents = "".join(_job_ids.next() for _ in range(3))
+    assert len(childs) == 96
+    assert childs != parents
