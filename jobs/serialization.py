@@ -123,7 +123,8 @@ def compact_json(value: Any) -> bytes:
 def job_payload(task: str, args_json: bytes, enqueued_ms: int) -> bytes:
     """The job record arq's ``serialize_job`` writes with ``serialize`` (no try yet, keyword arguments only),
     around arguments already encoded by ``to_json``: the enqueue path encodes them once, to measure and to store."""
-    return b'{"t":null,"f":%b,"a":[],"k":%b,"et":%d}' % (json.dumps(task).encode(), args_json, enqueued_ms)
+    name = json.encoder.encode_basestring_ascii(task).encode()  # what json.dumps writes for a string
+    return b'{"t":null,"f":%b,"a":[],"k":%b,"et":%d}' % (name, args_json, enqueued_ms)
 
 
 def serialize(data: dict[str, Any]) -> bytes:
