@@ -141,6 +141,11 @@ class Finisher:
             await self._look_again()
         elif finish:
             self.log_if_complete(job_id, result_data)
+        else:
+            # Requeued (a retry, a hand-back). Its wake-up token may already have woken this worker,
+            # whose claim then passed the job by as still held (claim.lua skips this worker's own
+            # leases): without another look it would wait for the next enqueue or the idle poll.
+            await self._look_again()
 
     def log_if_complete(self, job_id: str, result_data: bytes | None) -> None:
         """Log ``job complete`` for a recorded run that succeeded (once it is recorded: never twice)."""
