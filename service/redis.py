@@ -94,11 +94,9 @@ class Pool(ConnectionPool):
         self._waiters: deque[asyncio.Future[None]] = deque()  # callers waiting for a connection, first first
 
     async def get_connection(self, *_: Any, **__: Any) -> AbstractConnection:
-        budget_ends = None
+        budget_ends = None  # waiting and connecting share the budget, set when either begins
         if self._waiters or not self.can_get_connection():
-            # Waiting and connecting share the budget. (The loop is asked for only off the common
-            # path: on Python 3.11 that is a system call.)
-            budget_ends = asyncio.get_running_loop().time() + self.connect_budget_s
+            budget_ends = self._budget_ends()
             await self._wait_for_a_connection(budget_ends)
         connection: AbstractConnection = self.get_available_connection()  # type: ignore[no-untyped-call]
         released_at = self._released_at.pop(connection, None)
@@ -107,9 +105,7 @@ class Pool(ConnectionPool):
                 await connection.disconnect(nowait=True)
             elif _reusable(connection):
                 return connection
-            if budget_ends is None:
-                budget_ends = asyncio.get_running_loop().time() + self.connect_budget_s
-            async with asyncio.timeout_at(budget_ends):
+            async with asyncio.timeout_at(budget_ends or self._budget_ends()):
                 await self.ensure_connection(connection)
         except BaseException as exc:
             await connection.disconnect(nowait=True)
@@ -118,6 +114,11 @@ class Pool(ConnectionPool):
                 raise TimeoutError(f"no answer within {self.connect_budget_s:g} s while connecting") from None
             raise
         return connection
+
+    def _budget_ends(self) -> float:
+        """Loop time at which a wait or a connect that begins now runs out of budget. (Asked only off the
+        common path, a connection handed out as it is: on Python 3.11 the running loop is a system call.)"""
+        return asyncio.get_running_loop().time() + self.connect_budget_s
 
     async def _wait_for_a_connection(self, budget_ends: float) -> None:
         """Wait in line until a connection can be had; ``ConnectionError`` when the budget ends (loop time)."""
