@@ -26,16 +26,19 @@ Per scenario and round (``ROUNDS`` of them; each figure is the median), one time
 ``SECONDS`` (requests/s, latency, CPU of the serve process from ``/proc/<pid>/stat``, Redis
 CPU and server-side commands from ``INFO`` deltas), then a ``COUNT_SECONDS`` counting run
 with a ``MONITOR`` tap that tells the commands the process sent from those Redis scripts
-ran (``bench.redis_stats``). Each scenario's ratios divide by a bare run of ``PAIRED_SECONDS``
-taken right beside it (before it; the first one, after): on a shared VM the machine's speed
-drifts, over the minutes of a round, by more than the effects measured. Prints the table,
-the limiter's cost, issue 11's targets beside the figures, and appends it all to
-``bench/RESULTS.md``.
+ran (``bench.redis_stats``). The timed run is cut into ``SLICES`` slices, each loaded beside
+a slice of the same length on a bare app that runs alongside (bare then serve, serve then
+bare, and so on), and the scenario's ratios divide by those bare slices: on a shared VM the
+bare handler's speed moves by a third from one second to the next, so a bare run taken
+before the scenario, even right before it, measured the machine's drift as much as the code.
+Prints the table, the limiter's cost, issue 11's targets beside the figures, and appends it
+all to ``bench/RESULTS.md``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -59,6 +62,7 @@ from bench import harness
 from bench.redis_stats import Monitor, Window, command_calls, delta, per
 
 SECONDS = 8
+SLICES = 8  # the timed run's slices, each beside a bare slice of the same length
 COUNT_SECONDS = 2
 # Every scenario, the bare handler included, runs this many times, round after round: on a small
 # shared machine one run of a scenario moves by up to 10% from the next. Each figure below is
@@ -71,7 +75,6 @@ TINY: dict[str, float] = {"capacity": 10, "per_second": 0.1}
 POST_BODY = json.dumps({"task": "diagnostics.ping", "args": {}})
 BARE_PATH = "/"
 SETTLE_S = 0.5  # after a run, for the requests still in flight to be answered (p99 is far below)
-PAIRED_SECONDS = 4  # the bare run taken just before each scenario, which its ratios divide by
 
 
 @dataclass(frozen=True)
@@ -287,6 +290,39 @@ def _answered(figures: Counter[str] | None, fallback: float) -> float:
     return float(figures["answered"]) if figures is not None else fallback
 
 
+def _merged(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Load-generator results of several slices as one run: counts summed; p50 and p99 the median of the slices'."""
+    merged = {key: sum(run[key] for run in runs) for key in ("requests", "seconds", "non_2xx", "socket_errors")}
+    for key in ("p50_us", "p99_us"):
+        values = sorted(run[key] for run in runs)
+        merged[key] = values[len(values) // 2]
+    return merged
+
+
+def _timed_run(
+    port: int, targets: Path, method: str, body: str, beside: int | None
+) -> tuple[dict[str, float], float | None]:
+    """The timed run on ``port``, and the bare app's requests/s beside it (``None`` without one).
+
+    Beside a bare app (its port ``beside``), ``SECONDS`` are cut into ``SLICES`` slices, each
+    loaded in turn with a bare slice of the same length: bare first in one pair, second in
+    the next, so that a steady drift of the machine weighs on both alike.
+    """
+    if beside is None:
+        return harness.load(port, targets, SECONDS, method, body), None
+    bare_targets = targets.with_name("bare.targets")
+    _first_request(beside, bare_targets, "GET", "")
+    slice_s = SECONDS / SLICES
+    mine: list[dict[str, float]] = []
+    bare: list[dict[str, float]] = []
+    for number in range(SLICES):
+        turns = [(bare, beside, bare_targets, "GET", ""), (mine, port, targets, method, body)]
+        for runs, at, paths, how, what in turns if number % 2 == 0 else reversed(turns):
+            runs.append(harness.load(at, paths, slice_s, how, what))
+    paired = _merged(bare)
+    return _merged(mine), paired["requests"] / paired["seconds"]
+
+
 def measure(
     process: subprocess.Popen[bytes],
     ports: tuple[int, ...],
@@ -294,15 +330,19 @@ def measure(
     probe: RedisProbe,
     method: str = "GET",
     body: str = "",
+    beside: int | None = None,
 ) -> dict[str, Any]:
-    """The timed run, then the counting run, against the server ``process`` listening on ``ports[0]``.
+    """The timed run (``_timed_run``: beside the bare app on port ``beside``, if given), then the counting run,
+    against the server ``process`` listening on ``ports[0]``.
 
     Per-request figures divide by the requests the server answered in the window (its own
     count: the load generator leaves out those in flight when it stops, whose commands
     Redis still runs); the bare app has no count of its own, so there the generator's is used.
     Commands per request divide by the requests answered without a 5xx: a 503 for want of a
     Redis connection sends none of its route's commands (only its share of a limiter call),
-    and counting it would make a route look cheaper the more it fails.
+    and counting it would make a route look cheaper the more it fails. The server's CPU
+    seconds are taken over the whole timed run, its idle turns beside the bare app included
+    (a few timers), and its busy share is of its own slices.
     """
     port = ports[0]
     status = _first_request(port, targets, method, body)
@@ -312,7 +352,7 @@ def measure(
     before = scrape(ports)
     calls_before, redis_cpu_before = probe.snapshot()
     user_before, system_before = harness.cpu_times(process.pid)
-    timed = harness.load(port, targets, SECONDS, method, body)
+    timed, bare_rps = _timed_run(port, targets, method, body, beside)
     time.sleep(SETTLE_S)
     user_after, system_after = harness.cpu_times(process.pid)
     calls_after, redis_cpu_after = probe.snapshot()
@@ -322,8 +362,10 @@ def measure(
     commands = delta(calls_before, calls_after)
     cpu_s = user_after - user_before + system_after - system_before
     result.update(timed)
+    rps = timed["requests"] / timed["seconds"]
     result.update(
-        rps=timed["requests"] / timed["seconds"],
+        rps=rps,
+        bare_rps=rps if bare_rps is None else bare_rps,
         failed_share=failed / served,
         cpu_us=cpu_s * 1e6 / served,
         busy=cpu_s / timed["seconds"],
@@ -360,13 +402,17 @@ def _running(command: list[str], env: dict[str, str], port: int, log: Path) -> I
 
 
 def run_serve(scenario: Scenario, probe: RedisProbe, folder: Path) -> dict[str, Any]:
+    """One scenario's figures, beside a bare app on the event loop implementation serve runs on."""
     api_port, metrics_port = harness.free_ports(2)
     ports = (api_port, metrics_port)
     env = serve_env(probe.url, folder / "policies.toml", ports, scenario.limiter)
     log = folder / "serve.log"
     targets = folder / f"{scenario.targets}.targets"
-    with _running([sys.executable, "-m", "service", "serve"], env, ports[0], log) as process:
-        result = measure(process, ports, targets, probe, scenario.method, scenario.body)
+    with (
+        _running([sys.executable, "-m", "service", "serve"], env, ports[0], log) as process,
+        _bare(harness.event_loop_of(process.pid), folder) as (_, bare_port),
+    ):
+        result = measure(process, ports, targets, probe, scenario.method, scenario.body, beside=bare_port)
     text = log.read_bytes()  # the scrapes of /metrics are logged too, but not counted in it
     result["log_lines"] = text.count(b'"event": "request"') - text.count(b'"path": "/metrics"')
     result["trouble"] = _trouble(text, result["metrics"])
@@ -398,25 +444,18 @@ def _bare(loop: str, folder: Path) -> Iterator[tuple[subprocess.Popen[bytes], in
     port = harness.free_port()
     command = [sys.executable, "-m", "bench.harness", "bare", str(port), BARE_PATH, loop]
     env = {**os.environ, "PYTHONPATH": str(harness.ROOT)}
-    with _running(command, env, port, folder / "bare.log") as process:
+    with _running(command, env, port, folder / f"bare-{port}.log") as process:
         yield process, port
 
 
 def run_bare(loop: str, probe: RedisProbe, folder: Path, method: str = "GET", body: str = "") -> dict[str, Any]:
-    with _bare(loop, folder) as (process, port):
-        result = measure(process, (port,), folder / "bare.targets", probe, method, body)
+    """The bare app's own figures: a GET alone (its ratio is 1), another method beside a second bare app
+    loaded with GETs."""
+    with _bare(loop, folder) as (process, port), contextlib.ExitStack() as stack:
+        beside = None if method == "GET" else stack.enter_context(_bare(loop, folder))[1]
+        result = measure(process, (port,), folder / "bare.targets", probe, method, body, beside)
     result["log_lines"] = 0
-    result["bare_rps"] = result["rps"]
     return result
-
-
-def bare_rps(loop: str, folder: Path) -> float:
-    """Requests/s of the bare handler in a short run: what the next scenario's ratios divide by."""
-    with _bare(loop, folder) as (_, port):
-        targets = folder / "bare.targets"
-        _first_request(port, targets, "GET", "")
-        timed = harness.load(port, targets, PAIRED_SECONDS)
-    return timed["requests"] / timed["seconds"]
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -432,11 +471,10 @@ def _met(value: float, comparison: str, bound: float) -> str:
 
 
 def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """One round's ratios by scenario: ÷ the bare run just before it, and ÷ the same stack with the limiter off
-    where there is one (each of the two first divided by its own bare run). The bare POST divides by the bare GET
-    run beside it, and ``POST /v1/jobs`` by that bare POST."""
+    """One round's ratios by scenario: ÷ the bare slices beside it, and ÷ the same stack with the limiter off
+    where there is one (each of the two first divided by its own bare slices). The bare POST divides by the bare
+    GET slices beside it, and ``POST /v1/jobs`` by that bare POST's round."""
     ratios = {label: {"vs_bare": r["rps"] / r["bare_rps"]} for label, r in results.items()}
-    ratios[BARE_POST]["vs_bare"] = results[BARE_POST]["rps"] / results[BARE]["rps"]
     for label, off in ((JOB, JOB_OFF), (HOT, JOB_OFF), (RATE_LIMIT, RATE_LIMIT_OFF)):
         ratios[label]["vs_off"] = ratios[label]["vs_bare"] / ratios[off]["vs_bare"]
     ratios[POST]["vs_bare_post"] = results[POST]["rps"] / results[BARE_POST]["rps"]
@@ -472,9 +510,11 @@ def report(rows: dict[str, dict[str, Any]], machine: str, loop: str) -> str:
         f"{COUNT_SECONDS} s counting run with a MONITOR tap; loopback; one server process each, {loop} event loop "
         f"(as loaded in serve); private redis-server on a unix socket. {ROUNDS} rounds of every scenario, the bare "
         "handler included: each row is the scenario's median round by requests/s, each ratio the median of the "
-        f"rounds' ratios (its range beside it). Each scenario's ratios divide by a {PAIRED_SECONDS} s run of the "
-        "bare handler taken right beside it (the limiter's on ÷ off divides the two scenarios' ratios), as the "
-        "machine's speed drifts over a round by more than the effects measured.",
+        f"rounds' ratios (its range beside it). Each timed run is {SLICES} slices of {SECONDS / SLICES:g} s, each "
+        "loaded in turn with a slice of a bare handler running alongside (bare first in every other pair); the "
+        "scenario's ratios divide by those bare slices (the limiter's on ÷ off divides the two scenarios' "
+        "ratios), as the machine's speed moves from one second to the next by more than the effects measured. "
+        "p50 and p99: the median of the slices'.",
         "",
         "serve: `python -m service serve` with fly.toml's [env] ("
         + ", ".join(f"{k}={v}" for k, v in fly_env().items())
@@ -596,12 +636,10 @@ def main() -> None:
                 results: dict[str, dict[str, Any]] = {}
                 for scenario in SCENARIOS:
                     _progress(f"api bench, round {round_number} of {ROUNDS}: {scenario.label} ...")
-                    paired = bare_rps(loop, folder) if loop else None  # the first scenario ever finds the loop
                     results[scenario.label] = result = run_serve(scenario, probe, folder)
                     if loop and result["loop"] != loop:
                         raise RuntimeError(f"serve ran on different event loops: {loop} and {result['loop']}")
                     loop = result["loop"]
-                    result["bare_rps"] = paired if paired is not None else bare_rps(loop, folder)
                 _progress(f"api bench, round {round_number} of {ROUNDS}: {BARE} and {BARE_POST} ({loop}) ...")
                 bare = run_bare(loop, probe, folder)
                 bare_post = run_bare(loop, probe, folder, "POST", POST_BODY)
