@@ -63,7 +63,7 @@ def test_each_ratio_is_the_median_of_the_rounds_with_their_range() -> None:
     assert job["vs_bare"] == pytest.approx(0.3)
     assert job["vs_bare_range"] == pytest.approx((0.27, 0.33))
     assert job["vs_off"] == pytest.approx(0.75)  # the two scenarios' own ratios divided: 0.30 / 0.40
-    assert rows[api.BARE_POST]["vs_bare"] == pytest.approx(0.7)  # the bare POST divides by the bare GET slices beside it
+    assert rows[api.BARE_POST]["vs_bare"] == pytest.approx(0.7)  # ÷ the bare GET slices beside it
     assert rows[api.POST]["vs_bare_post"] == pytest.approx(6_000.0 / 21_000.0)
 
 
