@@ -25,10 +25,7 @@ __all__ = ["AccessLogger", "access_line"]
 ACCESS_LOGGER = "ottoai.access"
 access_log = get_logger(ACCESS_LOGGER)
 
-_LINE = (
-    '{"method": %s, "path": %s, "status": %d, "duration_ms": %r, "request_id": %s, "remote": %s, '
-    '"event": "request", "level": "info", "logger": "' + ACCESS_LOGGER + '", "timestamp": "%s.%06dZ"}\n'
-)
+_TAIL = '"event": "request", "level": "info", "logger": "' + ACCESS_LOGGER + '", "timestamp": "'
 _second = -1
 _second_text = ""
 
@@ -36,6 +33,15 @@ _second_text = ""
 def _text(value: str | None) -> str:
     """A JSON string of ``value`` with its secrets hidden, or ``null``."""
     return "null" if value is None else redacted_json(value)
+
+
+def _milliseconds(duration_s: float) -> str:
+    """``repr(round(duration_s * 1000, 2))`` in half the time: two decimals, one trailing zero dropped.
+
+    The same text for every duration below 10^16 ms (the tests hold it to ``round``).
+    """
+    text = f"{duration_s * 1000:.2f}"
+    return text[:-1] if text[-1] == "0" and text[-2] != "." else text
 
 
 def access_line(
@@ -46,15 +52,12 @@ def access_line(
     second = int(now)
     if second != _second:  # the date and time to the second change once a second, not once a request
         _second, _second_text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return _LINE % (
-        _text(method),
-        _text(path),
-        status,
-        round(duration_s * 1000, 2),
-        "null" if request_id is None else encode_basestring_ascii(redact_text(request_id)),  # new every time
-        _text(remote),
-        _second_text,
-        int((now - second) * 1e6),
+    # The request id is new every time: redacted here, not remembered.
+    request_id_json = "null" if request_id is None else encode_basestring_ascii(redact_text(request_id))
+    return (
+        f'{{"method": {_text(method)}, "path": {_text(path)}, "status": {status}, '
+        f'"duration_ms": {_milliseconds(duration_s)}, "request_id": {request_id_json}, "remote": {_text(remote)}, '
+        f'{_TAIL}{_second_text}.{int((now - second) * 1e6):06d}Z"}}\n'
     )
 
 

@@ -66,13 +66,11 @@ _JSON_TEXTS_MAX = 4096
 
 def redacted_json(text: str) -> str:
     """``text`` with its secrets hidden (``redact_text``), as a JSON string; remembered for the next time."""
-    try:
-        return _json_texts[text]
-    except KeyError:
-        pass
-    if len(_json_texts) >= _JSON_TEXTS_MAX:
-        _json_texts.clear()
-    json_text = _json_texts[text] = encode_basestring_ascii(redact_text(text))
+    json_text = _json_texts.get(text)
+    if json_text is None:  # a path with a job's id is new every time: no exception raised for it
+        if len(_json_texts) >= _JSON_TEXTS_MAX:
+            _json_texts.clear()
+        json_text = _json_texts[text] = encode_basestring_ascii(redact_text(text))
     return json_text
 
 

@@ -15,11 +15,13 @@ import pytest
 import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from hypothesis import example, given
+from hypothesis import strategies as st
 from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
 from service import logging as service_logging
-from service.access_log import access_line
+from service.access_log import _milliseconds, access_line
 from service.app import create_app
 from service.logging import LineBuffer, bind_context, configure_logging, get_logger, redacted_json
 from service.settings import Settings
@@ -180,6 +182,16 @@ def test_a_line_matches_what_json_would_write() -> None:
     }
     assert line.endswith("}\n")
     assert line.count("\n") == 1
+
+
+@given(st.floats(min_value=0, max_value=1e9))  # up to 31 years, in seconds
+@example(0.0)
+@example(5e-324)
+@example(0.000005)  # half a hundredth of a millisecond: a tie for both
+@example(0.000015)
+@example(1.0)
+def test_a_duration_is_written_as_round_would_write_it(duration_s: float) -> None:
+    assert _milliseconds(duration_s) == repr(round(duration_s * 1000, 2))
 
 
 async def test_lines_of_one_loop_turn_are_written_together_at_its_end() -> None:
