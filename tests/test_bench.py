@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import tomllib
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
 from redis import Redis
 
-from bench import api
+from bench import api, harness
 from bench.redis_stats import Monitor, Window, command_calls, delta, per
 from service.ratelimit.policy import DEFAULT_POLICIES_TOML, parse_policies
 from tests.servers import new_redis_server
@@ -65,6 +66,32 @@ def test_each_ratio_is_the_median_of_the_rounds_with_their_range() -> None:
     assert job["vs_off"] == pytest.approx(0.75)  # the two scenarios' own ratios divided: 0.30 / 0.40
     assert rows[api.BARE_POST]["vs_bare"] == pytest.approx(0.7)  # ÷ the bare GET slices beside it
     assert rows[api.POST]["vs_bare_post"] == pytest.approx(6_000.0 / 21_000.0)
+
+
+def test_the_timed_run_takes_turns_with_the_bare_app_and_divides_by_its_slices(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    loads: list[int] = []
+
+    def load(port: int, targets: Path, seconds: float, method: str = "GET", body: str = "") -> dict[str, float]:
+        loads.append(port)
+        rps = 30_000.0 if port == 1 else 9_000.0  # port 1: the bare app
+        p50 = 1_000.0 + len(loads)  # each slice its own latency
+        figures = {"requests": rps * seconds, "seconds": seconds, "p50_us": p50, "p99_us": 2 * p50}
+        return {**figures, "non_2xx": 1.0, "socket_errors": 0.0}
+
+    monkeypatch.setattr(harness, "load", load)
+    monkeypatch.setattr(api, "_first_request", lambda *_: 200)
+
+    timed, bare_rps = api._timed_run(2, tmp_path / "job.targets", "GET", "", beside=1)
+
+    assert loads == [1, 2, 2, 1] * (api.SLICES // 2)  # bare first in every other pair
+    assert bare_rps == pytest.approx(30_000.0)
+    assert timed["requests"] / timed["seconds"] == pytest.approx(9_000.0)
+    assert timed["seconds"] == pytest.approx(api.SECONDS)
+    assert timed["non_2xx"] == api.SLICES  # counts summed over the slices
+    mine = sorted(1_000.0 + i + 1 for i, port in enumerate(loads) if port == 2)
+    assert timed["p50_us"] == mine[len(mine) // 2]  # latencies: the median slice's
 
 
 def test_the_report_shows_every_scenario_and_judges_each_target() -> None:
