@@ -63,16 +63,19 @@ def per(counts: Mapping[str, int], units: float, top: int = 6) -> str:
 
 @dataclass
 class Window:
-    """The commands seen between two marks, by name: sent by clients, and run by scripts."""
+    """The commands seen between two marks, by name: sent by clients, and run by scripts; and the
+    client connections (by address) that sent them."""
 
     client: dict[str, int] = field(default_factory=dict)
     script: dict[str, int] = field(default_factory=dict)
+    senders: dict[str, set[bytes]] = field(default_factory=dict)
 
     def without(self, ignore: Iterable[str]) -> Window:
         skip = set(ignore)
         return Window(
             {k: v for k, v in self.client.items() if k not in skip},
             {k: v for k, v in self.script.items() if k not in skip},
+            {k: v for k, v in self.senders.items() if k not in skip},
         )
 
     @property
@@ -147,9 +150,15 @@ class Monitor:
         window, self._taken = now - self._taken, now
         client: Counter[str] = Counter()
         script: Counter[str] = Counter()
+        senders: dict[str, set[bytes]] = {}
         for (source, name), calls in window.items():
-            (script if source == b"lua" else client)[name.decode(errors="replace").lower()] += calls
-        return Window(dict(client), dict(script)).without(OWN_COMMANDS)
+            command = name.decode(errors="replace").lower()
+            if source == b"lua":
+                script[command] += calls
+            else:
+                client[command] += calls
+                senders.setdefault(command, set()).add(source)
+        return Window(dict(client), dict(script), senders).without(OWN_COMMANDS)
 
     def _read(self) -> None:
         pending = b""

@@ -25,6 +25,7 @@ tenant stops enqueueing. Idempotency keys live 24 h.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -35,6 +36,7 @@ from typing import Any, Literal
 from arq.constants import expires_extra_ms
 from arq.utils import timestamp_ms
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from jobs.redis_keys import (
     ABORT_KEY,
@@ -136,6 +138,19 @@ class _JobIds:
 
 
 _job_ids = _JobIds()
+
+
+def _read_job_call(tenant: str, job_id: str) -> tuple[list[str], list[str]]:
+    """``read_job.lua``'s keys and arguments for one job of ``tenant``."""
+    keys = [
+        index_key(tenant),
+        RESULT_PREFIX + job_id,
+        JOB_PREFIX + job_id,
+        IN_PROGRESS_PREFIX + job_id,
+        RETRY_PREFIX + job_id,
+        QUEUE_KEY,
+    ]
+    return keys, [job_id]
 
 
 def _fingerprint(task: str, args: Mapping[str, Any], defer_s: float) -> str:
@@ -262,22 +277,21 @@ class JobQueue:
         """How many of the tenant's jobs are queued, deferred or running (what its cap counts)."""
         return int(await self._redis.zcard(ready_key(tenant)))
 
-    async def get(self, tenant: str, job_id: str) -> JobView | None:
-        """The job, or ``None`` when it is not this tenant's or no longer exists."""
-        state = await self._reads.call(
-            _READ_JOB,
-            [
-                index_key(tenant),
-                RESULT_PREFIX + job_id,
-                JOB_PREFIX + job_id,
-                IN_PROGRESS_PREFIX + job_id,
-                RETRY_PREFIX + job_id,
-                QUEUE_KEY,
-            ],
-            [job_id],
-            idempotent=True,
-        )
+    async def get(self, tenant: str, job_id: str, *, ahead: asyncio.Future[Any] | None = None) -> JobView | None:
+        """The job, or ``None`` when it is not this tenant's or no longer exists.
+
+        ``ahead``: the reply of ``read_command`` sent already (with the rate limiter's
+        decision); when that is an error (it did not come back, ``NOSCRIPT``, ...), the job
+        is read here.
+        """
+        state = None if ahead is None else await ahead
+        if state is None or isinstance(state, RedisError):
+            state = await self._reads.call(_READ_JOB, *_read_job_call(tenant, job_id), idempotent=True)
         return view_of(job_id, state, timestamp_ms()) if state else None
+
+    def read_command(self, tenant: str, job_id: str) -> bytes:
+        """What ``get`` sends, framed, for a caller that sends it (``get(..., ahead=...)`` takes its reply)."""
+        return _READ_JOB.frame(*_read_job_call(tenant, job_id))
 
     async def abort(self, tenant: str, job_id: str) -> tuple[AbortOutcome, JobView | None]:
         """Abort the job: ``aborted`` (it had not started), ``running`` (its worker will

@@ -17,7 +17,7 @@ from jobs.tasks import TASKS
 from service import openapi
 from service.api import cron, dashboard, health, internal, metrics, ratelimit, readiness
 from service.api import jobs as jobs_api
-from service.app_keys import API_KEYS, METRICS, POLICIES, REDIS, REDIS_ONCE, SETTINGS
+from service.app_keys import API_KEYS, METRICS, POLICIES, READS_AHEAD, REDIS, REDIS_ONCE, SETTINGS
 from service.auth import ApiKeyStore, follow_revocations
 from service.metrics import Metrics
 from service.middleware import request_middleware
@@ -94,6 +94,7 @@ def create_app(
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_key_revocations_ctx)
+    app[READS_AHEAD] = {}
     app[POLICIES] = load_policies(settings.rate_limits_file)  # validated even when off: no surprise on switching on
     if settings.rate_limit_enabled:
         app.cleanup_ctx.append(limiter_ctx)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -34,6 +36,9 @@ DATABASE: web.AppKey[asyncpg.Pool] = web.AppKey("database")
 READINESS: web.AppKey[SharedResult[dict[str, Any]]] = web.AppKey("readiness")  # one /ready body, shared
 POLICIES: web.AppKey[Policies] = web.AppKey("rate_limit_policies")
 LIMITER: web.AppKey[Limiter] = web.AppKey("rate_limiter")
+# Per route ("GET /v1/jobs/{job_id}"): the framed read of a request, given its tenant, that may
+# ride in the limiter's batch (``Limiter.ride``); its handler finds the reply in ``READ_AHEAD``.
+READS_AHEAD: web.AppKey[dict[str, Callable[[web.Request, str], bytes]]] = web.AppKey("reads_ahead")
 LIMITER_REDIS = web.AppKey("rate_limiter_redis", Redis)  # RATE_LIMIT_REDIS_URL (a cluster seed node), or REDIS_URL
 LIMIT_USAGE: web.AppKey[LimitUsage] = web.AppKey("rate_limit_usage")  # tenants near their limits, 429s a minute
 JOB_QUEUE: web.AppKey[JobQueue] = web.AppKey("job_queue")
@@ -45,6 +50,7 @@ DASHBOARD: web.AppKey[Dashboard] = web.AppKey("dashboard")  # its JSON document,
 REQUEST_ID = web.RequestKey("request_id", str)
 IDENTITY: web.RequestKey[Identity | None] = web.RequestKey("identity")
 RATE_LIMIT: web.RequestKey[Decision] = web.RequestKey("rate_limit")
+READ_AHEAD: web.RequestKey[asyncio.Future[Any]] = web.RequestKey("read_ahead")  # see READS_AHEAD
 # POST /v1/jobs's quick check: the body as its schema loads it, and the Idempotency-Key.
 PLAIN_ENQUEUE: web.RequestKey[tuple[dict[str, Any], str | None]] = web.RequestKey("plain_enqueue")
 # GET /v1/jobs's quick check: the query as its schema loads it.

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from service.ratelimit.limiter import BATCHES_IN_FLIGHT_MAX, Limiter, Outcome
 from service.ratelimit.policy import parse_policies
@@ -77,6 +77,57 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced_not_failed(
     assert decision.outcome == Outcome.ALLOWED
     assert [state.remaining for state in decision.states] == [1]  # the same bucket, on a new connection
     assert limiter.metrics.redis_errors == {}
+    await limiter.close()
+
+
+def _get(key: str) -> bytes:
+    return b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(key), key.encode())
+
+
+async def test_reads_riding_with_the_decisions_come_back_in_the_same_round_trip(
+    limiter_redis: Redis, redis: Redis
+) -> None:
+    await redis.set("ride:a", "1")
+    limiter = Limiter(limiter_redis, deadline_s=1.0, carries_reads=True)
+    decisions = [limiter.submit(f"tenant-{n}", ROUTE) for n in range(3)]
+    reads = [limiter.ride(_get("ride:a")), limiter.ride(_get("ride:none")), limiter.ride(b"*1\r\n$6\r\nNOSUCH\r\n")]
+
+    assert [(await d).outcome for d in decisions] == [Outcome.ALLOWED] * 3
+    first, missing, error = [await read for read in reads]
+    assert (first, missing) == (b"1", None)
+    assert isinstance(error, ResponseError)  # in place, as a value: nobody has to retrieve it
+    assert round_trips(limiter) == 1
+    await limiter.close()
+
+
+async def test_a_read_whose_batch_ran_out_of_time_is_answered_with_an_error_value(
+    limiter_redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limiter = Limiter(limiter_redis, deadline_s=0.05, carries_reads=True)
+
+    async def hung_send(commands: list[bytes]) -> list[Any]:
+        await asyncio.sleep(5)
+        return []
+
+    monkeypatch.setattr(limiter, "_send", hung_send)
+    deciding = limiter.submit("acme", ROUTE)
+    read = limiter.ride(_get("ride:a"))
+
+    assert (await deciding).outcome == Outcome.FAIL_OPEN  # at its deadline, the read or not
+    assert isinstance(await asyncio.wait_for(read, 1), RedisError)
+    await limiter.close()
+
+
+async def test_a_read_whose_batch_was_cancelled_before_it_started_is_answered() -> None:
+    limiter = Limiter(Redis.from_url("redis://127.0.0.1:1/0"), deadline_s=5.0, carries_reads=True)
+    deciding = limiter.submit("acme", ROUTE)
+    read = limiter.ride(_get("ride:a"))
+    await asyncio.sleep(0)
+    [batch] = limiter._inflight
+    batch.cancel()
+
+    assert (await deciding).outcome == Outcome.FAIL_OPEN
+    assert isinstance(await read, RedisError)
     await limiter.close()
 
 

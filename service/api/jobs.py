@@ -25,7 +25,17 @@ from jobs.registry import InvalidArguments, Registry, Task, UnknownTask
 from jobs.serialization import compact_json
 from service.api.job_error import ErrorSchema
 from service.api.route_docs import v1_operation
-from service.app_keys import IDENTITY, JOB_QUEUE, PLAIN_ENQUEUE, PLAIN_LIST, REDIS, REDIS_ONCE, SETTINGS
+from service.app_keys import (
+    IDENTITY,
+    JOB_QUEUE,
+    PLAIN_ENQUEUE,
+    PLAIN_LIST,
+    READ_AHEAD,
+    READS_AHEAD,
+    REDIS,
+    REDIS_ONCE,
+    SETTINGS,
+)
 from service.errors import Problem
 from service.openapi import Answer, TaggedUnion
 from service.request_body import read_json
@@ -325,7 +335,7 @@ async def enqueue_for(
 )
 async def get_job(request: web.Request) -> web.Response:
     job_id = request.match_info["job_id"]
-    view = await request.app[JOB_QUEUE].get(_tenant(request), job_id)
+    view = await request.app[JOB_QUEUE].get(_tenant(request), job_id, ahead=request.get(READ_AHEAD))
     if view is None:
         raise _not_found(job_id)
     return _job_response(view)
@@ -391,3 +401,9 @@ def setup(app: web.Application, registry: Registry) -> None:
     app.router.add_get("/v1/jobs", list_jobs, allow_head=False)
     app.router.add_get("/v1/jobs/{job_id}", get_job, allow_head=False)
     app.router.add_delete("/v1/jobs/{job_id}", delete_job)
+    app[READS_AHEAD]["GET /v1/jobs/{job_id}"] = _job_read
+
+
+def _job_read(request: web.Request, tenant: str) -> bytes:
+    """``get_job``'s read, to go with the limiter's decision."""
+    return request.app[JOB_QUEUE].read_command(tenant, request.match_info["job_id"])

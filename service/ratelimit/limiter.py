@@ -20,6 +20,11 @@
 - **No double spending.** Nothing is retried except a ``NOSCRIPT`` reply (the script did
   not run: after ``SCRIPT FLUSH`` or a failover), which reloads it and resends (up to
   three times, should flushes keep coming).
+- **Reads riding along.** On the process's own Redis, a request's read that does not depend
+  on the decision (``GET /v1/jobs/{id}``'s job) can go in the batch's write, after the
+  decisions (``ride``): the request then waits for one round trip, not two. A read that
+  did not come back (the batch failed or ran out of time, ``NOSCRIPT``) is answered with
+  the error as its value, and its caller reads on its own; the decision never waits for it.
 - **Out of memory.** On Redis >= 7 the script is flagged ``allow-oom``, so the limiter
   still decides (and refuses) when Redis is at ``maxmemory`` and refuses other writes.
 """
@@ -67,6 +72,9 @@ _STALL_TURNS = 3
 log = get_logger(__name__)
 
 
+# A read riding in a batch's write: the framed command, and the future of its reply.
+_Rider = tuple[bytes, "asyncio.Future[Any]"]
+
 # A decision waiting for its batch: caller, route, and its future.
 # A plain tuple: one is made per request, and a class's __init__ would cost more than the rest.
 _Call = tuple[str, RouteBuckets, "asyncio.Future[Decision]"]
@@ -75,10 +83,11 @@ _Call = tuple[str, RouteBuckets, "asyncio.Future[Decision]"]
 class _Batch:
     """The decisions of one round trip, and whether its place among the batches in flight was given back."""
 
-    __slots__ = ("deadline_at", "groups", "settled", "timeout")
+    __slots__ = ("deadline_at", "groups", "riders", "settled", "timeout")
 
-    def __init__(self, groups: Sequence[Group], deadline_at: float) -> None:
+    def __init__(self, groups: Sequence[Group], riders: list[_Rider], deadline_at: float) -> None:
         self.groups = groups
+        self.riders = riders
         self.deadline_at = deadline_at
         self.settled = False
         self.timeout: asyncio.Timeout | None = None  # its read's, while it reads
@@ -95,6 +104,7 @@ class Limiter:
         metrics: LimiterMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         cluster: ClusterTransport | None = None,
+        carries_reads: bool = False,
     ) -> None:
         self._redis = redis
         self._deadline_s = deadline_s
@@ -102,8 +112,11 @@ class Limiter:
         self._clock = clock
         # Set: the limiter's Redis is a cluster, and batches go through this (``redis`` is then unused).
         self.cluster = cluster
+        # Set: the limiter's Redis holds the process's data too, so reads may ride in its batches (``ride``).
+        self.carries_reads = carries_reads and cluster is None
         self._connections = KeptConnections(redis.connection_pool, clock)
         self._pending: list[_Call] = []
+        self._riders: list[_Rider] = []
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the pending decisions, when there are any
         self._pending_since = 0.0  # loop time the first pending decision was queued: its deadline runs from then
         self._unanswered = 0  # batches sent and neither answered nor given up, at most BATCHES_IN_FLIGHT_MAX
@@ -141,6 +154,21 @@ class Limiter:
             loop.call_soon(self._flush)
         future: asyncio.Future[Decision] = loop.create_future()
         self._pending.append((caller, route, future))
+        return future
+
+    def ride(self, command: bytes) -> asyncio.Future[Any]:
+        """Send ``command`` (a framed read) in the write of the batch of the decision just ``submit``-ted.
+
+        The future holds its reply undecoded, or an exception as its value (an error reply,
+        or a ``RedisError`` when it did not come back): the caller then reads on its own.
+        A value, not the future's exception, as a refused request never looks at it. Only
+        when ``carries_reads``; call it in the same loop turn as ``submit``.
+        """
+        loop = self._loop
+        assert loop is not None, "ride() goes with the decision submit() just queued"
+        assert self._pending, "ride() goes with the decision submit() just queued"
+        future: asyncio.Future[Any] = loop.create_future()
+        self._riders.append((command, future))
         return future
 
     async def close(self) -> None:
@@ -186,9 +214,10 @@ class Limiter:
         if not self._pending or self._unanswered >= BATCHES_IN_FLIGHT_MAX:
             return  # nothing to send, or it waits for an answer (``_settle`` sends it then)
         calls, self._pending = self._pending, []
+        riders, self._riders = self._riders, []
         groups = [calls] if self.cluster is None else self.cluster.split(calls)
         self._unanswered += 1
-        batch = _Batch(groups, self._pending_since + self._deadline_s)
+        batch = _Batch(groups, riders, self._pending_since + self._deadline_s)
         task = asyncio.get_running_loop().create_task(self._run(batch))
         self._inflight.add(task)
         task.add_done_callback(functools.partial(self._ended, batch))
@@ -206,6 +235,9 @@ class Limiter:
         self._inflight.discard(task)
         if task.cancelled():
             self.give_up(batch.groups, "cancelled", "the batch was cancelled")
+        for _, future in batch.riders:
+            if not future.done():  # the batch failed, timed out or never ran
+                future.set_result(RedisError("the read did not come back with the rate limiter's batch"))
         self._settle(batch)
 
     def _expire(self, batch: _Batch, turns: int = 0) -> None:
@@ -240,7 +272,7 @@ class Limiter:
                 if self.cluster is not None:
                     await self.cluster.send(groups, self, sent)  # answers each group as its primary replies
                 else:
-                    await self._send_batch(groups, sent)
+                    await self._send_batch(groups, sent, batch.riders)
         except (RedisError, OSError, TimeoutError) as exc:
             kind = "timeout" if isinstance(exc, TimeoutError) else "connection"
             self.give_up(groups, kind, str(exc) or type(exc).__name__)
@@ -250,10 +282,14 @@ class Limiter:
             expiry.cancel()
         self._metrics.redis_latency.observe(time.perf_counter() - started)
 
-    async def _send_batch(self, groups: Sequence[Group], sent: float) -> None:
-        """The single-server round trip: every group's call in one write, on one connection."""
+    async def _send_batch(self, groups: Sequence[Group], sent: float, riders: list[_Rider]) -> None:
+        """The single-server round trip: every group's call in one write, on one connection, the riders after."""
         commands = [self._framer.evalsha(group) for group in groups]
-        replies = await self._send(commands)
+        replies = await self._send([*commands, *(command for command, _ in riders)] if riders else commands)
+        if riders:
+            for (_, future), reply in zip(riders, replies[len(commands) :], strict=True):
+                future.set_result(reply)  # an error reply in place
+            del replies[len(commands) :]
         for _ in range(_NOSCRIPT_RELOADS):
             retry = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
             if not retry:

@@ -6,7 +6,8 @@ each aiohttp middleware layer costs every request a coroutine and a call. The or
 the contract's: a request without a valid key is limited by client address before it gets its 401, so
 guessing keys is throttled; with ``RATE_LIMIT_ENABLED=false`` it gets its 401 at once.
 Which buckets a request spends, and which it only reads (``GET /v1/rate-limit``), is the
-policy's to say (``service/ratelimit/policy.py``).
+policy's to say (``service/ratelimit/policy.py``). A route's read that the limiter may carry
+(``READS_AHEAD``) goes to Redis with the decision, in one round trip.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from service.app_keys import (
     METRICS,
     POLICIES,
     RATE_LIMIT,
+    READ_AHEAD,
+    READS_AHEAD,
     REDIS_ONCE,
     SETTINGS,
 )
@@ -69,10 +72,16 @@ async def v1_gate(request: web.Request, handler: Handler) -> web.StreamResponse:
         caller = address_caller(client_address(request, app[SETTINGS].trust_proxy_headers))
         plan = policies.anonymous
     resource = request.match_info.route.resource
-    route = plan.for_route(f"{request.method} {resource.canonical}" if resource is not None else None)
+    name = f"{request.method} {resource.canonical}" if resource is not None else None
+    route = plan.for_route(name)
     decision = limiter.refuse_locally(caller, route)
     if decision is None:
-        decision = await limiter.submit(caller, route)
+        deciding = limiter.submit(caller, route)
+        if identity is not None and limiter.carries_reads:
+            read = app[READS_AHEAD].get(name or "")
+            if read is not None:  # the handler's read, sent with the decision (thrown away on a refusal)
+                request[READ_AHEAD] = limiter.ride(read(request, identity.tenant))
+        decision = await deciding
 
     outcome = decision.outcome
     if outcome is Outcome.LIMITED:
@@ -140,7 +149,12 @@ async def limiter_ctx(app: web.Application) -> AsyncIterator[None]:
     """
     settings = app[SETTINGS]
     async with limiter_redis(app, settings) as (client, clusters):
-        limiter = Limiter(client, deadline_s=settings.rate_limit_deadline_ms / 1000, cluster=clusters.cluster)
+        limiter = Limiter(
+            client,
+            deadline_s=settings.rate_limit_deadline_ms / 1000,
+            cluster=clusters.cluster,
+            carries_reads=not settings.separate_limiter_redis,
+        )
         limiter.metrics.register(app[METRICS].registry)
         app[LIMITER] = limiter
         usage = app[LIMIT_USAGE] = LimitUsage(app[REDIS_ONCE])  # a counted increment must not be sent twice

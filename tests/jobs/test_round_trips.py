@@ -1,5 +1,6 @@
-"""Each jobs request costs one Redis round trip of its own beside the limiter's: counted as a client sends
-commands (a script call counts once, as a metered Redis bills), through a ``MONITOR`` tap, never timed."""
+"""Each jobs request costs one Redis script call of its own beside the limiter's: counted as a client sends
+commands (a script call counts once, as a metered Redis bills), through a ``MONITOR`` tap, never timed.
+Reading one job goes in the limiter's own write: one round trip, on the limiter's connection."""
 
 from __future__ import annotations
 
@@ -50,14 +51,17 @@ def monitor() -> Iterator[Monitor]:
         yield tap
 
 
-async def sent_per_request(monitor: Monitor, request: Callable[[int], Awaitable[ClientResponse]]) -> dict[str, float]:
+async def sent_per_request(
+    monitor: Monitor, request: Callable[[int], Awaitable[ClientResponse]], *, connections: int = 2
+) -> dict[str, float]:
     """The commands the app sent per request, by name, over ``REQUESTS`` sequential requests after a first one
-    (which loads the scripts and caches the API key)."""
+    (which loads the scripts and caches the API key); their script calls came on ``connections`` connections."""
     await request(-1)
     monitor.mark()
     for n in range(REQUESTS):
         await request(n)
     window = monitor.mark().without(UPKEEP)
+    assert len(window.senders.get("evalsha", ())) == connections
     return {name: calls / REQUESTS for name, calls in window.client.items()}
 
 
@@ -69,15 +73,17 @@ def expect(status: int) -> Callable[[ClientResponse], ClientResponse]:
     return check
 
 
-async def test_reading_a_job_is_one_script_call_beside_the_limiters(
+async def test_reading_a_job_is_one_script_call_in_the_limiters_round_trip(
     limited: Client, key: str, monitor: Monitor
 ) -> None:
     job_id = await enqueue(limited, key, "diagnostics.ping")
 
     async def read(_: int) -> ClientResponse:
-        return expect(200)(await limited.get(f"/v1/jobs/{job_id}", headers=auth(key)))
+        response = expect(200)(await limited.get(f"/v1/jobs/{job_id}", headers=auth(key)))
+        assert (await response.json())["id"] == job_id
+        return response
 
-    assert await sent_per_request(monitor, read) == {"evalsha": 2.0}
+    assert await sent_per_request(monitor, read, connections=1) == {"evalsha": 2.0}
 
 
 async def test_reading_another_tenants_job_costs_the_same_and_is_404(
@@ -88,7 +94,25 @@ async def test_reading_another_tenants_job_costs_the_same_and_is_404(
     async def read(_: int) -> ClientResponse:
         return expect(404)(await limited.get(f"/v1/jobs/{theirs}", headers=auth(key)))
 
-    assert await sent_per_request(monitor, read) == {"evalsha": 2.0}
+    assert await sent_per_request(monitor, read, connections=1) == {"evalsha": 2.0}
+
+
+async def test_a_job_read_that_did_not_ride_is_read_on_its_own(
+    limited: Client, key: str, redis: Redis, monitor: Monitor
+) -> None:
+    """After ``SCRIPT FLUSH`` the read that went with the limiter's call gets ``NOSCRIPT``: it is sent again."""
+    job_id = await enqueue(limited, key, "diagnostics.ping")
+
+    async def read(_: int) -> ClientResponse:
+        await redis.script_flush()
+        response = expect(200)(await limited.get(f"/v1/jobs/{job_id}", headers=auth(key)))
+        assert (await response.json())["id"] == job_id
+        return response
+
+    # Per request: the limiter's call and the read beside it (both NOSCRIPT), the limiter's script loaded
+    # and its call sent again; then the read on a connection of the reads, NOSCRIPT, loaded and sent again.
+    # SCRIPT: the test's own FLUSH and the two loads.
+    assert await sent_per_request(monitor, read) == {"evalsha": 5.0, "script": 3.0}
 
 
 async def test_enqueueing_is_one_script_call_beside_the_limiters(limited: Client, key: str, monitor: Monitor) -> None:
