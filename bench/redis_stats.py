@@ -68,7 +68,7 @@ class Window:
 
     client: dict[str, int] = field(default_factory=dict)
     script: dict[str, int] = field(default_factory=dict)
-    senders: dict[str, set[bytes]] = field(default_factory=dict)
+    senders: dict[str, set[bytes]] = field(default_factory=dict, compare=False)
 
     def without(self, ignore: Iterable[str]) -> Window:
         skip = set(ignore)
