@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from marshmallow import ValidationError
 
-from service.api.jobs import EnqueueHeadersSchema, EnqueueSchema, plain_enqueue
+from service.api.job_schemas import EnqueueHeadersSchema, EnqueueSchema, plain_enqueue
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=5),

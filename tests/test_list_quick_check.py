@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from webargs.aiohttpparser import AIOHTTPParser
 
 from jobs.queue import STATUSES
-from service.api.jobs import CURSOR_MAX, ListQuerySchema, plain_list_query
+from service.api.job_schemas import CURSOR_MAX, ListQuerySchema, plain_list_query
 
 VALUES = (
     st.sampled_from(["", "0", "1", "5", "20", "100", "101", "007", "+5", "-1", " 5", "5 ", "1e2", "\u0661", "a_b-C9"])
