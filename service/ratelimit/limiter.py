@@ -8,10 +8,9 @@
   fewer, larger batches (each costs a task, a write, a read and a timer, however small) on
   a few connections, not one per loop turn and a whole pool of them. A waiting decision's
   deadline runs from when it was queued.
-- **Exact local refusals.** When Redis has said a bucket held ``r`` units, at most
-  ``r + rate * (now - sent)`` can be there now (``sent`` is when that call left, so the
-  bound errs high: other processes only spend). While that bound is below the cost, the
-  request is refused here, without a round trip. Admissions always go to Redis.
+- **Exact local refusals.** A bucket that Redis has said cannot pay refuses the caller's
+  next requests here, without a round trip, until it may have refilled (``refusals.py``).
+  Admissions always go to Redis.
 - **Deadline.** A batch that Redis has not answered within ``deadline_s`` ends as
   fail-open or fail-closed per route; the connection is dropped, never reused mid-reply.
   When the deadline's timer fires late, this process was busy or not scheduled, not Redis
@@ -46,22 +45,18 @@ from service.ratelimit.connections import KeptConnections
 from service.ratelimit.decision import Decision, Outcome
 from service.ratelimit.metrics import LimiterMetrics
 from service.ratelimit.policy import RouteBuckets
+from service.ratelimit.refusals import Refusals
 from service.ratelimit.script import (
     ALLOW_OOM_SCRIPT,
     ALLOW_OOM_SCRIPT_SHA,
-    OK,
-    REMAINING_UNITS,
     REPLY_PER_BUCKET,
-    RETRY_IN_US,
     SCRIPT,
     SCRIPT_SHA,
     BatchFramer,
-    bucket_reply,
 )
 
 __all__ = ["Decision", "Limiter", "Outcome"]
 
-_REFUSAL_CACHE_MAX = 100_000  # callers
 _WARN_EVERY_S = 1.0
 _NOSCRIPT_RELOADS = 3  # per batch, within its deadline
 BATCHES_IN_FLIGHT_MAX = 4  # a few connections; Redis reads the next batches while this process reads a reply
@@ -121,9 +116,7 @@ class Limiter:
         self._pending_since = 0.0  # loop time the first pending decision was queued: its deadline runs from then
         self._unanswered = 0  # batches sent and neither answered nor given up, at most BATCHES_IN_FLIGHT_MAX
         self._inflight: set[asyncio.Task[None]] = set()
-        # caller -> bucket name -> (remaining units Redis reported, local time the call was sent);
-        # only near-empty buckets.
-        self._refusals: dict[str, dict[str, tuple[int, float]]] = {}
+        self._refusals = Refusals(clock)
         # The allow-oom script (Redis >= 7) until Redis refuses to load it.
         self._script = ALLOW_OOM_SCRIPT
         self._framer = BatchFramer(ALLOW_OOM_SCRIPT_SHA)
@@ -178,37 +171,11 @@ class Limiter:
         await self._connections.close()
 
     def refuse_locally(self, caller: str, route: RouteBuckets) -> Decision | None:
-        """A refusal decided without Redis, when an earlier reply proves a bucket cannot pay yet."""
-        entries = self._refusals.get(caller)
-        if entries is None:
-            return None
-        now = self._clock()
-        violated = []
-        reply: list[int] = []
-        for bucket in route.enforced:
-            entry = entries.get(bucket.name)
-            if entry is None:
-                continue
-            reported, sent = entry
-            refill_units_per_us = bucket.refill_units_per_us
-            # An upper bound of what Redis holds now; one unit of slack for float rounding.
-            at_most = reported + refill_units_per_us * (now - sent) * 1e6 + 1
-            if at_most >= bucket.cost_units:
-                del entries[bucket.name]
-                continue
-            violated.append(bucket)
-            reply += bucket_reply(
-                False,
-                int(at_most),
-                int((bucket.capacity_units - at_most) / refill_units_per_us),
-                int((bucket.cost_units - at_most) / refill_units_per_us),
-            )
-        if not violated:
-            if not entries:
-                del self._refusals[caller]
-            return None
-        self._metrics.count(Outcome.LIMITED, route.plan, local=True)
-        return Decision(route, Outcome.LIMITED, tuple(violated), reply)
+        """A refusal decided without Redis, when an earlier reply proves a bucket cannot pay yet (``refusals.py``)."""
+        decision = self._refusals.refuse(caller, route)
+        if decision is not None:
+            self._metrics.count(Outcome.LIMITED, route.plan, local=True)
+        return decision
 
     def _flush(self) -> None:
         if not self._pending or self._unanswered >= BATCHES_IN_FLIGHT_MAX:
@@ -383,36 +350,13 @@ class Limiter:
 
     def _resolve(self, group: Group, reply: list[int], sent: float) -> None:
         at = 0
-        refusals = self._refusals
+        learn = self._refusals.learn
         count = self._metrics.count
-        stride = REPLY_PER_BUCKET
         for caller, route, future in group:
             admitted = reply[at] == 1
             first = at + 1
-            at = first + stride * len(route.buckets)
-            shadow_short = False
-            if (
-                admitted
-                and len(route.enforced) == len(route.buckets)
-                and not any(reply[first + RETRY_IN_US : at : stride])
-            ):
-                # The common case: every bucket can pay for another request; nothing to remember.
-                if refusals:
-                    refusals.pop(caller, None)
-            else:
-                entries = refusals.get(caller)
-                for i, bucket in enumerate(route.buckets):
-                    base = first + stride * i
-                    if bucket.shadow:
-                        shadow_short = shadow_short or (i >= route.read_only and reply[base + OK] != 1)
-                    elif reply[base + RETRY_IN_US] != 0:
-                        if entries is None:
-                            if len(refusals) >= _REFUSAL_CACHE_MAX:
-                                refusals.clear()
-                            entries = refusals[caller] = {}
-                        entries[bucket.name] = (reply[base + REMAINING_UNITS], sent)
-                    elif entries is not None:
-                        entries.pop(bucket.name, None)
+            at = first + REPLY_PER_BUCKET * len(route.buckets)
+            shadow_short = learn(caller, route, admitted, reply, first, sent)
             if not admitted:
                 outcome = Outcome.LIMITED
             elif shadow_short:
