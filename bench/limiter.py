@@ -33,7 +33,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -255,7 +255,10 @@ class _PipelinedLimiter(Limiter):
         if isinstance(self._framer, BatchFramer):  # a Redis before 7: the limiter fell back to the plain script
             self._framer = _RedisPyCommand(SCRIPT_SHA)  # type: ignore[assignment]
 
-    async def _send(self, commands: list[Any]) -> list[Any]:
+    async def _send(
+        self, commands: list[Any], trailing: Sequence[bytes] = (), between: Callable[[list[Any]], None] | None = None
+    ) -> list[Any]:
+        assert not trailing, "no reads ride along here (carries_reads is off)"
         async with self._redis.pipeline(transaction=False) as pipe:
             for command in commands:
                 pipe.evalsha(*command)

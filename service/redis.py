@@ -26,6 +26,7 @@ import contextlib
 import socket
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import ConnectionPool, Redis
@@ -44,6 +45,7 @@ __all__ = [
     "cancel_until_done",
     "connection_pool",
     "describe",
+    "read_replies",
     "redis_client",
     "round_trip",
 ]
@@ -241,8 +243,13 @@ def describe(exc: BaseException, url: RedisURL) -> str:
     return f"Redis at {where}: {type(exc).__name__}: {detail}"
 
 
-async def round_trip(pool: ConnectionPool, connection: AbstractConnection, commands: list[bytes]) -> list[Any]:
+async def round_trip(
+    pool: ConnectionPool, connection: AbstractConnection, commands: list[bytes], *, trailing: Sequence[bytes] = ()
+) -> list[Any]:
     """Send ``commands`` (packed) in one write and read their replies in order, error replies in place.
+
+    ``trailing`` commands go in the same write, after them; their replies are left on the
+    connection for ``read_replies``, which must read them before the connection is used again.
 
     The caller bounds the whole round trip (``asyncio.timeout``): nothing here waits on a
     timer of its own. redis-py's ``send_packed_command`` and ``read_response`` would add a
@@ -256,18 +263,33 @@ async def round_trip(pool: ConnectionPool, connection: AbstractConnection, comma
         if not connection.is_connected:
             await connection.connect()  # type: ignore[no-untyped-call]
         writer = connection._writer
-        parser: Any = connection._parser  # the async parsers' read_response; BaseParser declares none
         assert writer is not None
-        writer.writelines(commands)
+        writer.writelines([*commands, *trailing] if trailing else commands)
         await writer.drain()
-        # The parser answers an error reply as a ResponseError value, and raises ConnectionError at EOF.
-        return [await parser.read_response(disable_decoding=True) for _ in commands]
     except BaseException as exc:
-        await connection.disconnect(nowait=True)
-        await pool.release(connection)
-        if isinstance(exc, OSError) and not isinstance(exc, builtins.TimeoutError):
-            raise ConnectionError(f"Redis connection failed: {exc}") from exc
+        await _drop(pool, connection, exc)
         raise
+    return await read_replies(pool, connection, len(commands))
+
+
+async def read_replies(pool: ConnectionPool, connection: AbstractConnection, count: int) -> list[Any]:
+    """The next ``count`` replies on ``connection``, error replies in place; a failure closes it (``round_trip``)."""
+    parser: Any = connection._parser  # the async parsers' read_response; BaseParser declares none
+    try:
+        # The parser answers an error reply as a ResponseError value, and raises ConnectionError at EOF.
+        return [await parser.read_response(disable_decoding=True) for _ in range(count)]
+    except BaseException as exc:
+        await _drop(pool, connection, exc)
+        raise
+
+
+async def _drop(pool: ConnectionPool, connection: AbstractConnection, exc: BaseException) -> None:
+    """After ``exc``, close ``connection`` and hand it back to ``pool``; an ``OSError`` (not a timeout)
+    is raised as redis-py's ``ConnectionError``, anything else is the caller's to raise again."""
+    await connection.disconnect(nowait=True)
+    await pool.release(connection)
+    if isinstance(exc, OSError) and not isinstance(exc, builtins.TimeoutError):
+        raise ConnectionError(f"Redis connection failed: {exc}") from exc
 
 
 async def cancel_until_done(task: asyncio.Task[Any], *, every_s: float = 0.1) -> None:

@@ -15,7 +15,7 @@ from redis.exceptions import RedisError, ResponseError
 from service.ratelimit.limiter import BATCHES_IN_FLIGHT_MAX, Limiter, Outcome
 from service.ratelimit.policy import parse_policies
 from service.ratelimit.script import ALLOW_OOM_SCRIPT, ALLOW_OOM_SCRIPT_SHA, SCRIPT
-from service.redis import IDLE_CONNECTION_MAX_S
+from service.redis import IDLE_CONNECTION_MAX_S, read_replies
 from tests.servers import SilentServer, redis_url
 
 POLICIES = parse_policies(
@@ -100,21 +100,46 @@ async def test_reads_riding_with_the_decisions_come_back_in_the_same_round_trip(
     await limiter.close()
 
 
-async def test_a_read_whose_batch_ran_out_of_time_is_answered_with_an_error_value(
-    limiter_redis: Redis, monkeypatch: pytest.MonkeyPatch
+@pytest.fixture
+def slow_reads(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """The trailing replies of a kept connection (the reads that rode) wait until the event is set,
+    as a large job result on its way would."""
+    release = asyncio.Event()
+
+    async def slow(pool: Any, connection: Any, count: int) -> list[Any]:
+        await release.wait()
+        return await read_replies(pool, connection, count)
+
+    monkeypatch.setattr("service.ratelimit.connections.read_replies", slow)
+    return release
+
+
+async def test_decisions_are_answered_before_the_reads_that_rode_with_them(
+    limiter_redis: Redis, redis: Redis, slow_reads: asyncio.Event
 ) -> None:
-    limiter = Limiter(limiter_redis, deadline_s=0.05, carries_reads=True)
-
-    async def hung_send(commands: list[bytes]) -> list[Any]:
-        await asyncio.sleep(5)
-        return []
-
-    monkeypatch.setattr(limiter, "_send", hung_send)
+    await redis.set("ride:a", "1")
+    limiter = Limiter(limiter_redis, deadline_s=5.0, carries_reads=True)
     deciding = limiter.submit("acme", ROUTE)
     read = limiter.ride(_get("ride:a"))
 
-    assert (await deciding).outcome == Outcome.FAIL_OPEN  # at its deadline, the read or not
-    assert isinstance(await asyncio.wait_for(read, 1), RedisError)
+    assert (await asyncio.wait_for(deciding, 1)).outcome == Outcome.ALLOWED
+    assert not read.done()
+    assert limiter._unanswered == 0  # its place in flight given back: the next batch does not wait for the read
+    slow_reads.set()
+    assert await asyncio.wait_for(read, 1) == b"1"
+    await limiter.close()
+
+
+async def test_a_read_still_coming_at_the_deadline_is_answered_with_an_error_value(
+    limiter_redis: Redis, slow_reads: asyncio.Event
+) -> None:
+    limiter = Limiter(limiter_redis, deadline_s=0.05, carries_reads=True)
+    deciding = limiter.submit("acme", ROUTE)
+    read = limiter.ride(_get("ride:a"))
+
+    assert (await deciding).outcome == Outcome.ALLOWED  # Redis's answer, not the deadline's
+    assert isinstance(await asyncio.wait_for(read, 1), RedisError)  # the reader reads it on its own
+    assert limiter.metrics.redis_errors == {}  # the decisions were in time
     await limiter.close()
 
 

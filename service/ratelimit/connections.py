@@ -8,12 +8,12 @@ redis-py's connection API below ``Redis`` (and its private ``_reader``):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
-from service.redis import IDLE_CONNECTION_MAX_S, round_trip
+from service.redis import IDLE_CONNECTION_MAX_S, read_replies, round_trip
 
 __all__ = ["KeptConnections"]
 
@@ -26,10 +26,23 @@ class KeptConnections:
         self._clock = clock
         self.idle: list[tuple[AbstractConnection, float]] = []
 
-    async def round_trip(self, commands: list[bytes]) -> list[Any]:
-        """One round trip; error replies come back in place (a connection failure raises)."""
+    async def round_trip(
+        self,
+        commands: list[bytes],
+        trailing: Sequence[bytes] = (),
+        between: Callable[[list[Any]], None] | None = None,
+    ) -> list[Any]:
+        """One round trip; error replies come back in place (a connection failure raises).
+
+        ``trailing`` commands go in the same write, after ``commands``; ``between`` gets the
+        replies of ``commands`` before those of ``trailing`` are read. All the replies are returned.
+        """
         connection = await self._take()
-        replies = await round_trip(self._pool, connection, commands)
+        replies = await round_trip(self._pool, connection, commands, trailing=trailing)
+        if trailing:
+            if between is not None:
+                between(replies)
+            replies += await read_replies(self._pool, connection, len(trailing))
         self.idle.append((connection, self._clock()))
         return replies
 

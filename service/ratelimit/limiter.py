@@ -78,12 +78,13 @@ _Call = tuple[str, RouteBuckets, "asyncio.Future[Decision]"]
 class _Batch:
     """The decisions of one round trip, and whether its place among the batches in flight was given back."""
 
-    __slots__ = ("deadline_at", "groups", "riders", "settled", "timeout")
+    __slots__ = ("deadline_at", "decided_at", "groups", "riders", "settled", "timeout")
 
     def __init__(self, groups: Sequence[Group], riders: list[_Rider], deadline_at: float) -> None:
         self.groups = groups
         self.riders = riders
         self.deadline_at = deadline_at
+        self.decided_at = 0.0  # perf_counter() when the decisions' replies were read, before its riders' (if any)
         self.settled = False
         self.timeout: asyncio.Timeout | None = None  # its read's, while it reads
 
@@ -152,10 +153,9 @@ class Limiter:
     def ride(self, command: bytes) -> asyncio.Future[Any]:
         """Send ``command`` (a framed read) in the write of the batch of the decision just ``submit``-ted.
 
-        The future holds its reply undecoded, or an exception as its value (an error reply,
-        or a ``RedisError`` when it did not come back): the caller then reads on its own.
-        A value, not the future's exception, as a refused request never looks at it. Only
-        when ``carries_reads``; call it in the same loop turn as ``submit``.
+        The future holds its reply undecoded, or an exception as a value (an error reply, or a
+        ``RedisError`` when it did not come back; a refused request never looks): the caller
+        then reads on its own. Only when ``carries_reads``, in the turn of ``submit``.
         """
         loop = self._loop
         assert loop is not None, "ride() goes with the decision submit() just queued"
@@ -239,7 +239,7 @@ class Limiter:
                 if self.cluster is not None:
                     await self.cluster.send(groups, self, sent)  # answers each group as its primary replies
                 else:
-                    await self._send_batch(groups, sent, batch.riders)
+                    await self._send_batch(batch, sent)
         except (RedisError, OSError, TimeoutError) as exc:
             kind = "timeout" if isinstance(exc, TimeoutError) else "connection"
             self.give_up(groups, kind, str(exc) or type(exc).__name__)
@@ -247,28 +247,54 @@ class Limiter:
         finally:
             batch.timeout = None
             expiry.cancel()
-        self._metrics.redis_latency.observe(time.perf_counter() - started)
+        # The decisions' round trip, without the reads that rode along and came after.
+        self._metrics.redis_latency.observe((batch.decided_at or time.perf_counter()) - started)
 
-    async def _send_batch(self, groups: Sequence[Group], sent: float, riders: list[_Rider]) -> None:
-        """The single-server round trip: every group's call in one write, on one connection, the riders after."""
+    async def _send_batch(self, batch: _Batch, sent: float) -> None:
+        """The single-server round trip: every group's call in one write, on one connection, the riders after.
+
+        The decisions are answered, and the batch's place in flight given back, as soon as
+        their replies are read, before the riders' are: a job's result can be large, and no
+        decision waits for it.
+        """
+        groups, riders = batch.groups, batch.riders
         commands = [self._framer.evalsha(group) for group in groups]
-        replies = await self._send([*commands, *(command for command, _ in riders)] if riders else commands)
         if riders:
+
+            def decided(replies: list[Any]) -> None:
+                batch.decided_at = time.perf_counter()
+                self._answer_ran(groups, replies, sent)
+                if not any(isinstance(reply, NoScriptError) for reply in replies):
+                    self._settle(batch)  # else it is not over: its resends keep its place
+
+            replies = await self._send(commands, [command for command, _ in riders], decided)
             for (_, future), reply in zip(riders, replies[len(commands) :], strict=True):
                 future.set_result(reply)  # an error reply in place
             del replies[len(commands) :]
+        else:
+            replies = await self._send(commands)
+            self._answer_ran(groups, replies, sent)
         for _ in range(_NOSCRIPT_RELOADS):
             retry = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
             if not retry:
-                break
+                return
             # NOSCRIPT: the script did not run, so sending it again cannot spend twice (and a
             # SCRIPT FLUSH may land again between the load and the resend).
             await self.load_script(self._redis)
             commands = [self._framer.evalsha(group) for group in groups]  # the SHA may have changed
-            for i, reply in zip(retry, await self._send([commands[i] for i in retry]), strict=True):
+            again = await self._send([commands[i] for i in retry])
+            for i, reply in zip(retry, again, strict=True):
                 replies[i] = reply
+            self._answer_ran([groups[i] for i in retry], again, sent)
         for group, reply in zip(groups, replies, strict=True):
-            self.answer(group, reply, sent)
+            if isinstance(reply, NoScriptError):  # still, after every reload: the fail-open/closed rule
+                self.answer(group, reply, sent)
+
+    def _answer_ran(self, groups: Sequence[Group], replies: list[Any], sent: float) -> None:
+        """Answer each group whose call ran (one that got ``NOSCRIPT`` is sent again)."""
+        for group, reply in zip(groups, replies, strict=True):
+            if not isinstance(reply, NoScriptError):
+                self.answer(group, reply, sent)
 
     def frame(self, group: Group) -> bytes:
         """One ``EVALSHA`` deciding ``group`` (the cluster transport frames per slot)."""
@@ -320,9 +346,15 @@ class Limiter:
             self._framer = BatchFramer(SCRIPT_SHA)
             await redis.script_load(SCRIPT)
 
-    async def _send(self, commands: list[bytes]) -> list[Any]:
-        """One round trip on a kept connection; error replies come back in place (a connection failure raises)."""
-        return await self._connections.round_trip(commands)
+    async def _send(
+        self,
+        commands: list[bytes],
+        trailing: Sequence[bytes] = (),
+        between: Callable[[list[Any]], None] | None = None,
+    ) -> list[Any]:
+        """One round trip on a kept connection; error replies come back in place (a connection failure raises).
+        ``trailing`` and ``between``: ``KeptConnections.round_trip``'s."""
+        return await self._connections.round_trip(commands, trailing, between)
 
     def _warn(self, event: str, **fields: str) -> None:
         """Log a fallback at most once a second: a Redis outage must not flood the logs (metrics count all)."""
