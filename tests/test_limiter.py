@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -16,6 +16,7 @@ from service.ratelimit.limiter import BATCHES_IN_FLIGHT_MAX, Limiter, Outcome
 from service.ratelimit.policy import parse_policies
 from service.ratelimit.script import ALLOW_OOM_SCRIPT, ALLOW_OOM_SCRIPT_SHA, SCRIPT
 from service.redis import IDLE_CONNECTION_MAX_S, read_replies
+from service.script_calls import BATCH_MAX
 from tests.servers import SilentServer, redis_url
 
 POLICIES = parse_policies(
@@ -48,12 +49,12 @@ async def limiter_redis(redis: Redis) -> AsyncIterator[Redis]:
 
 async def test_decisions_of_one_loop_turn_share_one_round_trip(limiter_redis: Redis) -> None:
     limiter = Limiter(limiter_redis, deadline_s=1.0)
-    callers = [f"tenant-{n}" for n in range(10)]
+    callers = [f"tenant-{n}" for n in range(BATCH_MAX // 4)]
 
     decisions = await asyncio.gather(*(limiter.decide(caller, ROUTE) for caller in callers * 4))
 
     outcomes = [d.outcome for d in decisions]
-    assert outcomes == [Outcome.ALLOWED] * 30 + [Outcome.LIMITED] * 10  # 3 each, in arrival order
+    assert outcomes == [Outcome.ALLOWED] * len(callers) * 3 + [Outcome.LIMITED] * len(callers)  # 3 each, in order
     assert round_trips(limiter) == 1
     await limiter.close()
 
@@ -140,6 +141,30 @@ async def test_a_read_still_coming_at_the_deadline_is_answered_with_an_error_val
     assert (await deciding).outcome == Outcome.ALLOWED  # Redis's answer, not the deadline's
     assert isinstance(await asyncio.wait_for(read, 1), RedisError)  # the reader reads it on its own
     assert limiter.metrics.redis_errors == {}  # the decisions were in time
+    await limiter.close()
+
+
+async def test_a_full_batch_goes_at_once_with_its_riders(limiter_redis: Redis, redis: Redis) -> None:
+    await redis.set("ride:a", "1")
+    limiter = Limiter(limiter_redis, deadline_s=1.0, carries_reads=True)
+    sizes: list[int] = []
+    send = limiter._send
+
+    async def counted(commands: list[bytes], trailing: Sequence[bytes] = (), between: Any = None) -> list[Any]:
+        sizes.append(len(trailing))  # one read rides with each decision here
+        return await send(commands, trailing, between)
+
+    limiter._send = counted  # type: ignore[method-assign]
+    callers = [f"tenant-{n}" for n in range(BATCH_MAX + 2)]
+    deciding = []
+    reads = []
+    for caller in callers:  # one loop turn
+        deciding.append(limiter.submit(caller, ROUTE))
+        reads.append(limiter.ride(_get("ride:a")))
+
+    assert [(await d).outcome for d in deciding] == [Outcome.ALLOWED] * len(callers)
+    assert [await read for read in reads] == [b"1"] * len(callers)
+    assert sizes == [BATCH_MAX, 2]  # each read in the batch of its own decision
     await limiter.close()
 
 

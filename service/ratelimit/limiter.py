@@ -1,12 +1,12 @@
 """The limiter: every decision atomic in Redis (all its buckets pay, or none), batched per loop turn.
 
-- **Batching.** Decisions that arrive in the same loop turn go to Redis together, in one
-  round trip: one ``EVALSHA`` for all of them on a single Redis server, or, on Redis
-  Cluster, one call per primary for the callers of its slots (``cluster.py``); a caller's
-  keys share its hash tag's slot. At most ``BATCHES_IN_FLIGHT_MAX`` batches are unanswered
-  at once; decisions arriving meanwhile wait for the next one, so a busy process sends
-  fewer, larger batches (each costs a task, a write, a read and a timer, however small) on
-  a few connections, not one per loop turn and a whole pool of them. A waiting decision's
+- **Batching.** Decisions that arrive in the same loop turn go to Redis together: one
+  ``EVALSHA`` for all of them on a single server, or on Redis Cluster one call per primary
+  for the callers of its slots (``cluster.py``; a caller's keys share its hash tag's slot).
+  At most ``BATCHES_IN_FLIGHT_MAX`` batches are unanswered at once (decisions arriving
+  meanwhile wait for the next), so a busy process sends few, large batches on a few
+  connections; one that holds ``BATCH_MAX`` decisions goes at once, so that Redis starts on
+  it while this process still reads the turn's other requests. A waiting decision's
   deadline runs from when it was queued.
 - **Exact local refusals.** A bucket that Redis has said cannot pay refuses the caller's
   next requests here, without a round trip, until it may have refilled (``refusals.py``).
@@ -21,9 +21,9 @@
   three times, should flushes keep coming).
 - **Reads riding along.** On the process's own Redis, a request's read that does not depend
   on the decision (``GET /v1/jobs/{id}``'s job) can go in the batch's write, after the
-  decisions (``ride``): the request then waits for one round trip, not two. A read that
-  did not come back (the batch failed or ran out of time, ``NOSCRIPT``) is answered with
-  the error as its value, and its caller reads on its own; the decision never waits for it.
+  decisions (``ride``): one round trip, not two. A read that did not come back (the batch
+  failed or ran out of time, ``NOSCRIPT``) is answered with the error as its value, and
+  its caller reads on its own; the decisions are answered before the riders are read.
 - **Out of memory.** On Redis >= 7 the script is flagged ``allow-oom``, so the limiter
   still decides (and refuses) when Redis is at ``maxmemory`` and refuses other writes.
 """
@@ -54,6 +54,7 @@ from service.ratelimit.script import (
     SCRIPT_SHA,
     BatchFramer,
 )
+from service.script_calls import BATCH_MAX
 
 __all__ = ["Decision", "Limiter", "Outcome"]
 
@@ -142,6 +143,8 @@ class Limiter:
         """
         # The decisions of one turn share its loop: only the turn's first asks for it (a system call on 3.11).
         loop = self._loop
+        if len(self._pending) >= BATCH_MAX:
+            self._flush()  # a full batch (and its riders) goes now, if a place in flight is free
         if loop is None or not self._pending:
             loop = self._loop = asyncio.get_running_loop()
             self._pending_since = loop.time()
@@ -252,11 +255,8 @@ class Limiter:
 
     async def _send_batch(self, batch: _Batch, sent: float) -> None:
         """The single-server round trip: every group's call in one write, on one connection, the riders after.
-
-        The decisions are answered, and the batch's place in flight given back, as soon as
-        their replies are read, before the riders' are: a job's result can be large, and no
-        decision waits for it.
-        """
+        The decisions are answered (and the batch's place given back) before the riders' replies are read:
+        a job's result can be large, and no decision waits for it."""
         groups, riders = batch.groups, batch.riders
         commands = [self._framer.evalsha(group) for group in groups]
         if riders:
