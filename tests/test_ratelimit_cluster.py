@@ -21,6 +21,7 @@ from service.ratelimit import limiter_redis
 from service.ratelimit.cluster import ClusterTransport, slot_of
 from service.ratelimit.limiter import Limiter, Outcome
 from service.ratelimit.policy import parse_policies
+from service.script_calls import BATCH_MAX
 from service.settings import RedisURL
 from tests.conftest import ServiceTestServer, make_settings
 from tests.servers import LocalCluster, redis_url, shared_cluster
@@ -75,14 +76,18 @@ async def test_one_loop_turn_sends_one_write_to_each_primary(
         return await exchange(link, commands)
 
     limiter = Limiter(Redis(), deadline_s=5.0, cluster=transport)
-    callers = [f"tenant-{n}" for n in range(30)]
-    assert len({transport.owner(caller, ROUTE) for caller in callers}) == 3  # every primary has callers
+    owned: dict[Any, list[str]] = {}
+    for n in range(100):
+        owned.setdefault(transport.owner(f"tenant-{n}", ROUTE), []).append(f"tenant-{n}")
+    callers = [caller for mine in owned.values() for caller in mine[:2]]  # two on every primary
+    assert len(owned) == 3
+    assert len(callers) * 4 <= BATCH_MAX  # one batch
     await asyncio.gather(*(limiter.decide(f"warm-{n}", ROUTE) for n in range(30)))  # every primary loads the script
     monkeypatch.setattr(cluster_module, "_exchange", counted)
 
     decisions = await asyncio.gather(*(limiter.decide(caller, ROUTE) for caller in callers * 4))
 
-    assert [d.outcome for d in decisions] == [Outcome.ALLOWED] * 90 + [Outcome.LIMITED] * 30  # 3 each, in order
+    assert [d.outcome for d in decisions] == [Outcome.ALLOWED] * 18 + [Outcome.LIMITED] * 6  # 3 each, in order
     assert sorted(writes.values()) == [1, 1, 1]
     await limiter.close()
 
