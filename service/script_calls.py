@@ -46,7 +46,7 @@ from service.redis import round_trip
 __all__ = ["BATCHES_IN_FLIGHT_MAX", "BATCH_MAX", "Framed", "Script", "ScriptCalls", "resp_bulk"]
 
 BATCHES_IN_FLIGHT_MAX = 4
-BATCH_MAX = 24  # calls; the limiter's batches have the same cap (bench/RESULTS.md: 16 to 32 did alike)
+BATCH_MAX = 24  # calls; the limiter's batches have the same cap (bench/RESULTS.md: "Batch cap and batches in flight")
 _NOSCRIPT_RELOADS = 3
 
 log = get_logger(__name__)
